@@ -1,0 +1,195 @@
+"""The integrity audit of ARCHITECTURE.md §3, as a pure function.
+
+Tests, the k6 runs, the demo and the reconciler all judge a sale with this one function, so "correct"
+means the same thing everywhere. It takes what clients were told (the accepted reservation ids), the
+final record of every reservation (the ledger when there is one, else Redis) and the Redis snapshot,
+and lists every violation it finds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Final states: a reservation ends as an order or as stock given back.
+CONFIRMED = "confirmed"
+PENDING = "pending"
+RETURNED = ("compensated", "released")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One reservation's final record: ledger row, or Redis record when no ledger is involved."""
+
+    reservation_id: str
+    user: str
+    quantity: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class RedisCounts:
+    total: int
+    remaining: int
+    pending: int
+    confirmed: int
+
+
+@dataclass
+class AuditReport:
+    sale: str
+    stock: int
+    accepted: int
+    rows: int
+    confirmed_units: int
+    pending_units: int
+    returned_units: int
+    oversold: int
+    lost: int
+    duplicates: int
+    over_limit_users: int
+    drift: int
+    unsettled: int
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def render(self) -> str:
+        lines = [
+            f"audit of sale {self.sale!r}: {'CLEAN' if self.ok else 'VIOLATED'}",
+            f"  stock {self.stock}  accepted {self.accepted}  records {self.rows}",
+            f"  confirmed {self.confirmed_units}  pending {self.pending_units}  returned {self.returned_units}",
+            f"  oversold {self.oversold}  lost {self.lost}  duplicates {self.duplicates}  "
+            f"users over limit {self.over_limit_users}  drift {self.drift}  unsettled {self.unsettled}",
+        ]
+        lines += [f"  ! {v}" for v in self.violations]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "sale": self.sale,
+            "ok": self.ok,
+            "stock": self.stock,
+            "accepted": self.accepted,
+            "rows": self.rows,
+            "confirmed_units": self.confirmed_units,
+            "pending_units": self.pending_units,
+            "returned_units": self.returned_units,
+            "oversold": self.oversold,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "over_limit_users": self.over_limit_users,
+            "drift": self.drift,
+            "unsettled": self.unsettled,
+            "violations": list(self.violations),
+        }
+
+
+def audit(
+    sale: str,
+    *,
+    stock: int,
+    per_user_limit: int,
+    accepted: Iterable[str],
+    rows: Iterable[Row],
+    redis: RedisCounts | None = None,
+    settled: bool = True,
+) -> AuditReport:
+    """Checks the invariants. ``settled=True`` also demands that nothing is still pending (the
+    after-the-sale check); mid-sale audits pass ``settled=False``."""
+    accepted_ids = list(accepted)
+    row_list = list(rows)
+    violations: list[str] = []
+
+    ids = Counter(r.reservation_id for r in row_list)
+    duplicates = sum(n - 1 for n in ids.values() if n > 1)
+    if duplicates:
+        violations.append(f"{duplicates} reservation ids recorded more than once")
+    dup_accepted = sum(n - 1 for n in Counter(accepted_ids).values() if n > 1)
+    if dup_accepted:
+        violations.append(f"{dup_accepted} reservation ids acknowledged to two different requests")
+
+    lost_ids = set(accepted_ids) - ids.keys()
+    if lost_ids:
+        sample = ", ".join(sorted(lost_ids)[:3])
+        violations.append(f"{len(lost_ids)} acknowledged reservations have no record (e.g. {sample})")
+
+    by_status: Counter[str] = Counter()
+    held: Counter[str] = Counter()
+    for r in row_list:
+        by_status[r.status] += r.quantity
+        if r.status in (CONFIRMED, PENDING):
+            held[r.user] += r.quantity
+    unknown = set(by_status) - {CONFIRMED, PENDING, *RETURNED}
+    if unknown:
+        violations.append(f"records in unknown states: {sorted(unknown)}")
+
+    confirmed = by_status[CONFIRMED]
+    pending = by_status[PENDING]
+    returned = sum(by_status[s] for s in RETURNED)
+    sold = confirmed + pending
+    oversold = max(0, sold - stock)
+    if oversold:
+        violations.append(f"oversold by {oversold} units ({sold} sold of {stock})")
+
+    over = {u: n for u, n in held.items() if n > per_user_limit}
+    if over:
+        worst = max(over.items(), key=lambda kv: kv[1])
+        violations.append(f"{len(over)} users over the limit of {per_user_limit} (worst {worst[0]!r}: {worst[1]})")
+
+    unsettled = sum(1 for r in row_list if r.status == PENDING)
+    if settled and unsettled:
+        violations.append(f"{unsettled} reservations still pending after the sale settled")
+
+    drift = 0
+    if redis is not None:
+        if redis.total != stock:
+            violations.append(f"redis total {redis.total} != stock {stock}")
+        if redis.remaining + redis.pending + redis.confirmed != redis.total:
+            violations.append(
+                f"redis unbalanced: remaining {redis.remaining} + pending {redis.pending} + "
+                f"confirmed {redis.confirmed} != total {redis.total}"
+            )
+        drift = abs(redis.confirmed - confirmed) + abs(redis.pending - pending)
+        if drift:
+            violations.append(
+                f"drift {drift}: redis confirmed/pending {redis.confirmed}/{redis.pending}, "
+                f"records {confirmed}/{pending}"
+            )
+
+    return AuditReport(
+        sale=sale,
+        stock=stock,
+        accepted=len(accepted_ids),
+        rows=len(row_list),
+        confirmed_units=confirmed,
+        pending_units=pending,
+        returned_units=returned,
+        oversold=oversold,
+        lost=len(lost_ids),
+        duplicates=duplicates,
+        over_limit_users=len(over),
+        drift=drift,
+        unsettled=unsettled,
+        violations=violations,
+    )
+
+
+class HasCounters(Protocol):
+    @property
+    def total(self) -> int: ...
+    @property
+    def remaining(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def confirmed(self) -> int: ...
+
+
+def counts_from(snapshot: HasCounters) -> RedisCounts:
+    """RedisCounts from a stock Snapshot (or anything with the four counters)."""
+    return RedisCounts(snapshot.total, snapshot.remaining, snapshot.pending, snapshot.confirmed)

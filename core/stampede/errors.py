@@ -1,0 +1,104 @@
+"""Typed domain errors. The processes map them to their own world in one place each: the API to HTTP
+statuses, the worker to retry-or-compensate, the operator to conditions and Events."""
+
+from __future__ import annotations
+
+
+class StampedeError(Exception):
+    """Base of every domain error; ``code`` is the stable machine-readable name."""
+
+    code = "stampede_error"
+
+
+class InvalidArgument(StampedeError):
+    code = "invalid_argument"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SaleNotFound(StampedeError):
+    code = "sale_not_found"
+
+    def __init__(self, sale: str) -> None:
+        super().__init__(f"sale {sale!r} does not exist")
+        self.sale = sale
+
+
+class SaleClosed(StampedeError):
+    code = "sale_closed"
+
+    def __init__(self, sale: str) -> None:
+        super().__init__(f"sale {sale!r} is not open")
+        self.sale = sale
+
+
+class SoldOut(StampedeError):
+    code = "sold_out"
+
+    def __init__(self, sale: str, remaining: int) -> None:
+        super().__init__(f"sale {sale!r} has {remaining} units left")
+        self.sale = sale
+        self.remaining = remaining
+
+
+class LimitReached(StampedeError):
+    code = "limit_reached"
+
+    def __init__(self, sale: str, held: int) -> None:
+        super().__init__(f"per-user limit reached in sale {sale!r} ({held} units held)")
+        self.sale = sale
+        self.held = held
+
+
+class IdempotencyConflict(StampedeError):
+    code = "idempotency_conflict"
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(f"idempotency key already used with a different request (reservation {reservation_id})")
+        self.reservation_id = reservation_id
+
+
+class RateLimited(StampedeError):
+    code = "rate_limited"
+
+    def __init__(self, scope: str, retry_after_ms: int) -> None:
+        super().__init__(f"too many requests per {scope}; retry in {retry_after_ms} ms")
+        self.scope = scope
+        self.retry_after_ms = retry_after_ms
+
+
+class RestockBelowSold(StampedeError):
+    code = "restock_below_sold"
+
+    def __init__(self, sale: str, requested: int, sold: int) -> None:
+        super().__init__(f"sale {sale!r}: stock {requested} is below the {sold} units already sold")
+        self.sale = sale
+        self.requested = requested
+        self.sold = sold
+
+
+class ReservationNotFound(StampedeError):
+    code = "reservation_not_found"
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(f"reservation {reservation_id!r} does not exist")
+        self.reservation_id = reservation_id
+
+
+class DependencyUnavailable(StampedeError):
+    """Redis or PostgreSQL cannot be reached; callers answer 503 / retry, never guess."""
+
+    code = "dependency_unavailable"
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(f"{dependency} unavailable{': ' + detail if detail else ''}")
+        self.dependency = dependency
+
+
+class ScriptError(StampedeError):
+    """A Lua script failed in a way its contract does not describe (a bug, not a buyer's mistake)."""
+
+    code = "script_error"

@@ -1,0 +1,101 @@
+"""Every string that more than one process must agree on: Redis keys, CRD coordinates, task and queue
+names, condition types, label keys. A rename here is a rename everywhere."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Kubernetes names (DNS-1123 labels) are what sales are called; they can never hold '{' or '}', so
+# the hash tag below is always well formed.
+SALE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+KEY_PREFIX = "stampede"
+
+# --- CRD -----------------------------------------------------------------------------------------
+CRD_GROUP = "stampede.dev"
+CRD_VERSION = "v1alpha1"
+CRD_KIND = "FlashSale"
+CRD_PLURAL = "flashsales"
+CRD_SHORT_NAME = "fs"
+FINALIZER = f"{CRD_GROUP}/finalizer"
+
+# --- labels --------------------------------------------------------------------------------------
+LABEL_SALE = f"{CRD_GROUP}/sale"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+
+# --- condition types -----------------------------------------------------------------------------
+COND_SEEDED = "Seeded"
+COND_READY = "Ready"
+COND_RECONCILED = "Reconciled"
+COND_DRIFTED = "Drifted"
+
+# --- jobs ----------------------------------------------------------------------------------------
+QUEUE_SETTLE = "settle"
+TASK_SETTLE_BATCH = "stampede.settle_batch"
+
+# --- reservation states as Redis records them -----------------------------------------------------
+STATE_PENDING = "pending"
+STATE_CONFIRMED = "confirmed"
+STATE_RELEASED = "released"
+
+
+def check_sale(sale: str) -> str:
+    """Returns the sale name if it is a valid Kubernetes name, else raises ValueError."""
+    if not SALE_NAME_RE.match(sale):
+        raise ValueError(f"invalid sale name {sale!r}: lowercase letters, digits and '-', 1-63 chars")
+    return sale
+
+
+@dataclass(frozen=True, slots=True)
+class SaleKeys:
+    """The Redis keys of one sale. All carry the hash tag ``{sale}`` so a whole sale lives in one
+    Redis Cluster slot and every script touching it is single-slot."""
+
+    sale: str
+
+    @property
+    def base(self) -> str:
+        return f"{KEY_PREFIX}:{{{self.sale}}}"
+
+    @property
+    def meta(self) -> str:
+        """Hash of counters and config: total, remaining, pending, confirmed, released, open, limit…"""
+        return f"{self.base}:meta"
+
+    @property
+    def reservations(self) -> str:
+        """Hash reservation id -> 'state|quantity|reserved_at_ms|user'."""
+        return f"{self.base}:res"
+
+    @property
+    def pending(self) -> str:
+        """Sorted set of pending reservation ids scored by reserve time (ms), for the reconciler."""
+        return f"{self.base}:pending"
+
+    @property
+    def holds(self) -> str:
+        """Hash user -> units held (pending + confirmed), for the per-user limit."""
+        return f"{self.base}:holds"
+
+    @property
+    def idempotency(self) -> str:
+        """Hash 'user\\0idempotency-key' -> reservation id."""
+        return f"{self.base}:idem"
+
+    def buyer_bucket(self, user: str) -> str:
+        return f"{self.base}:rl:u:{user}"
+
+    def ip_bucket(self, ip: str) -> str:
+        return f"{self.base}:rl:ip:{ip}"
+
+    def all_static(self) -> tuple[str, ...]:
+        """Every fixed key of the sale (rate-limit buckets expire by themselves)."""
+        return (self.meta, self.reservations, self.pending, self.holds, self.idempotency)
+
+
+def sale_keys(sale: str) -> SaleKeys:
+    return SaleKeys(check_sale(sale))

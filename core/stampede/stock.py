@@ -1,0 +1,365 @@
+"""The Redis stock engine: a thin typed wrapper over the Lua scripts in ``lua/``.
+
+Every state change of a sale's counters is one script, so it is atomic on a single Redis and, because
+all of a sale's keys share the ``{sale}`` hash tag, on a Redis Cluster too. Scripts are registered once
+per client (EVALSHA, reloaded on NOSCRIPT by redis-py). Arguments are checked here before any round trip
+and again inside the scripts; a script's answer becomes a typed result or a typed domain error, never a
+raw Redis string.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import errors
+from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
+
+SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot")
+
+
+@cache
+def script_source(name: str) -> str:
+    """The text of ``lua/<name>.lua`` as shipped inside the package."""
+    return (resources.files("stampede") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Outcome(StrEnum):
+    """Per-reservation answer of confirm/release."""
+
+    CONFIRMED = "confirmed"  # moved pending -> confirmed by this call
+    RELEASED = "released"  # moved pending -> released by this call (confirm: already released)
+    ALREADY = "already"  # already in the requested state: an idempotent repeat
+    REFUSED_CONFIRMED = "refused_confirmed"  # release of a confirmed reservation: never
+    UNKNOWN = "unknown"  # Redis has no such reservation
+
+
+@dataclass(frozen=True, slots=True)
+class SaleConfig:
+    """What Redis must know of a sale to take reservations on its own."""
+
+    total: int
+    per_user_limit: int = 1
+    buyer_rate: float = 0.0  # tokens per second per buyer; 0 disables the bucket
+    buyer_burst: int = 0
+    ip_rate: float = 0.0
+    ip_burst: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SeedResult:
+    outcome: str  # created | restocked | unchanged
+    total: int
+    remaining: int
+    sold: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A reservation the engine accepted (or replayed for an idempotency key)."""
+
+    sale: str
+    reservation_id: str
+    user: str
+    quantity: int
+    state: str
+    replay: bool
+    remaining: int | None  # units left after this reservation; None on a replay
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRecord:
+    """A reservation as Redis holds it."""
+
+    reservation_id: str
+    state: str
+    quantity: int
+    reserved_at_ms: int
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """All counters of a sale read at one instant. ``total == remaining + pending + confirmed`` holds
+    after every script; ``released`` is cumulative (units returned to stock)."""
+
+    sale: str
+    total: int
+    remaining: int
+    pending: int
+    confirmed: int
+    released: int
+    open: bool
+    per_user_limit: int
+    pending_count: int
+    reservations: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.total == self.remaining + self.pending + self.confirmed
+
+
+def new_reservation_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _check_quantity(quantity: object) -> int:
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        raise errors.InvalidArgument("quantity", "must be an integer")
+    if quantity < 1:
+        raise errors.InvalidArgument("quantity", "must be at least 1")
+    return quantity
+
+
+def _check_user(user: object) -> str:
+    if not isinstance(user, str) or not user.strip():
+        raise errors.InvalidArgument("user", "must be a non-empty string")
+    if len(user) > 256:
+        raise errors.InvalidArgument("user", "must be at most 256 characters")
+    return user
+
+
+def _keys(sale: object) -> SaleKeys:
+    if not isinstance(sale, str):
+        raise errors.InvalidArgument("sale", "must be a string")
+    try:
+        return sale_keys(sale)
+    except ValueError as exc:
+        raise errors.InvalidArgument("sale", str(exc)) from None
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
+    state, qty, ts, user = raw.split("|", 3)
+    return ReservationRecord(reservation_id, state, int(qty), int(ts), user)
+
+
+_CONFIRM = {
+    "confirmed": Outcome.CONFIRMED,
+    "already": Outcome.ALREADY,
+    "released": Outcome.RELEASED,
+    "unknown": Outcome.UNKNOWN,
+}
+_RELEASE = {
+    "released": Outcome.RELEASED,
+    "already": Outcome.ALREADY,
+    "confirmed": Outcome.REFUSED_CONFIRMED,
+    "unknown": Outcome.UNKNOWN,
+}
+
+
+class StockEngine:
+    """Atomic stock operations over one ``redis.asyncio`` client (pooled, shared per process)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
+
+    @classmethod
+    def from_url(cls, url: str, max_connections: int = 64) -> StockEngine:
+        return cls(aioredis.from_url(url, max_connections=max_connections, decode_responses=False))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._scripts[name](keys=list(keys), args=list(args))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+        except ResponseError as exc:
+            raise errors.ScriptError(f"{name}.lua: {exc}") from exc
+
+    # --- sale lifecycle ---------------------------------------------------------------------------
+
+    async def seed(self, sale: str, config: SaleConfig, open: bool | None = None) -> SeedResult:
+        """Creates the sale, or moves its total to ``config.total`` by delta without touching pending
+        or confirmed units. Raises RestockBelowSold if the new total is below what is sold."""
+        k = _keys(sale)
+        if isinstance(config.total, bool) or not isinstance(config.total, int) or config.total < 0:
+            raise errors.InvalidArgument("stock", "must be an integer >= 0")
+        if not isinstance(config.per_user_limit, int) or config.per_user_limit < 1:
+            raise errors.InvalidArgument("perUserLimit", "must be an integer >= 1")
+        gate = "" if open is None else ("1" if open else "0")
+        code, total, remaining, sold = await self._run(
+            "seed",
+            [k.meta],
+            [
+                config.total,
+                config.per_user_limit,
+                gate,
+                config.buyer_rate,
+                config.buyer_burst,
+                config.ip_rate,
+                config.ip_burst,
+            ],
+        )
+        code = _s(code)
+        if code == "below_sold":
+            raise errors.RestockBelowSold(sale, config.total, int(sold))
+        if code == "bad_args":
+            raise errors.ScriptError("seed.lua refused arguments that passed validation")
+        return SeedResult(code, int(total), int(remaining), int(sold))
+
+    async def set_open(self, sale: str, open: bool) -> bool:
+        """Opens or closes the sale; returns whether it was open before."""
+        prev = _s(await self._run("gate", [_keys(sale).meta], ["1" if open else "0"]))
+        if prev == "unknown_sale":
+            raise errors.SaleNotFound(sale)
+        return prev == "1"
+
+    async def delete(self, sale: str) -> int:
+        """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
+        k = _keys(sale)
+        deleted = int(await self.client.delete(*k.all_static()))
+        async for key in self.client.scan_iter(match=f"{k.base}:rl:*", count=1000):
+            deleted += int(await self.client.delete(key))
+        return deleted
+
+    # --- the hot path -----------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        sale: str,
+        user: str,
+        quantity: int = 1,
+        *,
+        idempotency_key: str | None = None,
+        reservation_id: str | None = None,
+        client_ip: str | None = None,
+    ) -> Reservation:
+        """Takes ``quantity`` units for ``user`` in one atomic step, or raises the domain error that
+        says why not (SaleNotFound, RateLimited, SaleClosed, LimitReached, SoldOut,
+        IdempotencyConflict). A replayed idempotency key returns the original reservation."""
+        k = _keys(sale)
+        _check_user(user)
+        _check_quantity(quantity)
+        if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
+            raise errors.InvalidArgument("Idempotency-Key", "must be 1-255 characters")
+        rid = reservation_id or new_reservation_id()
+        code, rid_out, state, number = await self._run(
+            "reserve",
+            [
+                k.meta,
+                k.reservations,
+                k.pending,
+                k.holds,
+                k.idempotency,
+                k.buyer_bucket(user),
+                k.ip_bucket(client_ip) if client_ip else "",
+            ],
+            [rid, user, quantity, idempotency_key or ""],
+        )
+        code = _s(code)
+        number = int(number)
+        if code == "ok":
+            return Reservation(sale, rid, user, quantity, STATE_PENDING, False, number)
+        if code == "replay":
+            return Reservation(sale, _s(rid_out), user, quantity, _s(state), True, None)
+        if code == "sold_out":
+            raise errors.SoldOut(sale, number)
+        if code == "limit":
+            raise errors.LimitReached(sale, number)
+        if code == "closed":
+            raise errors.SaleClosed(sale)
+        if code == "unknown_sale":
+            raise errors.SaleNotFound(sale)
+        if code == "rate_limited":
+            raise errors.RateLimited(_s(state), number)
+        if code == "idem_conflict":
+            raise errors.IdempotencyConflict(_s(rid_out))
+        if code == "bad_args":
+            raise errors.InvalidArgument(_s(state), "refused by the stock engine")
+        raise errors.ScriptError(f"reserve.lua answered {code!r}")
+
+    # --- settling ---------------------------------------------------------------------------------
+
+    async def confirm(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]:
+        """pending -> confirmed for each id (one script call for the batch); idempotent."""
+        ids = list(reservation_ids)
+        if not ids:
+            return {}
+        k = _keys(sale)
+        codes = await self._run("confirm", [k.meta, k.reservations, k.pending], ids)
+        return {rid: _CONFIRM[_s(c)] for rid, c in zip(ids, codes, strict=True)}
+
+    async def release(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]:
+        """pending -> released for each id, returning stock; idempotent, never releases a confirmed
+        reservation."""
+        ids = list(reservation_ids)
+        if not ids:
+            return {}
+        k = _keys(sale)
+        codes = await self._run("release", [k.meta, k.reservations, k.pending, k.holds], ids)
+        return {rid: _RELEASE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    async def snapshot(self, sale: str) -> Snapshot:
+        k = _keys(sale)
+        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations], [])
+        if not flat:
+            raise errors.SaleNotFound(sale)
+        d = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return Snapshot(
+            sale=sale,
+            total=int(d["total"]),
+            remaining=int(d["remaining"]),
+            pending=int(d["pending"]),
+            confirmed=int(d["confirmed"]),
+            released=int(d.get("released", 0)),
+            open=d.get("open") == "1",
+            per_user_limit=int(d.get("limit", 1)),
+            pending_count=int(d["pending_count"]),
+            reservations=int(d["reservations"]),
+        )
+
+    async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
+        raw = await self.client.hget(_keys(sale).reservations, reservation_id)
+        return None if raw is None else parse_record(reservation_id, _s(raw))
+
+    async def reservations(self, sale: str) -> list[ReservationRecord]:
+        """Every reservation Redis holds for the sale (HSCAN, so a large sale does not block Redis)."""
+        out = []
+        async for rid, raw in self.client.hscan_iter(_keys(sale).reservations, count=1000):
+            out.append(parse_record(_s(rid), _s(raw)))
+        return out
+
+    async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
+        """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
+        ids = await self.client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit)
+        return [_s(i) for i in ids]
+
+    async def now_ms(self) -> int:
+        """Redis's clock, the one reserve.lua stamps reservations with."""
+        sec, usec = await self.client.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+
+__all__ = [
+    "STATE_CONFIRMED",
+    "STATE_PENDING",
+    "STATE_RELEASED",
+    "Outcome",
+    "Reservation",
+    "ReservationRecord",
+    "SaleConfig",
+    "SeedResult",
+    "Snapshot",
+    "StockEngine",
+    "new_reservation_id",
+    "script_source",
+]
