@@ -169,8 +169,11 @@ class StockEngine:
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
 
     @classmethod
-    def from_url(cls, url: str, max_connections: int = 64) -> StockEngine:
-        return cls(aioredis.from_url(url, max_connections=max_connections, decode_responses=False))
+    def from_url(cls, url: str, max_connections: int = 64, pool_timeout: float = 5.0) -> StockEngine:
+        """A client whose pool makes callers wait for a free connection (up to ``pool_timeout``)
+        instead of failing: a burst of buyers must queue for Redis, not be refused by our own pool."""
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout)
+        return cls(aioredis.Redis(connection_pool=pool))
 
     async def close(self) -> None:
         await self.client.aclose()
