@@ -13,19 +13,39 @@ help: ## show this help
 	  /^[a-zA-Z0-9_.-]+:.*##/ {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: demo
-demo: setup services-up ## run a local flash sale end to end and print its integrity audit
-	@$(SERVICES_ENV); $(VENV)/bin/stampede burst --sale demo --stock 100 --buyers 300 --attempts 1000
+demo: setup tools services-up cluster-up ## run a local flash sale end to end and print its integrity audit
+	@$(SERVICES_ENV); $(PY) -m stampede.demo $(DEMO_ARGS)
+
+.PHONY: burst
+burst: setup services-up ## race 1,000 buyers against the stock engine alone and print the audit
+	@$(SERVICES_ENV); $(VENV)/bin/stampede burst --sale burst --stock 100 --buyers 300 --attempts 1000
+
+.PHONY: demo-down
+demo-down: ## stop the demo's services and control plane
+	-@hack/cluster.sh down
+	-@hack/services.sh down
 
 .PHONY: test
-test: setup ## set everything up on a fresh machine and run the whole suite
+test: setup tools ## set everything up on a fresh machine and run the whole suite
 	@hack/services.sh up
+	@hack/cluster.sh up >/dev/null
 	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || rc=$$?; \
-	  hack/services.sh down; exit $$rc
+	  hack/cluster.sh down; hack/services.sh down; exit $$rc
 
 ##@ Setup
 .PHONY: setup
 setup: ## create .venv with every component and the dev tools (re-runs only when pyproject.toml changes)
 	@hack/venv.sh
+
+.PHONY: tools
+tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm) into .tools (cached)
+	@hack/tools.sh all
+
+.PHONY: cluster-up cluster-down
+cluster-up: tools ## start the local control plane (etcd + kube-apiserver on loopback)
+	@hack/cluster.sh up
+cluster-down: ## stop it
+	@hack/cluster.sh down
 
 .PHONY: services-up services-down services-status
 services-up: ## start the project's own Redis and PostgreSQL on free loopback ports
@@ -34,6 +54,27 @@ services-down: ## stop them
 	@hack/services.sh down
 services-status: ## show them
 	@hack/services.sh status
+
+##@ Ledger and worker
+.PHONY: migrate
+migrate: setup services-up ## apply the ledger and queue schema (idempotent, safe from several pods at once)
+	@$(SERVICES_ENV); $(VENV)/bin/stampede migrate
+
+.PHONY: worker
+worker: migrate ## run one settle worker against the local services (SIGTERM/Ctrl-C stops it gracefully)
+	@$(SERVICES_ENV); $(PY) -m stampede_worker
+
+##@ Operator
+.PHONY: operator
+operator: migrate cluster-up ## run the operator (kopf, with leader election) on the local control plane, all namespaces
+	@$(SERVICES_ENV); export KUBECONFIG="$$(hack/cluster.sh up 2>/dev/null | tail -n1)"; \
+	  KUBECTL="$$(hack/tools.sh path kubectl)"; \
+	  "$$KUBECTL" apply --server-side -f crds/flashsale.yaml >/dev/null && \
+	  $(PY) -m stampede_operator.peering crds | "$$KUBECTL" apply --server-side -f - >/dev/null && \
+	  "$$KUBECTL" wait --for=condition=Established --timeout=30s crd/flashsales.stampede.dev \
+	    crd/clusterkopfpeerings.kopf.dev crd/kopfpeerings.kopf.dev >/dev/null && \
+	  $(PY) -m stampede_operator.peering object | "$$KUBECTL" apply --server-side -f - >/dev/null && \
+	  exec $(VENV)/bin/kopf run -m stampede_operator.main --all-namespaces
 
 ##@ Quality
 .PHONY: lint
@@ -48,10 +89,80 @@ fmt: setup ## format and auto-fix
 	$(VENV)/bin/ruff format core app worker operator tests
 	$(VENV)/bin/ruff check --fix .
 
+##@ Run
+# A fixed secret for local runs only; a deployment sets STAMPEDE_JWT_SECRET from a Secret.
+DEV_JWT_SECRET ?= stampede-local-dev-secret-change-me-0123456789
+
+.PHONY: serve
+serve: setup services-up ## run the buy API under gunicorn on 127.0.0.1:8000 (strategies on; STAMPEDE_* override)
+	@$(SERVICES_ENV); $(VENV)/bin/stampede migrate >/dev/null && \
+	  export STAMPEDE_JWT_SECRET=$${STAMPEDE_JWT_SECRET:-$(DEV_JWT_SECRET)} \
+	    STAMPEDE_STRATEGIES_ENABLED=$${STAMPEDE_STRATEGIES_ENABLED:-true}; \
+	  echo "==> token for buyer-1: $$($(VENV)/bin/stampede mint-token buyer-1)"; \
+	  exec $(VENV)/bin/gunicorn -c python:stampede_api.gunicorn_conf stampede_api.asgi:app
+
+.PHONY: api
+api: serve ## alias of serve
+
 ##@ Benchmarks
+.PHONY: bench-api
+bench-api: setup services-up ## buy API under gunicorn vs a Falcon hello route: stock 10M and a 5k sell-out (wrk)
+	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
+	@$(SERVICES_ENV); $(PY) bench/api.py $(BENCH_ARGS)
+
 .PHONY: bench-stock
 bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA of a trivial script, as a ratio
 	@$(SERVICES_ENV); $(PY) bench/stock.py
+
+.PHONY: bench-worker
+bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/16 vs a plain batched INSERT, and lag
+	@$(SERVICES_ENV); $(PY) bench/worker.py $(BENCH_ARGS)
+
+##@ Kubernetes
+# Images are stampede-{api,worker,operator}:$(IMAGE_TAG), prefixed by IMAGE_REGISTRY/ when set (the chart's
+# image.registry and image.tag). kind is the pinned KIND_VERSION, run from the Go module proxy (KIND=kind to use
+# the one on PATH instead).
+IMAGE_TAG ?= dev
+IMAGE_REGISTRY ?=
+IMAGE_PREFIX = $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/)
+IMAGE_COMPONENTS := api worker operator
+DOCKER ?= docker
+KIND_VERSION ?= v0.30.0
+KIND_CLUSTER ?= stampede
+KIND ?= go run sigs.k8s.io/kind@$(KIND_VERSION)
+KIND_NAMESPACE ?= stampede
+CHART := charts/stampede
+
+.PHONY: images
+images: ## build the api, worker and operator images from the Dockerfile (needs Docker; IMAGE_TAG, IMAGE_REGISTRY)
+	@for c in $(IMAGE_COMPONENTS); do \
+	  echo "==> building $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG)"; \
+	  $(DOCKER) build --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) . || exit 1; \
+	done
+
+.PHONY: chart-crds
+chart-crds: ## copy crds/flashsale.yaml and the k6/ scripts into the chart (tests/chart checks they are equal)
+	cp crds/flashsale.yaml $(CHART)/crds/flashsale.yaml
+	rm -rf $(CHART)/files/k6 && mkdir -p $(CHART)/files/k6/lib
+	cp k6/*.js $(CHART)/files/k6/ && cp k6/lib/*.js $(CHART)/files/k6/lib/
+
+.PHONY: chart-lint
+chart-lint: ## helm lint the chart with its default values and with each ci/*-values.yaml
+	@helm="$$(hack/tools.sh path helm)" && "$$helm" lint --strict $(CHART) && \
+	  for f in $(CHART)/ci/*-values.yaml; do "$$helm" lint --strict $(CHART) -f "$$f" || exit 1; done
+
+.PHONY: kind-up kind-down
+kind-up: images ## kind cluster (hack/kind/cluster.yaml) with the images loaded and the chart installed (needs Docker)
+	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
+	  $(KIND) create cluster --name $(KIND_CLUSTER) --config hack/kind/cluster.yaml --wait 120s
+	@for c in $(IMAGE_COMPONENTS); do \
+	  $(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) || exit 1; \
+	done
+	"$$(hack/tools.sh path helm)" upgrade --install stampede $(CHART) --kube-context kind-$(KIND_CLUSTER) \
+	  --namespace $(KIND_NAMESPACE) --create-namespace -f $(CHART)/ci/kind-values.yaml \
+	  --set image.tag=$(IMAGE_TAG) --set image.registry=$(IMAGE_REGISTRY) --wait --timeout 10m
+kind-down: ## delete the kind cluster
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: clean
 clean: ## stop services and remove local state (.run); keeps .venv and .tools

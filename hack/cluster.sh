@@ -68,11 +68,6 @@ apiserver_get() { # PATH: GET it as the admin user
         "https://127.0.0.1:${APISERVER_PORT}$1"
 }
 
-is_ready() {
-    running_pid etcd >/dev/null && running_pid kube-apiserver >/dev/null && load_ports &&
-        [[ "$(apiserver_get /readyz 2>/dev/null)" == "ok" ]]
-}
-
 free_ports() { # N: print N distinct free loopback TCP ports
     python3 - "$1" <<'EOF'
 import socket, sys
@@ -231,10 +226,18 @@ cmd_up() {
     mkdir -p "$RUN_DIR"
     exec 9>"$RUN_DIR/.lock"
     flock 9
-    if is_ready; then
-        log "control plane already up at https://127.0.0.1:${APISERVER_PORT}"
-        printf '%s\n' "$KUBECONFIG_PATH"
-        return
+    if running_pid etcd >/dev/null && running_pid kube-apiserver >/dev/null && load_ports; then
+        # Up already (maybe slow to answer on a busy machine): give it the start-up timeout before restarting it.
+        local give_up=$(($(now_ms) + TIMEOUT * 1000))
+        until apiserver_ready 2>/dev/null || (($(now_ms) > give_up)) || ! running_pid kube-apiserver >/dev/null; do
+            sleep 0.5
+        done
+        if apiserver_ready 2>/dev/null; then
+            log "control plane already up at https://127.0.0.1:${APISERVER_PORT}"
+            printf '%s\n' "$KUBECONFIG_PATH"
+            return
+        fi
+        log "control plane running but not ready after ${TIMEOUT}s: restarting it"
     fi
     stop_all # leftovers of a half-started or crashed control plane
 

@@ -6,11 +6,14 @@
 #   hack/services.sh status   show what runs
 #   hack/services.sh env      print the STAMPEDE_* variables that point at them
 #
-# Data lives under .run/services (git-ignored). Nothing depends on services the machine happens to run.
+# Data lives under .run/services (git-ignored), or STAMPEDE_SERVICES_DIR for a second, private pair
+# (the fault suite stops and restarts its own). Nothing depends on services the machine happens to run.
+#
+#   hack/services.sh restart-redis | stop-postgres | start-postgres   (faults: one service at a time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-RUN=$ROOT/.run/services
+RUN=${STAMPEDE_SERVICES_DIR:-$ROOT/.run/services}
 ENVFILE=$RUN/env
 mkdir -p "$RUN"
 
@@ -151,10 +154,21 @@ cmd_env() {
   sed 's/^/export /' "$ENVFILE"
 }
 
+port_of() { sed -n "s/^$1=//p" "$ENVFILE"; }
+
 case "${1:-}" in
   up) cmd_up ;;
+  restart-redis)
+    stop_pid "$RUN/redis/redis.pid" redis
+    start_redis "$(port_of STAMPEDE_REDIS_PORT)" ;;
+  stop-postgres)
+    if alive "$RUN/pg/data/postmaster.pid"; then
+      as_pg "$(pg_bindir)/pg_ctl" -D "$RUN/pg/data" -m fast -w stop >/dev/null
+      log "postgres stopped"
+    fi ;;
+  start-postgres) start_postgres "$(port_of STAMPEDE_PG_PORT)" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|restart-redis|stop-postgres|start-postgres" >&2; exit 2 ;;
 esac

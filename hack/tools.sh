@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the project's pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm) from the Go module proxy.
+# Build the project's pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint) from the Go module proxy.
 #
 # Binaries are cached by version in the git-ignored folder .tools/ at the repository root:
 #   .tools/bin/kube-apiserver-v1.33.13   the build of that version
@@ -28,7 +28,7 @@ source "$TOOLS_MOD_DIR/versions.env"
 
 TOOLS_DIR="${STAMPEDE_TOOLS_DIR:-$ROOT/.tools}"
 BIN_DIR="$TOOLS_DIR/bin"
-TOOLS=(kube-apiserver etcd kubectl k6 helm)
+TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint)
 HEARTBEAT_PID=""
 TMP_PATHS=()
 
@@ -76,6 +76,7 @@ version_of() {
     etcd) printf '%s\n' "$ETCD_VERSION" ;;
     k6) printf '%s\n' "$K6_VERSION" ;;
     helm) printf '%s\n' "$HELM_VERSION" ;;
+    actionlint) printf '%s\n' "$ACTIONLINT_VERSION" ;;
     *) die "unknown tool '$1' (expected one of: ${TOOLS[*]})" ;;
     esac
 }
@@ -222,6 +223,14 @@ build_k6() { # OUT
     mv "$gobin/k6" "$1"
 }
 
+build_actionlint() { # OUT
+    local gobin
+    mktemp_tracked -d
+    gobin="$REPLY"
+    GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+    mv "$gobin/actionlint" "$1"
+}
+
 build_helm() { # OUT
     # Like helm's own Makefile: stamp the version, and the Kubernetes version of its client libraries as the
     # default .Capabilities.KubeVersion of `helm template`/`helm lint`.
@@ -252,6 +261,7 @@ build() { # NAME OUT
     etcd) build_etcd "$out" ;;
     k6) build_k6 "$out" ;;
     helm) build_helm "$out" ;;
+    actionlint) build_actionlint "$out" ;;
     esac
 }
 

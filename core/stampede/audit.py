@@ -98,9 +98,12 @@ def audit(
     rows: Iterable[Row],
     redis: RedisCounts | None = None,
     settled: bool = True,
+    acknowledged: int | None = None,
 ) -> AuditReport:
     """Checks the invariants. ``settled=True`` also demands that nothing is still pending (the
-    after-the-sale check); mid-sale audits pass ``settled=False``."""
+    after-the-sale check); mid-sale audits pass ``settled=False``. When the clients kept only a count of
+    their 202s (a k6 summary), pass it as ``acknowledged`` instead of ids: every 202 must still have a
+    record, so fewer records than 202s is a loss."""
     accepted_ids = list(accepted)
     row_list = list(rows)
     violations: list[str] = []
@@ -114,9 +117,13 @@ def audit(
         violations.append(f"{dup_accepted} reservation ids acknowledged to two different requests")
 
     lost_ids = set(accepted_ids) - ids.keys()
+    lost = len(lost_ids)
     if lost_ids:
         sample = ", ".join(sorted(lost_ids)[:3])
-        violations.append(f"{len(lost_ids)} acknowledged reservations have no record (e.g. {sample})")
+        violations.append(f"{lost} acknowledged reservations have no record (e.g. {sample})")
+    if acknowledged is not None and acknowledged > len(ids):
+        lost = max(lost, acknowledged - len(ids))
+        violations.append(f"{acknowledged} reservations acknowledged but only {len(ids)} recorded")
 
     by_status: Counter[str] = Counter()
     held: Counter[str] = Counter()
@@ -164,13 +171,13 @@ def audit(
     return AuditReport(
         sale=sale,
         stock=stock,
-        accepted=len(accepted_ids),
+        accepted=len(accepted_ids) if acknowledged is None else acknowledged,
         rows=len(row_list),
         confirmed_units=confirmed,
         pending_units=pending,
         returned_units=returned,
         oversold=oversold,
-        lost=len(lost_ids),
+        lost=lost,
         duplicates=duplicates,
         over_limit_users=len(over),
         drift=drift,

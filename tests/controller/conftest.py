@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,8 @@ def control_plane() -> Iterator[ControlPlane]:
         ).stdout.strip()
         yield ControlPlane(kubeconfig=kubeconfig, kubectl_path=Path(kubectl))
     finally:
-        if not was_up:
+        # Parallel workers share one control plane: only a lone session stops it (`make test` does otherwise).
+        if not was_up and "PYTEST_XDIST_WORKER" not in os.environ:
             subprocess.run([str(CLUSTER_SH), "down"], check=False)
 
 
@@ -139,3 +142,87 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     yield name
     control_plane.kubectl("delete", "flashsales.stampede.dev", "--all", "-n", name, "--wait=false")
     control_plane.kubectl("delete", "namespace", name, "--wait=false")
+
+
+# --- the operator under test ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kopf_peering_crds(control_plane: ControlPlane) -> None:
+    """kopf's peering CRDs (as stampede_operator.peering builds them, the same the chart ships), Established."""
+    from stampede_operator.peering import build_peering_crds
+
+    docs = "\n".join(json.dumps(d) for d in build_peering_crds())
+    applied = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=docs)
+    if applied.returncode != 0:
+        pytest.fail(f"applying kopf's peering CRDs failed: {applied.stderr.strip()}")
+    for crd in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s", check=True)
+
+
+@dataclass
+class OperatorProcess:
+    """One ``kopf run -m stampede_operator.main`` subprocess and its log file."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def start_operator(
+    control_plane: ControlPlane, flashsale_crd: str, redis_url: str, migrated_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., OperatorProcess]]:  # fmt: skip
+    """A factory of operator subprocesses watching one namespace, on this test worker's Redis database and
+    migrated PostgreSQL database; ``start(namespace, name, **env)`` returns once the operator has started.
+    Every operator started is stopped (SIGTERM) at the end of the module."""
+    started: list[OperatorProcess] = []
+    folder = tmp_path_factory.mktemp("operators")
+
+    def start(
+        namespace: str, name: str = "operator", wait_for: str = "operator started", **env: str
+    ) -> OperatorProcess:
+        log_path = folder / f"{name}.log"
+        environ = {
+            **control_plane.env,
+            "STAMPEDE_REDIS_URL": redis_url,
+            "STAMPEDE_DATABASE_URL": migrated_database_url,
+            "STAMPEDE_DB_POOL_MAX": "4",
+            "STAMPEDE_LOG_LEVEL": "INFO",
+            "STAMPEDE_OPERATOR_METRICS_PORT": "0",  # several operators share this host
+            **{f"STAMPEDE_{k.upper()}": v for k, v in env.items()},
+        }
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "-m", "stampede_operator.main", "--namespace", namespace],
+                stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=REPO_ROOT,
+            )  # fmt: skip
+        op = OperatorProcess(proc, log_path)
+        started.append(op)
+        deadline = time.monotonic() + 30
+        while wait_for not in op.log():
+            if not op.alive() or time.monotonic() > deadline:
+                op.stop()
+                pytest.fail(f"operator {name} did not start:\n{op.log()[-4000:]}")
+            time.sleep(0.1)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()

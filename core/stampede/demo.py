@@ -1,0 +1,159 @@
+"""``make demo``: a whole flash sale on one machine, end to end, with its integrity audit.
+
+Real parts only: the project's Redis and PostgreSQL, the local kube-apiserver, the FlashSale CRD, the kopf
+operator (which seeds the stock and opens the sale by its window), the Falcon API under gunicorn, a settle
+worker, and a k6 spike of thousands of distinct buyers. It ends by auditing Redis against the ledger and
+printing ``kubectl get flashsales``. Each step is named as it starts; every process it started is stopped
+at the end, and the sale's records stay in Redis, the ledger and the control plane for a look afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .devstack import LocalStack, free_port
+from .ledger import Ledger
+from .migrate import migrate
+from .names import CRD_PLURAL
+from .sale_audit import audit_sale, k6_accepted
+from .settings import Common, load
+from .stock import StockEngine
+
+STEPS = 9
+
+
+def step(n: int, text: str) -> None:
+    print(f"==> [{n}/{STEPS}] {text}", flush=True)
+
+
+def tool(root: Path, name: str) -> str:
+    return subprocess.run([str(root / "hack" / "tools.sh"), "path", name], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, object]:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return {
+        "apiVersion": "stampede.dev/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": name},
+        "spec": {
+            "product": {"sku": "DEMO-1", "name": "Demo Sneaker", "price": "99.00", "currency": "USD"},
+            "stock": stock,
+            "perUserLimit": limit,
+            "window": {"start": (now - dt.timedelta(seconds=5)).isoformat().replace("+00:00", "Z"),
+                       "end": (now + dt.timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")},
+            "api": {"replicas": 1},
+            "workers": {"replicas": 1, "concurrency": 8},
+            "reconcile": {"intervalSeconds": 5},
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stampede-demo", description=__doc__)
+    ap.add_argument("--stock", type=int, default=1000)
+    ap.add_argument("--limit", type=int, default=1, help="per-user limit")
+    ap.add_argument("--buyers", type=int, default=20000)
+    ap.add_argument("--peak", type=int, default=1000, help="k6 peak arrival rate, req/s")
+    ap.add_argument("--stage-seconds", type=int, default=5, help="k6 stage length (the spike lasts 5 stages)")
+    ns = ap.parse_args(argv)
+
+    root = Path.cwd()
+    if not (root / "k6" / "spike.js").exists():
+        print("stampede demo: run it from the repository root (make demo)", file=sys.stderr)
+        return 2
+    settings = load(Common)
+    run_dir = root / ".run" / "demo"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kubeconfig = root / ".run" / "cluster" / "kubeconfig"
+    kube_env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    kubectl = tool(root, "kubectl")
+    sale = f"demo-{time.strftime('%H%M%S')}"
+    secret = secrets.token_urlsafe(36)
+
+    step(1, "migrating the ledger and queue schema")
+    asyncio.run(migrate(settings.database_url))
+
+    step(2, f"applying the FlashSale CRD and sale {sale!r} (stock {ns.stock}, limit {ns.limit})")
+    subprocess.run([kubectl, "apply", "--server-side", "-f", str(root / "crds" / "flashsale.yaml")],
+                   env=kube_env, check=True, capture_output=True)
+    subprocess.run([kubectl, "wait", "--for=condition=Established", "crd/flashsales.stampede.dev"],
+                   env=kube_env, check=True, capture_output=True)
+    manifest = json.dumps(flashsale(sale, ns.stock, ns.limit, minutes=30))
+    subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, text=True, env=kube_env, check=True,
+                   capture_output=True)
+
+    with LocalStack(run_dir, {"STAMPEDE_JWT_SECRET": secret, "STAMPEDE_LOG_LEVEL": "WARNING"}) as stack:
+        try:
+            step(3, "starting the operator; waiting for it to seed the stock and open the sale")
+            stack.operator(kubeconfig)
+            deadline = time.monotonic() + 60
+            phase = ""
+            while time.monotonic() < deadline and phase != "Live":
+                phase = subprocess.run(
+                    [kubectl, "get", CRD_PLURAL, sale, "-o", "jsonpath={.status.phase}"],
+                    env=kube_env, capture_output=True, text=True, check=False,
+                ).stdout.strip()
+                time.sleep(0.5)
+            if phase != "Live":
+                print(f"stampede demo: the sale never went Live (phase {phase!r}); operator log:\n"
+                      f"{stack.procs['operator'].tail()}", file=sys.stderr)
+                return 1
+
+            step(4, "starting the API (gunicorn, 2 uvicorn workers) and a settle worker")
+            port = free_port()
+            stack.api(port=port, workers=2)
+            stack.worker(concurrency=8)
+
+            step(5, f"k6 spike: 50 -> {ns.peak // 3} -> {ns.peak} req/s from {ns.buyers} buyers")
+            summary = run_dir / f"{sale}-k6.json"
+            k6 = subprocess.run(
+                [tool(root, "k6"), "run", "--quiet", str(root / "k6" / "spike.js")],
+                env={**os.environ, "BASE_URL": f"http://127.0.0.1:{port}", "SALE": sale, "JWT_SECRET": secret,
+                     "BUYERS": str(ns.buyers), "PEAK_RATE": str(ns.peak), "MID_RATE": str(ns.peak // 3),
+                     "STAGE_SECONDS": str(ns.stage_seconds), "SUMMARY_PATH": str(summary),
+                     "K6_WEB_DASHBOARD": "true", "K6_WEB_DASHBOARD_EXPORT": str(run_dir / f"{sale}-k6.html"),
+                     "K6_WEB_DASHBOARD_PORT": "-1"},
+                check=False,
+            )
+
+            step(6, "waiting for every reservation to settle, then auditing Redis against the ledger")
+
+            async def judge() -> int:
+                ledger = await Ledger.open(settings)
+                stock = StockEngine.from_url(settings.redis_url)
+                try:
+                    report, lag, waited = await audit_sale(ledger, stock, sale, acknowledged=k6_accepted(summary))
+                finally:
+                    await stock.close()
+                    await ledger.close()
+                print(report.render())
+                print(lag.render())
+                print(f"  settled {waited:.1f}s after the spike ended")
+                return 0 if report.ok else 1
+
+            verdict = asyncio.run(judge())
+
+            step(7, "letting the reconciler publish the final status")
+            time.sleep(6)
+            step(8, "kubectl get flashsales")
+            subprocess.run([kubectl, "get", CRD_PLURAL, sale], env=kube_env, check=False)
+            print(f"    k6 report: {run_dir / (sale + '-k6.html')}; logs: {run_dir}/*.log")
+            step(9, "done" if verdict == 0 and k6.returncode == 0 else "done, with violations (see above)")
+            return verdict or (1 if k6.returncode not in (0, 99) else 0)
+        finally:
+            stack.stop_all()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""The whole platform as local processes: the API under gunicorn, settle workers, the operator.
+
+The demo, the end-to-end and fault-injection tests and the benchmarks all start the same real commands a
+Pod would run (by command line, never by import, so the core still imports no component), each with its
+own log file under ``.run/``, wait until each answers its health endpoint, and can stop or SIGKILL any of
+them mid-sale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Polls ``url`` until it answers 200; fails early if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s ({last})")
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    log: Path
+    url: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalStack:
+    """Starts and stops the platform's processes; use as a context manager so nothing outlives it."""
+
+    run_dir: Path
+    env: Mapping[str, str]
+    procs: dict[str, Process] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop_all()
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        ready_url: str | None = None,
+        timeout: float = 60,
+    ) -> Process:
+        if name in self.procs and self.procs[name].alive():
+            raise RuntimeError(f"{name} already runs (pid {self.procs[name].pid})")
+        log = self.run_dir / f"{name}.log"
+        full_env = {**os.environ, **self.env, **(env or {})}
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                list(argv), env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        p = Process(name, list(argv), proc, log, ready_url)
+        self.procs[name] = p
+        if ready_url:
+            try:
+                wait_http(ready_url, timeout, proc)
+            except (RuntimeError, TimeoutError) as exc:
+                self.stop(name)
+                raise RuntimeError(f"{name} did not become ready: {exc}\n--- {log} ---\n{p.tail()}") from exc
+        return p
+
+    def api(self, name: str = "api", port: int | None = None, workers: int = 2,
+            env: Mapping[str, str] | None = None) -> Process:
+        """The buy API as a Pod runs it: gunicorn with uvicorn workers serving the Falcon ASGI app."""
+        port = port or free_port()
+        return self.start(
+            name,
+            [str(BIN / "gunicorn"), "-c", "python:stampede_api.gunicorn_conf", "stampede_api.asgi:app"],
+            {"STAMPEDE_BIND": f"127.0.0.1:{port}", "STAMPEDE_WORKERS": str(workers), **(env or {})},
+            ready_url=f"http://127.0.0.1:{port}/readyz",
+        )
+
+    def worker(self, name: str = "worker", concurrency: int = 8, port: int | None = None,
+               env: Mapping[str, str] | None = None) -> Process:
+        """A settle worker (``python -m stampede_worker``)."""
+        port = port or free_port()
+        return self.start(
+            name,
+            [sys.executable, "-m", "stampede_worker"],
+            {"STAMPEDE_WORKER_CONCURRENCY": str(concurrency), "STAMPEDE_WORKER_METRICS_HOST": "127.0.0.1",
+             "STAMPEDE_WORKER_METRICS_PORT": str(port), **(env or {})},
+            ready_url=f"http://127.0.0.1:{port}/healthz",
+        )
+
+    def operator(self, kubeconfig: Path, name: str = "operator", namespace: str = "default",
+                 priority: int | None = None, env: Mapping[str, str] | None = None) -> Process:
+        """The kopf operator; standalone unless a peering ``priority`` is given (leader election)."""
+        argv = [str(BIN / "kopf"), "run", "-m", "stampede_operator.main", f"--namespace={namespace}",
+                "--verbose" if os.environ.get("STAMPEDE_OPERATOR_VERBOSE") else "--quiet"]
+        extra = {"KUBECONFIG": str(kubeconfig)}
+        if priority is None:
+            argv.append("--standalone")
+            extra["STAMPEDE_STANDALONE"] = "true"
+        else:
+            extra["STAMPEDE_PEERING_PRIORITY"] = str(priority)
+        return self.start(name, argv, {**extra, **(env or {})})
+
+    def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Sends ``sig`` to the whole process group (gunicorn's workers die with their master)."""
+        p = self.procs[name]
+        if p.alive():
+            os.killpg(p.pid, sig)
+            if sig == signal.SIGKILL:
+                p.proc.wait(10)
+
+    def stop(self, name: str, timeout: float = 20) -> int | None:
+        p = self.procs.get(name)
+        if p is None or not p.alive():
+            return None if p is None else p.proc.returncode
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            return p.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            return p.proc.wait(10)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs)[::-1]:
+            with contextlib.suppress(ProcessLookupError):
+                self.stop(name)

@@ -1,0 +1,225 @@
+"""Fixtures for the Helm chart's tests: the pinned helm and kubectl of ``hack/tools.sh``, rendering the chart, and
+the local control plane of ``hack/cluster.sh`` (etcd + kube-apiserver, like envtest) to validate what it renders.
+
+The control plane is started the way tests/controller/conftest.py starts it (``hack/cluster.sh up``, which is a
+no-op when it already runs) and is stopped at the end only if this session started it and no other pytest worker
+may be using it. Rendering needs only helm; tests that talk to the API server carry the ``k8s`` marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "charts" / "stampede"
+CLUSTER_SH = REPO_ROOT / "hack" / "cluster.sh"
+TOOLS_SH = REPO_ROOT / "hack" / "tools.sh"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RELEASE = "stampede"
+
+
+def _tools_available(*names: str) -> bool:
+    """Whether the binaries are built, or there is a Go toolchain to build them."""
+    bin_dir = Path(os.environ.get("STAMPEDE_TOOLS_DIR") or REPO_ROOT / ".tools") / "bin"
+    built = all((bin_dir / name).exists() for name in names)
+    return built or bool(os.environ.get("GO") or shutil.which("go") or Path("/usr/local/go/bin/go").exists())
+
+
+def _tool(name: str) -> Path:
+    if not _tools_available(name):
+        pytest.skip(f"no Go toolchain to build {name} (hack/tools.sh)")
+    out = subprocess.run([str(TOOLS_SH), "path", name], stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"hack/tools.sh path {name} failed (exit {out.returncode})")
+    return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> Path:
+    """The pinned helm (built by hack/tools.sh on first use)."""
+    return _tool("helm")
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin() -> Path:
+    """The pinned kubectl (built by hack/tools.sh on first use)."""
+    return _tool("kubectl")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The outcome of `helm template`: the process result and, when it succeeded, the parsed documents."""
+
+    result: subprocess.CompletedProcess[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.result.returncode == 0
+
+    @property
+    def text(self) -> str:
+        return self.result.stdout
+
+    @property
+    def docs(self) -> list[dict[str, Any]]:
+        return [d for d in yaml.safe_load_all(self.result.stdout) if d]
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        for d in self.docs:
+            if d["kind"] == kind and d["metadata"]["name"] == name:
+                return d
+        raise AssertionError(
+            f"no {kind} {name!r} rendered; have {[(d['kind'], d['metadata']['name']) for d in self.docs]}"
+        )
+
+
+Render = Callable[..., Rendered]
+
+
+@pytest.fixture(scope="session")
+def render(helm_bin: Path) -> Render:
+    """``render(*values_files, set=[...], namespace=..., release=..., check=True)`` runs ``helm template`` of the
+    chart; with check (the default) a failure fails the test with helm's message."""
+
+    def _render(
+        *values: str | Path,
+        set: Sequence[str] = (),  # mirrors helm --set
+        namespace: str = "stampede",
+        release: str = RELEASE,
+        check: bool = True,
+        extra: Sequence[str] = (),
+    ) -> Rendered:
+        cmd = [str(helm_bin), "template", release, str(CHART), "--namespace", namespace, *extra]
+        for v in values:
+            cmd += ["-f", str(v)]
+        for s in set:
+            cmd += ["--set", s]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        rendered = Rendered(result)
+        if check and not rendered.ok:
+            pytest.fail(f"helm template failed: {result.stderr.strip()}")
+        return rendered
+
+    return _render
+
+
+# --- the local control plane ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """A running control plane: its admin kubeconfig and the pinned kubectl bound to it."""
+
+    kubeconfig: Path
+    kubectl_path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this control plane; text stdout/stderr are captured."""
+        result = subprocess.run(
+            [str(self.kubectl_path), *args], input=input, capture_output=True, text=True, env=self.env, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.kubectl(*args, "-o", "json", check=True).stdout)
+        return parsed
+
+
+@pytest.fixture(scope="session")
+def control_plane(kubectl_bin: Path) -> Iterator[ControlPlane]:
+    """The local control plane, started for the session unless it already runs."""
+    if not _tools_available("etcd", "kube-apiserver", "kubectl"):
+        pytest.skip("no Go toolchain to build etcd, kube-apiserver and kubectl (hack/tools.sh)")
+    was_up = subprocess.run([str(CLUSTER_SH), "status"], capture_output=True).returncode == 0
+    up = subprocess.run([str(CLUSTER_SH), "up"], stdout=subprocess.PIPE, text=True)
+    if up.returncode != 0:
+        pytest.fail(f"hack/cluster.sh up failed (exit {up.returncode}); its stderr is captured below")
+    kubeconfig = Path(up.stdout.strip().splitlines()[-1])
+    try:
+        yield ControlPlane(kubeconfig=kubeconfig, kubectl_path=kubectl_bin)
+    finally:
+        # Under pytest-xdist another worker may still use it: leave it to whoever runs the suite.
+        if not was_up and "PYTEST_XDIST_WORKER" not in os.environ:
+            subprocess.run([str(CLUSTER_SH), "down"], check=False)
+
+
+def _wait_served(cp: ControlPlane, resource: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while cp.kubectl("get", resource, "-A").returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{resource} not served after {timeout} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def chart_crds(control_plane: ControlPlane) -> list[str]:
+    """The chart's CRDs (crds/: FlashSale and kopf's peerings), applied for real and Established: Helm installs
+    them before any template, so FlashSale and KopfPeering objects validate against them."""
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"), check=True)
+    names = [
+        yaml.safe_load(doc)["metadata"]["name"]
+        for path in sorted((CHART / "crds").glob("*.yaml"))
+        for doc in path.read_text().split("\n---\n")
+        if doc.strip() and yaml.safe_load(doc)
+    ]
+    for name in names:
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True)
+        _wait_served(control_plane, name)
+    return names
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(control_plane: ControlPlane) -> None:
+    """Stand-ins for the Prometheus Operator's ServiceMonitor and PodMonitor CRDs (fixtures/), so the monitors of
+    metrics.serviceMonitor.enabled can be applied; their schemas accept any spec."""
+    control_plane.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(FIXTURES / "monitoring-crds.yaml"), check=True
+    )
+    for name in ("servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com"):
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True)
+        _wait_served(control_plane, name)
+
+
+NewNamespace = Callable[..., str]
+
+
+@pytest.fixture
+def new_namespace(control_plane: ControlPlane) -> Iterator[NewNamespace]:
+    """``new_namespace(name=None)`` creates a namespace (a fresh name unless given; an existing one is reused).
+    They are deleted without waiting at the end: with no controller-manager a deleted namespace stays
+    Terminating until the control plane restarts on empty storage."""
+    made: list[str] = []
+
+    def _new(name: str | None = None) -> str:
+        ns = name or f"chart-{uuid.uuid4().hex[:8]}"
+        if control_plane.kubectl("get", "namespace", ns).returncode != 0:
+            control_plane.kubectl("create", "namespace", ns, check=True)
+            made.append(ns)
+        return ns
+
+    yield _new
+    for ns in made:
+        control_plane.kubectl("delete", "namespace", ns, "--wait=false")

@@ -1,0 +1,411 @@
+"""The chart as helm sees it: `helm lint` with every scenario, values.schema.json refusing bad values with a
+message naming them, and what `helm template` renders checked by value: hardened pods, pinned images, the
+operator's settings named as OperatorSettings names them, the sale pods selected by the labels the operator's
+builders give them, and the `helm test` pod (k6 smoke, then the audit). Needs helm, not a cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from tests.chart.conftest import Render
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "charts" / "stampede"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    kind = doc["kind"]
+    if kind == "Pod":
+        return doc["spec"]  # type: ignore[no-any-return]
+    if kind == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return doc["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in ("StatefulSet", "Deployment", "Pod", "CronJob", "Job")]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# --- helm lint and the schema -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: "default" if v is None else v.name)
+def test_helm_lint(helm_bin: Path, values: Path | None) -> None:
+    cmd = [str(helm_bin), "lint", "--strict", str(CHART)]
+    if values is not None:
+        cmd += ["-f", str(values)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("operator.replicas=0", "at '/operator/replicas': minimum: got 0, want 1"),
+        ("operator.replica=2", "at '/operator': additional properties 'replica' not allowed"),
+        ("secrets.jwtSecret=too-short", "at '/secrets/jwtSecret'"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+        ("redis.external.url=http://redis:6379", "at '/redis/external/url'"),
+        ("loadTest.sale=Not_A_Name", "at '/loadTest/sale'"),
+        ("postgresql.persistence.size=lots", "at '/postgresql/persistence/size'"),
+        ("image.operator.digest=sha256:abc", "at '/image/operator/digest'"),
+    ],
+)
+def test_schema_refuses_a_bad_value(render: Render, helm_bin: Path, setting: str, message: str) -> None:
+    rendered = render(set=[setting], check=False)
+    assert not rendered.ok
+    assert message in rendered.result.stderr, rendered.result.stderr
+    # helm lint says the same.
+    lint = subprocess.run([str(helm_bin), "lint", str(CHART), "--set", setting], capture_output=True, text=True)
+    assert lint.returncode != 0 and message in lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["secrets.existingSecret=mine"], "secrets.existingSecret names a Secret you manage"),
+        (["redis.enabled=false"], "redis.enabled=false needs redis.external.url"),
+        (["postgresql.enabled=false"], "postgresql.enabled=false needs postgresql.external.url"),
+        (["operator.replicas=5", "operator.peering.priorityBase=3"], "priorityBase must be at least operator.replicas"),
+        (["operator.clusterWide=true", "operator.watchNamespaces={a}"], "leave operator.watchNamespaces empty"),
+    ],
+)
+def test_combinations_that_cannot_work_are_refused(render: Render, settings: list[str], message: str) -> None:
+    rendered = render(set=settings, check=False)
+    assert not rendered.ok
+    assert message in rendered.result.stderr, rendered.result.stderr
+
+
+# --- what every scenario renders ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: "default" if v is None else v.name)
+def test_every_pod_is_hardened_and_pinned(render: Render, values: Path | None) -> None:
+    docs = render(*([values] if values else []), namespace="shop").docs
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    for doc in docs:
+        assert (doc["kind"] in cluster_scoped) != ("namespace" in doc["metadata"]), (
+            f"{doc['kind']} {doc['metadata']['name']}: namespaced objects name their namespace, others do not"
+        )
+        labels = doc["metadata"].get("labels", {})
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by"):
+            assert key in labels, f"{doc['kind']} {doc['metadata']['name']} lacks label {key}"
+    for doc in _workloads(docs):
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        spec = _pod_spec(doc)
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, f"{where}/{c['name']}"
+            assert sc["allowPrivilegeEscalation"] is False, f"{where}/{c['name']}"
+            assert sc["capabilities"]["drop"] == ["ALL"], f"{where}/{c['name']}"
+            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], f"{where}/{c['name']}"
+            image = c["image"]
+            assert not image.endswith(":latest") and (":" in image.rsplit("/", 1)[-1] or "@sha256:" in image), image
+
+
+def test_default_install_objects(render: Render) -> None:
+    r = render(namespace="shop")
+    kinds = sorted({d["kind"] for d in r.docs})
+    assert kinds == sorted(
+        [
+            "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CronJob", "KopfPeering", "Pod",
+            "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet",
+        ]
+    )  # fmt: skip
+    # The names the kind workflow waits for (release "stampede").
+    r.get("StatefulSet", "stampede-operator")
+    r.get("Pod", "stampede-test-smoke")
+    assert r.get("KopfPeering", "stampede")["metadata"]["namespace"] == "shop"
+    secret = r.get("Secret", "stampede-env")
+    assert set(secret["stringData"]) == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET"}
+    assert secret["stringData"]["STAMPEDE_REDIS_URL"].startswith("redis://:")
+    assert "@stampede-redis.shop.svc:6379/0" in secret["stringData"]["STAMPEDE_REDIS_URL"]
+    assert "@stampede-postgresql.shop.svc:5432/stampede" in secret["stringData"]["STAMPEDE_DATABASE_URL"]
+    assert len(secret["stringData"]["STAMPEDE_JWT_SECRET"]) >= 32
+
+
+def test_secret_keys_are_settings_variables() -> None:
+    settings = pytest.importorskip("stampede.settings")
+    variables = {v for cls in (settings.ApiSettings, settings.WorkerSettings) for v, _, _ in settings.describe(cls)}
+    assert {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET"} <= variables
+
+
+# --- the operator -------------------------------------------------------------------------------------------------
+
+
+def _operator_container(r: Any) -> dict[str, Any]:
+    sts = r.get("StatefulSet", "stampede-operator")
+    (container,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"]
+    return container  # type: ignore[no-any-return]
+
+
+def test_operator_env_is_what_operator_settings_reads(render: Render) -> None:
+    settings = pytest.importorskip("stampede.settings")
+    known = {var for var, _, _ in settings.describe(settings.OperatorSettings)}
+    env = _env(_operator_container(render()))
+    stampede_vars = {k for k in env if k.startswith("STAMPEDE_")}
+    assert stampede_vars - known == set(), f"env the operator's settings do not read: {stampede_vars - known}"
+    for var in (
+        "STAMPEDE_SECRET_NAME", "STAMPEDE_API_IMAGE", "STAMPEDE_WORKER_IMAGE", "STAMPEDE_IMAGE_PULL_POLICY",
+        "STAMPEDE_API_PORT", "STAMPEDE_WORKER_METRICS_PORT", "STAMPEDE_PEERING_NAME", "STAMPEDE_PEERING_LIFETIME_S",
+        "STAMPEDE_OPERATOR_METRICS_PORT",
+        "STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL",
+    ):  # fmt: skip
+        assert var in env, var
+    assert env["STAMPEDE_SECRET_NAME"] == "stampede-env"
+    assert env["STAMPEDE_API_IMAGE"] == "stampede-api:0.1.0"
+    assert env["STAMPEDE_WORKER_IMAGE"] == "stampede-worker:0.1.0"
+    # The operator loads and validates exactly this environment.
+    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    plain |= {"STAMPEDE_PEERING_PRIORITY": "100"}
+    loaded = settings.load(settings.OperatorSettings, env=plain)
+    assert loaded.secret_name == "stampede-env"
+    assert loaded.peering_name == "stampede"
+    assert loaded.standalone is False
+
+
+def test_chart_defaults_match_operator_settings_defaults(render: Render) -> None:
+    settings = pytest.importorskip("stampede.settings")
+    defaults = settings.OperatorSettings()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["api"]["port"] == defaults.api_port
+    assert values["worker"]["metricsPort"] == defaults.worker_metrics_port
+    assert values["worker"]["metricsPort"] == settings.WorkerSettings().worker_metrics_port
+    assert values["operator"]["metricsPort"] == defaults.operator_metrics_port
+
+
+@pytest.mark.parametrize(
+    ("settings", "flags"),
+    [
+        ([], ["--namespace=shop"]),
+        (["operator.watchNamespaces={a,b}"], ["--namespace=a", "--namespace=b"]),
+        (["operator.clusterWide=true"], ["--all-namespaces"]),
+    ],
+)
+def test_operator_runs_kopf_with_peering_and_distinct_priorities(
+    render: Render, settings: list[str], flags: list[str]
+) -> None:
+    r = render(set=settings, namespace="shop")
+    container = _operator_container(r)
+    assert container["command"] == ["/bin/sh", "-ec"]
+    script = container["args"][0]
+    assert "exec kopf run --module=stampede_operator.main" in script
+    assert '--peering="$STAMPEDE_PEERING_NAME" --priority="$STAMPEDE_PEERING_PRIORITY"' in script
+    assert [f for f in script.split() if f.startswith(("--namespace", "--all-namespaces"))] == flags
+    # The priority is derived from the StatefulSet ordinal: run the same shell line for three pods.
+    env = _env(container)
+    priorities = []
+    for ordinal in range(3):
+        prefix = script.split("exec kopf")[0]
+        out = subprocess.run(
+            ["/bin/sh", "-ec", prefix + 'echo "$STAMPEDE_PEERING_PRIORITY"'],
+            env={"POD_NAME": f"stampede-operator-{ordinal}", "PEERING_PRIORITY_BASE": env["PEERING_PRIORITY_BASE"]},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        priorities.append(int(out.stdout))
+    assert priorities == [100, 99, 98]
+    peering_kind = "ClusterKopfPeering" if "--all-namespaces" in flags else "KopfPeering"
+    assert r.kinds(peering_kind), f"no {peering_kind} rendered"
+    assert [d["metadata"]["name"] for d in r.kinds(peering_kind)] == [env["STAMPEDE_PEERING_NAME"]] * len(
+        r.kinds(peering_kind)
+    )
+
+
+def test_operator_migrates_before_it_starts(render: Render) -> None:
+    sts = render().get("StatefulSet", "stampede-operator")
+    (init,) = sts["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"] == ["/bin/sh", "-c"]
+    assert "stampede migrate && exit 0" in init["args"][0]
+    cli = pytest.importorskip("stampede.cli")
+    assert "migrate" in cli._COMMANDS
+    assert {"STAMPEDE_DATABASE_URL", "STAMPEDE_REDIS_URL"} <= set(_env(init))
+    assert (
+        not render(set=["operator.migrate=false"])
+        .get("StatefulSet", "stampede-operator")["spec"]["template"]["spec"]
+        .get("initContainers")
+    )
+
+
+# --- the sale pods the operator creates ---------------------------------------------------------------------------
+
+
+def test_chart_selects_sale_pods_by_the_labels_the_operator_gives_them(render: Render) -> None:
+    builders = pytest.importorskip("stampede_operator.builders")
+    settings = pytest.importorskip("stampede.settings")
+    from datetime import UTC, datetime
+
+    spec = builders.SaleSpec(
+        name="drop", sku="S-1", stock=10, per_user_limit=1,
+        window_start=datetime(2026, 1, 1, tzinfo=UTC), window_end=datetime(2026, 1, 2, tzinfo=UTC),
+    )  # fmt: skip
+    s = settings.OperatorSettings()
+    pod_labels = {
+        "api": builders.build_api_deployment(spec, "shop", s)["spec"]["template"]["metadata"]["labels"],
+        "worker": builders.build_worker_deployment(spec, "shop", s)["spec"]["template"]["metadata"]["labels"],
+    }
+    r = render("charts/stampede/ci/production-values.yaml", namespace="shop")
+
+    def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    pdb = r.get("PodDisruptionBudget", "stampede-api")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels["api"])
+    assert not selects(pdb["spec"]["selector"]["matchLabels"], pod_labels["worker"])
+    for component in ("api", "worker"):
+        monitor = r.get("PodMonitor", f"stampede-{component}")
+        assert selects(monitor["spec"]["selector"]["matchLabels"], pod_labels[component])
+        ports = {p["name"] for c in _sale_containers(builders, spec, s, component) for p in c.get("ports", [])}
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+        policy = r.get("NetworkPolicy", f"stampede-{component}")
+        assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels[component])
+        container_ports = {
+            p["containerPort"] for c in _sale_containers(builders, spec, s, component) for p in c["ports"]
+        }
+        assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} <= container_ports
+
+
+def _sale_containers(builders: Any, spec: Any, s: Any, component: str) -> list[dict[str, Any]]:
+    build = builders.build_api_deployment if component == "api" else builders.build_worker_deployment
+    return build(spec, "shop", s)["spec"]["template"]["spec"]["containers"]  # type: ignore[no-any-return]
+
+
+def test_data_stores_admit_the_sale_pods(render: Render) -> None:
+    builders = pytest.importorskip("stampede_operator.builders")
+    r = render("charts/stampede/ci/kind-values.yaml", namespace="shop")
+    for store in ("redis", "postgresql"):
+        policy = r.get("NetworkPolicy", f"stampede-{store}")
+        peers = policy["spec"]["ingress"][0]["from"]
+        for component in ("api", "worker"):
+            labels = builders.build_labels("drop", component)
+            assert any(
+                all(labels.get(k) == v for k, v in p.get("podSelector", {}).get("matchLabels", {}).items())
+                and "namespaceSelector" in p
+                for p in peers
+            ), f"{store} does not admit the sale's {component} pods"
+        # and the chart's own pods (operator, helm test) through the release's selector labels
+        assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "stampede",
+                                                "app.kubernetes.io/instance": "stampede"}}} in peers  # fmt: skip
+
+
+# --- in-cluster k6 ------------------------------------------------------------------------------------------------
+
+
+def test_helm_test_pod_runs_k6_smoke_then_the_audit(render: Render) -> None:
+    names = pytest.importorskip("stampede.names")
+    r = render("charts/stampede/ci/kind-values.yaml", namespace="shop")
+    pod = r.get("Pod", "stampede-test-smoke")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    (k6,) = spec["initContainers"]
+    (audit,) = spec["containers"]
+    assert k6["args"] == ["run", "--no-color", "/scripts/smoke.js"]
+    env = _env(k6)
+    sale = "ci-sale"
+    assert env["SALE"] == sale
+    # The Service the operator creates for the sale, on the port it exposes.
+    assert env["BASE_URL"] == f"http://{names.component_name(sale, names.COMPONENT_API)}.shop.svc"
+    assert env["JWT_SECRET"] == {"secretKeyRef": {"name": "stampede-env", "key": "STAMPEDE_JWT_SECRET"}}
+    assert env["SUMMARY_PATH"] == "/results/smoke-summary.json"
+    assert audit["command"][:2] == ["stampede", "audit"]
+    assert "/results/smoke-summary.json" in audit["command"] and sale in audit["command"]
+    assert audit["image"] == "stampede-worker:ci"
+    # Every k6 file is mounted where the scripts import it from.
+    cm = r.get("ConfigMap", "stampede-k6")
+    items = {i["key"]: i["path"] for v in spec["volumes"] if v["name"] == "scripts" for i in v["configMap"]["items"]}
+    assert set(items) == set(cm["data"])
+    assert items["lib.buy.js"] == "lib/buy.js" and items["smoke.js"] == "smoke.js"
+    for key, path in items.items():
+        assert cm["data"][key] == (CHART / "files" / "k6" / path).read_text().rstrip("\n")
+
+
+def test_api_service_port_is_what_the_load_test_calls() -> None:
+    builders = pytest.importorskip("stampede_operator.builders")
+    settings = pytest.importorskip("stampede.settings")
+    from datetime import UTC, datetime
+
+    spec = builders.SaleSpec(
+        name="drop", sku="S-1", stock=10, per_user_limit=1,
+        window_start=datetime(2026, 1, 1, tzinfo=UTC), window_end=datetime(2026, 1, 2, tzinfo=UTC),
+    )  # fmt: skip
+    service = builders.build_api_service(spec, "shop", settings.OperatorSettings())
+    assert service["metadata"]["name"] == "drop-api"
+    assert [p["port"] for p in service["spec"]["ports"]] == [80], "the load test calls http://<sale>-api.<ns>.svc"
+
+
+def test_spike_runs_on_demand_from_a_suspended_cronjob(render: Render) -> None:
+    cron = render().get("CronJob", "stampede-k6-spike")
+    assert cron["spec"]["suspend"] is True
+    spec = _pod_spec(cron)
+    (k6,) = spec["initContainers"]
+    assert k6["args"][-1] == "/scripts/spike.js"
+    assert _env(k6)["PEAK_RATE"] == "1000"
+
+
+def test_audit_command_matches_the_cli() -> None:
+    """The audit flags the chart passes are ones `stampede audit` accepts."""
+    cli = pytest.importorskip("stampede.cli")
+    if "audit" not in getattr(cli, "_COMMANDS", {}):
+        pytest.skip("`stampede audit` is not there yet")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    command = values["loadTest"]["audit"]["command"]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    _help, add_args, _ = cli._COMMANDS["audit"]
+    add_args(parser)
+    args = [a.replace("{sale}", "s").replace("{summary}", "/r/s.json").replace("{timeout}", "60") for a in command[2:]]
+    parser.parse_args(args)
+
+
+def test_dashboard_configmap_carries_the_repository_json(render: Render) -> None:
+    cm = render().get("ConfigMap", "stampede-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["data"]["stampede.json"] == (CHART / "dashboards" / "stampede.json").read_text().rstrip("\n")
+
+
+@pytest.mark.parametrize("values", ["kind-values.yaml", "production-values.yaml"])
+def test_network_policies_let_the_test_pod_reach_the_api_and_the_data_stores(render: Render, values: str) -> None:
+    r = render(CHART / "ci" / values, namespace="shop")
+    pod_labels = r.get("Pod", "stampede-test-smoke")["metadata"]["labels"]
+    api_port = yaml.safe_load((CHART / "values.yaml").read_text())["api"]["port"]
+
+    def admits(policy: dict[str, Any], port: int) -> bool:
+        for rule in policy["spec"]["ingress"]:
+            if port not in [p["port"] for p in rule["ports"]]:
+                continue
+            if "from" not in rule:
+                return True
+            for peer in rule["from"]:
+                ns_sel = peer.get("namespaceSelector")
+                ns_ok = ns_sel is None or ns_sel.get("matchLabels", {}) in (
+                    {},
+                    {"kubernetes.io/metadata.name": "shop"},
+                )
+                pod_sel = peer.get("podSelector", {}).get("matchLabels")
+                pod_ok = pod_sel is not None and all(pod_labels.get(k) == v for k, v in pod_sel.items())
+                if ns_ok and pod_ok:
+                    return True
+        return False
+
+    assert admits(r.get("NetworkPolicy", "stampede-api"), api_port)
+    for store, port in (("redis", 6379), ("postgresql", 5432)):
+        if r.kinds("StatefulSet") and any(d["metadata"]["name"] == f"stampede-{store}" for d in r.kinds("StatefulSet")):
+            assert admits(r.get("NetworkPolicy", f"stampede-{store}"), port), store

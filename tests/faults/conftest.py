@@ -1,0 +1,305 @@
+"""The fault suite's world: a private Redis + PostgreSQL pair (the suite stops and restarts them, so they
+are not the ones other tests share), the local control plane with a namespace per scenario, and a
+``SaleRun`` that starts the real processes (operator, gunicorn API, worker), fires concurrent buyers over
+HTTP, injects a fault mid-sale, waits for the system to heal, and audits the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stampede.audit import AuditReport
+from stampede.devstack import LocalStack
+from stampede.ledger import Ledger
+from stampede.migrate import migrate
+from stampede.sale_audit import audit_sale
+from stampede.settings import Common, load
+from stampede.stock import StockEngine
+from stampede.tokens import mint
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ROOT / "hack" / "services.sh"
+REPORT = ROOT / ".run" / "faults" / "report.txt"
+SECRET = "fault-suite-secret-0123456789abcdef0123456789"
+
+
+@dataclass
+class FaultServices:
+    dir: Path
+    env: dict[str, str]
+
+    def do(self, *args: str) -> None:
+        subprocess.run([str(SERVICES), *args], env={**os.environ, "STAMPEDE_SERVICES_DIR": str(self.dir)},
+                       check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def fault_services() -> Iterator[FaultServices]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    d = ROOT / ".run" / "faults" / worker / "services"
+    svc = FaultServices(d, {})
+    svc.do("up")
+    env = dict(line.split("=", 1) for line in (d / "env").read_text().split() if "=" in line)
+    svc.env = {"STAMPEDE_REDIS_URL": env["STAMPEDE_REDIS_URL"], "STAMPEDE_DATABASE_URL": env["STAMPEDE_DATABASE_URL"]}
+    asyncio.run(migrate(svc.env["STAMPEDE_DATABASE_URL"]))
+    yield svc
+    svc.do("down")
+
+
+@dataclass
+class Outcome:
+    """What the buyers saw."""
+
+    statuses: dict[int, int] = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)
+    retry_after_missing: int = 0
+    server_errors: int = 0
+    transport_errors: int = 0
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values()) + self.transport_errors
+
+
+@dataclass
+class SaleRun:
+    """One scenario: a FlashSale in its own namespace and the processes serving it."""
+
+    name: str
+    namespace: str
+    stock_units: int
+    limit: int
+    services: FaultServices
+    stack: LocalStack
+    kubectl: Callable[..., subprocess.CompletedProcess[str]]
+    kubeconfig: Path
+    api_port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    # --- the sale ---------------------------------------------------------------------------------
+    def apply(self) -> None:
+        now = time.time()
+        iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+        manifest = {
+            "apiVersion": "stampede.dev/v1alpha1", "kind": "FlashSale",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "product": {"sku": "FAULT-1", "name": "Fault", "price": "1.00", "currency": "USD"},
+                "stock": self.stock_units, "perUserLimit": self.limit,
+                "window": {"start": iso(now - 5), "end": iso(now + 1800)},
+                "api": {"replicas": 1}, "workers": {"replicas": 1, "concurrency": 8},
+                "reconcile": {"intervalSeconds": 2, "graceSeconds": 3},
+            },
+        }
+        res = self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        assert res.returncode == 0, res.stderr
+
+    def status(self) -> dict[str, Any]:
+        res = self.kubectl("get", "flashsales", self.name, "-n", self.namespace, "-o", "json")
+        return json.loads(res.stdout).get("status", {}) if res.returncode == 0 else {}
+
+    def wait_phase(self, phase: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.status().get("phase") == phase:
+                return
+            time.sleep(0.3)
+        op = self.stack.procs.get("operator") or self.stack.procs.get("operator-a")
+        raise AssertionError(f"sale never reached {phase}: {self.status()}\n{op.tail() if op else ''}")
+
+    # --- processes --------------------------------------------------------------------------------
+    def start_operator(self, name: str = "operator", priority: int | None = None) -> None:
+        self.stack.operator(self.kubeconfig, name=name, namespace=self.namespace, priority=priority, env=self.env)
+
+    def start_api(self, env: dict[str, str] | None = None) -> None:
+        from stampede.devstack import free_port
+
+        self.api_port = self.api_port or free_port()
+        self.stack.api(port=self.api_port, workers=2, env={**self.env, **(env or {})})
+
+    def start_worker(self, env: dict[str, str] | None = None) -> None:
+        self.stack.worker(concurrency=8, env={**self.env, "STAMPEDE_WORKER_HEARTBEAT_S": "1",
+                                               "STAMPEDE_WORKER_STALLED_S": "3", **(env or {})})
+
+    # --- load -------------------------------------------------------------------------------------
+    async def buyers(
+        self, *, users: int = 600, requests: int = 3000, concurrency: int = 200,
+        fault_at: float = 0.3, fault: Callable[[], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """``requests`` buys from ``users`` distinct buyers, ``concurrency`` in flight; ``fault`` runs
+        (concurrently with the load) once ``fault_at`` of the requests were sent."""
+        out = Outcome()
+        tokens = [mint(SECRET, f"buyer-{i}", ttl_s=900) for i in range(users)]
+        sem = asyncio.Semaphore(concurrency)
+        sent = 0
+        fault_task: asyncio.Task[None] | None = None
+        url = f"http://127.0.0.1:{self.api_port}/v1/sales/{self.name}/reservations"
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+            async def one(i: int) -> None:
+                nonlocal sent, fault_task
+                async with sem:
+                    sent += 1
+                    if fault is not None and fault_task is None and sent >= requests * fault_at:
+                        fault_task = asyncio.create_task(fault())
+                    try:
+                        r = await client.post(url, json={"quantity": 1},
+                                              headers={"Authorization": f"Bearer {tokens[i % users]}"})
+                    except httpx.TransportError:
+                        out.transport_errors += 1
+                        await asyncio.sleep(0.05)
+                        return
+                out.statuses[r.status_code] = out.statuses.get(r.status_code, 0) + 1
+                if r.status_code == 202:
+                    out.accepted.append(r.json()["reservation_id"])
+                elif r.status_code in (429, 503) and "retry-after" not in r.headers:
+                    out.retry_after_missing += 1
+                elif r.status_code >= 500 and r.status_code != 503:
+                    out.server_errors += 1
+
+            await asyncio.gather(*(one(i) for i in range(requests)))
+            if fault_task is not None:
+                await fault_task
+        return out
+
+    # --- healing and the verdict ----------------------------------------------------------------
+    async def settle_and_audit(self, outcome: Outcome, timeout: float = 90) -> tuple[AuditReport, float]:  # noqa: ASYNC109
+        """Waits until the ledger has nothing pending, the reconciler reports drift 0 and the audit is
+        clean (or the timeout passes), and returns the last audit with the seconds it took."""
+        settings = load(Common, {**os.environ, **self.services.env})
+        started = time.monotonic()
+        ledger = await Ledger.open(settings)
+        stock = StockEngine.from_url(settings.redis_url)
+        try:
+            while True:
+                try:
+                    report, _lag, _ = await audit_sale(ledger, stock, self.name, accepted=outcome.accepted,
+                                                       settle_timeout=1)
+                except Exception as exc:  # Redis keys not rebuilt yet, a restarting dependency, …
+                    report = None
+                    last_error = repr(exc)
+                drift = self.status().get("drift")
+                if report is not None and report.ok and drift == 0:
+                    return report, time.monotonic() - started
+                if time.monotonic() - started > timeout:
+                    detail = report.render() if report is not None else last_error
+                    raise AssertionError(f"did not heal in {timeout}s (status drift {drift}):\n{detail}\n"
+                                         f"status: {self.status()}\n{self.logs()}")
+                await asyncio.sleep(1)
+        finally:
+            await stock.close()
+            await ledger.close()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{p.tail(15)}" for n, p in self.stack.procs.items())
+
+    def record(self, fault: str, outcome: Outcome, report: AuditReport, heal_s: float) -> str:
+        line = (f"{fault:<28} requests {outcome.requests:>5}  accepted {len(outcome.accepted):>4}  "
+                f"confirmed {report.confirmed_units:>4}  compensated {report.returned_units:>3}  "
+                f"oversold {report.oversold}  lost {report.lost}  drift {report.drift}  "
+                f"healed in {heal_s:5.1f}s  (HTTP {dict(sorted(outcome.statuses.items()))})")
+        REPORT.parent.mkdir(parents=True, exist_ok=True)
+        with REPORT.open("a") as f:
+            f.write(line + "\n")
+        print(line)
+        return line
+
+
+class ChaosProxy:
+    """A TCP proxy in a thread of its own that delays every chunk each way and cuts a share of the
+    connections mid-stream: network delay and loss between the API and Redis in user space, no root."""
+
+    def __init__(self, target_port: int, delay_s: float = 0.02, cut_ratio: float = 0.02, seed: int = 1) -> None:
+        import random
+        import threading
+
+        self.target_port = target_port
+        self.delay_s = delay_s
+        self.cut_ratio = cut_ratio
+        self.rng = random.Random(seed)
+        self.cuts = 0
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, peer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    await asyncio.sleep(self.delay_s)
+                    if self.rng.random() < self.cut_ratio:
+                        self.cuts += 1
+                        break
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                for x in (w, peer):
+                    x.close()
+
+        async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+            try:
+                ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                cw.close()
+                return
+            await asyncio.gather(pipe(cr, uw, cw), pipe(ur, cw, uw))
+
+        async def start() -> None:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await server.serve_forever()
+
+        self._loop.run_until_complete(start())
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture
+def sale_run(fault_services: FaultServices, control_plane: Any, flashsale_crd: str,
+             request: pytest.FixtureRequest) -> Iterator[SaleRun]:
+    ns = f"f-{uuid.uuid4().hex[:8]}"
+    assert control_plane.kubectl("create", "namespace", ns).returncode == 0
+    run_dir = ROOT / ".run" / "faults" / request.node.name
+    env = {**fault_services.env, "STAMPEDE_JWT_SECRET": SECRET, "STAMPEDE_LOG_LEVEL": "INFO"}
+    with LocalStack(run_dir, env) as stack:
+        run = SaleRun(
+            name=f"sale-{uuid.uuid4().hex[:6]}", namespace=ns, stock_units=1000, limit=2,
+            services=fault_services, stack=stack, kubectl=control_plane.kubectl,
+            kubeconfig=control_plane.kubeconfig, env=env,
+        )
+        yield run
+    control_plane.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.fixture
+def chaos_proxy() -> Iterator[Callable[[int], ChaosProxy]]:
+    made: list[ChaosProxy] = []
+
+    def make(port: int) -> ChaosProxy:
+        made.append(ChaosProxy(port))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
