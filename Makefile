@@ -105,6 +105,10 @@ serve: setup services-up ## run the buy API under gunicorn on 127.0.0.1:8000 (st
 api: serve ## alias of serve
 
 ##@ Benchmarks
+.PHONY: bench
+bench: setup tools services-up ## k6 spike against strategies v1-v4 and the /v1 path in one run: bench/results/<date>.md + PNG
+	@$(SERVICES_ENV); $(PY) bench/strategies.py $(BENCH_ARGS)
+
 .PHONY: bench-api
 bench-api: setup services-up ## buy API under gunicorn vs a Falcon hello route: stock 10M and a 5k sell-out (wrk)
 	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }

@@ -4,11 +4,16 @@ seeing each other's sales."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,11 +23,21 @@ from stampede.stock import StockEngine
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "hack" / "services.sh"
 ENV_FILE = ROOT / ".run" / "services" / "env"
+CLUSTER_SH = ROOT / "hack" / "cluster.sh"
+TOOLS_SH = ROOT / "hack" / "tools.sh"
+VERSIONS_ENV = ROOT / "hack" / "tools" / "versions.env"
+CRD_PATH = ROOT / "crds" / "flashsale.yaml"
+CRD_NAME = "flashsales.stampede.dev"
 
 
 def _worker_index() -> int:
     name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
+def _run_tag() -> str:
+    """Unique per pytest run (shared by its xdist workers), so two runs on one machine never share state."""
+    return os.environ.get("PYTEST_XDIST_TESTRUNUID", f"p{os.getpid()}")[:8]
 
 
 def _read_env() -> dict[str, str]:
@@ -45,27 +60,38 @@ def services() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def redis_url(services: dict[str, str]) -> str:
-    """A Redis database of this test worker's own (db 1..15), flushed at the start."""
+    """A Redis database per test worker (db 1..15). Not flushed: every test names its own sales, so their
+    keys never meet."""
     db = 1 + _worker_index() % 15
-    url = f"redis://127.0.0.1:{services['STAMPEDE_REDIS_PORT']}/{db}"
-    subprocess.run(
-        ["redis-cli", "-p", services["STAMPEDE_REDIS_PORT"], "-n", str(db), "flushdb"],
-        check=True,
-        capture_output=True,
-    )
-    return url
+    return f"redis://127.0.0.1:{services['STAMPEDE_REDIS_PORT']}/{db}"
 
 
 @pytest.fixture(scope="session")
-def database_url(services: dict[str, str]) -> str:
-    """A fresh PostgreSQL database of this test worker's own."""
+def database_url(services: dict[str, str]) -> Iterator[str]:
+    """A fresh PostgreSQL database of this test worker's own, in this run only; dropped at the end."""
     port = services["STAMPEDE_PG_PORT"]
-    name = f"stampede_test_{_worker_index()}"
+    name = f"stampede_test_{_run_tag()}_{_worker_index()}"
     admin = f"postgresql://stampede@127.0.0.1:{port}/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql://stampede@127.0.0.1:{port}/{name}"
+    yield f"postgresql://stampede@127.0.0.1:{port}/{name}"
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.OperationalError:
+        pass  # the services are already gone
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(database_url: str) -> str:
+    """This test worker's database with the ledger and procrastinate schema applied (`stampede migrate`)."""
+    import asyncio
+
+    from stampede.migrate import migrate
+
+    asyncio.run(migrate(database_url))
+    return database_url
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +105,118 @@ async def stock(redis_url: str) -> AsyncIterator[StockEngine]:
 def sale() -> str:
     """A sale name no other test uses."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+# --- the local control plane (hack/cluster.sh): shared by controller, chart, e2e and fault tests ---
+
+
+@pytest.fixture(scope="session")
+def tool_versions() -> dict[str, str]:
+    """The tool versions pinned in hack/tools/versions.env (KEY=VALUE lines)."""
+    versions: dict[str, str] = {}
+    for line in VERSIONS_ENV.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            versions[key.strip()] = value.strip().strip("'\"")
+    return versions
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """A running control plane: its admin kubeconfig and a kubectl bound to it."""
+
+    kubeconfig: Path
+    kubectl_path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The process environment with KUBECONFIG pointing at this control plane."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this control plane; text stdout/stderr are captured."""
+        return subprocess.run(
+            [str(self.kubectl_path), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=check,
+            timeout=timeout,
+        )
+
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        """Run ``kubectl ... -o json`` and parse the output, failing the test on an error."""
+        result = self.kubectl(*args, "-o", "json")
+        if result.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        parsed: dict[str, Any] = json.loads(result.stdout)
+        return parsed
+
+
+def _can_build_tools() -> bool:
+    """Whether the binaries are built, or there is a Go toolchain to build them."""
+    bin_dir = Path(os.environ.get("STAMPEDE_TOOLS_DIR") or ROOT / ".tools") / "bin"
+    built = all((bin_dir / name).exists() for name in ("etcd", "kube-apiserver", "kubectl"))
+    return built or bool(os.environ.get("GO") or shutil.which("go") or Path("/usr/local/go/bin/go").exists())
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """The local control plane, started for the session unless it already runs."""
+    if not _can_build_tools():
+        pytest.skip("no Go toolchain to build etcd, kube-apiserver and kubectl (hack/tools.sh)")
+    was_up = subprocess.run([str(CLUSTER_SH), "status"], capture_output=True).returncode == 0
+    # stderr is left to pytest's capture: the progress (and a first build's long output) shows with -s, and
+    # in the report when the set-up fails.
+    up = subprocess.run([str(CLUSTER_SH), "up"], stdout=subprocess.PIPE, text=True)
+    if up.returncode != 0:
+        pytest.fail(f"hack/cluster.sh up failed (exit {up.returncode}); its stderr is captured below")
+    kubeconfig = Path(up.stdout.strip().splitlines()[-1])
+    try:
+        kubectl = subprocess.run(
+            [str(TOOLS_SH), "path", "kubectl"], stdout=subprocess.PIPE, text=True, check=True
+        ).stdout.strip()
+        yield ControlPlane(kubeconfig=kubeconfig, kubectl_path=Path(kubectl))
+    finally:
+        # Parallel workers share one control plane: only a lone session stops it (`make test` does otherwise).
+        if not was_up and "PYTEST_XDIST_WORKER" not in os.environ:
+            subprocess.run([str(CLUSTER_SH), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def flashsale_crd(control_plane: ControlPlane) -> str:
+    """The FlashSale CRD of crds/flashsale.yaml, applied and Established; returns its name."""
+    applied = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    if applied.returncode != 0:
+        pytest.fail(f"applying {CRD_PATH.name} failed: {applied.stderr.strip()}")
+    waited = control_plane.kubectl(
+        "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s", timeout=45
+    )
+    if waited.returncode != 0:
+        pytest.fail(f"CRD {CRD_NAME} not Established: {waited.stderr.strip()}")
+    # Established means served, but discovery (how kubectl maps `fs` to the resource) may lag a moment.
+    deadline = time.monotonic() + 30
+    while control_plane.kubectl("get", "flashsales.stampede.dev", "-A").returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"CRD {CRD_NAME} Established but not served after 30 s")
+        time.sleep(0.2)
+    return CRD_NAME
+
+
+@pytest.fixture(scope="session")
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A fresh namespace for the session's objects.
+
+    At the end the session deletes the FlashSales it made, then the namespace without waiting: with no
+    controller-manager to empty it, a deleted namespace stays Terminating until the control plane is restarted
+    (``hack/cluster.sh up`` starts on empty storage).
+    """
+    name = f"stampede-test-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", name, check=True)
+    yield name
+    control_plane.kubectl("delete", "flashsales.stampede.dev", "--all", "-n", name, "--wait=false")
+    control_plane.kubectl("delete", "namespace", name, "--wait=false")

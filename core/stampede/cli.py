@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from .errors import StampedeError
 from .settings import Common, SettingsError, load
 
 Handler = Callable[[argparse.Namespace], int]
@@ -71,6 +72,99 @@ def _burst(ns: argparse.Namespace) -> int:
     return 0 if result.report.ok else 1
 
 
+def _mint_token_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("subject", nargs="?", default="buyer-1", help="buyer id (the token's sub; default buyer-1)")
+    p.add_argument("--ttl", type=int, default=900, help="seconds the token lives (default 900)")
+    p.add_argument(
+        "--count", type=int, default=0, help="mint N tokens for <subject>-0..N-1, one 'sub<TAB>token' a line"
+    )
+    p.add_argument("--out", default="-", help="file to write (default: stdout)")
+
+
+@command("mint-token", "mint HS256 buyer tokens with STAMPEDE_JWT_SECRET (dev, tests, k6)", _mint_token_args)
+def _mint_token(ns: argparse.Namespace) -> int:
+    from .settings import ApiSettings
+    from .tokens import mint, mint_many
+
+    s = load(ApiSettings)
+    out = sys.stdout if ns.out == "-" else open(ns.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        if ns.count > 0:
+            subjects = (f"{ns.subject}-{i}" for i in range(ns.count))
+            for sub, token in mint_many(
+                s.jwt_secret, subjects, ttl_s=ns.ttl, issuer=s.jwt_issuer, audience=s.jwt_audience
+            ):
+                out.write(f"{sub}\t{token}\n")
+        else:
+            token = mint(s.jwt_secret, ns.subject, ttl_s=ns.ttl, issuer=s.jwt_issuer, audience=s.jwt_audience)
+            out.write(token + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def _migrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", default=None, help="PostgreSQL URL (default: STAMPEDE_DATABASE_URL)")
+
+
+@command("migrate", "apply the ledger and queue schema (idempotent, safe from several pods at once)", _migrate_args)
+def _migrate(ns: argparse.Namespace) -> int:
+    from .errors import StampedeError
+    from .migrate import migrate
+
+    url = ns.database_url or load(Common).database_url
+    try:
+        result = asyncio.run(migrate(url))
+    except StampedeError as exc:
+        print(f"stampede migrate: {exc}", file=sys.stderr)
+        return 1
+    for name in result.applied:
+        print(f"==> applied {name}")
+    print(f"==> schema up to date ({len(result.applied)} applied, {len(result.already)} already there)")
+    return 0
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sale", required=True, help="sale name")
+    p.add_argument("--k6-summary", default=None, help="k6 summary JSON: its 202 count must all be in the ledger")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for pending reservations to settle")
+    p.add_argument("--json", action="store_true", help="print the audit as JSON")
+
+
+@command("audit", "wait for a sale to settle, then audit Redis and the ledger (non-zero exit on a violation)",
+         _audit_args)
+def _audit(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .ledger import Ledger
+    from .sale_audit import audit_sale, k6_accepted
+    from .stock import StockEngine
+
+    settings = load(Common)
+    acknowledged = k6_accepted(Path(ns.k6_summary)) if ns.k6_summary else None
+
+    async def run() -> int:
+        ledger = await Ledger.open(settings)
+        stock = StockEngine.from_url(settings.redis_url)
+        try:
+            report, lag, waited = await audit_sale(
+                ledger, stock, ns.sale, acknowledged=acknowledged, settle_timeout=ns.wait
+            )
+        finally:
+            await stock.close()
+            await ledger.close()
+        if ns.json:
+            print(json.dumps({**report.as_dict(), "lag": lag.__dict__, "settle_wait_s": waited}, indent=2))
+        else:
+            print(report.render())
+            print(lag.render())
+            print(f"  settled {waited:.1f}s after the audit began")
+        return 0 if report.ok else 1
+
+    return asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stampede", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -84,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"stampede: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StampedeError as exc:
+        print(f"stampede {ns.cmd}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

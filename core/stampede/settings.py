@@ -85,12 +85,14 @@ class Common:
     redis_max_connections: int = setting(64, "Redis connection pool size per process")
     db_pool_min: int = setting(1, "smallest PostgreSQL pool per process")
     db_pool_max: int = setting(8, "largest PostgreSQL pool per process")
+    db_timeout_s: float = setting(5.0, "seconds to wait for a PostgreSQL connection before answering 'unavailable'")
     log_level: str = setting("INFO", "root log level")
     log_json: bool = setting(True, "structured JSON logs (false: plain text for a terminal)")
 
     def validate(self) -> None:
         _positive("redis_max_connections", self.redis_max_connections)
         _positive("db_pool_max", self.db_pool_max)
+        _positive("db_timeout_s", self.db_timeout_s)
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError("STAMPEDE_DB_POOL_MIN must not exceed STAMPEDE_DB_POOL_MAX")
         for var, url, schemes in (
@@ -108,14 +110,99 @@ class StockSettings(Common):
 
 @dataclass(frozen=True)
 class WorkerSettings(Common):
-    """The procrastinate worker that settles batches (filled in by the worker's needs)."""
+    """The procrastinate worker that settles batches of reservations (``python -m stampede_worker``)."""
+
+    worker_concurrency: int = setting(8, "settle_batch jobs run at once by one worker process")
+    worker_metrics_host: str = setting("0.0.0.0", "address of the /metrics and /healthz endpoint")
+    worker_metrics_port: int = setting(9102, "port of the /metrics and /healthz endpoint (0: none)")
+    worker_max_retries: int = setting(5, "retries of a job after a transient error before compensating")
+    worker_retry_base_s: float = setting(0.5, "first retry delay; doubles each retry (exponential backoff)")
+    worker_retry_max_s: float = setting(30.0, "longest retry delay")
+    worker_heartbeat_s: float = setting(5.0, "how often a worker tells PostgreSQL it is alive")
+    worker_stalled_s: float = setting(30.0, "a worker silent this long is dead: its running jobs are retried")
+    worker_shutdown_timeout_s: float = setting(20.0, "on SIGTERM, seconds in-flight jobs get to finish")
+    worker_delete_jobs: str = setting("never", "delete finished jobs: never | successful | always")
+    worker_poll_s: float = setting(2.0, "job polling interval besides LISTEN/NOTIFY wake-ups")
+    worker_depth_interval_s: float = setting(5.0, "how often the queue depth gauge is refreshed")
+    worker_fault_sleep_ms: int = setting(0, "fault injection for tests: sleep between ledger and Redis writes")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("worker_concurrency", "worker_retry_base_s", "worker_heartbeat_s", "worker_stalled_s"):
+            _positive(name, getattr(self, name))
+        if self.worker_max_retries < 0:
+            raise SettingsError("STAMPEDE_WORKER_MAX_RETRIES must be >= 0")
+        if self.worker_stalled_s <= self.worker_heartbeat_s:
+            raise SettingsError("STAMPEDE_WORKER_STALLED_S must exceed STAMPEDE_WORKER_HEARTBEAT_S")
+        if self.worker_delete_jobs not in ("never", "successful", "always"):
+            raise SettingsError("STAMPEDE_WORKER_DELETE_JOBS must be never, successful or always")
 
 
 @dataclass(frozen=True)
 class ApiSettings(Common):
-    """The Falcon buy API under gunicorn (filled in by the API's needs)."""
+    """The Falcon buy API under gunicorn: where it listens, how many worker processes, how buyers
+    authenticate, and the limits a request must stay within."""
+
+    bind: str = setting("127.0.0.1:8000", "gunicorn bind address (host:port or unix:path)")
+    workers: int = setting(2, "gunicorn worker processes (one event loop and one batch flusher each)")
+    timeout_s: int = setting(30, "gunicorn worker timeout: a silent worker is restarted after this")
+    graceful_timeout_s: int = setting(15, "seconds a worker gets to finish in-flight requests on reload/stop")
+    keepalive_s: int = setting(5, "HTTP keep-alive seconds")
+    backlog: int = setting(2048, "listen backlog")
+    max_requests: int = setting(0, "recycle a worker after this many requests (0: never)")
+    jwt_secret: str = setting("", "HS256 secret that signs buyer tokens (required, at least 32 characters)")
+    jwt_issuer: str = setting("stampede", "expected `iss` of buyer tokens")
+    jwt_audience: str = setting("stampede-api", "expected `aud` of buyer tokens")
+    jwt_leeway_s: int = setting(5, "clock skew tolerated on `exp`/`iat`, seconds")
+    jwt_max_ttl_s: int = setting(3600, "tokens living longer than this (exp - iat) are refused")
+    max_body_bytes: int = setting(4096, "largest request body accepted (413 above)")
+    max_quantity: int = setting(100, "largest quantity one request may ask for (the per-user limit still applies)")
+    retry_after_s: int = setting(1, "Retry-After seconds sent with 503 answers")
+    replay_wait_ms: int = setting(1000, "how long an idempotent replay waits for its first attempt to commit")
+    batch_max: int = setting(2000, "most reservations one ledger transaction carries")
+    trusted_proxy_hops: int = setting(0, "X-Forwarded-For hops to trust for the client IP (0: use the peer)")
+    strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
+    access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.jwt_secret) < 32:
+            raise SettingsError("STAMPEDE_JWT_SECRET must be set to at least 32 characters")
+        for name in ("workers", "timeout_s", "max_body_bytes", "max_quantity", "batch_max", "jwt_max_ttl_s"):
+            _positive(name, getattr(self, name))
+        if self.retry_after_s < 1:
+            raise SettingsError("STAMPEDE_RETRY_AFTER_S must be >= 1")
 
 
 @dataclass(frozen=True)
 class OperatorSettings(Common):
-    """The kopf operator (filled in by the operator's needs)."""
+    """The kopf operator (``kopf run -m stampede_operator.main``): what it puts into the sale's pods, how it
+    elects a leader among its replicas, and how long it waits for things."""
+
+    secret_name: str = setting("stampede-env", "Secret whose keys become the env of every API and worker pod")
+    api_image: str = setting("stampede-api:latest", "image of the sale's API Deployment")
+    worker_image: str = setting("stampede-worker:latest", "image of the sale's worker Deployment")
+    image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of the sale's pods")
+    api_port: int = setting(8000, "port the API container listens on (and the Service targets)")
+    worker_metrics_port: int = setting(9102, "port of the worker's /metrics and /healthz endpoint in its pods")
+    peering_name: str = setting("stampede", "kopf peering object the replicas elect their leader in")
+    peering_priority: int = setting(0, "this replica's priority; 0: derived from the pod name so replicas differ")
+    peering_lifetime_s: int = setting(60, "seconds a silent leader is still believed alive by the standbys")
+    standalone: bool = setting(False, "run without peering (a single replica, development)")
+    delete_drain_timeout_s: float = setting(30.0, "longest a deleted sale waits for its queued jobs to settle")
+    reconcile_batch_max: int = setting(1000, "most reservations one healing action (job, release) carries")
+    drift_confirmations: int = setting(2, "consecutive passes a drift must persist before Drifted=True + Event")
+    operator_metrics_port: int = setting(9103, "port of the operator's Prometheus /metrics (0: none)")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("api_port", "worker_metrics_port", "peering_lifetime_s", "delete_drain_timeout_s"):
+            _positive(name, getattr(self, name))
+        _positive("reconcile_batch_max", self.reconcile_batch_max)
+        _positive("drift_confirmations", self.drift_confirmations)
+        if not 0 <= self.operator_metrics_port <= 65535:
+            raise SettingsError("STAMPEDE_OPERATOR_METRICS_PORT must be a port number (0: none)")
+        if self.peering_priority < 0:
+            raise SettingsError("STAMPEDE_PEERING_PRIORITY must be >= 0 (0: derived from the pod name)")
+        if not self.secret_name:
+            raise SettingsError("STAMPEDE_SECRET_NAME must name the Secret of the sale's pods")

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import errors
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot")
+SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild")
 
 
 @cache
@@ -107,6 +107,15 @@ class Snapshot:
     @property
     def balanced(self) -> bool:
         return self.total == self.remaining + self.pending + self.confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    outcome: str  # rebuilt | exists
+    total: int
+    remaining: int
+    pending: int
+    confirmed: int
 
 
 def new_reservation_id() -> str:
@@ -223,6 +232,37 @@ class StockEngine:
         if prev == "unknown_sale":
             raise errors.SaleNotFound(sale)
         return prev == "1"
+
+    async def rebuild(
+        self, sale: str, config: SaleConfig, open: bool, records: Iterable[ReservationRecord]
+    ) -> RebuildResult:
+        """Recreates the sale's counters and reservations from ``records`` (the ledger's view, with
+        compensated rows as ``released``) in one atomic step, only if the sale's keys are gone: a sale that
+        exists is left alone (outcome ``exists``). Raises RestockBelowSold if the records hold more than
+        ``config.total``."""
+        k = _keys(sale)
+        args: list[Any] = [
+            config.total,
+            config.per_user_limit,
+            "1" if open else "0",
+            config.buyer_rate,
+            config.buyer_burst,
+            config.ip_rate,
+            config.ip_burst,
+        ]
+        for r in records:
+            if r.state not in (STATE_PENDING, STATE_CONFIRMED, STATE_RELEASED):
+                raise errors.InvalidArgument("state", f"cannot rebuild a reservation in state {r.state!r}")
+            args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
+        code, total, remaining, pending, confirmed = await self._run(
+            "rebuild", [k.meta, k.reservations, k.pending, k.holds], args
+        )
+        code = _s(code)
+        if code == "below_sold":
+            raise errors.RestockBelowSold(sale, config.total, int(pending) + int(confirmed))
+        if code == "bad_args":
+            raise errors.ScriptError("rebuild.lua refused arguments that passed validation")
+        return RebuildResult(code, int(total), int(remaining), int(pending), int(confirmed))
 
     async def delete(self, sale: str) -> int:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
@@ -357,6 +397,7 @@ __all__ = [
     "STATE_PENDING",
     "STATE_RELEASED",
     "Outcome",
+    "RebuildResult",
     "Reservation",
     "ReservationRecord",
     "SaleConfig",

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from tests.controller.conftest import ControlPlane
+    from tests.conftest import ControlPlane
 
 pytestmark = pytest.mark.k8s
 

@@ -1,0 +1,243 @@
+"""``make bench``: the case study's spike against the four strategies and the production path, in one run.
+
+One API (gunicorn, uvicorn workers, strategies enabled) and one settle worker serve every strategy on the
+same machine; each strategy gets a fresh product with the same stock and the same k6 spike (the case
+study's shape: ramping arrivals to a peak, hold, taper). The table reports oversold units, latency
+percentiles, throughput, 5xx rate and, where a queue is involved, the 202 -> confirmed lag, plus each
+strategy's throughput as a ratio of the production path. Writes bench/results/<date>.md and a PNG chart.
+Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from stampede import sqlfiles
+from stampede.devstack import LocalStack, free_port
+from stampede.ledger import Ledger
+from stampede.migrate import migrate
+from stampede.sale_audit import lag, wait_settled
+from stampede.settings import Common, load
+from stampede.stock import SaleConfig, StockEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ("v1", "v2", "v3", "v4", "prod")
+TITLES = {
+    "v1": "v1 naive read-modify-write",
+    "v2": "v2 atomic UPDATE … WHERE stock >= 1",
+    "v3": "v3 Redis Lua + sync INSERT",
+    "v4": "v4 Redis Lua + durable batch + queue",
+    "prod": "/v1 production path (JWT, limits)",
+}
+
+
+def tool(name: str) -> str:
+    return subprocess.run(
+        [str(ROOT / "hack" / "tools.sh"), "path", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+async def prepare(settings: Common, strategy: str, product: str, stock: int) -> None:
+    """A fresh product with ``stock`` units for one strategy."""
+    if strategy in ("v1", "v2"):
+        q = sqlfiles.queries("strategies.sql")
+        async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+            await conn.execute(q["upsert_product"], {"product_id": product, "stock": stock})
+            await conn.execute(q["delete_orders"], {"product_id": product})
+        return
+    engine = StockEngine.from_url(settings.redis_url)
+    try:
+        await engine.delete(product)
+        await engine.seed(product, SaleConfig(total=stock, per_user_limit=1), open=True)
+    finally:
+        await engine.close()
+    if strategy in ("v4", "prod"):
+        ledger = await Ledger.open(settings)
+        try:
+            await ledger.ensure_sale(
+                product, sku=product.upper(), stock=stock, per_user_limit=1, window_start=None, window_end=None
+            )
+        finally:
+            await ledger.close()
+
+
+async def settle_lag(settings: Common, product: str) -> tuple[float, dict[str, float]]:
+    ledger = await Ledger.open(settings)
+    try:
+        waited = await wait_settled(ledger, product, 120)
+        lg = await lag(ledger, product)
+        return waited, {"p50": lg.p50, "p95": lg.p95, "p99": lg.p99}
+    finally:
+        await ledger.close()
+
+
+def stats(base: str, strategy: str, product: str) -> dict[str, Any]:
+    import urllib.request
+
+    version = "v4" if strategy == "prod" else strategy
+    with urllib.request.urlopen(f"{base}/api/{version}/stats?productId={product}", timeout=10) as r:
+        data: dict[str, Any] = json.loads(r.read())
+    return data
+
+
+def metric(summary: dict[str, Any], name: str, field: str = "count") -> float:
+    m = summary["metrics"].get(name)
+    return float(m["values"].get(field, 0)) if m else 0.0
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["strategy"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(rows))
+    for i, (key, label) in enumerate((("p50", "p50"), ("p95", "p95"), ("p99", "p99"))):
+        a.bar([j + (i - 1) * 0.27 for j in x], [r[key] for r in rows], width=0.27, label=label)
+    a.set_xticks(list(x), names)
+    a.set_ylabel("latency, ms")
+    a.set_yscale("log")
+    a.legend()
+    a.set_title("latency per strategy")
+    b.bar(list(x), [r["rps"] for r in rows], color="tab:green")
+    b.set_xticks(list(x), names)
+    b.set_ylabel("requests/s")
+    b.set_title("throughput per strategy")
+    for j, r in enumerate(rows):
+        if r["oversold"]:
+            b.annotate(f"oversold {r['oversold']}", (j, r["rps"]), ha="center", va="bottom", color="red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--stock", type=int, default=5000)
+    ap.add_argument("--buyers", type=int, default=100_000)
+    ap.add_argument("--peak", type=int, default=1000, help="k6 peak arrival rate (req/s)")
+    ap.add_argument("--stage-seconds", type=int, default=5, help="the spike lasts 5 stages")
+    ap.add_argument("--only", default=",".join(STRATEGIES), help="comma-separated subset")
+    ns = ap.parse_args()
+
+    settings = load(Common)
+    asyncio.run(migrate(settings.database_url))
+    run_dir = ROOT / ".run" / "bench"
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    secret = "bench-secret-" + "x" * 40
+    k6 = tool("k6")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stamp = time.strftime("%H%M%S")
+    rows: list[dict[str, Any]] = []
+    with LocalStack(
+        run_dir,
+        {
+            **settings_env(settings),
+            "STAMPEDE_JWT_SECRET": secret,
+            "STAMPEDE_STRATEGIES_ENABLED": "true",
+            "STAMPEDE_LOG_LEVEL": "WARNING",
+        },
+    ) as stack:
+        print("==> starting the API (gunicorn, 2 workers, strategies on) and a settle worker", flush=True)
+        stack.api(port=port, workers=2)
+        stack.worker(concurrency=8)
+        for strategy in ns.only.split(","):
+            product = f"bench-{strategy}-{stamp}"
+            asyncio.run(prepare(settings, strategy, product, ns.stock))
+            summary_path = run_dir / f"{product}.json"
+            print(f"==> {TITLES[strategy]}: spike to {ns.peak} req/s on stock {ns.stock}", flush=True)
+            subprocess.run(
+                [k6, "run", "--quiet", str(ROOT / "k6" / "strategies.js")],
+                env={
+                    **os.environ,
+                    "BASE_URL": base,
+                    "STRATEGY": strategy,
+                    "PRODUCT": product,
+                    "SALE": product,
+                    "JWT_SECRET": secret,
+                    "BUYERS": str(ns.buyers),
+                    "PEAK_RATE": str(ns.peak),
+                    "MID_RATE": str(ns.peak // 3),
+                    "STAGE_SECONDS": str(ns.stage_seconds),
+                    "SUMMARY_PATH": str(summary_path),
+                },
+                check=False,
+            )
+            summary = json.loads(summary_path.read_text())
+            lag_s: dict[str, float] = {}
+            waited = 0.0
+            if strategy in ("v4", "prod"):
+                waited, lag_s = asyncio.run(settle_lag(settings, product))
+            st = stats(base, strategy, product)
+            reqs = metric(summary, "http_reqs")
+            fails = metric(summary, "strategy_failed")
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "title": TITLES[strategy],
+                    "oversold": int(st.get("oversold", 0)),
+                    "accepted": int(st.get("accepted", 0)),
+                    "p50": metric(summary, "http_req_duration", "med"),
+                    "p95": metric(summary, "http_req_duration", "p(95)"),
+                    "p99": metric(summary, "http_req_duration", "p(99)"),
+                    "rps": metric(summary, "http_reqs", "rate"),
+                    "requests": int(reqs),
+                    "fail_pct": 100 * fails / reqs if reqs else 0.0,
+                    "lag_p99_ms": lag_s.get("p99", 0.0) * 1000 if lag_s else None,
+                    "settle_s": waited if lag_s else None,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"    oversold {r['oversold']}  accepted {r['accepted']}  p95 {r['p95']:.1f} ms  "
+                f"{r['rps']:.0f} req/s  failures {r['fail_pct']:.2f}%",
+                flush=True,
+            )
+
+    prod = next((r for r in rows if r["strategy"] == "prod"), rows[-1])
+    lines = [
+        f"# make bench — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Same machine ({os.cpu_count()} cores, k6 on the same box), one API (gunicorn, 2 uvicorn workers) and one "
+        f"settle worker; each strategy gets stock {ns.stock} and the same k6 spike (50 → {ns.peak // 3} → "
+        f"{ns.peak} req/s, {5 * ns.stage_seconds}s) from {ns.buyers:,} buyers.",
+        "",
+        "| strategy | oversold | accepted | p50 ms | p95 ms | p99 ms | req/s | vs /v1 | failed (5xx/transport) | "
+        "202→confirmed p99 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lag_cell = f"{r['lag_p99_ms']:.0f} ms" if r["lag_p99_ms"] is not None else "—"
+        lines.append(
+            f"| {r['title']} | {r['oversold']} | {r['accepted']} | {r['p50']:.1f} | {r['p95']:.1f} | "
+            f"{r['p99']:.1f} | {r['rps']:.0f} | {r['rps'] / prod['rps']:.2f} | {r['fail_pct']:.2f}% | {lag_cell} |"
+        )
+    date = dt.date.today().isoformat()
+    png = out_dir / f"{date}-strategies.png"
+    chart(rows, png)
+    lines += ["", f"![latency and throughput per strategy]({png.name})", ""]
+    md = out_dir / f"{date}.md"
+    md.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"==> written {md.relative_to(ROOT)} and {png.relative_to(ROOT)}")
+
+
+def settings_env(settings: Common) -> dict[str, str]:
+    return {"STAMPEDE_REDIS_URL": settings.redis_url, "STAMPEDE_DATABASE_URL": settings.database_url}
+
+
+if __name__ == "__main__":
+    main()

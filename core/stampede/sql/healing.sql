@@ -1,0 +1,47 @@
+-- Named queries of the reconciler (stampede_operator.reconcile) that the ledger module does not offer.
+-- Status moves still go only out of pending (the trigger of migration 0001 guards them too).
+
+-- name: sale_rows
+-- Every row of a sale with what healing needs: when Redis took it, its job and that job's status (NULL: the
+-- job vanished). One statement, so rows and jobs are read in one snapshot: a row settled and its job finished
+-- between two reads would otherwise look like a pending row whose job is done.
+SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
+       j.status::text AS job_status,
+       (extract(epoch FROM now() - l.settled_at) * 1000)::bigint AS settled_age_ms
+  FROM stampede_ledger l
+  LEFT JOIN procrastinate_jobs j ON j.id = l.job_id
+ WHERE l.sale = %(sale)s;
+
+-- name: record_lost
+-- Records Redis reservations the ledger never heard of as compensated (the API died before its durable
+-- write, so no 202 was sent). ON CONFLICT: a row written meanwhile keeps its own story. Returns the ids
+-- this statement recorded: only those may be released in Redis.
+INSERT INTO stampede_ledger (reservation_id, sale, user_id, quantity, reserved_at_ms, status, reason, settled_at)
+SELECT r.id, %(sale)s, r.user_id, r.quantity, r.reserved_at_ms, 'compensated', %(reason)s, now()
+  FROM unnest(%(ids)s::uuid[], %(users)s::text[], %(quantities)s::int[], %(reserved_at_ms)s::bigint[])
+       AS r(id, user_id, quantity, reserved_at_ms)
+ON CONFLICT (reservation_id) DO NOTHING
+RETURNING reservation_id::text;
+
+-- name: redefer
+-- Defers one new settle_batch job for rows still pending whose job vanished or finished without settling
+-- them, and points those rows at it, in one statement. Returns the job id and how many rows it carries.
+WITH job AS (
+    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[
+        ROW(%(queue)s, %(task)s, 0, NULL, NULL, %(args)s::jsonb, NULL)::procrastinate_job_to_defer_v1
+    ])) AS id
+), upd AS (
+    UPDATE stampede_ledger l
+       SET job_id = job.id
+      FROM job
+     WHERE l.reservation_id = ANY(%(ids)s::uuid[]) AND l.status = 'pending'
+    RETURNING 1
+)
+SELECT (SELECT id FROM job) AS job_id, (SELECT count(*) FROM upd) AS rows;
+
+-- name: sale_jobs_unfinished
+-- Jobs of the sale's pending rows that are still waiting or running: what a deleted sale waits for.
+SELECT count(DISTINCT j.id)
+  FROM stampede_ledger l
+  JOIN procrastinate_jobs j ON j.id = l.job_id
+ WHERE l.sale = %(sale)s AND l.status = 'pending' AND j.status IN ('todo', 'doing');

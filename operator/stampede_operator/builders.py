@@ -1,0 +1,305 @@
+"""Pure builders of what the operator writes: the parsed sale spec and the Kubernetes manifests of a sale's
+API and worker Deployments and Service. Each ``build_*`` takes values and returns a dict, so every manifest
+is tested by value and the handlers only send what these return.
+
+A spec the API server accepted can still be unusable here (a sale name too long for its Service, a window
+that is not a time); ``parse_spec`` says so with an ``InvalidSpec`` carrying a CamelCase reason, which the
+handlers turn into ``Ready=False`` and an Event instead of a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from stampede import names
+from stampede.settings import OperatorSettings
+from stampede.stock import SaleConfig
+
+# A Service name is a DNS-1035 label: a letter first, at most 63 characters.
+MAX_COMPONENT_NAME = 63
+
+
+class InvalidSpec(ValueError):
+    """The FlashSale cannot be run as written; ``reason`` is the condition/Event reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SaleSpec:
+    """A FlashSale's spec as the operator uses it, defaults applied (the CRD defaults them too)."""
+
+    name: str
+    sku: str
+    stock: int
+    per_user_limit: int
+    window_start: datetime
+    window_end: datetime
+    api_replicas: int = 2
+    worker_replicas: int = 1
+    worker_concurrency: int = 8
+    interval_s: int = 10
+    grace_s: int = 30
+    buyer_rate: int = 5
+    buyer_burst: int = 10
+    ip_rate: int = 50
+    ip_burst: int = 100
+
+    @property
+    def sale_config(self) -> SaleConfig:
+        return SaleConfig(
+            total=self.stock,
+            per_user_limit=self.per_user_limit,
+            buyer_rate=float(self.buyer_rate),
+            buyer_burst=self.buyer_burst,
+            ip_rate=float(self.ip_rate),
+            ip_burst=self.ip_burst,
+        )
+
+
+def _time(value: Any, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidSpec("InvalidWindow", f"spec.window.{field} must be an RFC 3339 time, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidSpec("InvalidWindow", f"spec.window.{field} is not an RFC 3339 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise InvalidSpec("InvalidWindow", f"spec.window.{field} needs a time zone: {value!r}")
+    return parsed
+
+
+def _int(node: Mapping[str, Any], key: str, default: int, path: str, minimum: int) -> int:
+    value = node.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidSpec("InvalidSpec", f"{path}.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _obj(spec: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    node = spec.get(key) or {}
+    if not isinstance(node, Mapping):
+        raise InvalidSpec("InvalidSpec", f"spec.{key} must be an object")
+    return node
+
+
+def parse_spec(name: str, spec: Mapping[str, Any]) -> SaleSpec:
+    """The usable spec of FlashSale ``name``, or InvalidSpec saying what is wrong."""
+    if not names.SALE_NAME_RE.match(name) or not name[0].isalpha():
+        raise InvalidSpec("InvalidName", f"sale name {name!r} must be a DNS-1035 label (a letter first)")
+    longest = names.component_name(name, names.COMPONENT_WORKER)
+    if len(longest) > MAX_COMPONENT_NAME:
+        raise InvalidSpec(
+            "NameTooLong",
+            f"sale name {name!r} is too long: {longest!r} must fit in {MAX_COMPONENT_NAME} characters",
+        )
+    product = _obj(spec, "product")
+    sku = product.get("sku")
+    if not isinstance(sku, str) or not sku:
+        raise InvalidSpec("InvalidSpec", "spec.product.sku is required")
+    window = _obj(spec, "window")
+    start, end = _time(window.get("start"), "start"), _time(window.get("end"), "end")
+    if end <= start:
+        raise InvalidSpec("InvalidWindow", "spec.window.end must be after spec.window.start")
+    api, workers, reconcile = _obj(spec, "api"), _obj(spec, "workers"), _obj(spec, "reconcile")
+    rate = _obj(spec, "rateLimit")
+    buyer = rate.get("perBuyer") or {}
+    ip = rate.get("perIp") or {}
+    return SaleSpec(
+        name=name,
+        sku=sku,
+        stock=_int(spec, "stock", -1, "spec", 0),
+        per_user_limit=_int(spec, "perUserLimit", 1, "spec", 1),
+        window_start=start,
+        window_end=end,
+        api_replicas=_int(api, "replicas", 2, "spec.api", 0),
+        worker_replicas=_int(workers, "replicas", 1, "spec.workers", 0),
+        worker_concurrency=_int(workers, "concurrency", 8, "spec.workers", 1),
+        interval_s=_int(reconcile, "intervalSeconds", 10, "spec.reconcile", 1),
+        grace_s=_int(reconcile, "graceSeconds", 30, "spec.reconcile", 1),
+        buyer_rate=_int(buyer, "rate", 5, "spec.rateLimit.perBuyer", 1),
+        buyer_burst=_int(buyer, "burst", 10, "spec.rateLimit.perBuyer", 1),
+        ip_rate=_int(ip, "rate", 50, "spec.rateLimit.perIp", 1),
+        ip_burst=_int(ip, "burst", 100, "spec.rateLimit.perIp", 1),
+    )
+
+
+# --- manifests -------------------------------------------------------------------------------------
+
+
+def build_labels(sale: str, component: str) -> dict[str, str]:
+    """Labels of everything a sale owns; the selector is the subset that never changes."""
+    return {
+        names.LABEL_NAME: names.APP_NAME,
+        names.LABEL_INSTANCE: sale,
+        names.LABEL_COMPONENT: component,
+        names.LABEL_MANAGED_BY: names.MANAGER,
+        names.LABEL_SALE: sale,
+    }
+
+
+def build_selector(sale: str, component: str) -> dict[str, str]:
+    return {names.LABEL_SALE: sale, names.LABEL_COMPONENT: component}
+
+
+def build_owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """An owner reference to the FlashSale ``owner`` (its body), so deleting the sale deletes its objects."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": f"{names.CRD_GROUP}/{names.CRD_VERSION}",
+        "kind": names.CRD_KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(sale: str, component: str, namespace: str, owner: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": names.component_name(sale, component),
+        "namespace": namespace,
+        "labels": build_labels(sale, component),
+    }
+    if owner is not None:
+        meta["ownerReferences"] = [build_owner_reference(owner)]
+    return meta
+
+
+def _env_from(settings: OperatorSettings) -> list[dict[str, Any]]:
+    return [{"secretRef": {"name": settings.secret_name}}]
+
+
+def _http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def build_api_deployment(
+    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The sale's API: gunicorn serving the buy API, ``spec.api.replicas`` pods."""
+    sale, component = spec.name, names.COMPONENT_API
+    labels = build_labels(sale, component)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(sale, component, namespace, owner),
+        "spec": {
+            "replicas": spec.api_replicas,
+            "selector": {"matchLabels": build_selector(sale, component)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true"}},
+                "spec": {
+                    "securityContext": _pod_security(),
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [
+                        {
+                            "name": component,
+                            "image": settings.api_image,
+                            "imagePullPolicy": settings.image_pull_policy,
+                            "ports": [{"name": "http", "containerPort": settings.api_port}],
+                            "envFrom": _env_from(settings),
+                            "env": [
+                                {"name": "STAMPEDE_BIND", "value": f"0.0.0.0:{settings.api_port}"},
+                                {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"},
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "500m", "memory": "256Mi"},
+                                "limits": {"memory": "512Mi"},
+                            },
+                            "readinessProbe": _http_probe("/readyz", "http", 5, 3),
+                            "livenessProbe": _http_probe("/healthz", "http", 10, 3),
+                            "startupProbe": _http_probe("/healthz", "http", 2, 30),
+                            "securityContext": _container_security(),
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def build_worker_deployment(
+    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The sale's workers: ``spec.workers.replicas`` procrastinate workers, each running
+    ``spec.workers.concurrency`` settle jobs at once."""
+    sale, component = spec.name, names.COMPONENT_WORKER
+    labels = build_labels(sale, component)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(sale, component, namespace, owner),
+        "spec": {
+            "replicas": spec.worker_replicas,
+            "selector": {"matchLabels": build_selector(sale, component)},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true"}},
+                "spec": {
+                    "securityContext": _pod_security(),
+                    # SIGTERM lets in-flight jobs finish; give them the worker's own shutdown budget and more.
+                    "terminationGracePeriodSeconds": 40,
+                    "containers": [
+                        {
+                            "name": component,
+                            "image": settings.worker_image,
+                            "imagePullPolicy": settings.image_pull_policy,
+                            "ports": [{"name": "metrics", "containerPort": settings.worker_metrics_port}],
+                            "envFrom": _env_from(settings),
+                            "env": [
+                                {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)},
+                                {"name": "STAMPEDE_WORKER_METRICS_HOST", "value": "0.0.0.0"},
+                                {"name": "STAMPEDE_WORKER_METRICS_PORT", "value": str(settings.worker_metrics_port)},
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "192Mi"},
+                                "limits": {"memory": "384Mi"},
+                            },
+                            "readinessProbe": _http_probe("/healthz", "metrics", 10, 3),
+                            "livenessProbe": _http_probe("/healthz", "metrics", 15, 4),
+                            "securityContext": _container_security(),
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def build_api_service(
+    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """ClusterIP Service in front of the sale's API pods."""
+    sale, component = spec.name, names.COMPONENT_API
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(sale, component, namespace, owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": build_selector(sale, component),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

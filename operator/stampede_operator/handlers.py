@@ -1,0 +1,467 @@
+"""The operator's work, as plain async functions that ``main.py`` routes kopf's events to.
+
+- ``ensure``: create/resume/spec update of a FlashSale: ledger sale row, Redis seed or restock by delta,
+  the sale's Deployments and Service, status.
+- ``run_sale``: the sale's long-lived loop (a kopf daemon): moves the phase with the window (opening and
+  closing the gate in Redis), runs the reconciler every ``spec.reconcile.intervalSeconds``, writes status,
+  emits Events. It never dies on an error: it reports it and tries again next tick.
+- ``finalize``: deletion: close the sale, wait (bounded) for its queue to drain, compensate what is still
+  pending, remove its Redis keys; the ledger keeps every row.
+
+Errors drive flow: a dependency that is down raises ``kopf.TemporaryError`` (kopf retries with the delay);
+a spec that cannot run is reported as ``Ready=False`` with its reason and an Event, and not retried (kopf
+calls ``ensure`` again when the spec changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from stampede import errors, healing, metrics, names
+from stampede.ledger import Ledger
+from stampede.settings import OperatorSettings
+from stampede.stock import SeedResult, StockEngine
+
+from . import builders, reconcile
+from .builders import InvalidSpec, SaleSpec
+from .status import (
+    FAILED,
+    FALSE,
+    TRUE,
+    Phase,
+    get_condition,
+    phase_for,
+    rfc3339,
+    set_condition,
+    set_phase,
+)
+
+log = logging.getLogger(__name__)
+
+# emit(type, reason, message): posts a Kubernetes Event about the FlashSale being handled.
+Emit = Callable[[str, str, str], None]
+
+RETRY_DELAY_S = 5.0
+STATUS_WRITE_ATTEMPTS = 5
+ENSURE_WAIT_S = 0.5
+MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+
+
+@dataclass
+class Deps:
+    """The collaborators every handler shares, opened once at start-up."""
+
+    settings: OperatorSettings
+    stock: StockEngine
+    ledger: Ledger
+    api: k8s.ApiClient
+
+    @property
+    def custom(self) -> k8s.CustomObjectsApi:
+        return k8s.CustomObjectsApi(self.api)
+
+    @property
+    def apps(self) -> k8s.AppsV1Api:
+        return k8s.AppsV1Api(self.api)
+
+    @property
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api)
+
+
+@dataclass
+class SaleMemo:
+    """Per-sale state kept between a sale's handler calls and daemon ticks (in kopf's per-object memo)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    phase: str | None = None
+    drift_streak: int = 0
+    invalid: str | None = None  # the last InvalidSpec message reported, so it is reported once
+    deleting: bool = False  # set by finalize: the loop must not rebuild what deletion removes
+    ensured: bool = False  # set by ensure: the loop starts once the sale has been seeded by this process
+
+
+async def open_deps(settings: OperatorSettings) -> Deps:
+    from kubernetes_asyncio import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        await config.load_kube_config()
+    stock = StockEngine.from_url(settings.redis_url, max_connections=settings.redis_max_connections)
+    ledger = await Ledger.open(settings)
+    return Deps(settings, stock, ledger, k8s.ApiClient())
+
+
+async def close_deps(deps: Deps) -> None:
+    await deps.stock.close()
+    await deps.ledger.close()
+    await deps.api.close()
+
+
+# --- status ------------------------------------------------------------------------------------------
+
+
+async def write_status(
+    deps: Deps,
+    name: str,
+    namespace: str,
+    fields: Mapping[str, Any],
+    conditions: Sequence[tuple[str, str, str, str]] = (),
+) -> None:
+    """Merges ``fields`` into the FlashSale's status and sets each (type, status, reason, message)
+    condition, keeping transition times of unchanged ones. Conditions are a list, which a merge patch
+    replaces whole, so the patch is computed from a fresh read and carries its resourceVersion: a write
+    in between (another replica during a hand-over) makes it fail with 409 and it is computed again."""
+    for attempt in range(STATUS_WRITE_ATTEMPTS):
+        try:
+            obj = await deps.custom.get_namespaced_custom_object(
+                names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise
+        meta = obj["metadata"]
+        conds = (obj.get("status") or {}).get("conditions") or []
+        for type_, status, reason, message in conditions:
+            conds = set_condition(conds, type_, status, reason, message, generation=meta.get("generation"))
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": {**fields, "conditions": conds}}
+        try:
+            await deps.custom.patch_namespaced_custom_object_status(
+                names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL, name, body, _content_type=MERGE
+            )
+            return
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status != 409 or attempt == STATUS_WRITE_ATTEMPTS - 1:
+                raise
+
+
+async def report_invalid(deps: Deps, memo: SaleMemo, name: str, namespace: str, exc: InvalidSpec, emit: Emit) -> None:
+    """Ready=False with the reason, and one Warning Event per distinct problem."""
+    await write_status(
+        deps,
+        name,
+        namespace,
+        {"phase": FAILED, "phaseReason": exc.message},
+        [(names.COND_READY, FALSE, exc.reason, exc.message)],
+    )
+    if memo.invalid != exc.message:
+        emit("Warning", exc.reason, exc.message)
+        memo.invalid = exc.message
+    log.warning("invalid FlashSale spec", extra={"sale": name, "reason": exc.reason, "detail": exc.message})
+
+
+# --- Kubernetes objects -------------------------------------------------------------------------------
+
+
+async def _ensure_object(create: Any, patch: Any, namespace: str, manifest: dict[str, Any]) -> None:
+    """Creates the object, or brings an existing one to ``manifest`` (strategic merge)."""
+    name = manifest["metadata"]["name"]
+    try:
+        await create(namespace, manifest)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        await patch(name, namespace, manifest, _content_type=STRATEGIC)
+
+
+async def ensure_workloads(deps: Deps, spec: SaleSpec, namespace: str, owner: Mapping[str, Any]) -> None:
+    """The sale's API and worker Deployments and the API Service, as the spec asks."""
+    s = deps.settings
+    apps, core = deps.apps, deps.core
+    await _ensure_object(
+        apps.create_namespaced_deployment,
+        apps.patch_namespaced_deployment,
+        namespace,
+        builders.build_api_deployment(spec, namespace, s, owner),
+    )
+    await _ensure_object(
+        apps.create_namespaced_deployment,
+        apps.patch_namespaced_deployment,
+        namespace,
+        builders.build_worker_deployment(spec, namespace, s, owner),
+    )
+    await _ensure_object(
+        core.create_namespaced_service,
+        core.patch_namespaced_service,
+        namespace,
+        builders.build_api_service(spec, namespace, s, owner),
+    )
+
+
+# --- create / resume / update ---------------------------------------------------------------------------
+
+
+async def seed_or_rebuild(
+    deps: Deps, sale: SaleSpec, phase: Phase, *, known: bool
+) -> tuple[SeedResult | None, errors.RestockBelowSold | None, int]:
+    """Seeds the sale or restocks it by delta; returns (seed result, refusal, units in Redis).
+
+    When Redis does not know the sale (``known`` False) but the ledger holds reservations of it, Redis lost
+    it: seeding afresh would sell again what is sold, so the sale is rebuilt from the ledger first (atomic,
+    and a no-op if it reappeared meanwhile), then seeded as usual. If even the rebuild is refused (the
+    ledger holds more than the spec's stock), the sale is rebuilt at what is sold and closed."""
+    name = sale.name
+    rows = {} if known else await reconcile.ledger_rows(deps.ledger.pool, name)
+    try:
+        if rows:
+            await deps.stock.rebuild(name, sale.sale_config, phase.open, healing.rebuild_records(rows.values()))
+            log.warning("rebuilt the sale in Redis from the ledger", extra={"sale": name})
+        seeded = await deps.stock.seed(name, sale.sale_config, open=phase.open)
+        return seeded, None, seeded.total
+    except errors.RestockBelowSold as refused:
+        try:
+            return None, refused, (await deps.stock.snapshot(name)).total
+        except errors.SaleNotFound:
+            config = dataclasses.replace(sale.sale_config, total=refused.sold)
+            await deps.stock.rebuild(name, config, False, healing.rebuild_records(rows.values()))
+            return None, refused, refused.sold
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def ensure(
+    deps: Deps,
+    memo: SaleMemo,
+    *,
+    body: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    emit: Emit,
+) -> None:
+    """Brings the sale to its spec: ledger row, Redis seed/restock, workloads, status."""
+    try:
+        sale = builders.parse_spec(name, spec)
+    except InvalidSpec as exc:
+        await report_invalid(deps, memo, name, namespace, exc, emit)
+        return
+    memo.invalid = None
+    extra = {"sale": name}
+    try:
+        async with memo.lock:
+            try:
+                snap = await deps.stock.snapshot(name)
+                remaining, reserved = snap.remaining, snap.pending
+            except errors.SaleNotFound:
+                remaining = reserved = None
+            phase = phase_for(_now(), sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
+            seeded, refused, total = await seed_or_rebuild(deps, sale, phase, known=remaining is not None)
+            await deps.ledger.ensure_sale(
+                name,
+                sku=sale.sku,
+                stock=total,
+                per_user_limit=sale.per_user_limit,
+                window_start=sale.window_start,
+                window_end=sale.window_end,
+            )
+            await ensure_workloads(deps, sale, namespace, body)
+
+            conds: list[tuple[str, str, str, str]] = []
+            if refused is not None:
+                msg = f"stock {refused.requested} is below the {refused.sold} units already sold; kept {total}"
+                conds.append((names.COND_SEEDED, FALSE, "RestockBelowSold", msg))
+                emit("Warning", "RestockRefused", msg)
+                log.warning("restock refused", extra={**extra, "requested": refused.requested, "sold": refused.sold})
+            else:
+                assert seeded is not None
+                conds.append((names.COND_SEEDED, TRUE, "Seeded", f"{seeded.total} units in Redis"))
+                if seeded.outcome == "restocked":
+                    emit("Normal", "Restocked", f"stock is now {seeded.total} ({seeded.remaining} remaining)")
+                    log.info("restocked", extra={**extra, "total": seeded.total})
+                elif seeded.outcome == "created":
+                    emit("Normal", "Seeded", f"seeded {seeded.total} units")
+                    log.info("seeded", extra={**extra, "total": seeded.total})
+            conds.append(
+                (
+                    names.COND_READY,
+                    TRUE,
+                    "WorkloadsApplied",
+                    f"API x{sale.api_replicas}, workers x{sale.worker_replicas} "
+                    f"(concurrency {sale.worker_concurrency})",
+                )
+            )
+            fields = set_phase({"stock": total, "observedGeneration": body["metadata"].get("generation")}, phase)
+            await write_status(deps, name, namespace, fields, conds)
+            memo.phase = phase.phase
+            memo.ensured = True
+    except errors.DependencyUnavailable as exc:
+        log.warning("dependency unavailable, will retry", extra={**extra, "detail": str(exc)})
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
+
+
+# --- the sale's loop ---------------------------------------------------------------------------------------
+
+
+async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: Mapping[str, Any], emit: Emit) -> float:
+    """One pass of the sale's loop. Returns seconds until the next one."""
+    try:
+        sale = builders.parse_spec(name, spec)
+    except InvalidSpec as exc:
+        await report_invalid(deps, memo, name, namespace, exc, emit)
+        return 10.0
+    interval = float(sale.interval_s)
+    extra = {"sale": name}
+    try:
+        async with memo.lock:
+            if memo.deleting:
+                return interval
+            if not memo.ensured:
+                return ENSURE_WAIT_S  # create/resume has not seeded the sale yet: nothing to reconcile
+            try:
+                snap = await deps.stock.snapshot(name)
+                remaining, reserved = snap.remaining, snap.pending
+            except errors.SaleNotFound:
+                snap = None
+                remaining = reserved = None
+            now = _now()
+            phase = phase_for(now, sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
+            if snap is not None and snap.open != phase.open:
+                await deps.stock.set_open(name, phase.open)
+            outcome = await reconcile.reconcile_once(
+                deps.ledger, deps.stock, sale, open_=phase.open, batch_max=deps.settings.reconcile_batch_max
+            )
+            if outcome.snapshot is not None and outcome.snapshot.open != phase.open:
+                await deps.stock.set_open(name, phase.open)  # a rebuild or a restart may have reset it
+            await _report(deps, memo, sale, namespace, phase, outcome, emit)
+    except errors.DependencyUnavailable as exc:
+        metrics.OPERATOR_RECONCILE_ERRORS.labels(name, exc.code).inc()
+        log.warning("reconcile postponed: dependency unavailable", extra={**extra, "detail": str(exc)})
+        await _safe_status(deps, name, namespace, "DependencyUnavailable", str(exc))
+        return min(interval, RETRY_DELAY_S)
+    except Exception as exc:  # the loop must outlive any bug: report and try again next tick
+        metrics.OPERATOR_RECONCILE_ERRORS.labels(name, type(exc).__name__).inc()
+        log.exception("reconcile failed", extra=extra)
+        await _safe_status(deps, name, namespace, "ReconcileError", f"{type(exc).__name__}: {exc}")
+        return interval
+    if phase.next_change is not None:
+        interval = max(0.2, min(interval, (phase.next_change - _now()).total_seconds() + 0.05))
+    return interval
+
+
+async def _safe_status(deps: Deps, name: str, namespace: str, reason: str, message: str) -> None:
+    try:
+        await write_status(deps, name, namespace, {}, [(names.COND_RECONCILED, FALSE, reason, message[:1000])])
+    except Exception:
+        log.exception("could not write status", extra={"sale": name})
+
+
+async def _report(
+    deps: Deps, memo: SaleMemo, sale: SaleSpec, namespace: str, phase: Phase, outcome: reconcile.Outcome, emit: Emit
+) -> None:
+    name = sale.name
+    snap = outcome.snapshot
+    fields: dict[str, Any] = set_phase(
+        {
+            "reserved": outcome.tally.pending if snap is None else snap.pending,
+            "confirmed": outcome.tally.confirmed if snap is None else snap.confirmed,
+            "compensated": outcome.tally.compensated,
+            "drift": outcome.drift,
+            "lastReconcileTime": rfc3339(_now()),
+        },
+        phase,
+    )
+    if snap is not None:
+        fields["remaining"] = snap.remaining
+        fields["stock"] = snap.total
+    conds: list[tuple[str, str, str, str]] = []
+    if outcome.healed:
+        summary = ", ".join(f"{kind} {n}" for kind, n in sorted(outcome.healed.items()))
+        conds.append((names.COND_RECONCILED, TRUE, "Healed", f"healed: {summary}"))
+        emit("Normal", "Healed", f"reconciler healed: {summary}")
+        log.warning("reconciler healed the sale", extra={"sale": name, "healed": outcome.healed})
+    else:
+        conds.append((names.COND_RECONCILED, TRUE, "InSync", "Redis agrees with the ledger"))
+    memo.drift_streak = memo.drift_streak + 1 if outcome.drift else 0
+    if outcome.drift and memo.drift_streak >= deps.settings.drift_confirmations:
+        sample = "; ".join(f"{u.reservation_id}: {u.detail}" for u in outcome.unexplained[:3])
+        msg = f"drift {outcome.drift} units" + (f" ({sample})" if sample else "")
+        prev = get_condition(await _conditions(deps, name, namespace), names.COND_DRIFTED)
+        if prev is None or prev.get("status") != TRUE:
+            emit("Warning", "Drifted", msg)
+            log.error("drift the reconciler cannot explain", extra={"sale": name, "drift": outcome.drift})
+        conds.append((names.COND_DRIFTED, TRUE, "Unexplained", msg[:1000]))
+    elif not outcome.drift:
+        conds.append((names.COND_DRIFTED, FALSE, "NoDrift", "Redis and the ledger agree"))
+    if memo.phase != phase.phase:
+        if memo.phase is not None:
+            emit("Normal", "PhaseChanged", f"{memo.phase} -> {phase.phase}: {phase.reason}")
+        log.info("phase", extra={"sale": name, "phase": phase.phase})
+        memo.phase = phase.phase
+    await write_status(deps, name, namespace, fields, conds)
+
+
+async def _conditions(deps: Deps, name: str, namespace: str) -> list[Mapping[str, Any]]:
+    try:
+        obj = await deps.custom.get_namespaced_custom_object(
+            names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL, name
+        )
+    except ApiException:
+        return []
+    return list((obj.get("status") or {}).get("conditions") or [])
+
+
+async def run_sale(
+    deps: Deps,
+    memo: SaleMemo,
+    *,
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    stopped: Any,
+    emit: Emit,
+) -> None:
+    """The sale's loop until kopf stops it (deletion, operator pause or exit). ``spec`` is kopf's live
+    view, so a changed interval or window takes effect at the next tick."""
+    while not stopped:
+        delay = await tick(deps, memo, name=name, namespace=namespace, spec=spec, emit=emit)
+        await stopped.wait(delay)
+
+
+# --- delete ----------------------------------------------------------------------------------------------
+
+
+async def finalize(deps: Deps, memo: SaleMemo, *, name: str, emit: Emit) -> None:
+    """Closes the sale, waits up to ``delete_drain_timeout_s`` for its jobs, compensates what is still
+    pending (reason ``sale_deleted``), removes its Redis keys. The ledger keeps every row."""
+    extra = {"sale": name}
+    try:
+        async with memo.lock:
+            memo.deleting = True
+            with contextlib.suppress(errors.SaleNotFound):
+                await deps.stock.set_open(name, False)
+            deadline = time.monotonic() + deps.settings.delete_drain_timeout_s
+            while (left := await reconcile.unfinished_jobs(deps.ledger, name)) and time.monotonic() < deadline:
+                log.info("waiting for the sale's jobs to drain", extra={**extra, "jobs": left})
+                await asyncio.sleep(1.0)
+            pending = await reconcile.pending_ids(deps.ledger, name)
+            if pending:
+                won = await healing.compensate(deps.ledger, deps.stock, name, pending, names.REASON_SALE_DELETED)
+                metrics.OPERATOR_COMPENSATIONS.labels(name, names.REASON_SALE_DELETED).inc(len(won))
+                emit("Warning", "CompensatedOnDelete", f"{len(won)} pending reservations compensated")
+                log.warning("compensated pending reservations of a deleted sale", extra={**extra, "count": len(won)})
+            deleted = await deps.stock.delete(name)
+            log.info("sale removed from Redis; the ledger keeps its rows", extra={**extra, "keys": deleted})
+    except errors.DependencyUnavailable as exc:
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
+    for metric in (metrics.OPERATOR_DRIFT,):
+        with contextlib.suppress(KeyError):
+            metric.remove(name)

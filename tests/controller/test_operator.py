@@ -1,0 +1,494 @@
+"""The operator against the real kube-apiserver, Redis and PostgreSQL: one ``kopf run`` subprocess for the
+module watches a namespace of its own; each test drives a FlashSale with kubectl and checks what the
+operator wrote (Redis, the ledger, Deployments, Service, status, Events).
+
+The control plane runs no Pods, so nothing settles reservations by itself: where a test needs its sale
+settled it runs the real worker (``python -m stampede_worker``) until the ledger has nothing pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import socket
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stampede import audit, errors
+from stampede.ledger import Ledger, PendingReservation
+from stampede.names import sale_keys
+from stampede.settings import Common, load
+from stampede.stock import StockEngine
+
+if TYPE_CHECKING:
+    from tests.controller.conftest import ControlPlane, OperatorProcess
+
+pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.mark.xdist_group("k8s")]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def op_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", name, check=True)
+    yield name
+    control_plane.kubectl("delete", "flashsales.stampede.dev", "--all", "-n", name, "--wait=false")
+    control_plane.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def operator(start_operator: Callable[..., OperatorProcess], op_namespace: str, metrics_port: int) -> OperatorProcess:
+    return start_operator(
+        op_namespace, "operator", standalone="true", drift_confirmations="1", operator_metrics_port=str(metrics_port)
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+async def ledger(migrated_database_url: str) -> AsyncIterator[Ledger]:
+    led = await Ledger.open(load(Common, env={}, database_url=migrated_database_url, db_pool_max=2))
+    yield led
+    await led.close()
+
+
+@pytest.fixture
+def run_worker(redis_url: str, migrated_database_url: str, ledger: Ledger) -> Callable[..., Any]:
+    """Runs the real worker until the sale has nothing pending in the ledger, then stops it."""
+
+    async def run(sale: str, within: float = 30) -> None:
+        env = {
+            **os.environ,
+            "STAMPEDE_REDIS_URL": redis_url,
+            "STAMPEDE_DATABASE_URL": migrated_database_url,
+            "STAMPEDE_WORKER_METRICS_PORT": "0",
+            "STAMPEDE_WORKER_POLL_S": "0.5",
+            "STAMPEDE_DB_POOL_MAX": "4",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "stampede_worker",
+            env=env, cwd=REPO_ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+
+            async def settled() -> None:
+                assert proc.returncode is None, "the worker exited"
+                assert (await ledger.counts(sale))["pending"] == 0
+
+            await eventually(settled, within)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    return run
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def iso(seconds_from_now: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds_from_now)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def create_sale(
+    cp: ControlPlane, namespace: str, name: str, *, stock: int = 10, start: float = -60, end: float = 3600,
+    interval: int = 1, grace: int = 1, **spec: Any,
+) -> None:  # fmt: skip
+    body = {
+        "apiVersion": "stampede.dev/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": name},
+        "spec": {
+            "product": {"sku": "SKU-1"},
+            "stock": stock,
+            "window": {"start": iso(start), "end": iso(end)},
+            "reconcile": {"intervalSeconds": interval, "graceSeconds": grace},
+            **spec,
+        },
+    }
+    cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=True)
+
+
+def patch_spec(cp: ControlPlane, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    cp.kubectl("patch", "fs", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec}), check=True)
+
+
+def get_fs(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    return cp.kubectl_json("get", "fs", name, "-n", namespace)
+
+
+def conditions(fs: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in fs.get("status", {}).get("conditions", [])}
+
+
+def event_reasons(cp: ControlPlane, namespace: str, name: str) -> list[str]:
+    events = cp.kubectl_json("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")
+    return [e["reason"] for e in events["items"]]
+
+
+async def eventually(check: Callable[[], Any], within: float = 30.0, interval: float = 0.25) -> Any:
+    """Calls ``check`` (sync or async) until it stops raising AssertionError; returns its result."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(interval)
+
+
+def status_where(cp: ControlPlane, namespace: str, name: str, **expected: Any) -> Callable[[], dict[str, Any]]:
+    def check() -> dict[str, Any]:
+        fs = get_fs(cp, namespace, name)
+        status = fs.get("status", {})
+        got = {k: status.get(k) for k in expected}
+        assert got == expected, f"status {got} != {expected}"
+        return fs
+
+    return check
+
+
+async def reserve(stock: StockEngine, sale: str, n: int, prefix: str = "buyer") -> list[PendingReservation]:
+    out = []
+    for i in range(n):
+        r = await stock.reserve(sale, f"{prefix}-{i}-{uuid.uuid4().hex[:6]}")
+        rec = await stock.reservation(sale, r.reservation_id)
+        assert rec is not None
+        out.append(PendingReservation(r.reservation_id, sale, r.user, r.quantity, rec.reserved_at_ms))
+    return out
+
+
+async def audit_clean(stock: StockEngine, ledger: Ledger, sale: str, units: int, accepted: list[str]) -> None:
+    report = audit.audit(
+        sale,
+        stock=units,
+        per_user_limit=1,
+        accepted=accepted,
+        rows=await ledger.rows(sale),
+        redis=audit.counts_from(await stock.snapshot(sale)),
+        settled=True,
+    )
+    assert report.ok, report.render()
+
+
+async def sql(ledger: Ledger, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with ledger.pool.connection() as conn:
+        cur = await conn.execute(query, params)
+        return list(await cur.fetchall()) if cur.description else []
+
+
+# --- tests ------------------------------------------------------------------------------------------------
+
+
+async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger,
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=25, grace=600, api={"replicas": 3}, workers={"replicas": 2, "concurrency": 4})
+    fs = await eventually(status_where(cp, ns, sale, phase="Live", stock=25, remaining=25, drift=0))
+    assert fs["status"]["observedGeneration"] == 1
+    assert fs["status"]["lastReconcileTime"]
+    conds = conditions(fs)
+    assert {t: conds[t][0] for t in ("Seeded", "Ready", "Reconciled", "Drifted")} == {
+        "Seeded": "True", "Ready": "True", "Reconciled": "True", "Drifted": "False",
+    }  # fmt: skip
+    snap = await stock.snapshot(sale)
+    assert (snap.total, snap.remaining, snap.open) == (25, 25, True)
+    assert await sql(ledger, "SELECT sku, stock, per_user_limit FROM stampede_sales WHERE sale = %s", sale) == [
+        ("SKU-1", 25, 1)
+    ]
+
+    uid = fs["metadata"]["uid"]
+    api = cp.kubectl_json("get", "deployment", f"{sale}-api", "-n", ns)
+    worker = cp.kubectl_json("get", "deployment", f"{sale}-worker", "-n", ns)
+    svc = cp.kubectl_json("get", "service", f"{sale}-api", "-n", ns)
+    for obj in (api, worker, svc):
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("FlashSale", sale, uid, True)
+        assert obj["metadata"]["labels"]["stampede.dev/sale"] == sale
+    assert api["spec"]["replicas"] == 3
+    assert worker["spec"]["replicas"] == 2
+    (c,) = api["spec"]["template"]["spec"]["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "stampede-env"}}]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
+    (w,) = worker["spec"]["template"]["spec"]["containers"]
+    assert {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": "4"} in w["env"]
+    assert svc["spec"]["selector"] == {"stampede.dev/sale": sale, "app.kubernetes.io/component": "api"}
+
+    # Scale and restock.
+    patch_spec(cp, ns, sale, {"stock": 40, "api": {"replicas": 5}, "workers": {"replicas": 2, "concurrency": 16}})
+
+    def scaled() -> None:
+        api = cp.kubectl_json("get", "deployment", f"{sale}-api", "-n", ns)
+        (w,) = cp.kubectl_json("get", "deployment", f"{sale}-worker", "-n", ns)["spec"]["template"]["spec"][
+            "containers"
+        ]
+        assert api["spec"]["replicas"] == 5
+        assert {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": "16"} in w["env"]
+
+    await eventually(scaled)
+    await eventually(status_where(cp, ns, sale, stock=40, remaining=40, observedGeneration=2))
+    assert (await stock.snapshot(sale)).total == 40
+
+    # A restock below what is sold is refused, with a condition and an Event; Redis keeps its stock.
+    await reserve(stock, sale, 3)
+    patch_spec(cp, ns, sale, {"stock": 2})
+
+    def refused() -> None:
+        fs = get_fs(cp, ns, sale)
+        assert conditions(fs)["Seeded"] == ("False", "RestockBelowSold")
+
+    await eventually(refused)
+    assert "RestockRefused" in event_reasons(cp, ns, sale)
+    assert "Restocked" in event_reasons(cp, ns, sale)
+    snap = await stock.snapshot(sale)
+    assert (snap.total, snap.remaining, snap.pending) == (40, 37, 3)
+    patch_spec(cp, ns, sale, {"stock": 40})
+
+    def seeded_again() -> None:
+        assert conditions(get_fs(cp, ns, sale))["Seeded"] == ("True", "Seeded")
+
+    await eventually(seeded_again)
+
+
+async def test_phases_follow_the_window(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine
+) -> None:
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=5, start=4, end=9, grace=600)
+    await eventually(status_where(cp, ns, sale, phase="Scheduled"))
+    with pytest.raises(errors.SaleClosed):
+        await stock.reserve(sale, "early-bird")
+    await eventually(status_where(cp, ns, sale, phase="Live"), within=15)
+    assert (await stock.snapshot(sale)).open
+    await stock.reserve(sale, "on-time")
+    await eventually(status_where(cp, ns, sale, phase="Ended"), within=15)
+    assert not (await stock.snapshot(sale)).open
+    with pytest.raises(errors.SaleClosed):
+        await stock.reserve(sale, "too-late")
+    assert "PhaseChanged" in event_reasons(cp, ns, sale)
+
+
+async def test_sold_out_closes_the_sale(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any],
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=2)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    batch = await reserve(stock, sale, 2)
+    await ledger.record_batch(batch)
+    await run_worker(sale)
+    await eventually(status_where(cp, ns, sale, phase="SoldOut", remaining=0, confirmed=2, drift=0))
+    assert not (await stock.snapshot(sale)).open
+    await audit_clean(stock, ledger, sale, 2, [r.reservation_id for r in batch])
+
+
+async def test_reconciler_redefers_a_deleted_job(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any],
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=10)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    batch = await reserve(stock, sale, 3)
+    job_id = await ledger.record_batch(batch)
+    await sql(ledger, "DELETE FROM procrastinate_jobs WHERE id = %s", job_id)
+
+    async def redeferred() -> None:
+        row = await ledger.get_reservation(batch[0].reservation_id)
+        assert row is not None
+        assert row.job_id not in (None, job_id)
+        assert await sql(ledger, "SELECT status::text FROM procrastinate_jobs WHERE id = %s", row.job_id) == [("todo",)]
+
+    await eventually(redeferred)
+    await run_worker(sale)
+    await eventually(status_where(cp, ns, sale, confirmed=3, reserved=0, remaining=7, drift=0))
+    assert "Healed" in event_reasons(cp, ns, sale)
+    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in batch])
+
+
+async def test_reconciler_compensates_a_lost_enqueue(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any],
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=10, grace=1)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    acked = await reserve(stock, sale, 1, "acked")
+    await ledger.record_batch(acked)
+    lost = await reserve(stock, sale, 2, "lost")  # Redis took them; the API died before the ledger write
+
+    async def compensated() -> None:
+        for r in lost:
+            row = await ledger.get_reservation(r.reservation_id)
+            assert row is not None
+            assert (row.status, row.reason) == ("compensated", "lost_before_ack")
+            rec = await stock.reservation(sale, r.reservation_id)
+            assert rec is not None
+            assert rec.state == "released"
+
+    await eventually(compensated, within=20)
+    await run_worker(sale)
+    await eventually(status_where(cp, ns, sale, confirmed=1, reserved=0, remaining=9, compensated=2, drift=0))
+    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in acked])
+
+
+async def test_reconciler_compensates_a_failed_job(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger,
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=10)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    batch = await reserve(stock, sale, 2)
+    job_id = await ledger.record_batch(batch)
+    await sql(ledger, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", job_id)
+    await sql(ledger, "UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", job_id)
+    await eventually(status_where(cp, ns, sale, confirmed=0, reserved=0, remaining=10, compensated=2, drift=0))
+    for r in batch:
+        row = await ledger.get_reservation(r.reservation_id)
+        assert row is not None
+        assert (row.status, row.reason) == ("compensated", "job_failed")
+    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in batch])
+
+
+async def test_reconciler_rebuilds_a_flushed_redis(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any],
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=10, grace=600)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    settled = await reserve(stock, sale, 3, "early")
+    await ledger.record_batch(settled)
+    await run_worker(sale)
+    waiting = await reserve(stock, sale, 2, "late")
+    await ledger.record_batch(waiting)
+    await stock.client.flushdb()
+
+    async def rebuilt() -> None:
+        try:
+            snap = await stock.snapshot(sale)
+        except errors.SaleNotFound:
+            raise AssertionError("not rebuilt yet") from None
+        assert (snap.total, snap.remaining, snap.pending, snap.confirmed, snap.open) == (10, 5, 2, 3, True)
+
+    await eventually(rebuilt)
+    assert "Healed" in event_reasons(cp, ns, sale)
+    await run_worker(sale)
+    await eventually(status_where(cp, ns, sale, confirmed=5, reserved=0, remaining=5, drift=0))
+    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in settled + waiting])
+
+
+async def test_spec_change_after_redis_lost_the_sale_rebuilds_instead_of_reseeding(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger,
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=10, interval=3600, grace=600)  # the loop will not tick again: ensure must cope
+    await eventually(status_where(cp, ns, sale, phase="Live", stock=10))
+    batch = await reserve(stock, sale, 4)
+    await ledger.record_batch(batch)
+    await stock.delete(sale)
+    patch_spec(cp, ns, sale, {"stock": 12})
+
+    async def restocked_over_the_ledger() -> None:
+        try:
+            snap = await stock.snapshot(sale)
+        except errors.SaleNotFound:
+            raise AssertionError("not there yet") from None
+        assert (snap.total, snap.remaining, snap.pending) == (12, 8, 4)
+
+    await eventually(restocked_over_the_ledger)
+
+
+async def test_deletion_removes_redis_keys_and_keeps_the_ledger(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any],
+) -> None:  # fmt: skip
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=5)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    batch = await reserve(stock, sale, 2)
+    await ledger.record_batch(batch)
+    await run_worker(sale)
+    assert get_fs(cp, ns, sale)["metadata"]["finalizers"] == ["stampede.dev/finalizer"]
+    cp.kubectl("delete", "fs", sale, "-n", ns, "--wait=false", check=True)
+
+    def gone() -> None:
+        assert cp.kubectl("get", "fs", sale, "-n", ns).returncode != 0
+
+    await eventually(gone)
+    assert await stock.client.exists(*sale_keys(sale).all_static()) == 0
+    assert sorted(r.status for r in await ledger.rows(sale)) == ["confirmed", "confirmed"]
+
+
+async def test_invalid_spec_is_reported_and_never_crashes_the_operator(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, stock: StockEngine
+) -> None:
+    cp, ns = control_plane, op_namespace
+    too_long = "t" + uuid.uuid4().hex[:8] + "-" + "x" * 47  # a valid name, but "<name>-worker" is over 63
+    digit_first = "9" + uuid.uuid4().hex[:8]
+    for name, reason in ((too_long, "NameTooLong"), (digit_first, "InvalidName")):
+        create_sale(cp, ns, name)
+
+        def reported(name: str = name, reason: str = reason) -> None:
+            assert conditions(get_fs(cp, ns, name)).get("Ready") == ("False", reason)
+            assert reason in event_reasons(cp, ns, name)
+
+        await eventually(reported)
+        assert get_fs(cp, ns, name)["status"]["phase"] == "Failed"
+        assert cp.kubectl("get", "deployment", f"{name}-api", "-n", ns).returncode != 0
+        with pytest.raises(errors.SaleNotFound):
+            await stock.snapshot(name)
+    assert operator.alive()
+    assert "Traceback" not in operator.log()
+
+
+async def test_metrics_are_exported(operator: OperatorProcess, metrics_port: int) -> None:
+    """The reconciler's figures are on the operator's /metrics (sales of the tests above are reconciled)."""
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
+            return str(rsp.read().decode())
+
+    body = await asyncio.to_thread(scrape)
+    assert "stampede_operator_reconcile_seconds_count{sale=" in body
+    assert "stampede_operator_drift_units{sale=" in body
+    assert "# HELP stampede_operator_healed_total" in body

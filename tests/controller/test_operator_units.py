@@ -1,0 +1,175 @@
+"""The operator's pure parts by value: spec parsing, manifests, phases, conditions, peering priorities.
+No cluster, Redis or PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+import pytest
+
+from stampede import errors
+from stampede.settings import OperatorSettings, SettingsError, load
+from stampede_operator import builders, handlers, peering, status
+from stampede_operator.builders import InvalidSpec
+
+SETTINGS = load(OperatorSettings, env={})
+START = datetime(2026, 11, 27, 10, tzinfo=UTC)
+END = START + timedelta(hours=1)
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    return {
+        "product": {"sku": "SNKR-1"},
+        "stock": 5000,
+        "window": {"start": "2026-11-27T10:00:00Z", "end": "2026-11-27T11:00:00Z"},
+        **extra,
+    }
+
+
+def test_parse_spec_applies_defaults() -> None:
+    s = builders.parse_spec("sneaker-drop", spec())
+    assert (s.stock, s.per_user_limit, s.window_start, s.window_end) == (5000, 1, START, END)
+    assert (s.api_replicas, s.worker_replicas, s.worker_concurrency) == (2, 1, 8)
+    assert (s.interval_s, s.grace_s) == (10, 30)
+    assert s.sale_config.total == 5000
+    assert (s.sale_config.buyer_rate, s.sale_config.buyer_burst, s.sale_config.ip_burst) == (5.0, 10, 100)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "reason"),
+    [
+        ("x" * 57, spec(), "NameTooLong"),
+        ("9lives", spec(), "InvalidName"),
+        ("ok", spec(window={"start": "2026-11-27T11:00:00Z", "end": "2026-11-27T10:00:00Z"}), "InvalidWindow"),
+        ("ok", spec(window={"start": "soon", "end": "2026-11-27T10:00:00Z"}), "InvalidWindow"),
+        ("ok", spec(stock=-1), "InvalidSpec"),
+        ("ok", spec(stock="many"), "InvalidSpec"),
+        ("ok", spec(product={}), "InvalidSpec"),
+        ("ok", spec(api={"replicas": -2}), "InvalidSpec"),
+    ],
+)
+def test_parse_spec_refuses_what_cannot_run(name: str, body: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        builders.parse_spec(name, body)
+    assert info.value.reason == reason
+
+
+OWNER = {"metadata": {"name": "drop", "uid": "u-1"}}
+
+
+def test_api_deployment_by_value() -> None:
+    s = builders.parse_spec("drop", spec(api={"replicas": 4}))
+    d = builders.build_api_deployment(s, "shop", SETTINGS, OWNER)
+    assert d["metadata"]["name"] == "drop-api"
+    assert d["metadata"]["namespace"] == "shop"
+    assert d["metadata"]["ownerReferences"] == [
+        {"apiVersion": "stampede.dev/v1alpha1", "kind": "FlashSale", "name": "drop", "uid": "u-1",
+         "controller": True, "blockOwnerDeletion": True},
+    ]  # fmt: skip
+    assert d["spec"]["replicas"] == 4
+    assert d["spec"]["selector"]["matchLabels"] == {"stampede.dev/sale": "drop", "app.kubernetes.io/component": "api"}
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    assert labels.items() >= d["spec"]["selector"]["matchLabels"].items()
+    (c,) = d["spec"]["template"]["spec"]["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": SETTINGS.secret_name}}]
+    assert c["ports"] == [{"name": "http", "containerPort": SETTINGS.api_port}]
+    assert {p: c[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe", "startupProbe")} == {
+        "readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz",
+    }  # fmt: skip
+    assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
+
+
+def test_worker_deployment_carries_the_concurrency() -> None:
+    s = builders.parse_spec("drop", spec(workers={"replicas": 3, "concurrency": 16}))
+    d = builders.build_worker_deployment(s, "shop", SETTINGS)
+    assert d["metadata"]["name"] == "drop-worker"
+    assert "ownerReferences" not in d["metadata"]
+    assert d["spec"]["replicas"] == 3
+    (c,) = d["spec"]["template"]["spec"]["containers"]
+    assert {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": "16"} in c["env"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def test_service_selects_the_api_pods() -> None:
+    s = builders.parse_spec("drop", spec())
+    svc = builders.build_api_service(s, "shop", SETTINGS, OWNER)
+    assert svc["spec"]["selector"] == {"stampede.dev/sale": "drop", "app.kubernetes.io/component": "api"}
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(
+    ("now", "remaining", "reserved", "phase", "open_"),
+    [
+        (START - timedelta(seconds=1), None, None, "Scheduled", False),
+        (START, 10, 0, "Live", True),
+        (START, 0, 3, "Live", True),  # units only reserved may come back
+        (START, 0, 0, "SoldOut", False),
+        (END, 10, 0, "Ended", False),
+        (END + timedelta(days=1), 0, 0, "Ended", False),
+    ],
+)
+def test_phase_follows_window_and_stock(
+    now: datetime, remaining: int | None, reserved: int | None, phase: str, open_: bool
+) -> None:
+    p = status.phase_for(now, START, END, remaining=remaining, reserved=reserved)
+    assert (p.phase, p.open) == (phase, open_)
+
+
+def test_phase_says_when_it_changes_next() -> None:
+    assert status.phase_for(START - timedelta(1), START, END, remaining=None, reserved=None).next_change == START
+    assert status.phase_for(START, START, END, remaining=1, reserved=0).next_change == END
+    assert status.phase_for(END, START, END, remaining=1, reserved=0).next_change is None
+
+
+def test_condition_transition_time_moves_only_with_its_status() -> None:
+    t0, t1, t2 = START, START + timedelta(minutes=1), START + timedelta(minutes=2)
+    conds = status.set_condition([], "Ready", "True", "Deployed", "ok", generation=1, now=t0)
+    conds = status.set_condition(conds, "Ready", "True", "Deployed", "still ok", generation=2, now=t1)
+    (ready,) = conds
+    assert ready["lastTransitionTime"] == "2026-11-27T10:00:00Z"
+    assert (ready["message"], ready["observedGeneration"]) == ("still ok", 2)
+    conds = status.set_condition(conds, "Ready", "False", "InvalidWindow", "bad", generation=3, now=t2)
+    conds = status.set_condition(conds, "Drifted", "False", "NoDrift", "", generation=3, now=t2)
+    assert [c["type"] for c in conds] == ["Drifted", "Ready"]
+    assert conds[1]["lastTransitionTime"] == "2026-11-27T10:02:00Z"
+
+
+def test_replicas_get_distinct_priorities_from_their_pod_names() -> None:
+    pods = [f"stampede-operator-7d9f8c-{suffix}" for suffix in ("abcde", "fghij", "klmno")]
+    priorities = {peering.priority_for(SETTINGS, pod) for pod in pods}
+    assert len(priorities) == 3
+    assert all(1 <= p <= peering.PRIORITY_SPAN for p in priorities)
+    assert peering.priority_for(load(OperatorSettings, env={}, peering_priority=7), pods[0]) == 7
+
+
+def test_peering_manifests() -> None:
+    crds = peering.build_peering_crds()
+    assert [c["metadata"]["name"] for c in crds] == ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
+    assert peering.build_peering_object(SETTINGS, "shop") == {
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "stampede", "namespace": "shop"},
+    }  # fmt: skip
+
+
+def test_operator_settings_are_validated() -> None:
+    with pytest.raises(SettingsError, match="STAMPEDE_PEERING_LIFETIME_S"):
+        load(OperatorSettings, env={"STAMPEDE_PEERING_LIFETIME_S": "0"})
+    with pytest.raises(SettingsError, match="STAMPEDE_SECRET_NAME"):
+        load(OperatorSettings, env={"STAMPEDE_SECRET_NAME": ""})
+
+
+async def test_a_dependency_down_is_a_temporary_error_an_invalid_spec_is_not() -> None:
+    class RedisDown:
+        async def snapshot(self, sale: str) -> None:
+            raise errors.DependencyUnavailable("redis", "connection refused")
+
+    deps = handlers.Deps(SETTINGS, RedisDown(), None, None)  # type: ignore[arg-type]
+    events: list[tuple[str, str, str]] = []
+    with pytest.raises(kopf.TemporaryError) as info:
+        await handlers.ensure(
+            deps, handlers.SaleMemo(), body={"metadata": {}}, name="drop", namespace="shop", spec=spec(),
+            emit=lambda *e: events.append(e),
+        )  # fmt: skip
+    assert info.value.delay == handlers.RETRY_DELAY_S
+    assert events == []
