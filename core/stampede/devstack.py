@@ -145,7 +145,8 @@ class LocalStack:
         """The kopf operator; standalone unless a peering ``priority`` is given (leader election)."""
         argv = [str(BIN / "kopf"), "run", "-m", "stampede_operator.main", f"--namespace={namespace}",
                 "--verbose" if os.environ.get("STAMPEDE_OPERATOR_VERBOSE") else "--quiet"]
-        extra = {"KUBECONFIG": str(kubeconfig)}
+        # Several operators may share this host (leader election tests): no fixed metrics port by default.
+        extra = {"KUBECONFIG": str(kubeconfig), "STAMPEDE_OPERATOR_METRICS_PORT": "0"}
         if priority is None:
             argv.append("--standalone")
             extra["STAMPEDE_STANDALONE"] = "true"

@@ -160,6 +160,9 @@ class ApiSettings(Common):
     retry_after_s: int = setting(1, "Retry-After seconds sent with 503 answers")
     replay_wait_ms: int = setting(1000, "how long an idempotent replay waits for its first attempt to commit")
     batch_max: int = setting(2000, "most reservations one ledger transaction carries")
+    sold_out_cache_ms: int = setting(
+        100, "after Redis says a sale has 0 units, answer sold_out for this long without asking (0: off)"
+    )
     trusted_proxy_hops: int = setting(0, "X-Forwarded-For hops to trust for the client IP (0: use the peer)")
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
     access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")

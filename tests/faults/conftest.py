@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -49,6 +50,10 @@ def fault_services() -> Iterator[FaultServices]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     d = ROOT / ".run" / "faults" / worker / "services"
     svc = FaultServices(d, {})
+    # A clean pair every session: jobs or keys left by an earlier run must not leak into this one.
+    if d.exists():
+        svc.do("down")
+        shutil.rmtree(d)
     svc.do("up")
     env = dict(line.split("=", 1) for line in (d / "env").read_text().split() if "=" in line)
     svc.env = {"STAMPEDE_REDIS_URL": env["STAMPEDE_REDIS_URL"], "STAMPEDE_DATABASE_URL": env["STAMPEDE_DATABASE_URL"]}
@@ -100,6 +105,8 @@ class SaleRun:
                 "window": {"start": iso(now - 5), "end": iso(now + 1800)},
                 "api": {"replicas": 1}, "workers": {"replicas": 1, "concurrency": 8},
                 "reconcile": {"intervalSeconds": 2, "graceSeconds": 3},
+                # Every buyer here comes from 127.0.0.1: the per-IP bucket must not be what refuses them.
+                "rateLimit": {"perIp": {"rate": 1_000_000, "burst": 1_000_000}},
             },
         }
         res = self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -134,10 +141,11 @@ class SaleRun:
 
     # --- load -------------------------------------------------------------------------------------
     async def buyers(
-        self, *, users: int = 600, requests: int = 3000, concurrency: int = 200,
+        self, *, users: int = 600, requests: int = 3000, concurrency: int = 200, rate: float = 250,
         fault_at: float = 0.3, fault: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
-        """``requests`` buys from ``users`` distinct buyers, ``concurrency`` in flight; ``fault`` runs
+        """``requests`` buys from ``users`` distinct buyers arriving at ``rate`` per second, at most
+        ``concurrency`` in flight, so the sale lasts long enough for ``fault`` to land mid-sale: it runs
         (concurrently with the load) once ``fault_at`` of the requests were sent."""
         out = Outcome()
         tokens = [mint(SECRET, f"buyer-{i}", ttl_s=900) for i in range(users)]
@@ -148,8 +156,11 @@ class SaleRun:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
+            t0 = time.monotonic()
+
             async def one(i: int) -> None:
                 nonlocal sent, fault_task
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
                 async with sem:
                     sent += 1
                     if fault is not None and fault_task is None and sent >= requests * fault_at:

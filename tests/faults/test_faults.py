@@ -56,7 +56,7 @@ async def test_postgres_down_for_ten_seconds(sale_run) -> None:
         await asyncio.sleep(10)
         await asyncio.to_thread(sale_run.services.do, "start-postgres")
 
-    outcome = await sale_run.buyers(requests=4000, concurrency=200, fault_at=0.1)
+    outcome = await sale_run.buyers(requests=3000, rate=100, fault_at=0.05, fault=fault)
     # While PostgreSQL is down the API refuses new buys with 503 + Retry-After (the stock goes back at once).
     report, heal = await sale_run.settle_and_audit(outcome)
     check(sale_run, "PostgreSQL down 10 s", outcome, report, heal)

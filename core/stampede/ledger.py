@@ -1,0 +1,268 @@
+"""The ledger: PostgreSQL rows that decide every reservation's outcome (ARCHITECTURE.md §2).
+
+``record_batch`` is the durable write behind every 202: in ONE statement (hence one transaction and one
+round trip) it defers a single ``settle_batch`` job for the whole micro-batch through procrastinate's own
+SQL function ``procrastinate_defer_jobs_v1`` and inserts the batch's ``pending`` rows with one
+``INSERT … SELECT FROM unnest(…)`` stamped with that job's id. Either both exist or neither does.
+The worker settles rows with ``settle`` (one ``UPDATE … FROM unnest(…)`` per batch); a status moves only
+out of ``pending``, enforced by the WHERE clauses here and by a trigger in the schema.
+
+The pool is opened with ``Ledger.open`` after the process forks (gunicorn worker, ASGI lifespan, the
+procrastinate worker) and never shared across processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from . import audit, errors, sqlfiles
+from .names import QUEUE_SETTLE, TASK_SETTLE_BATCH
+from .settings import Common
+
+CONFIRMED = "confirmed"
+COMPENSATED = "compensated"
+PENDING = "pending"
+
+# Version of the settle_batch job payload; the worker refuses (and compensates) versions it does not know.
+PAYLOAD_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReservation:
+    """A reservation Redis accepted, about to be recorded ``pending``."""
+
+    reservation_id: str  # uuid string from stock.Reservation.reservation_id
+    sale: str
+    user: str
+    quantity: int
+    reserved_at_ms: int  # Redis clock ms (stock.StockEngine.now_ms / the reservation record)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    reservation_id: str
+    sale: str
+    user: str
+    quantity: int
+    status: str  # 'pending' | 'confirmed' | 'compensated'
+    reason: str | None
+    job_id: int | None
+    attempts: int
+    created_at: datetime
+    settled_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The wanted outcome of one reservation, handed to ``Ledger.settle``."""
+
+    reservation_id: str
+    sale: str | None  # None: match the row whatever its sale (compensation by id)
+    outcome: str  # 'confirmed' | 'compensated'
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A reservation's status after ``Ledger.settle``: ``moved`` says whether this call decided it."""
+
+    reservation_id: str
+    sale: str
+    quantity: int
+    status: str
+    moved: bool
+    lag_s: float | None  # ledger write -> settled, for the rows this call moved
+
+
+def batch_payload(reservations: Sequence[PendingReservation]) -> dict[str, Any]:
+    """The settle_batch job's arguments: reservation ids grouped by sale (the worker needs the sale to
+    reach the reservation in Redis before it moves the ledger; everything else is in the ledger)."""
+    sales: dict[str, list[str]] = {}
+    for r in reservations:
+        sales.setdefault(r.sale, []).append(r.reservation_id)
+    return {"v": PAYLOAD_VERSION, "sales": sales}
+
+
+def _unavailable(exc: BaseException) -> errors.DependencyUnavailable:
+    return errors.DependencyUnavailable("postgres", f"{type(exc).__name__}: {exc}")
+
+
+class Ledger:
+    """Typed access to the ledger tables over one async psycopg pool (per process)."""
+
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool) -> None:
+        self.pool = pool
+        self._q = sqlfiles.queries("ledger.sql")
+
+    @classmethod
+    async def open(cls, settings: Common) -> Ledger:
+        """Opens a pool of ``settings.db_pool_min..db_pool_max`` autocommit connections and waits until
+        the first is ready (raises DependencyUnavailable if PostgreSQL cannot be reached in time)."""
+        pool = psycopg_pool.AsyncConnectionPool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            timeout=settings.db_timeout_s,
+            kwargs={"autocommit": True},
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=settings.db_timeout_s)
+        except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
+            await pool.close()
+            raise _unavailable(exc) from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; connection trouble becomes DependencyUnavailable('postgres'). SQL errors
+        that are not about the connection (a violated constraint: a bug) pass through unchanged."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+            # OperationalError covers a lost connection and TransactionRollback (serialization failure,
+            # deadlock): all worth retrying.
+            raise _unavailable(exc) from exc
+
+    # --- the API's write --------------------------------------------------------------------------
+
+    async def record_batch(self, reservations: Sequence[PendingReservation]) -> int:
+        """Records the batch ``pending`` and defers one settle_batch job carrying it, atomically.
+        Returns the job id. A reservation id already in the ledger keeps its first row."""
+        if not reservations:
+            raise errors.InvalidArgument("reservations", "a batch holds at least one reservation")
+        params = {
+            "queue": QUEUE_SETTLE,
+            "task": TASK_SETTLE_BATCH,
+            "args": json.dumps(batch_payload(reservations), separators=(",", ":")),
+            "ids": [r.reservation_id for r in reservations],
+            "sales": [r.sale for r in reservations],
+            "users": [r.user for r in reservations],
+            "quantities": [r.quantity for r in reservations],
+            "reserved_at_ms": [r.reserved_at_ms for r in reservations],
+        }
+        try:
+            async with self._conn() as conn:
+                cur = await conn.execute(self._q["record_batch"], params)
+                row = await cur.fetchone()
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            raise errors.InvalidArgument("reservations", f"refused by the ledger: {exc}") from exc
+        assert row is not None
+        return int(row[0])
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    async def get_reservation(self, reservation_id: str) -> LedgerRow | None:
+        try:
+            async with self._conn() as conn:
+                cur = await conn.execute(self._q["get_reservation"], {"reservation_id": reservation_id})
+                row = await cur.fetchone()
+        except psycopg.errors.InvalidTextRepresentation:
+            return None  # not a uuid: no such reservation
+        return None if row is None else LedgerRow(*row)
+
+    async def rows(self, sale: str) -> list[audit.Row]:
+        """Every reservation of the sale, as the audit reads them."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["rows"], {"sale": sale})
+            return [audit.Row(rid, user, int(qty), status) for rid, user, qty, status in await cur.fetchall()]
+
+    async def counts(self, sale: str) -> dict[str, int]:
+        """Units by status, every status present (0 when none)."""
+        out = {PENDING: 0, CONFIRMED: 0, COMPENSATED: 0}
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["counts"], {"sale": sale})
+            for status, units in await cur.fetchall():
+                out[status] = int(units)
+        return out
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(self._q["ping"])
+
+    # --- sales ------------------------------------------------------------------------------------
+
+    async def ensure_sale(
+        self,
+        sale: str,
+        *,
+        sku: str,
+        stock: int,
+        per_user_limit: int,
+        window_start: datetime | None,
+        window_end: datetime | None,
+    ) -> None:
+        """Creates or updates the sale's mirror row (a no-op write when nothing changed)."""
+        async with self._conn() as conn:
+            await conn.execute(
+                self._q["ensure_sale"],
+                {
+                    "sale": sale,
+                    "sku": sku,
+                    "stock": stock,
+                    "per_user_limit": per_user_limit,
+                    "window_start": window_start,
+                    "window_end": window_end,
+                },
+            )
+
+    # --- settling (the worker, the reconciler) ----------------------------------------------------
+
+    async def settle(self, settlements: Sequence[Settlement], *, attempt: int) -> list[Settled]:
+        """Moves each listed reservation still ``pending`` to its wanted outcome in ONE statement and
+        returns the status of every listed reservation the ledger holds (ids it does not hold are
+        absent). Rows already final keep their outcome: the first writer decided."""
+        if not settlements:
+            return []
+        params = {
+            "ids": [s.reservation_id for s in settlements],
+            "sales": [s.sale for s in settlements],
+            "outcomes": [s.outcome for s in settlements],
+            "reasons": [s.reason for s in settlements],
+            "attempt": attempt,
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["settle"], params)
+            rows = await cur.fetchall()
+        return [Settled(rid, sale, int(qty), status, bool(moved), lag) for rid, sale, qty, status, moved, lag in rows]
+
+    async def current(self, reservation_ids: Sequence[str]) -> list[Settled]:
+        """The status of each listed reservation now (``moved`` False): what another writer decided."""
+        if not reservation_ids:
+            return []
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["current"], {"ids": list(reservation_ids)})
+            rows = await cur.fetchall()
+        return [Settled(rid, sale, int(qty), status, False, None) for rid, sale, qty, status in rows]
+
+    async def pending_of_job(self, job_id: int) -> list[tuple[str, str, int]]:
+        """(reservation_id, sale, quantity) of the job's rows still pending: what a failed job left."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["pending_of_job"], {"job_id": job_id})
+            return [(rid, sale, int(qty)) for rid, sale, qty in await cur.fetchall()]
+
+
+__all__ = [
+    "COMPENSATED",
+    "CONFIRMED",
+    "PAYLOAD_VERSION",
+    "PENDING",
+    "Ledger",
+    "LedgerRow",
+    "PendingReservation",
+    "Settled",
+    "Settlement",
+    "batch_payload",
+]

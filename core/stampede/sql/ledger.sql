@@ -1,0 +1,98 @@
+-- Named queries of the ledger (stampede.ledger). Every status move is guarded by
+-- `status = 'pending'` here and by the trigger of migration 0001, so a repeat is a no-op.
+
+-- name: record_batch
+-- One statement, so one round trip and its own transaction: defer ONE settle_batch job through
+-- procrastinate's own function (the same one procrastinate's defer uses), then insert every pending
+-- row of the batch stamped with that job id. A reservation id already present keeps its first row.
+WITH job AS (
+    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[
+        ROW(%(queue)s, %(task)s, 0, NULL, NULL, %(args)s::jsonb, NULL)::procrastinate_job_to_defer_v1
+    ])) AS id
+), ins AS (
+    INSERT INTO stampede_ledger (reservation_id, sale, user_id, quantity, reserved_at_ms, job_id)
+    SELECT r.id, r.sale, r.user_id, r.quantity, r.reserved_at_ms, job.id
+      FROM unnest(%(ids)s::uuid[], %(sales)s::text[], %(users)s::text[], %(quantities)s::int[],
+                  %(reserved_at_ms)s::bigint[]) AS r(id, sale, user_id, quantity, reserved_at_ms)
+     CROSS JOIN job
+    ON CONFLICT (reservation_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT id FROM job) AS job_id, (SELECT count(*) FROM ins) AS inserted;
+
+-- name: get_reservation
+SELECT reservation_id::text, sale, user_id, quantity, status, reason, job_id, attempts, created_at, settled_at
+  FROM stampede_ledger
+ WHERE reservation_id = %(reservation_id)s::uuid;
+
+-- name: ensure_sale
+INSERT INTO stampede_sales (sale, sku, stock, per_user_limit, window_start, window_end)
+VALUES (%(sale)s, %(sku)s, %(stock)s, %(per_user_limit)s, %(window_start)s, %(window_end)s)
+ON CONFLICT (sale) DO UPDATE
+   SET sku = EXCLUDED.sku, stock = EXCLUDED.stock, per_user_limit = EXCLUDED.per_user_limit,
+       window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, updated_at = now()
+ WHERE (stampede_sales.sku, stampede_sales.stock, stampede_sales.per_user_limit,
+        stampede_sales.window_start, stampede_sales.window_end)
+       IS DISTINCT FROM
+       (EXCLUDED.sku, EXCLUDED.stock, EXCLUDED.per_user_limit, EXCLUDED.window_start, EXCLUDED.window_end);
+
+-- name: rows
+SELECT reservation_id::text, user_id, quantity, status
+  FROM stampede_ledger
+ WHERE sale = %(sale)s;
+
+-- name: counts
+SELECT status, sum(quantity)::bigint AS units
+  FROM stampede_ledger
+ WHERE sale = %(sale)s
+ GROUP BY status;
+
+-- name: ping
+SELECT 1;
+
+-- name: settle
+-- Moves every listed reservation that is still pending to its outcome (confirmed, or compensated with
+-- a reason) in one statement, and answers the final status of every listed reservation the ledger
+-- holds, with whether this statement moved it. The outer SELECT sees the rows as they were before the
+-- UPDATE (one snapshot), hence the CASE. A NULL sale matches any sale (compensation by id).
+WITH want AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(sales)s::text[], %(outcomes)s::text[], %(reasons)s::text[])
+                  AS w(id, sale, outcome, reason)
+), moved AS (
+    UPDATE stampede_ledger l
+       SET status = w.outcome, reason = w.reason, settled_at = now(), attempts = %(attempt)s
+      FROM want w
+     WHERE l.reservation_id = w.id
+       AND l.status = 'pending'
+       AND (w.sale IS NULL OR l.sale = w.sale)
+    RETURNING l.reservation_id, extract(epoch FROM now() - l.created_at)::float8 AS lag_s
+)
+SELECT l.reservation_id::text, l.sale, l.quantity,
+       CASE WHEN m.reservation_id IS NULL THEN l.status ELSE w.outcome END AS status,
+       m.reservation_id IS NOT NULL AS moved,
+       m.lag_s
+  FROM want w
+  JOIN stampede_ledger l ON l.reservation_id = w.id
+  LEFT JOIN moved m ON m.reservation_id = w.id;
+
+-- name: pending_of_job
+SELECT reservation_id::text, sale, quantity
+  FROM stampede_ledger
+ WHERE job_id = %(job_id)s AND status = 'pending';
+
+-- name: insert_pending
+-- The same rows as record_batch, for a job deferred separately on the same transaction (procrastinate's
+-- JobDeferrer with connection=...). Kept for bench/worker.py, which measures that two-step form against
+-- the one-statement record_batch.
+INSERT INTO stampede_ledger (reservation_id, sale, user_id, quantity, reserved_at_ms, job_id)
+SELECT r.id, r.sale, r.user_id, r.quantity, r.reserved_at_ms, %(job_id)s
+  FROM unnest(%(ids)s::uuid[], %(sales)s::text[], %(users)s::text[], %(quantities)s::int[],
+              %(reserved_at_ms)s::bigint[]) AS r(id, sale, user_id, quantity, reserved_at_ms)
+ON CONFLICT (reservation_id) DO NOTHING;
+
+-- name: current
+-- The status of each listed reservation now (a fresh snapshot): for rows `settle` saw pending but could
+-- not move because another writer moved them after its snapshot was taken.
+SELECT reservation_id::text, sale, quantity, status
+  FROM stampede_ledger
+ WHERE reservation_id = ANY(%(ids)s::uuid[]);

@@ -1,0 +1,167 @@
+"""The ledger against the real PostgreSQL: record_batch is one atomic write of rows + one job, a
+reservation gets one row, and a status moves only out of pending (enforced by SQL, not only callers)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from stampede import errors
+from stampede.ledger import COMPENSATED, CONFIRMED, PENDING, Ledger, PendingReservation, Settlement
+from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
+from stampede.settings import Common, load
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+async def ledger(migrated_database_url: str) -> AsyncIterator[Ledger]:
+    lg = await Ledger.open(load(Common, env={}, database_url=migrated_database_url))
+    yield lg
+    await lg.close()
+
+
+def _batch(sale: str, n: int, qty: int = 1) -> list[PendingReservation]:
+    return [PendingReservation(str(uuid.uuid4()), sale, f"u{i}", qty, 1_700_000_000_000 + i) for i in range(n)]
+
+
+async def _job(ledger: Ledger, job_id: int) -> tuple[str, str, str, dict[str, object]]:
+    async with ledger.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT queue_name, task_name, status::text, args FROM procrastinate_jobs WHERE id = %s", (job_id,)
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1], row[2], row[3]
+
+
+async def test_record_batch_writes_rows_and_one_job(ledger: Ledger, sale: str) -> None:
+    other = sale + "-x"
+    batch = _batch(sale, 5) + _batch(other, 2)
+    job_id = await ledger.record_batch(batch)
+    queue, task, status, args = await _job(ledger, job_id)
+    assert (queue, task, status) == (QUEUE_SETTLE, TASK_SETTLE_BATCH, "todo")
+    assert args == {
+        "v": 1,
+        "sales": {
+            sale: [r.reservation_id for r in batch[:5]],
+            other: [batch[5].reservation_id, batch[6].reservation_id],
+        },
+    }
+    row = await ledger.get_reservation(batch[0].reservation_id)
+    assert row is not None
+    assert (row.sale, row.user, row.quantity, row.status, row.job_id, row.reason, row.settled_at) == (
+        sale,
+        "u0",
+        1,
+        PENDING,
+        job_id,
+        None,
+        None,
+    )
+    assert await ledger.counts(sale) == {PENDING: 5, CONFIRMED: 0, COMPENSATED: 0}
+    assert len(await ledger.rows(other)) == 2
+
+
+async def test_a_reservation_never_gets_a_second_row(ledger: Ledger, sale: str) -> None:
+    batch = _batch(sale, 3)
+    first = await ledger.record_batch(batch)
+    again = await ledger.record_batch([*batch, batch[0]])
+    assert again != first
+    assert len(await ledger.rows(sale)) == 3
+    row = await ledger.get_reservation(batch[0].reservation_id)
+    assert row is not None and row.job_id == first  # the first write stays
+
+
+async def test_record_batch_is_all_or_nothing(ledger: Ledger, sale: str) -> None:
+    async with ledger.pool.connection() as conn:
+        before = (await (await conn.execute("SELECT count(*) FROM procrastinate_jobs")).fetchone() or [0])[0]
+    bad = [*_batch(sale, 3), PendingReservation(str(uuid.uuid4()), sale, "u", 0, 1)]  # quantity 0
+    with pytest.raises(errors.InvalidArgument):
+        await ledger.record_batch(bad)
+    with pytest.raises(errors.InvalidArgument):
+        await ledger.record_batch([PendingReservation("not-a-uuid", sale, "u", 1, 1)])
+    with pytest.raises(errors.InvalidArgument):
+        await ledger.record_batch([])
+    async with ledger.pool.connection() as conn:
+        after = (await (await conn.execute("SELECT count(*) FROM procrastinate_jobs")).fetchone() or [0])[0]
+    assert after == before
+    assert await ledger.rows(sale) == []
+
+
+async def test_status_moves_only_out_of_pending(ledger: Ledger, sale: str) -> None:
+    a, b = _batch(sale, 2)
+    await ledger.record_batch([a, b])
+    moved = await ledger.settle(
+        [Settlement(a.reservation_id, sale, CONFIRMED), Settlement(b.reservation_id, None, COMPENSATED, "why")],
+        attempt=1,
+    )
+    assert {(s.reservation_id, s.status, s.moved) for s in moved} == {
+        (a.reservation_id, CONFIRMED, True),
+        (b.reservation_id, COMPENSATED, True),
+    }
+    # A second writer with the opposite opinion decides nothing.
+    again = await ledger.settle(
+        [Settlement(a.reservation_id, sale, COMPENSATED, "late"), Settlement(b.reservation_id, sale, CONFIRMED)],
+        attempt=2,
+    )
+    assert {(s.reservation_id, s.status, s.moved) for s in again} == {
+        (a.reservation_id, CONFIRMED, False),
+        (b.reservation_id, COMPENSATED, False),
+    }
+    # Even a hand-written UPDATE or DELETE is refused by the schema.
+    async with ledger.pool.connection() as conn:
+        for stmt in (
+            "UPDATE stampede_ledger SET status = 'compensated', reason = 'x' WHERE reservation_id = %s",
+            "UPDATE stampede_ledger SET status = 'pending', settled_at = NULL WHERE reservation_id = %s",
+            "UPDATE stampede_ledger SET quantity = 5 WHERE reservation_id = %s",
+            "DELETE FROM stampede_ledger WHERE reservation_id = %s",
+        ):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                await conn.execute(stmt, (a.reservation_id,))
+    row = await ledger.get_reservation(b.reservation_id)
+    assert row is not None and (row.status, row.reason, row.attempts) == (COMPENSATED, "why", 1)
+
+
+async def test_settle_with_a_wrong_sale_moves_nothing(ledger: Ledger, sale: str) -> None:
+    [a] = _batch(sale, 1)
+    await ledger.record_batch([a])
+    [got] = await ledger.settle([Settlement(a.reservation_id, sale + "-other", CONFIRMED)], attempt=1)
+    assert (got.status, got.moved, got.sale) == (PENDING, False, sale)
+
+
+async def test_ensure_sale_upserts(ledger: Ledger, sale: str) -> None:
+    start = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    end = datetime(2026, 11, 27, 11, tzinfo=UTC)
+    await ledger.ensure_sale(sale, sku="SNKR-1", stock=10, per_user_limit=1, window_start=start, window_end=end)
+    await ledger.ensure_sale(sale, sku="SNKR-1", stock=12, per_user_limit=2, window_start=None, window_end=None)
+    async with ledger.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT stock, per_user_limit, window_start FROM stampede_sales WHERE sale = %s", (sale,)
+        )
+        assert await cur.fetchone() == (12, 2, None)
+
+
+async def test_reading_and_ping(ledger: Ledger) -> None:
+    await ledger.ping()
+    assert await ledger.get_reservation(str(uuid.uuid4())) is None
+    assert await ledger.get_reservation("not-a-uuid") is None
+
+
+async def test_unreachable_database_is_dependency_unavailable(unused_tcp_port: int) -> None:
+    settings = load(Common, env={}, database_url=f"postgresql://x@127.0.0.1:{unused_tcp_port}/x", db_timeout_s=0.5)
+    with pytest.raises(errors.DependencyUnavailable) as exc:
+        await Ledger.open(settings)
+    assert exc.value.dependency == "postgres"
+
+
+def test_payload_is_compact_json() -> None:
+    from stampede.ledger import batch_payload
+
+    batch = _batch("s", 2)
+    assert json.loads(json.dumps(batch_payload(batch))) == {"v": 1, "sales": {"s": [r.reservation_id for r in batch]}}

@@ -1,0 +1,173 @@
+"""Fixtures for the settle worker against the project's real Redis and PostgreSQL: one pool, Ledger and
+procrastinate App per test session, a way to run an in-process worker until the queue is drained, and
+helpers to make reservations and judge a sale with the audit of ARCHITECTURE.md §3."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import procrastinate
+import psycopg
+import psycopg_pool
+import pytest
+
+from stampede import queue
+from stampede.audit import AuditReport, audit, counts_from
+from stampede.ledger import Ledger, PendingReservation
+from stampede.migrate import migrate
+from stampede.names import QUEUE_SETTLE
+from stampede.settings import WorkerSettings, load
+from stampede.stock import SaleConfig, StockEngine
+from stampede_worker import tasks
+
+
+@pytest.fixture(scope="session")
+def worker_database_url(database_url: str) -> Iterator[str]:
+    """A migrated database named for this session alone: the per-worker database of ``database_url`` is
+    shared by name with any other pytest session on the same services, which recreates it when it starts."""
+    base, _, _ = database_url.rpartition("/")
+    name = f"stampede_w_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    asyncio.run(migrate(f"{base}/{name}"))
+    yield f"{base}/{name}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def worker_settings(redis_url: str, worker_database_url: str) -> WorkerSettings:
+    return load(
+        WorkerSettings,
+        env={},
+        redis_url=redis_url,
+        database_url=worker_database_url,
+        worker_concurrency=4,
+        worker_max_retries=2,
+        worker_retry_base_s=0.05,
+        worker_retry_max_s=0.2,
+        worker_metrics_port=0,
+        log_json=False,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pool(worker_settings: WorkerSettings) -> AsyncIterator[psycopg_pool.AsyncConnectionPool]:
+    p = queue.make_pool(worker_settings, max_size=12)
+    await p.open(wait=True)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+def ledger(pool: psycopg_pool.AsyncConnectionPool) -> Ledger:
+    return Ledger(pool)
+
+
+@pytest.fixture(scope="session")
+async def app(
+    worker_settings: WorkerSettings, pool: psycopg_pool.AsyncConnectionPool
+) -> AsyncIterator[procrastinate.App]:
+    a = queue.build_app(worker_settings)
+    tasks.register(a, worker_settings)
+    await queue.open_app(a, pool)
+    yield a
+    await a.close_async()
+
+
+@dataclass
+class Harness:
+    app: procrastinate.App
+    pool: psycopg_pool.AsyncConnectionPool
+    ledger: Ledger
+    stock: StockEngine
+    settings: WorkerSettings
+
+    async def reservations(self, sale: str, n: int, *, total: int | None = None) -> list[PendingReservation]:
+        """Opens ``sale`` with ``total`` units (default n) and reserves n units for n buyers in Redis."""
+        await self.stock.seed(sale, SaleConfig(total=total if total is not None else n, per_user_limit=1), open=True)
+        out: list[PendingReservation] = []
+        for start in range(0, n, 200):
+            got = await asyncio.gather(
+                *(self.stock.reserve(sale, f"buyer-{i}") for i in range(start, min(n, start + 200)))
+            )
+            now = await self.stock.now_ms()
+            out += [PendingReservation(r.reservation_id, sale, r.user, r.quantity, now) for r in got]
+        return out
+
+    async def record(self, reservations: Sequence[PendingReservation], batch: int = 100) -> list[int]:
+        return [await self.ledger.record_batch(reservations[i : i + batch]) for i in range(0, len(reservations), batch)]
+
+    async def idle(self) -> bool:
+        depth = await queue.queue_depth(self.pool)
+        return depth[queue.TODO] + depth[queue.DOING] == 0
+
+    async def drain(
+        self,
+        *,
+        ledger: Ledger | None = None,
+        stock: StockEngine | None = None,
+        until: Callable[[], Awaitable[bool]] | None = None,
+        within: float = 30.0,
+    ) -> None:
+        """Runs an in-process worker (optionally over fault-injecting collaborators) until the settle queue
+        holds no todo/doing job (or ``until`` holds), then stops it gracefully."""
+        worker = asyncio.create_task(
+            self.app.run_worker_async(
+                queues=[QUEUE_SETTLE],
+                concurrency=self.settings.worker_concurrency,
+                install_signal_handlers=False,
+                fetch_job_polling_interval=0.05,
+                additional_context={
+                    tasks.CTX_LEDGER: ledger or self.ledger,
+                    tasks.CTX_STOCK: stock or self.stock,
+                    tasks.CTX_SETTINGS: self.settings,
+                },
+            )
+        )
+        check = until or self.idle
+        deadline = time.monotonic() + within
+        try:
+            await asyncio.sleep(0.05)
+            while not await check():
+                assert not worker.done(), "the worker stopped on its own"
+                assert time.monotonic() < deadline, "the queue did not drain in time"
+                await asyncio.sleep(0.05)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def audit(self, sale: str, *, total: int, accepted: Sequence[str], limit: int = 1) -> AuditReport:
+        rows = await self.ledger.rows(sale)
+        snap = await self.stock.snapshot(sale)
+        report = audit(sale, stock=total, per_user_limit=limit, accepted=accepted, rows=rows, redis=counts_from(snap))
+        assert report.ok, report.render()
+        assert snap.remaining + snap.confirmed == total, "stock not whole after the sale settled"
+        return report
+
+    async def job_statuses(self, job_ids: Sequence[int]) -> list[str]:
+        return [str((await self.app.job_manager.get_job_status_async(j)).value) for j in job_ids]
+
+    async def defer_raw(self, **payload: Any) -> int:
+        """Defers a settle_batch job with arbitrary arguments, as a buggy or hostile producer would."""
+        from stampede.names import TASK_SETTLE_BATCH
+
+        return await self.app.configure_task(TASK_SETTLE_BATCH, queue=QUEUE_SETTLE).defer_async(**payload)
+
+
+@pytest.fixture
+async def harness(
+    app: procrastinate.App,
+    pool: psycopg_pool.AsyncConnectionPool,
+    ledger: Ledger,
+    stock: StockEngine,
+    worker_settings: WorkerSettings,
+) -> Harness:
+    return Harness(app, pool, ledger, stock, worker_settings)

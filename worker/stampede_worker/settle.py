@@ -1,0 +1,346 @@
+"""Settling one batch of reservations: the logic of the ``settle_batch`` job, free of procrastinate.
+
+The ledger decides, Redis follows (ARCHITECTURE.md §2). For a batch this means:
+
+1. read each reservation's state in Redis (one pipeline for the batch): a reservation Redis released or
+   does not know cannot be honoured, so it is compensated on its own, never taking its neighbours along;
+2. move every row still ``pending`` to its outcome in ONE ledger statement; rows already final keep the
+   outcome their first writer gave them (a redelivered or recovered job decides nothing twice);
+3. make Redis agree with the ledger for every reservation of the batch: confirm the confirmed ones and
+   release the compensated ones (both scripts are idempotent, so replaying after a crash between step 2
+   and 3 is exactly what heals it, and stock is never returned twice).
+
+A reservation Redis released or does not hold is compensated and the job succeeds (all decided); a
+payload that names no real reservations, a sale that is not a sale name or a sale Redis does not know is
+bad input: what it holds is settled (compensated), then the job fails with a clear log line.
+
+Errors are sorted into transient (Redis or PostgreSQL unreachable, serialization failure: raise
+``Transient`` so procrastinate retries with backoff) and everything else (a refused script, a bug:
+compensate what is still pending, then ``SettleFailed``). On the last attempt a transient error also
+compensates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stampede import errors, metrics
+from stampede.ledger import COMPENSATED, CONFIRMED, PAYLOAD_VERSION, PENDING, Ledger, Settled, Settlement
+from stampede.names import STATE_RELEASED, sale_keys
+from stampede.stock import Outcome, StockEngine, parse_record
+
+log = logging.getLogger(__name__)
+
+# Compensation reasons (a fixed set: they label a metric).
+REASON_RELEASED = "released_in_redis"
+REASON_NOT_IN_REDIS = "not_in_redis"
+REASON_UNKNOWN_SALE = "unknown_sale"
+REASON_INVALID_SALE = "invalid_sale"
+REASON_RETRIES_EXHAUSTED = "retries_exhausted"
+REASON_ERROR = "settle_error"
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    errors.DependencyUnavailable,
+    psycopg.OperationalError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class Transient(Exception):
+    """A failure worth retrying: the job is retried later, nothing was decided wrongly."""
+
+
+class SettleFailed(Exception):
+    """The job failed for good; whatever it held that was still pending has been compensated (or, if even
+    that failed, is left pending for the reconciler)."""
+
+
+@dataclass
+class Batch:
+    """A parsed payload: ids by sale, ids whose sale is unusable, and what was wrong with it."""
+
+    by_sale: dict[str, list[str]] = field(default_factory=dict)
+    bad_sale: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def all_ids(self) -> list[str]:
+        return [i for ids in self.by_sale.values() for i in ids] + self.bad_sale
+
+
+@dataclass
+class Report:
+    confirmed: int = 0  # rows this run moved to confirmed
+    compensated: int = 0  # rows this run moved to compensated
+    replayed: int = 0  # rows already final, outcome replayed to Redis
+    disagreements: int = 0  # ledger outcomes Redis refused (left for the reconciler)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "confirmed": self.confirmed,
+            "compensated": self.compensated,
+            "replayed": self.replayed,
+            "disagreements": self.disagreements,
+            "problems": self.problems[:5],
+        }
+
+
+def _uuid(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def parse_payload(payload: Mapping[str, Any]) -> Batch:
+    """Validates the job arguments entry by entry: a bad entry is a problem of its own, never a reason
+    to drop the good ones. Duplicate ids are settled once."""
+    batch = Batch()
+    if payload.get("v") != PAYLOAD_VERSION:
+        batch.problems.append(f"payload version {payload.get('v')!r} is not {PAYLOAD_VERSION}")
+    sales = payload.get("sales")
+    if not isinstance(sales, dict):
+        batch.problems.append("payload has no 'sales' object")
+        return batch
+    seen: set[str] = set()
+    for sale, ids in sales.items():
+        if not isinstance(ids, list):
+            batch.problems.append(f"sale {sale!r}: ids are not a list")
+            continue
+        good: list[str] = []
+        for raw in ids:
+            rid = _uuid(raw)
+            if rid is None:
+                batch.problems.append(f"sale {sale!r}: {raw!r} is not a reservation id")
+            elif rid not in seen:
+                seen.add(rid)
+                good.append(rid)
+        try:
+            sale_keys(sale)
+        except ValueError:
+            batch.problems.append(f"{sale!r} is not a sale name")
+            batch.bad_sale.extend(good)
+            continue
+        if good:
+            batch.by_sale.setdefault(sale, []).extend(good)
+    return batch
+
+
+async def redis_states(stock: StockEngine, by_sale: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, str | None]]:
+    """{sale: ...} -> {reservation_id: (sale, Redis state or None)}; a sale Redis does not know maps
+    every id to (sale, 'unknown_sale'). One pipelined round trip for the whole batch."""
+    sales = list(by_sale)
+    try:
+        pipe = stock.client.pipeline(transaction=False)
+        for sale in sales:
+            keys = sale_keys(sale)
+            pipe.exists(keys.meta)
+            pipe.hmget(keys.reservations, list(by_sale[sale]))
+        answers = await pipe.execute()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise errors.DependencyUnavailable("redis", str(exc)) from exc
+    out: dict[str, tuple[str, str | None]] = {}
+    for n, sale in enumerate(sales):
+        exists, records = answers[2 * n], answers[2 * n + 1]
+        for rid, raw in zip(by_sale[sale], records, strict=True):
+            if not exists:
+                out[rid] = (sale, REASON_UNKNOWN_SALE)
+            elif raw is None:
+                out[rid] = (sale, None)
+            else:
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                out[rid] = (sale, parse_record(rid, text).state)
+    return out
+
+
+def decide(batch: Batch, states: Mapping[str, tuple[str, str | None]]) -> list[Settlement]:
+    """The wanted outcome of every reservation of the batch from what Redis holds."""
+    wanted: list[Settlement] = []
+    for rid, (sale, state) in states.items():
+        if state == REASON_UNKNOWN_SALE:
+            wanted.append(Settlement(rid, sale, COMPENSATED, REASON_UNKNOWN_SALE))
+        elif state is None:
+            wanted.append(Settlement(rid, sale, COMPENSATED, REASON_NOT_IN_REDIS))
+        elif state == STATE_RELEASED:
+            wanted.append(Settlement(rid, sale, COMPENSATED, REASON_RELEASED))
+        else:  # pending, or confirmed by an earlier run whose ledger write is what we are redoing
+            wanted.append(Settlement(rid, sale, CONFIRMED))
+    wanted += [Settlement(rid, None, COMPENSATED, REASON_INVALID_SALE) for rid in batch.bad_sale]
+    return wanted
+
+
+async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: Report, job_id: int | None) -> None:
+    """Makes Redis agree with the ledger for ``rows`` (confirm / release, one script call per sale and
+    outcome, sales in parallel)."""
+    confirm: dict[str, list[str]] = {}
+    release: dict[str, list[str]] = {}
+    for r in rows:
+        if r.status == CONFIRMED:
+            confirm.setdefault(r.sale, []).append(r.reservation_id)
+        elif r.status == COMPENSATED:
+            release.setdefault(r.sale, []).append(r.reservation_id)
+
+    async def one(sale: str) -> None:
+        try:
+            sale_keys(sale)
+        except ValueError:
+            return  # a sale Redis cannot hold: nothing to follow there
+        if sale in confirm:
+            for rid, outcome in (await stock.confirm(sale, confirm[sale])).items():
+                if outcome in (Outcome.RELEASED, Outcome.UNKNOWN):
+                    report.disagreements += 1
+                    metrics.WORKER_DISAGREEMENTS.labels(outcome.value).inc()
+                    log.error(
+                        "ledger confirmed a reservation Redis cannot confirm; left for the reconciler",
+                        extra={"sale": sale, "reservation_id": rid, "redis": outcome.value, "job_id": job_id},
+                    )
+        if sale in release:
+            for rid, outcome in (await stock.release(sale, release[sale])).items():
+                if outcome is Outcome.REFUSED_CONFIRMED:
+                    report.disagreements += 1
+                    metrics.WORKER_DISAGREEMENTS.labels(outcome.value).inc()
+                    log.error(
+                        "ledger compensated a reservation Redis holds confirmed; left for the reconciler",
+                        extra={"sale": sale, "reservation_id": rid, "job_id": job_id},
+                    )
+
+    await asyncio.gather(*(one(s) for s in {*confirm, *release}))
+
+
+def _account(rows: Sequence[Settled], report: Report) -> None:
+    for r in rows:
+        if not r.moved:
+            if r.status != PENDING:
+                report.replayed += 1
+            continue
+        if r.lag_s is not None:
+            metrics.WORKER_SETTLE_LAG.observe(r.lag_s)
+        if r.status == CONFIRMED:
+            report.confirmed += 1
+        else:
+            report.compensated += 1
+    metrics.WORKER_RESERVATIONS.labels(CONFIRMED).inc(report.confirmed)
+    metrics.WORKER_RESERVATIONS.labels(COMPENSATED).inc(report.compensated)
+    metrics.WORKER_REPLAYED.inc(report.replayed)
+
+
+async def _settle(
+    batch: Batch, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None, fault_sleep_ms: int
+) -> Report:
+    report = Report(problems=list(batch.problems))
+    states = await redis_states(stock, batch.by_sale) if batch.by_sale else {}
+    wanted = decide(batch, states)
+    rows = await ledger.settle(wanted, attempt=attempt)
+    unmoved = [r.reservation_id for r in rows if r.status == PENDING]
+    if unmoved:
+        # Seen pending in the statement's snapshot but not moved: either another writer (a duplicate job,
+        # the reconciler) moved them first, or the payload's sale is not theirs. A fresh read tells which.
+        fresh = {r.reservation_id: r for r in await ledger.current(unmoved)}
+        rows = [fresh.get(r.reservation_id, r) if r.status == PENDING else r for r in rows]
+    _account(rows, report)
+    reasons = {w.reservation_id: w.reason for w in wanted}
+    for r in rows:
+        if r.moved and r.status == COMPENSATED:
+            reason = reasons.get(r.reservation_id) or REASON_ERROR
+            metrics.WORKER_COMPENSATED.labels(reason).inc()
+            log.warning(
+                "reservation compensated",
+                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
+            )
+        elif r.status == PENDING:
+            report.problems.append(f"{r.reservation_id}: payload sale does not match the ledger's {r.sale!r}")
+    # A sale Redis does not know is bad input, not a buyer's bad luck: its reservations were compensated
+    # above, each on its own, and the job is then failed so the bad producer shows up (settle_batch).
+    unknown = sorted({sale for sale, state in states.values() if state == REASON_UNKNOWN_SALE})
+    if unknown:
+        report.problems.append(f"sales unknown to Redis: {', '.join(unknown[:5])}")
+    known = {r.reservation_id for r in rows}
+    missing = [w.reservation_id for w in wanted if w.reservation_id not in known]
+    if missing:
+        report.problems.append(f"{len(missing)} ids are not in the ledger (e.g. {missing[0]})")
+    if fault_sleep_ms:
+        await asyncio.sleep(fault_sleep_ms / 1000)
+    await follow_in_redis(stock, rows, report, job_id)
+    return report
+
+
+async def compensate_all(
+    batch: Batch, reason: str, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None
+) -> Report:
+    """Gives up on the batch: every reservation still pending becomes ``compensated`` with ``reason``,
+    and only those moves (plus outcomes decided earlier, replayed) are followed in Redis."""
+    report = Report(problems=list(batch.problems))
+    wanted = [Settlement(rid, None, COMPENSATED, reason) for rid in batch.all_ids()]
+    rows = await ledger.settle(wanted, attempt=attempt)
+    _account(rows, report)
+    for r in rows:
+        if r.moved:
+            metrics.WORKER_COMPENSATED.labels(reason).inc()
+            log.warning(
+                "reservation compensated",
+                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
+            )
+    await follow_in_redis(stock, rows, report, job_id)
+    return report
+
+
+async def settle_batch(
+    payload: Mapping[str, Any],
+    *,
+    ledger: Ledger,
+    stock: StockEngine,
+    attempt: int = 1,
+    final: bool = False,
+    job_id: int | None = None,
+    fault_sleep_ms: int = 0,
+) -> Report:
+    """Settles every reservation of one job. ``attempt`` counts from 1; ``final`` says no retry follows
+    (a transient error then compensates instead of raising ``Transient``)."""
+    batch = parse_payload(payload)
+    for problem in batch.problems:
+        log.error("malformed settle_batch payload", extra={"job_id": job_id, "problem": problem})
+    try:
+        report = await _settle(
+            batch, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id, fault_sleep_ms=fault_sleep_ms
+        )
+    except TRANSIENT_ERRORS as exc:
+        if not final:
+            raise Transient(f"{type(exc).__name__}: {exc}") from exc
+        log.error("settle_batch retries exhausted: compensating", extra={"job_id": job_id, "error": str(exc)})
+        await _give_up(batch, REASON_RETRIES_EXHAUSTED, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)
+        raise SettleFailed(f"retries exhausted: {exc}") from exc
+    except Exception as exc:
+        log.exception("settle_batch failed for good: compensating", extra={"job_id": job_id})
+        await _give_up(batch, REASON_ERROR, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)
+        raise SettleFailed(f"{type(exc).__name__}: {exc}") from exc
+    if report.problems:
+        log.error(
+            "settle_batch had bad input: settled what it could, failing the job",
+            extra={"job_id": job_id, "problems": report.problems[:10], "settled": report.as_dict()},
+        )
+        raise SettleFailed(f"bad input: {'; '.join(report.problems[:3])}")
+    return report
+
+
+async def _give_up(
+    batch: Batch, reason: str, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None
+) -> None:
+    try:
+        await compensate_all(batch, reason, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)
+    except Exception:
+        # Left pending (or not followed in Redis): the reconciler sweeps failed jobs and replays outcomes.
+        log.exception("compensation failed; the reconciler will finish it", extra={"job_id": job_id})
