@@ -166,6 +166,9 @@ class ApiSettings(Common):
     trusted_proxy_hops: int = setting(0, "X-Forwarded-For hops to trust for the client IP (0: use the peer)")
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
     access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")
+    fault_exit_after_reserves: int = setting(
+        0, "fault injection for tests: a worker process exits after N reserves, before their ledger write (0: never)"
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -1,0 +1,131 @@
+"""The Falcon ASGI application factory.
+
+``create_app(settings, stock, ledger)`` wires resources to their collaborators. In a gunicorn worker the
+collaborators are not passed: the lifespan middleware opens them in the ASGI startup of each worker
+process, after the fork, and closes them (after the batch in flight is written) at shutdown. Tests pass
+their own and the app only adds what lives in the event loop (the batch flusher, strategy pools).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+import falcon.asgi
+import falcon.media
+import orjson
+
+from stampede.settings import ApiSettings
+from stampede.stock import StockEngine
+
+from . import errors
+from .auth import Authenticator
+from .batcher import Batcher
+from .middleware import RequestContext
+from .reserver import ReserveCoalescer
+from .resources.docs import OpenApi
+from .resources.health import Healthz, Readyz
+from .resources.metrics import Metrics as MetricsResource
+from .resources.reservations import ReservationItem, SaleReservations
+from .resources.sales import Sale
+from .resources.strategies import StrategyBuy
+from .services import Services
+
+log = logging.getLogger("stampede_api")
+
+
+class Lifespan:
+    """Opens the process's pools at ASGI startup and closes them at shutdown."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        s = self.s
+        cfg = s.settings
+        if s.stock is None:
+            s.stock = StockEngine.from_url(cfg.redis_url, max_connections=cfg.redis_max_connections)
+            s.owned.append("stock")
+        if s.ledger is None:
+            from stampede.ledger import Ledger
+
+            s.ledger = await Ledger.open(cfg)
+            s.owned.append("ledger")
+        s.batcher = Batcher(s.ledger, s.stock, max_batch=cfg.batch_max, fault_exit_after=cfg.fault_exit_after_reserves)
+        s.reserver = ReserveCoalescer(s.stock, sold_out_cache_ms=cfg.sold_out_cache_ms)
+        if cfg.strategies_enabled and s.strategies is None:
+            from .strategies import STRATEGIES, Backends, open_pool
+
+            pool = await open_pool(cfg.database_url, min_size=cfg.db_pool_min, max_size=cfg.db_pool_max)
+            s.owned.append("strategy_pool")
+            backends = Backends(
+                pool, s.stock, s.ledger, s.batcher, cfg.replay_wait_ms, cfg.retry_after_s, reserver=s.reserver
+            )
+            s.strategies = {name: cls(backends) for name, cls in STRATEGIES.items()}
+            s.strategies["_pool"] = pool
+        log.info("api process ready", extra={"strategies": cfg.strategies_enabled})
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        s = self.s
+        if s.batcher is not None:
+            await s.batcher.close()
+        if s.reserver is not None:
+            await s.reserver.close()
+        for name in reversed(s.owned):
+            try:
+                if name == "stock" and s.stock is not None:
+                    await s.stock.close()
+                elif name == "ledger" and s.ledger is not None:
+                    await s.ledger.close()
+                elif name == "strategy_pool" and s.strategies is not None:
+                    await s.strategies["_pool"].close()
+            except Exception as exc:
+                log.warning("close failed", extra={"what": name, "error": str(exc)})
+        s.owned.clear()
+
+
+def _json_handler() -> falcon.media.JSONHandler:
+    return falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+
+
+def create_app(
+    settings: ApiSettings,
+    stock: StockEngine | None = None,
+    ledger: Any = None,
+    *,
+    strategies: Any = None,
+) -> falcon.asgi.App:
+    """The ASGI app. Collaborators left ``None`` are opened per process at lifespan startup."""
+    return build(settings, stock, ledger, strategies=strategies)[0]
+
+
+def build(
+    settings: ApiSettings,
+    stock: StockEngine | None = None,
+    ledger: Any = None,
+    *,
+    strategies: Any = None,
+) -> tuple[falcon.asgi.App, Services]:
+    """``create_app`` that also hands back the Services the resources share (tests look inside)."""
+    services = Services(
+        settings=settings, auth=Authenticator(settings), stock=stock, ledger=ledger, strategies=strategies
+    )
+    app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(services)])
+    handler = _json_handler()
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = handler
+    errors.install(app, settings.retry_after_s)
+
+    app.add_route("/v1/sales/{sale}/reservations", SaleReservations(services))
+    app.add_route("/v1/reservations/{reservation_id}", ReservationItem(services))
+    app.add_route("/v1/sales/{sale}", Sale(services))
+    app.add_route("/healthz", Healthz())
+    app.add_route("/readyz", Readyz(services))
+    app.add_route("/metrics", MetricsResource())
+    app.add_route("/openapi.json", OpenApi(settings))
+    if settings.strategies_enabled:
+        buy = StrategyBuy(services)
+        app.add_route("/api/{version}/buy", buy)
+        app.add_route("/api/{version}/stats", buy, suffix="stats")
+    return app, services

@@ -1,0 +1,1 @@
+"""Falcon resources, one module per concern; each receives the process's Services in ``__init__``."""

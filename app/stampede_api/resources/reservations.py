@@ -1,0 +1,115 @@
+"""Buying and polling: ``POST /v1/sales/{sale}/reservations`` and ``GET /v1/reservations/{id}``.
+
+A new reservation is answered 202 only after its ledger row is committed. An idempotent replay (same
+buyer, same ``Idempotency-Key``, same quantity) answers 200 with the original reservation and its
+current status, and the header ``Idempotent-Replayed: true``. A reservation is visible only to its own
+buyer: another buyer gets 404, as for an id that does not exist.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from stampede import errors
+from stampede.names import SALE_NAME_RE
+from stampede_api.body import int_member, read_object
+from stampede_api.errors import bad_request
+from stampede_api.purchase import Purchase, buy
+from stampede_api.services import Services
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_BUY_MEMBERS = frozenset({"quantity"})
+
+
+def client_ip(req: falcon.asgi.Request, trusted_hops: int) -> str | None:
+    """The peer address, or with ``trusted_hops`` proxies in front the address they vouch for."""
+    if trusted_hops > 0:
+        route = req.access_route
+        if route:
+            return route[max(0, len(route) - 1 - trusted_hops)]
+    return req.remote_addr
+
+
+def purchase_body(p: Purchase) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "reservation_id": p.reservation_id,
+        "status": p.status,
+        "sale": p.sale,
+        "quantity": p.quantity,
+    }
+    if p.reason:
+        out["reason"] = p.reason
+    return out
+
+
+class SaleReservations:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sale: str) -> None:
+        settings = self.s.settings
+        buyer = self.s.auth.buyer(req)
+        if not SALE_NAME_RE.match(sale):
+            raise errors.SaleNotFound(sale[:64])
+        key = req.get_header("Idempotency-Key")
+        if key is not None and not _IDEMPOTENCY_KEY.match(key):
+            raise bad_request("Idempotency-Key", "must be 1-255 visible ASCII characters")
+        body = await read_object(req, settings.max_body_bytes, _BUY_MEMBERS)
+        quantity = int_member(body, "quantity", default=1, lo=1, hi=settings.max_quantity)
+        stock, ledger, batcher = self.s.require()
+        p = await buy(
+            self.s.reserver or stock,
+            batcher,
+            ledger,
+            sale=sale,
+            user=buyer.id,
+            quantity=quantity,
+            idempotency_key=key,
+            client_ip=client_ip(req, settings.trusted_proxy_hops),
+            request_id=req.context.request_id,
+            replay_wait_ms=settings.replay_wait_ms,
+            retry_after_s=settings.retry_after_s,
+        )
+        resp.media = purchase_body(p)
+        resp.location = f"/v1/reservations/{p.reservation_id}"
+        if p.replay:
+            resp.status = falcon.HTTP_200
+            resp.set_header("Idempotent-Replayed", "true")
+        else:
+            resp.status = falcon.HTTP_202
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class ReservationItem:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, reservation_id: str) -> None:
+        buyer = self.s.auth.buyer(req)
+        try:
+            rid = str(uuid.UUID(reservation_id))
+        except ValueError:
+            raise errors.ReservationNotFound(reservation_id[:64]) from None
+        _, ledger, _ = self.s.require()
+        row = await ledger.get_reservation(rid)
+        if row is None or row.user != buyer.id:
+            raise errors.ReservationNotFound(rid)
+        out: dict[str, Any] = {
+            "reservation_id": str(row.reservation_id),
+            "sale": row.sale,
+            "quantity": row.quantity,
+            "status": row.status,
+            "created_at": _iso(row.created_at),
+            "settled_at": _iso(row.settled_at),
+        }
+        if row.reason:
+            out["reason"] = row.reason
+        resp.media = out

@@ -1,0 +1,46 @@
+"""``GET /v1/sales/{sale}``: the sale's phase and live counts, read atomically from Redis.
+
+The phase uses the FlashSale's vocabulary, read from Redis alone: ``Live`` (open, units left),
+``SoldOut``, ``Scheduled`` (not open, nothing reserved yet) or ``Ended`` (closed after taking
+reservations). The operator's FlashSale status stays the authority on the lifecycle (windows, drift).
+"""
+
+from __future__ import annotations
+
+import falcon.asgi
+
+from stampede import errors, metrics
+from stampede.names import SALE_NAME_RE
+from stampede.stock import Snapshot
+from stampede_api.services import Services
+
+
+def phase(snap: Snapshot) -> str:
+    if snap.remaining <= 0 and snap.total > 0:
+        return "SoldOut"
+    if snap.open:
+        return "Live"
+    return "Ended" if snap.reservations > 0 else "Scheduled"
+
+
+class Sale:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sale: str) -> None:
+        if not SALE_NAME_RE.match(sale):
+            raise errors.SaleNotFound(sale[:64])
+        stock, _, _ = self.s.require()
+        snap = await stock.snapshot(sale)
+        metrics.API_STOCK_REMAINING.labels(sale).set(snap.remaining)
+        resp.media = {
+            "sale": sale,
+            "phase": phase(snap),
+            "open": snap.open,
+            "stock": snap.total,
+            "remaining": snap.remaining,
+            "pending": snap.pending,
+            "confirmed": snap.confirmed,
+            "released": snap.released,
+            "per_user_limit": snap.per_user_limit,
+        }

@@ -1,0 +1,37 @@
+"""What the resources work with, held in one place per process.
+
+The collaborators (Redis stock engine, ledger, batch flusher, strategy backends) are opened in the ASGI
+lifespan startup of each worker process, after gunicorn forked it, so no pool or socket is ever shared
+across a fork. Tests hand in their own before startup; resources read them at request time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stampede.settings import ApiSettings
+from stampede.stock import StockEngine
+
+from .auth import Authenticator
+from .batcher import Batcher
+from .reserver import ReserveCoalescer
+
+
+@dataclass
+class Services:
+    settings: ApiSettings
+    auth: Authenticator
+    stock: StockEngine | None = None
+    ledger: Any = None  # stampede.ledger.Ledger (or a test double with the same methods)
+    batcher: Batcher | None = None
+    reserver: ReserveCoalescer | None = None
+    strategies: Any = None  # strategies.Backends when enabled
+    owned: list[str] = field(default_factory=list)  # what startup opened and shutdown must close
+
+    def require(self) -> tuple[StockEngine, Any, Batcher]:
+        if self.stock is None or self.ledger is None or self.batcher is None:
+            from stampede import errors
+
+            raise errors.DependencyUnavailable("api", "starting up")
+        return self.stock, self.ledger, self.batcher

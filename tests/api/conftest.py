@@ -1,0 +1,99 @@
+"""Fixtures of the API tests: a migrated database, a real Ledger and StockEngine, the app under Falcon's
+ASGI conductor (lifespan included), and helpers that open a sale and mint buyer tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from falcon import testing
+
+from stampede import tokens
+from stampede.ledger import Ledger
+from stampede.settings import ApiSettings, load
+from stampede.stock import SaleConfig, StockEngine
+from stampede_api.app import build
+
+SECRET = "test-secret-" + "s" * 32
+
+
+@pytest.fixture(scope="session")
+def api_settings(redis_url: str, migrated_database_url: str) -> ApiSettings:
+    """Settings of the app under test: this worker's Redis db and migrated database (ledger, queue and
+    strategy tables), strategies mounted."""
+    return load(
+        ApiSettings,
+        env={},
+        redis_url=redis_url,
+        database_url=migrated_database_url,
+        jwt_secret=SECRET,
+        strategies_enabled=True,
+        replay_wait_ms=300,
+        db_pool_max=8,
+    )
+
+
+@pytest.fixture(scope="session")
+async def ledger(api_settings: ApiSettings) -> AsyncIterator[Ledger]:
+    led = await Ledger.open(api_settings)
+    yield led
+    await led.close()
+
+
+@pytest.fixture(scope="session")
+async def api(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> AsyncIterator[Any]:
+    """(conductor, services) of one app for the whole session."""
+    app, services = build(api_settings, stock, ledger)
+    async with testing.ASGIConductor(app) as conductor:
+        yield conductor, services
+
+
+@pytest.fixture(scope="session")
+def client(api: Any) -> testing.ASGIConductor:
+    return api[0]
+
+
+def token_for(user: str, **kw: Any) -> str:
+    return tokens.mint(SECRET, user, **kw)
+
+
+def auth(user: str, **kw: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user, **kw)}"}
+
+
+@pytest.fixture
+def headers() -> Callable[..., dict[str, str]]:
+    return auth
+
+
+async def open_sale(
+    stock: StockEngine,
+    ledger: Ledger,
+    sale: str,
+    *,
+    total: int = 10,
+    limit: int = 1,
+    is_open: bool = True,
+    **rates: float,
+) -> None:
+    """Seeds the sale in Redis and mirrors it in the ledger, as the operator does."""
+    await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, **rates), open=is_open)  # type: ignore[arg-type]
+    await ledger.ensure_sale(
+        sale, sku=f"SKU-{sale}", stock=total, per_user_limit=limit, window_start=None, window_end=None
+    )
+
+
+@pytest.fixture
+def opener(stock: StockEngine, ledger: Ledger) -> Callable[..., Any]:
+    """``await opener(sale, total=..., limit=..., buyer_rate=..., ...)``."""
+
+    async def _open(sale: str, **kw: Any) -> None:
+        await open_sale(stock, ledger, sale, **kw)
+
+    return _open
+
+
+@pytest.fixture
+def mint() -> Callable[..., str]:
+    return token_for

@@ -1,0 +1,92 @@
+"""The per-process reserve coalescer gives exactly the answers of ``StockEngine.reserve``, survives a
+flushed script cache, and turns a dead Redis into DependencyUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stampede import errors
+from stampede.stock import SaleConfig, StockEngine
+from stampede_api.reserver import ReserveCoalescer
+
+pytestmark = pytest.mark.redis
+
+
+async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, sale: str):
+    await stock.seed(sale, SaleConfig(total=5, per_user_limit=2), open=True)
+    co = ReserveCoalescer(stock)
+
+    async def attempt(user: str, qty: int, key: str | None = None) -> object:
+        try:
+            return await co.reserve(sale, user, qty, idempotency_key=key)
+        except errors.StampedeError as exc:
+            return exc.code
+
+    answers = await asyncio.gather(
+        attempt("a", 2, "k"),
+        attempt("a", 2, "k"),  # replay of the line above, in the same pipeline
+        attempt("a", 1, "k"),  # same key, different quantity
+        attempt("a", 1),  # over the limit of 2
+        attempt("b", 2),
+        attempt("c", 2),  # only 1 left
+        attempt("c", 1),
+    )
+    first, replay, conflict, limit, b, sold_out, c = answers
+    assert first.replay is False and first.remaining == 3  # type: ignore[attr-defined]
+    assert replay.replay is True and replay.reservation_id == first.reservation_id  # type: ignore[attr-defined]
+    assert (conflict, limit, sold_out) == ("idempotency_conflict", "limit_reached", "sold_out")
+    assert b.remaining == 1 and c.remaining == 0  # type: ignore[attr-defined]
+    snap = await stock.snapshot(sale)
+    assert (snap.remaining, snap.pending) == (0, 5) and snap.balanced
+    assert await attempt("d", 1) == "sold_out"
+    await stock.set_open(sale, False)
+    assert await attempt("d", 1) == "sale_closed"
+    assert await attempt("d", 1) == "sale_closed"
+    with pytest.raises(errors.SaleNotFound):
+        await co.reserve("never-" + sale, "d", 1)
+    with pytest.raises(errors.InvalidArgument):
+        await co.reserve("Bad Name", "d", 1)
+
+
+async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
+    await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
+    co = ReserveCoalescer(stock)
+    await co.reserve(sale, "a", 1)
+    await stock.client.script_flush()
+    got = await asyncio.gather(*(co.reserve(sale, "a", 1) for _ in range(3)))
+    assert [r.remaining for r in got] == [8, 7, 6]
+
+
+async def test_dead_redis_is_dependency_unavailable():
+    dead = StockEngine.from_url("redis://127.0.0.1:1/0")
+    co = ReserveCoalescer(dead)
+    with pytest.raises(errors.DependencyUnavailable):
+        await co.reserve("some-sale", "a", 1)
+    await dead.close()
+
+
+def test_hand_packed_commands_match_redis_py():
+    from redis.asyncio.connection import Connection
+
+    from stampede_api.reserver import _resp
+
+    args = ("EVALSHA", "0" * 40, 7, "stampede:{s}:meta", "", "buyer-é", 3, "idem key")
+    assert _resp(args) == b"".join(Connection().pack_command(*args))
+
+
+async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock: StockEngine, sale: str):
+    await stock.seed(sale, SaleConfig(total=1, per_user_limit=1), open=True)
+    co = ReserveCoalescer(stock, sold_out_cache_ms=200)
+    first = await co.reserve(sale, "a", 1, idempotency_key="k")
+    with pytest.raises(errors.SoldOut):
+        await co.reserve(sale, "b", 1)  # asks Redis, learns the sale is empty
+    await stock.release(sale, [first.reservation_id])  # a unit comes back
+    with pytest.raises(errors.SoldOut):
+        await co.reserve(sale, "c", 1)  # answered from memory: still within 200 ms
+    replay = await co.reserve(sale, "a", 1, idempotency_key="k")  # a keyed request always asks Redis
+    assert replay.replay and replay.reservation_id == first.reservation_id
+    await asyncio.sleep(0.25)
+    got = await co.reserve(sale, "c", 1)  # memory expired: Redis has the unit again
+    assert got.remaining == 0
