@@ -132,8 +132,9 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the audit as JSON")
 
 
-@command("audit", "wait for a sale to settle, then audit Redis and the ledger (non-zero exit on a violation)",
-         _audit_args)
+@command(
+    "audit", "wait for a sale to settle, then audit Redis and the ledger (non-zero exit on a violation)", _audit_args
+)
 def _audit(ns: argparse.Namespace) -> int:
     from pathlib import Path
 

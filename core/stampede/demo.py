@@ -36,8 +36,9 @@ def step(n: int, text: str) -> None:
 
 
 def tool(root: Path, name: str) -> str:
-    return subprocess.run([str(root / "hack" / "tools.sh"), "path", name], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [str(root / "hack" / "tools.sh"), "path", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, object]:
@@ -50,8 +51,10 @@ def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, obje
             "product": {"sku": "DEMO-1", "name": "Demo Sneaker", "price": "99.00", "currency": "USD"},
             "stock": stock,
             "perUserLimit": limit,
-            "window": {"start": (now - dt.timedelta(seconds=5)).isoformat().replace("+00:00", "Z"),
-                       "end": (now + dt.timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")},
+            "window": {
+                "start": (now - dt.timedelta(seconds=5)).isoformat().replace("+00:00", "Z"),
+                "end": (now + dt.timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z"),
+            },
             "api": {"replicas": 1},
             "workers": {"replicas": 1, "concurrency": 8},
             "reconcile": {"intervalSeconds": 5},
@@ -87,13 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(migrate(settings.database_url))
 
     step(2, f"applying the FlashSale CRD and sale {sale!r} (stock {ns.stock}, limit {ns.limit})")
-    subprocess.run([kubectl, "apply", "--server-side", "-f", str(root / "crds" / "flashsale.yaml")],
-                   env=kube_env, check=True, capture_output=True)
-    subprocess.run([kubectl, "wait", "--for=condition=Established", "crd/flashsales.stampede.dev"],
-                   env=kube_env, check=True, capture_output=True)
+    subprocess.run(
+        [kubectl, "apply", "--server-side", "-f", str(root / "crds" / "flashsale.yaml")],
+        env=kube_env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [kubectl, "wait", "--for=condition=Established", "crd/flashsales.stampede.dev"],
+        env=kube_env,
+        check=True,
+        capture_output=True,
+    )
     manifest = json.dumps(flashsale(sale, ns.stock, ns.limit, minutes=30))
-    subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, text=True, env=kube_env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [kubectl, "apply", "-f", "-"], input=manifest, text=True, env=kube_env, check=True, capture_output=True
+    )
 
     with LocalStack(run_dir, {"STAMPEDE_JWT_SECRET": secret, "STAMPEDE_LOG_LEVEL": "WARNING"}) as stack:
         try:
@@ -104,12 +116,18 @@ def main(argv: list[str] | None = None) -> int:
             while time.monotonic() < deadline and phase != "Live":
                 phase = subprocess.run(
                     [kubectl, "get", CRD_PLURAL, sale, "-o", "jsonpath={.status.phase}"],
-                    env=kube_env, capture_output=True, text=True, check=False,
+                    env=kube_env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 ).stdout.strip()
                 time.sleep(0.5)
             if phase != "Live":
-                print(f"stampede demo: the sale never went Live (phase {phase!r}); operator log:\n"
-                      f"{stack.procs['operator'].tail()}", file=sys.stderr)
+                print(
+                    f"stampede demo: the sale never went Live (phase {phase!r}); operator log:\n"
+                    f"{stack.procs['operator'].tail()}",
+                    file=sys.stderr,
+                )
                 return 1
 
             step(4, "starting the API (gunicorn, 2 uvicorn workers) and a settle worker")
@@ -121,11 +139,20 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_dir / f"{sale}-k6.json"
             k6 = subprocess.run(
                 [tool(root, "k6"), "run", "--quiet", str(root / "k6" / "spike.js")],
-                env={**os.environ, "BASE_URL": f"http://127.0.0.1:{port}", "SALE": sale, "JWT_SECRET": secret,
-                     "BUYERS": str(ns.buyers), "PEAK_RATE": str(ns.peak), "MID_RATE": str(ns.peak // 3),
-                     "STAGE_SECONDS": str(ns.stage_seconds), "SUMMARY_PATH": str(summary),
-                     "K6_WEB_DASHBOARD": "true", "K6_WEB_DASHBOARD_EXPORT": str(run_dir / f"{sale}-k6.html"),
-                     "K6_WEB_DASHBOARD_PORT": "-1"},
+                env={
+                    **os.environ,
+                    "BASE_URL": f"http://127.0.0.1:{port}",
+                    "SALE": sale,
+                    "JWT_SECRET": secret,
+                    "BUYERS": str(ns.buyers),
+                    "PEAK_RATE": str(ns.peak),
+                    "MID_RATE": str(ns.peak // 3),
+                    "STAGE_SECONDS": str(ns.stage_seconds),
+                    "SUMMARY_PATH": str(summary),
+                    "K6_WEB_DASHBOARD": "true",
+                    "K6_WEB_DASHBOARD_EXPORT": str(run_dir / f"{sale}-k6.html"),
+                    "K6_WEB_DASHBOARD_PORT": "-1",
+                },
                 check=False,
             )
 

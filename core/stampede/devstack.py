@@ -104,7 +104,11 @@ class LocalStack:
         full_env = {**os.environ, **self.env, **(env or {})}
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                list(argv), env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                list(argv),
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         p = Process(name, list(argv), proc, log, ready_url)
@@ -117,8 +121,9 @@ class LocalStack:
                 raise RuntimeError(f"{name} did not become ready: {exc}\n--- {log} ---\n{p.tail()}") from exc
         return p
 
-    def api(self, name: str = "api", port: int | None = None, workers: int = 2,
-            env: Mapping[str, str] | None = None) -> Process:
+    def api(
+        self, name: str = "api", port: int | None = None, workers: int = 2, env: Mapping[str, str] | None = None
+    ) -> Process:
         """The buy API as a Pod runs it: gunicorn with uvicorn workers serving the Falcon ASGI app."""
         port = port or free_port()
         return self.start(
@@ -128,23 +133,40 @@ class LocalStack:
             ready_url=f"http://127.0.0.1:{port}/readyz",
         )
 
-    def worker(self, name: str = "worker", concurrency: int = 8, port: int | None = None,
-               env: Mapping[str, str] | None = None) -> Process:
+    def worker(
+        self, name: str = "worker", concurrency: int = 8, port: int | None = None, env: Mapping[str, str] | None = None
+    ) -> Process:
         """A settle worker (``python -m stampede_worker``)."""
         port = port or free_port()
         return self.start(
             name,
             [sys.executable, "-m", "stampede_worker"],
-            {"STAMPEDE_WORKER_CONCURRENCY": str(concurrency), "STAMPEDE_WORKER_METRICS_HOST": "127.0.0.1",
-             "STAMPEDE_WORKER_METRICS_PORT": str(port), **(env or {})},
+            {
+                "STAMPEDE_WORKER_CONCURRENCY": str(concurrency),
+                "STAMPEDE_WORKER_METRICS_HOST": "127.0.0.1",
+                "STAMPEDE_WORKER_METRICS_PORT": str(port),
+                **(env or {}),
+            },
             ready_url=f"http://127.0.0.1:{port}/healthz",
         )
 
-    def operator(self, kubeconfig: Path, name: str = "operator", namespace: str = "default",
-                 priority: int | None = None, env: Mapping[str, str] | None = None) -> Process:
+    def operator(
+        self,
+        kubeconfig: Path,
+        name: str = "operator",
+        namespace: str = "default",
+        priority: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
         """The kopf operator; standalone unless a peering ``priority`` is given (leader election)."""
-        argv = [str(BIN / "kopf"), "run", "-m", "stampede_operator.main", f"--namespace={namespace}",
-                "--verbose" if os.environ.get("STAMPEDE_OPERATOR_VERBOSE") else "--quiet"]
+        argv = [
+            str(BIN / "kopf"),
+            "run",
+            "-m",
+            "stampede_operator.main",
+            f"--namespace={namespace}",
+            "--verbose" if os.environ.get("STAMPEDE_OPERATOR_VERBOSE") else "--quiet",
+        ]
         # Several operators may share this host (leader election tests): no fixed metrics port by default.
         extra = {"KUBECONFIG": str(kubeconfig), "STAMPEDE_OPERATOR_METRICS_PORT": "0"}
         if priority is None:

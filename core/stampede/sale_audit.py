@@ -30,8 +30,10 @@ class Lag:
     max: float
 
     def render(self) -> str:
-        return (f"  202->confirmed lag over {self.n}: p50 {self.p50 * 1000:.0f} ms  p95 {self.p95 * 1000:.0f} ms  "
-                f"p99 {self.p99 * 1000:.0f} ms  max {self.max * 1000:.0f} ms")
+        return (
+            f"  202->confirmed lag over {self.n}: p50 {self.p50 * 1000:.0f} ms  p95 {self.p95 * 1000:.0f} ms  "
+            f"p99 {self.p99 * 1000:.0f} ms  max {self.max * 1000:.0f} ms"
+        )
 
 
 def k6_accepted(summary_path: Path) -> int:

@@ -274,16 +274,19 @@ class ChaosProxy:
                 return
             await asyncio.gather(pipe(cr, uw, cw), pipe(ur, cw, uw))
 
-        async def start() -> None:
+        async def serve() -> None:
+            self._stop = asyncio.Event()
             server = await asyncio.start_server(handle, "127.0.0.1", 0)
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
-            await server.serve_forever()
+            async with server:
+                await self._stop.wait()
 
-        self._loop.run_until_complete(start())
+        self._loop.run_until_complete(serve())
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
 
 
 @pytest.fixture
