@@ -145,10 +145,8 @@ images: ## build the api, worker and operator images from the Dockerfile (needs 
 	done
 
 .PHONY: chart-crds
-chart-crds: ## copy crds/flashsale.yaml and the k6/ scripts into the chart (tests/chart checks they are equal)
+chart-crds: ## copy crds/flashsale.yaml into the chart (tests/chart checks they are equal; files/k6 links to k6/)
 	cp crds/flashsale.yaml $(CHART)/crds/flashsale.yaml
-	rm -rf $(CHART)/files/k6 && mkdir -p $(CHART)/files/k6/lib
-	cp k6/*.js $(CHART)/files/k6/ && cp k6/lib/*.js $(CHART)/files/k6/lib/
 
 .PHONY: chart-lint
 chart-lint: ## helm lint the chart with its default values and with each ci/*-values.yaml

@@ -1,24 +1,16 @@
 // A long steady load to find leaks and slow drift: RATE req/s for DURATION (default 200/s for 10m).
 //   BASE_URL, SALE, JWT_SECRET, BUYERS, RATE, DURATION
 import { buy, config, summaryWriter } from './lib/buy.js';
+import { steady, TREND_STATS } from './lib/shapes.js';
 
 export const options = {
-  scenarios: {
-    soak: {
-      executor: 'constant-arrival-rate',
-      rate: parseInt(__ENV.RATE || '200', 10),
-      timeUnit: '1s',
-      duration: __ENV.DURATION || '10m',
-      preAllocatedVUs: 100,
-      maxVUs: 1000,
-    },
-  },
+  scenarios: { soak: steady(200, '10m', 1000) },
   thresholds: {
     http_req_failed: ['rate<0.01'],
     http_req_duration: [`p(99)<${__ENV.P99_MS || '250'}`],
     reservations_unexpected: ['count==0'],
   },
-  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+  summaryTrendStats: TREND_STATS,
 };
 
 const cfg = config();

@@ -5,30 +5,22 @@
 import http from 'k6/http';
 import { Counter } from 'k6/metrics';
 import { buy, config, summaryWriter } from './lib/buy.js';
+import { spike, TREND_STATS } from './lib/shapes.js';
 
-const peak = parseInt(__ENV.PEAK_RATE || '1000', 10);
-const mid = parseInt(__ENV.MID_RATE || '300', 10);
-const stage = parseInt(__ENV.STAGE_SECONDS || '10', 10);
-const strategy = __ENV.STRATEGY || 'v4';
+// MODE=capacity replaces the spike with a closed loop: VUS virtual users buying back to back for
+// DURATION, which measures what the path sustains rather than how it answers a fixed arrival rate.
+const capacity = {
+  executor: 'constant-vus',
+  vus: parseInt(__ENV.VUS || '64', 10),
+  duration: __ENV.DURATION || '10s',
+};
 
 export const options = {
-  scenarios: {
-    spike: {
-      executor: 'ramping-arrival-rate',
-      startRate: parseInt(__ENV.START_RATE || '50', 10),
-      timeUnit: '1s',
-      preAllocatedVUs: parseInt(__ENV.VUS || '200', 10),
-      maxVUs: parseInt(__ENV.MAX_VUS || '2000', 10),
-      stages: [
-        { target: mid, duration: `${stage}s` },
-        { target: peak, duration: `${stage}s` },
-        { target: peak, duration: `${2 * stage}s` },
-        { target: 0, duration: `${stage}s` },
-      ],
-    },
-  },
-  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+  scenarios: __ENV.MODE === 'capacity' ? { capacity } : { spike: spike() },
+  summaryTrendStats: TREND_STATS,
 };
+
+const strategy = __ENV.STRATEGY || 'v4';
 
 // Every 2xx is a purchase; 409/429 are answers. Anything else is a failure.
 http.setResponseCallback(http.expectedStatuses({ min: 200, max: 299 }, 409, 429));

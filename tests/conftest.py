@@ -135,18 +135,16 @@ class ControlPlane:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
     def kubectl(
-        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 60
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl against this control plane; text stdout/stderr are captured."""
-        return subprocess.run(
-            [str(self.kubectl_path), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            check=check,
-            timeout=timeout,
+        """Run the pinned kubectl against this control plane; text stdout/stderr are captured. With
+        ``check`` a failure fails the test with kubectl's own message."""
+        result = subprocess.run(
+            [str(self.kubectl_path), *args], input=input, capture_output=True, text=True, env=self.env, timeout=timeout
         )
+        if check and result.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
 
     def kubectl_json(self, *args: str) -> dict[str, Any]:
         """Run ``kubectl ... -o json`` and parse the output, failing the test on an error."""

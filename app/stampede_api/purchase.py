@@ -49,6 +49,8 @@ def _set_remaining(sale: str, remaining: int) -> None:
 class LedgerReader(Protocol):
     async def get_reservation(self, reservation_id: str) -> Any: ...
 
+    async def sale_exists(self, sale: str) -> bool: ...
+
 
 class Reserver(Protocol):
     """``StockEngine`` or the process's ``ReserveCoalescer``: the same call, the same answers."""
@@ -96,6 +98,11 @@ async def buy(
     try:
         r = await stock.reserve(sale, user, quantity, idempotency_key=idempotency_key, client_ip=client_ip)
     except errors.SaleNotFound:
+        # Redis restarted or failed over: the ledger still knows the sale and the reconciler is
+        # rebuilding its counters. That is "try again shortly", not "no such sale".
+        if await ledger.sale_exists(sale):
+            _count(sale, "unavailable")
+            raise errors.DependencyUnavailable("redis", f"sale {sale!r} is being restored") from None
         raise  # no sale label for a sale that does not exist (bounded metric cardinality)
     except errors.StampedeError as exc:
         _count(sale, _outcome(exc))

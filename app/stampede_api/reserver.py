@@ -36,18 +36,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors
-from stampede.names import STATE_PENDING, sale_keys
-from stampede.stock import Reservation, StockEngine, new_reservation_id, script_source
+from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call, script_source
 
 
 @dataclass(slots=True)
 class _Call:
-    sale: str
-    user: str
-    quantity: int
-    reservation_id: str
-    keys: list[str]
-    args: list[Any]
+    call: ReserveCall
     future: asyncio.Future[Any]
 
 
@@ -63,33 +57,6 @@ def _resp(args: tuple[Any, ...]) -> bytes:
         b = a.encode() if isinstance(a, str) else str(a).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(parts)
-
-
-def interpret(call: _Call, raw: Any) -> Reservation:
-    """The answer of reserve.lua as StockEngine.reserve gives it."""
-    code, rid_out, state, number = raw
-    code = _s(code)
-    number = int(number)
-    sale = call.sale
-    if code == "ok":
-        return Reservation(sale, call.reservation_id, call.user, call.quantity, STATE_PENDING, False, number)
-    if code == "replay":
-        return Reservation(sale, _s(rid_out), call.user, call.quantity, _s(state), True, None)
-    if code == "sold_out":
-        raise errors.SoldOut(sale, number)
-    if code == "limit":
-        raise errors.LimitReached(sale, number)
-    if code == "closed":
-        raise errors.SaleClosed(sale)
-    if code == "unknown_sale":
-        raise errors.SaleNotFound(sale)
-    if code == "rate_limited":
-        raise errors.RateLimited(_s(state), number)
-    if code == "idem_conflict":
-        raise errors.IdempotencyConflict(_s(rid_out))
-    if code == "bad_args":
-        raise errors.InvalidArgument(_s(state), "refused by the stock engine")
-    raise errors.ScriptError(f"reserve.lua answered {code!r}")
 
 
 class ReserveCoalescer:
@@ -114,41 +81,21 @@ class ReserveCoalescer:
         idempotency_key: str | None = None,
         client_ip: str | None = None,
     ) -> Reservation:
-        try:
-            k = sale_keys(sale)
-        except ValueError as exc:
-            raise errors.InvalidArgument("sale", str(exc)) from None
-        if not user or len(user) > 256:
-            raise errors.InvalidArgument("user", "must be 1-256 characters")
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
-            raise errors.InvalidArgument("quantity", "must be an integer >= 1")
-        if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
-            raise errors.InvalidArgument("Idempotency-Key", "must be 1-255 characters")
+        rc = reserve_call(sale, user, quantity, idempotency_key=idempotency_key, client_ip=client_ip)
         if idempotency_key is None and self._sold_out:
             until = self._sold_out.get(sale)
             if until is not None:
                 if time.monotonic() < until:
                     raise errors.SoldOut(sale, 0)
                 del self._sold_out[sale]
-        rid = new_reservation_id()
-        keys = [
-            k.meta,
-            k.reservations,
-            k.pending,
-            k.holds,
-            k.idempotency,
-            k.buyer_bucket(user),
-            k.ip_bucket(client_ip) if client_ip else "",
-        ]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        call = _Call(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or ""], fut)
-        self._waiting.append(call)
+        self._waiting.append(_Call(rc, fut))
         if self._task is None:
             self._task = asyncio.create_task(self._flush_loop(), name="stampede-reserve-flusher")
         # Shielded: a client that goes away must not cancel the round trip of its neighbours.
         raw = await asyncio.shield(fut)
         try:
-            return interpret(call, raw)
+            return rc.answer(raw)
         except errors.SoldOut as exc:
             if exc.remaining == 0 and self._sold_out_ttl > 0:
                 self._sold_out[sale] = time.monotonic() + self._sold_out_ttl
@@ -202,7 +149,8 @@ class ReserveCoalescer:
         sha = self._script.sha
         try:
             await conn.send_packed_command(
-                b"".join([_resp(("EVALSHA", sha, len(c.keys), *c.keys, *c.args)) for c in batch]), check_health=False
+                b"".join([_resp(("EVALSHA", sha, len(c.call.keys), *c.call.keys, *c.call.args)) for c in batch]),
+                check_health=False,
             )
             out: list[Any] = []
             for _ in batch:

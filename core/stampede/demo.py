@@ -66,7 +66,7 @@ def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, obje
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stampede-demo", description=__doc__)
-    ap.add_argument("--stock", type=int, default=1000)
+    ap.add_argument("--stock", type=int, default=5000)
     ap.add_argument("--limit", type=int, default=1, help="per-user limit")
     ap.add_argument("--buyers", type=int, default=20000)
     ap.add_argument("--peak", type=int, default=1000, help="k6 peak arrival rate, req/s")

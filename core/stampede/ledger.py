@@ -194,6 +194,12 @@ class Ledger:
 
     # --- sales ------------------------------------------------------------------------------------
 
+    async def sale_exists(self, sale: str) -> bool:
+        """Whether the ledger knows the sale: when Redis does not, its counters are lost, not absent."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["sale_exists"], {"sale": sale})
+            return await cur.fetchone() is not None
+
     async def ensure_sale(
         self,
         sale: str,

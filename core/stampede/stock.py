@@ -170,6 +170,72 @@ _RELEASE = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ReserveCall:
+    """One ``reserve.lua`` invocation: checked arguments, its KEYS and ARGV, and the reading of its answer.
+    Shared by ``StockEngine.reserve`` and callers that pipeline many reserves (the API's coalescer), so
+    both send the same call and get the same typed result or domain error."""
+
+    sale: str
+    user: str
+    quantity: int
+    reservation_id: str
+    keys: list[str]
+    args: list[Any]
+
+    def answer(self, raw: Sequence[Any]) -> Reservation:
+        """The script's answer as a Reservation, or the domain error that says why not."""
+        code, rid_out, state, number = _s(raw[0]), raw[1], raw[2], int(raw[3])
+        sale = self.sale
+        if code == "ok":
+            return Reservation(sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number)
+        if code == "replay":
+            return Reservation(sale, _s(rid_out), self.user, self.quantity, _s(state), True, None)
+        if code == "sold_out":
+            raise errors.SoldOut(sale, number)
+        if code == "limit":
+            raise errors.LimitReached(sale, number)
+        if code == "closed":
+            raise errors.SaleClosed(sale)
+        if code == "unknown_sale":
+            raise errors.SaleNotFound(sale)
+        if code == "rate_limited":
+            raise errors.RateLimited(_s(state), number)
+        if code == "idem_conflict":
+            raise errors.IdempotencyConflict(_s(rid_out))
+        if code == "bad_args":
+            raise errors.InvalidArgument(_s(state), "refused by the stock engine")
+        raise errors.ScriptError(f"reserve.lua answered {code!r}")
+
+
+def reserve_call(
+    sale: str,
+    user: str,
+    quantity: int = 1,
+    *,
+    idempotency_key: str | None = None,
+    reservation_id: str | None = None,
+    client_ip: str | None = None,
+) -> ReserveCall:
+    """Checks a reserve's arguments (InvalidArgument naming the field) and builds its call."""
+    k = _keys(sale)
+    _check_user(user)
+    _check_quantity(quantity)
+    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
+        raise errors.InvalidArgument("Idempotency-Key", "must be 1-255 characters")
+    rid = reservation_id or new_reservation_id()
+    keys = [
+        k.meta,
+        k.reservations,
+        k.pending,
+        k.holds,
+        k.idempotency,
+        k.buyer_bucket(user),
+        k.ip_bucket(client_ip) if client_ip else "",
+    ]
+    return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or ""])
+
+
 class StockEngine:
     """Atomic stock operations over one ``redis.asyncio`` client (pooled, shared per process)."""
 
@@ -287,46 +353,10 @@ class StockEngine:
         """Takes ``quantity`` units for ``user`` in one atomic step, or raises the domain error that
         says why not (SaleNotFound, RateLimited, SaleClosed, LimitReached, SoldOut,
         IdempotencyConflict). A replayed idempotency key returns the original reservation."""
-        k = _keys(sale)
-        _check_user(user)
-        _check_quantity(quantity)
-        if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
-            raise errors.InvalidArgument("Idempotency-Key", "must be 1-255 characters")
-        rid = reservation_id or new_reservation_id()
-        code, rid_out, state, number = await self._run(
-            "reserve",
-            [
-                k.meta,
-                k.reservations,
-                k.pending,
-                k.holds,
-                k.idempotency,
-                k.buyer_bucket(user),
-                k.ip_bucket(client_ip) if client_ip else "",
-            ],
-            [rid, user, quantity, idempotency_key or ""],
+        call = reserve_call(
+            sale, user, quantity, idempotency_key=idempotency_key, reservation_id=reservation_id, client_ip=client_ip
         )
-        code = _s(code)
-        number = int(number)
-        if code == "ok":
-            return Reservation(sale, rid, user, quantity, STATE_PENDING, False, number)
-        if code == "replay":
-            return Reservation(sale, _s(rid_out), user, quantity, _s(state), True, None)
-        if code == "sold_out":
-            raise errors.SoldOut(sale, number)
-        if code == "limit":
-            raise errors.LimitReached(sale, number)
-        if code == "closed":
-            raise errors.SaleClosed(sale)
-        if code == "unknown_sale":
-            raise errors.SaleNotFound(sale)
-        if code == "rate_limited":
-            raise errors.RateLimited(_s(state), number)
-        if code == "idem_conflict":
-            raise errors.IdempotencyConflict(_s(rid_out))
-        if code == "bad_args":
-            raise errors.InvalidArgument(_s(state), "refused by the stock engine")
-        raise errors.ScriptError(f"reserve.lua answered {code!r}")
+        return call.answer(await self._run("reserve", call.keys, call.args))
 
     # --- settling ---------------------------------------------------------------------------------
 
@@ -400,10 +430,12 @@ __all__ = [
     "RebuildResult",
     "Reservation",
     "ReservationRecord",
+    "ReserveCall",
     "SaleConfig",
     "SeedResult",
     "Snapshot",
     "StockEngine",
     "new_reservation_id",
+    "reserve_call",
     "script_source",
 ]

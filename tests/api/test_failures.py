@@ -112,3 +112,16 @@ async def test_readiness_names_the_missing_dependency(api_settings, ledger):
 async def test_ready_when_both_answer(client):
     r = await client.simulate_get("/readyz")
     assert r.status_code == 200 and r.json["checks"] == {"redis": "ok", "postgresql": "ok"}
+
+
+async def test_sale_lost_from_redis_is_503_not_404(client, opener, headers, sale, stock):
+    """Redis restarted without persistence: the ledger still knows the sale, so buyers are told to retry
+    while the reconciler rebuilds its counters; a sale the ledger never heard of stays a 404."""
+    await opener(sale, total=3, limit=1)
+    await stock.delete(sale)
+    r = await client.simulate_post(f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers=headers("al"))
+    assert r.status_code == 503, r.text
+    assert int(r.headers["retry-after"]) >= 1
+    unknown = await client.simulate_post("/v1/sales/no-such-sale/reservations", json={"quantity": 1},
+                                         headers=headers("al"))
+    assert unknown.status_code == 404, unknown.text

@@ -8,7 +8,6 @@ may be using it. Rendering needs only helm; tests that talk to the API server ca
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,9 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.conftest import ControlPlane
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +52,6 @@ def _tool(name: str) -> Path:
 def helm_bin() -> Path:
     """The pinned helm (built by hack/tools.sh on first use)."""
     return _tool("helm")
-
-
-@pytest.fixture(scope="session")
-def kubectl_bin() -> Path:
-    """The pinned kubectl (built by hack/tools.sh on first use)."""
-    return _tool("kubectl")
 
 
 @dataclass(frozen=True)
@@ -118,52 +114,7 @@ def render(helm_bin: Path) -> Render:
     return _render
 
 
-# --- the local control plane ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ControlPlane:
-    """A running control plane: its admin kubeconfig and the pinned kubectl bound to it."""
-
-    kubeconfig: Path
-    kubectl_path: Path
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl against this control plane; text stdout/stderr are captured."""
-        result = subprocess.run(
-            [str(self.kubectl_path), *args], input=input, capture_output=True, text=True, env=self.env, timeout=timeout
-        )
-        if check and result.returncode != 0:
-            pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
-
-    def kubectl_json(self, *args: str) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.kubectl(*args, "-o", "json", check=True).stdout)
-        return parsed
-
-
-@pytest.fixture(scope="session")
-def control_plane(kubectl_bin: Path) -> Iterator[ControlPlane]:
-    """The local control plane, started for the session unless it already runs."""
-    if not _tools_available("etcd", "kube-apiserver", "kubectl"):
-        pytest.skip("no Go toolchain to build etcd, kube-apiserver and kubectl (hack/tools.sh)")
-    was_up = subprocess.run([str(CLUSTER_SH), "status"], capture_output=True).returncode == 0
-    up = subprocess.run([str(CLUSTER_SH), "up"], stdout=subprocess.PIPE, text=True)
-    if up.returncode != 0:
-        pytest.fail(f"hack/cluster.sh up failed (exit {up.returncode}); its stderr is captured below")
-    kubeconfig = Path(up.stdout.strip().splitlines()[-1])
-    try:
-        yield ControlPlane(kubeconfig=kubeconfig, kubectl_path=kubectl_bin)
-    finally:
-        # Under pytest-xdist another worker may still use it: leave it to whoever runs the suite.
-        if not was_up and "PYTEST_XDIST_WORKER" not in os.environ:
-            subprocess.run([str(CLUSTER_SH), "down"], check=False)
+# --- on the local control plane (the `control_plane` fixture of tests/conftest.py) ------------------------------
 
 
 def _wait_served(cp: ControlPlane, resource: str, timeout: float = 30) -> None:

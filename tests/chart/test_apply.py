@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from tests.chart.conftest import ControlPlane, NewNamespace, Render
+    from tests.chart.conftest import NewNamespace, Render
+    from tests.conftest import ControlPlane
 
 # One xdist group for every test of the shared control plane, so one worker owns its start and stop.
 pytestmark = [pytest.mark.k8s, pytest.mark.xdist_group("k8s")]

@@ -50,6 +50,9 @@ SELECT status, sum(quantity)::bigint AS units
 -- name: ping
 SELECT 1;
 
+-- name: sale_exists
+SELECT 1 FROM stampede_sales WHERE sale = %(sale)s;
+
 -- name: settle
 -- Moves every listed reservation that is still pending to its outcome (confirmed, or compensated with
 -- a reason) in one statement, and answers the final status of every listed reservation the ledger
