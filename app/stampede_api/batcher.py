@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from stampede import errors, metrics
 from stampede.names import sale_keys
 from stampede.stock import StockEngine
+from stampede_api.flusher import SingleFlusher
 
 log = logging.getLogger("stampede_api.batcher")
 
@@ -42,21 +43,19 @@ class _Item:
     future: asyncio.Future[None]
 
 
-class Batcher:
+class Batcher(SingleFlusher[_Item]):
     """One per worker process, created inside its event loop (ASGI lifespan startup)."""
 
     def __init__(
         self, ledger: BatchWriter, stock: StockEngine, *, max_batch: int = 2000, fault_exit_after: int = 0
     ) -> None:
+        super().__init__(max_batch, "stampede-batch-flusher")
         self._ledger = ledger
         self._stock = stock
-        self._max = max_batch
         # Fault injection (tests only): die after this many reserves, with a batch reserved in Redis but
         # not yet written — the crash the reconciler's `lost_before_ack` healing exists for.
         self._fault_exit_after = fault_exit_after
         self._submitted = 0
-        self._waiting: list[_Item] = []
-        self._task: asyncio.Task[None] | None = None
         self._closing = False
         # reservation id -> the future of its write, so an idempotent replay arriving while the first
         # attempt is still in this process's batch waits for it instead of answering early.
@@ -71,11 +70,9 @@ class Batcher:
             await self._release([_Item(reservation, idempotency_key, request_id, asyncio.Future())])
             raise errors.DependencyUnavailable("api", "shutting down")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Item(reservation, idempotency_key, request_id, fut))
         self._submitted += 1
         self.inflight[reservation.reservation_id] = fut
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush_loop(), name="stampede-batch-flusher")
+        self._enqueue(_Item(reservation, idempotency_key, request_id, fut))
         # The write goes on even if the client goes away: the shield keeps the future alive, and the
         # answer (commit or release) is decided for the batch, never for one cancelled request.
         await asyncio.shield(fut)
@@ -98,15 +95,6 @@ class Batcher:
         task = self._task
         if task is not None:
             await asyncio.wait({task}, timeout=30)
-
-    async def _flush_loop(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._waiting[: self._max]
-                del self._waiting[: self._max]
-                await self._flush(batch)
-        finally:
-            self._task = None
 
     async def _flush(self, batch: list[_Item]) -> None:
         if self._fault_exit_after and self._submitted >= self._fault_exit_after:

@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors
 from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call, script_source
+from stampede_api.flusher import SingleFlusher
 
 
 @dataclass(slots=True)
@@ -59,15 +60,13 @@ def _resp(args: tuple[Any, ...]) -> bytes:
     return b"".join(parts)
 
 
-class ReserveCoalescer:
+class ReserveCoalescer(SingleFlusher[_Call]):
     """One per worker process, created inside its event loop."""
 
     def __init__(self, stock: StockEngine, *, max_batch: int = 256, sold_out_cache_ms: int = 0) -> None:
+        super().__init__(max_batch, "stampede-reserve-flusher")
         self._client = stock.client
         self._script = stock.client.register_script(script_source("reserve"))
-        self._max = max_batch
-        self._waiting: list[_Call] = []
-        self._task: asyncio.Task[None] | None = None
         self._conn: Any = None  # redis.asyncio Connection held by the flusher
         self._sold_out_ttl = sold_out_cache_ms / 1000
         self._sold_out: dict[str, float] = {}  # sale -> monotonic time until which it is known sold out
@@ -89,9 +88,7 @@ class ReserveCoalescer:
                     raise errors.SoldOut(sale, 0)
                 del self._sold_out[sale]
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Call(rc, fut))
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush_loop(), name="stampede-reserve-flusher")
+        self._enqueue(_Call(rc, fut))
         # Shielded: a client that goes away must not cancel the round trip of its neighbours.
         raw = await asyncio.shield(fut)
         try:
@@ -100,15 +97,6 @@ class ReserveCoalescer:
             if exc.remaining == 0 and self._sold_out_ttl > 0:
                 self._sold_out[sale] = time.monotonic() + self._sold_out_ttl
             raise
-
-    async def _flush_loop(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._waiting[: self._max]
-                del self._waiting[: self._max]
-                await self._flush(batch)
-        finally:
-            self._task = None
 
     async def _flush(self, batch: list[_Call]) -> None:
         try:

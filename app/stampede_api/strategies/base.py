@@ -11,7 +11,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
-from stampede import errors, sqlfiles
+from stampede import errors, metrics, sqlfiles
 from stampede.stock import StockEngine
 from stampede_api.batcher import Batcher
 
@@ -63,6 +63,20 @@ class Strategy:
                 yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
             raise errors.DependencyUnavailable("postgresql", str(exc)) from exc
+
+    async def _insert_order(
+        self, conn: psycopg.AsyncConnection[Any], product: str, user: str, ref: str | None
+    ) -> dict[str, Any]:
+        """Writes the order row every strategy ends with; returns the 201 body."""
+        cur = await conn.execute(
+            q("insert_order"), {"strategy": self.name, "product_id": product, "user_id": user, "ref": ref}
+        )
+        order = await cur.fetchone()
+        return {"orderId": str(order[0]) if order else None, "productId": product, "userId": user}
+
+    def _accepted(self, body: dict[str, Any]) -> BuyResult:
+        metrics.API_STRATEGY_ACCEPTED.labels(self.name).inc()
+        return BuyResult(201, body)
 
     async def _pg_stats(self, product: str) -> dict[str, Any]:
         async with self.connection() as conn:

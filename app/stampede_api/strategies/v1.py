@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stampede import errors, metrics
+from stampede import errors
 
 from .base import BuyResult, Strategy, q
 
@@ -24,12 +24,8 @@ class NaiveReadModifyWrite(Strategy):
             if stock < 1:
                 raise errors.SoldOut(product, stock)
             await conn.execute(q("write_stock"), {"product_id": product, "stock": stock - 1})
-            cur = await conn.execute(
-                q("insert_order"), {"strategy": self.name, "product_id": product, "user_id": user, "ref": None}
-            )
-            order = await cur.fetchone()
-        metrics.API_STRATEGY_ACCEPTED.labels(self.name).inc()
-        return BuyResult(201, {"orderId": str(order[0]) if order else None, "productId": product, "userId": user})
+            body = await self._insert_order(conn, product, user, None)
+        return self._accepted(body)
 
     async def stats(self, product: str) -> dict[str, Any]:
         return await self._pg_stats(product)

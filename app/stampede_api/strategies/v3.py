@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stampede import errors, metrics
+from stampede import errors
 
 from .base import BuyResult, Strategy, _stats, q
 
@@ -19,17 +19,12 @@ class RedisThenSyncInsert(Strategy):
         r = await self.b.stock.reserve(product, user, 1, client_ip=client_ip)
         try:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    q("insert_order"),
-                    {"strategy": self.name, "product_id": product, "user_id": user, "ref": r.reservation_id},
-                )
-                order = await cur.fetchone()
+                body = await self._insert_order(conn, product, user, r.reservation_id)
         except Exception as exc:
             await self.b.stock.release(product, [r.reservation_id])
             raise errors.DependencyUnavailable("postgresql", str(exc)) from exc
         await self.b.stock.confirm(product, [r.reservation_id])
-        metrics.API_STRATEGY_ACCEPTED.labels(self.name).inc()
-        return BuyResult(201, {"orderId": str(order[0]) if order else None, "productId": product, "userId": user})
+        return self._accepted(body)
 
     async def stats(self, product: str) -> dict[str, Any]:
         snap = await self.b.stock.snapshot(product)
