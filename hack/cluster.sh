@@ -68,16 +68,8 @@ apiserver_get() { # PATH: GET it as the admin user
         "https://127.0.0.1:${APISERVER_PORT}$1"
 }
 
-free_ports() { # N: print N distinct free loopback TCP ports
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
+free_ports() { # N: print N distinct free loopback TCP ports (below the ephemeral range)
+    python3 "$(dirname "${BASH_SOURCE[0]}")/free_ports.py" "$1" | tr '\n' ' '
 }
 
 # A local CA, the serving certificate for 127.0.0.1/localhost, the admin client certificate (group

@@ -20,9 +20,8 @@ mkdir -p "$RUN"
 log() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+free_port() { python3 "$ROOT/hack/free_ports.py" 1; }
+port_free() { python3 -c 'import socket,sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
 
 pg_bindir() {
   local d
@@ -108,6 +107,9 @@ cmd_up() {
   fi
   [ -n "${rport:-}" ] || rport=$(free_port)
   [ -n "${pport:-}" ] || pport=$(free_port)
+  # A remembered port something else took meanwhile is given up for a fresh one.
+  alive "$RUN/redis/redis.pid" || port_free "$rport" || rport=$(free_port)
+  alive "$RUN/pg/data/postmaster.pid" || port_free "$pport" || pport=$(free_port)
   start_redis "$rport"
   start_postgres "$pport"
   cat >"$ENVFILE" <<ENV
