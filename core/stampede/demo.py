@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buyers", type=int, default=20000)
     ap.add_argument("--peak", type=int, default=1000, help="k6 peak arrival rate, req/s")
     ap.add_argument("--stage-seconds", type=int, default=5, help="k6 stage length (the spike lasts 5 stages)")
+    ap.add_argument("--scenario", choices=("spike", "smoke"), default="spike",
+                    help="k6 script: the spike, or the few-second smoke run CI uses")
     ns = ap.parse_args(argv)
 
     root = Path.cwd()
@@ -135,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             stack.api(port=port, workers=2)
             stack.worker(concurrency=8)
 
-            step(5, f"k6 spike: 50 -> {ns.peak // 3} -> {ns.peak} req/s from {ns.buyers} buyers")
+            if ns.scenario == "spike":
+                step(5, f"k6 spike: 50 -> {ns.peak // 3} -> {ns.peak} req/s from {ns.buyers} buyers")
+            else:
+                step(5, f"k6 smoke: 100 req/s for 5s from {ns.buyers} buyers")
             summary = run_dir / f"{sale}-k6.json"
             k6 = subprocess.run(
-                [tool(root, "k6"), "run", "--quiet", str(root / "k6" / "spike.js")],
+                [tool(root, "k6"), "run", "--quiet", str(root / "k6" / f"{ns.scenario}.js")],
                 env={
                     **os.environ,
                     "BASE_URL": f"http://127.0.0.1:{port}",

@@ -1,5 +1,5 @@
-"""The README's first command, small: a whole local flash sale (operator, API under gunicorn, worker, k6
-smoke-sized spike) must end with a clean audit and a Live sale in `kubectl get fs`."""
+"""The README's first command with k6's smoke script: a whole local flash sale (operator, API under gunicorn,
+worker, k6) must end with a clean audit and the sale in `kubectl get fs`."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.m
 def test_demo_sale_ends_with_a_clean_audit(services: dict[str, str], control_plane: object) -> None:
     env = {**os.environ, **services}
     res = subprocess.run(
-        [sys.executable, "-m", "stampede.demo", "--stock", "300", "--buyers", "2000", "--peak", "300",
-         "--stage-seconds", "2"],
+        [sys.executable, "-m", "stampede.demo", "--scenario", "smoke", "--stock", "300", "--buyers", "2000"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,
     )
     out = res.stdout + res.stderr
