@@ -56,7 +56,7 @@ def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, obje
                 "end": (now + dt.timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z"),
             },
             "api": {"replicas": 1},
-            "workers": {"replicas": 1, "concurrency": 8},
+            "workers": {"replicas": 1, "concurrency": 16},
             "reconcile": {"intervalSeconds": 5},
             # k6 runs on this machine: every buyer shares 127.0.0.1, so the per-IP bucket is opened wide.
             "rateLimit": {"perIp": {"rate": 1_000_000, "burst": 1_000_000}},
@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
 
-            step(4, "starting the API (gunicorn, 2 uvicorn workers) and a settle worker")
+            step(4, "starting the API (gunicorn, 2 uvicorn workers) and a settle worker (concurrency 16)")
             port = free_port()
             stack.api(port=port, workers=2)
-            stack.worker(concurrency=8)
+            stack.worker(concurrency=16)
 
             if ns.scenario == "spike":
                 step(5, f"k6 spike: 50 -> {ns.peak // 3} -> {ns.peak} req/s from {ns.buyers} buyers")
