@@ -71,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buyers", type=int, default=20000)
     ap.add_argument("--peak", type=int, default=1000, help="k6 peak arrival rate, req/s")
     ap.add_argument("--stage-seconds", type=int, default=5, help="k6 stage length (the spike lasts 5 stages)")
-    ap.add_argument("--scenario", choices=("spike", "smoke"), default="spike",
-                    help="k6 script: the spike, or the few-second smoke run CI uses")
+    ap.add_argument(
+        "--scenario",
+        choices=("spike", "smoke"),
+        default="spike",
+        help="k6 script: the spike, or the few-second smoke run CI uses",
+    )
     ns = ap.parse_args(argv)
 
     root = Path.cwd()
