@@ -38,7 +38,7 @@ setup: ## create .venv with every component and the dev tools (re-runs only when
 	@hack/venv.sh
 
 .PHONY: tools
-tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm) into .tools (cached)
+tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint) into .tools (cached)
 	@hack/tools.sh all
 
 .PHONY: cluster-up cluster-down
@@ -111,7 +111,7 @@ bench: setup tools services-up ## k6 spike against strategies v1-v4 and the /v1 
 
 .PHONY: bench-api
 bench-api: setup services-up ## buy API under gunicorn vs a Falcon hello route: stock 10M and a 5k sell-out (wrk)
-	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get install -y -qq wrk >/dev/null; }
+	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	@$(SERVICES_ENV); $(PY) bench/api.py $(BENCH_ARGS)
 
 .PHONY: bench-stock
