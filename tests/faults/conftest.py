@@ -281,8 +281,14 @@ class ChaosProxy:
             self._ready.set()
             async with server:
                 await self._stop.wait()
+            # Connections still piping end with the proxy, not as orphaned coroutines.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         self._loop.run_until_complete(serve())
+        self._loop.close()
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
