@@ -56,7 +56,7 @@ def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, obje
                 "end": (now + dt.timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z"),
             },
             "api": {"replicas": 1},
-            "workers": {"replicas": 1, "concurrency": 16},
+            "workers": {"replicas": 2, "concurrency": 16},
             "reconcile": {"intervalSeconds": 5},
             # k6 runs on this machine: every buyer shares 127.0.0.1, so the per-IP bucket is opened wide.
             "rateLimit": {"perIp": {"rate": 1_000_000, "burst": 1_000_000}},
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buyers", type=int, default=20000)
     ap.add_argument("--peak", type=int, default=1000, help="k6 peak arrival rate, req/s")
     ap.add_argument("--stage-seconds", type=int, default=5, help="k6 stage length (the spike lasts 5 stages)")
+    ap.add_argument("--worker-processes", type=int, default=2, help="settle worker processes")
     ap.add_argument(
         "--scenario",
         choices=("spike", "smoke"),
@@ -136,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
 
-            step(4, "starting the API (gunicorn, 2 uvicorn workers) and a settle worker (concurrency 16)")
+            step(4, f"starting the API (gunicorn, 2 uvicorn workers) and {ns.worker_processes} settle workers")
             port = free_port()
             stack.api(port=port, workers=2)
-            stack.worker(concurrency=16)
+            for i in range(ns.worker_processes):
+                stack.worker(name=f"worker-{i}", concurrency=16)
 
             if ns.scenario == "spike":
                 step(5, f"k6 spike: 50 -> {ns.peak // 3} -> {ns.peak} req/s from {ns.buyers} buyers")

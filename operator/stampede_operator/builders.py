@@ -119,7 +119,7 @@ def parse_spec(name: str, spec: Mapping[str, Any]) -> SaleSpec:
         window_start=start,
         window_end=end,
         api_replicas=_int(api, "replicas", 2, "spec.api", 0),
-        worker_replicas=_int(workers, "replicas", 1, "spec.workers", 0),
+        worker_replicas=_int(workers, "replicas", 2, "spec.workers", 0),
         worker_concurrency=_int(workers, "concurrency", 8, "spec.workers", 1),
         interval_s=_int(reconcile, "intervalSeconds", 10, "spec.reconcile", 1),
         grace_s=_int(reconcile, "graceSeconds", 30, "spec.reconcile", 1),

@@ -95,7 +95,7 @@ def test_minimal_sale_gets_every_default(control_plane: ControlPlane, flashsale_
     spec = control_plane.kubectl_json("get", "flashsale", "tee", "-n", namespace)["spec"]
     assert spec["perUserLimit"] == 1
     assert spec["api"] == {"replicas": 2}
-    assert spec["workers"] == {"replicas": 1, "concurrency": 8}
+    assert spec["workers"] == {"replicas": 2, "concurrency": 8}
     assert spec["reconcile"] == {"intervalSeconds": 10, "graceSeconds": 30}
     assert spec["rateLimit"] == {"perBuyer": {"rate": 5, "burst": 10}, "perIp": {"rate": 50, "burst": 100}}
 

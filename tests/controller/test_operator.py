@@ -481,14 +481,18 @@ async def test_invalid_spec_is_reported_and_never_crashes_the_operator(
     assert "Traceback" not in operator.log()
 
 
-async def test_metrics_are_exported(operator: OperatorProcess, metrics_port: int) -> None:
-    """The reconciler's figures are on the operator's /metrics (sales of the tests above are reconciled)."""
+async def test_metrics_are_exported(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, metrics_port: int
+) -> None:  # fmt: skip
+    """The reconciler's figures for a live sale are on the operator's /metrics."""
+    create_sale(control_plane, op_namespace, sale, stock=5)
 
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
-            return str(rsp.read().decode())
+            body = str(rsp.read().decode())
+        assert f'stampede_operator_reconcile_seconds_count{{sale="{sale}"}}' in body
+        return body
 
-    body = await asyncio.to_thread(scrape)
-    assert "stampede_operator_reconcile_seconds_count{sale=" in body
+    body = await eventually(scrape)
     assert "stampede_operator_drift_units{sale=" in body
     assert "# HELP stampede_operator_healed_total" in body

@@ -31,7 +31,7 @@ def spec(**extra: Any) -> dict[str, Any]:
 def test_parse_spec_applies_defaults() -> None:
     s = builders.parse_spec("sneaker-drop", spec())
     assert (s.stock, s.per_user_limit, s.window_start, s.window_end) == (5000, 1, START, END)
-    assert (s.api_replicas, s.worker_replicas, s.worker_concurrency) == (2, 1, 8)
+    assert (s.api_replicas, s.worker_replicas, s.worker_concurrency) == (2, 2, 8)
     assert (s.interval_s, s.grace_s) == (10, 30)
     assert s.sale_config.total == 5000
     assert (s.sale_config.buyer_rate, s.sale_config.buyer_burst, s.sale_config.ip_burst) == (5.0, 10, 100)
