@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -59,6 +61,10 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s ({last})")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @dataclass
 class Process:
     name: str
@@ -88,17 +94,24 @@ class LocalStack:
     run_dir: Path
     env: Mapping[str, str]
     procs: dict[str, Process] = field(default_factory=dict)
+    _previous_sigterm: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> LocalStack:
+        # SIGTERM would end this process without unwinding, orphaning every child in its own session:
+        # turn it into SystemExit so __exit__ stops them (main thread only, where handlers can be set).
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop_all()
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     def start(
         self,
