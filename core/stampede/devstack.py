@@ -72,6 +72,7 @@ class Process:
     proc: subprocess.Popen[bytes]
     log: Path
     url: str | None = None
+    log_offset: int = 0  # where this process's lines start (the file keeps earlier runs' lines)
 
     @property
     def pid(self) -> int:
@@ -80,11 +81,17 @@ class Process:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def tail(self, lines: int = 30) -> str:
+    def output(self) -> str:
+        """What this process has logged so far."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            with self.log.open("rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
 
 
 @dataclass
@@ -126,6 +133,7 @@ class LocalStack:
         log = self.run_dir / f"{name}.log"
         full_env = {**os.environ, **self.env, **(env or {})}
         with log.open("ab") as out:
+            offset = out.tell()
             proc = subprocess.Popen(
                 list(argv),
                 env=full_env,
@@ -134,7 +142,7 @@ class LocalStack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        p = Process(name, list(argv), proc, log, ready_url)
+        p = Process(name, list(argv), proc, log, ready_url, offset)
         self.procs[name] = p
         if ready_url:
             try:

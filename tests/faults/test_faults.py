@@ -34,6 +34,13 @@ def check(run, fault: str, outcome: object, report: object, heal_s: float) -> No
     assert outcome.accepted  # type: ignore[attr-defined]
 
 
+async def wait_log(run, name: str, needle: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while needle not in run.stack.procs[name].output():
+        assert time.monotonic() < deadline, f"{name} never logged {needle!r}:\n{run.stack.procs[name].tail()}"
+        await asyncio.sleep(0.2)
+
+
 async def test_worker_killed_mid_batch(sale_run) -> None:
     # A slow Redis confirm step makes the kill land between the ledger write and Redis.
     start_all(sale_run, worker_env={"STAMPEDE_WORKER_FAULT_SLEEP_MS": "40"})
@@ -102,7 +109,19 @@ async def test_operator_leader_killed(sale_run) -> None:
     # A short peering lifetime so the standby declares the dead leader gone within seconds.
     sale_run.env["STAMPEDE_PEERING_LIFETIME_S"] = "5"
     sale_run.start_operator("operator-a", priority=200)
+    await wait_log(sale_run, "operator-a", "operator started")
     sale_run.start_operator("operator-b", priority=100)
+    # Both replicas must be in the peering object before the sale exists, or both act on it at start-up.
+    peering_name = load(OperatorSettings).peering_name
+    deadline = time.monotonic() + 30
+    while True:
+        got = sale_run.kubectl("get", "kopfpeerings.kopf.dev", peering_name, "-n", sale_run.namespace, "-o", "json")
+        peers = json.loads(got.stdout).get("status") or {} if got.returncode == 0 else {}
+        if len(peers) >= 2:
+            break
+        assert time.monotonic() < deadline, f"replicas never met in the peering object: {got.stdout}{got.stderr}"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1)  # one keep-alive round: the standby has read the leader's record
     sale_run.apply()
     sale_run.wait_phase("Live")
     sale_run.start_api()
