@@ -83,6 +83,18 @@ def database_url(services: dict[str, str]) -> Iterator[str]:
         pass  # the services are already gone
 
 
+@pytest.fixture
+def fresh_database_url(database_url: str) -> Iterator[str]:
+    """An empty database of this test's own (no other test's tables, jobs or rows), dropped after it."""
+    base, _, _ = database_url.rpartition("/")
+    name = f"stampede_own_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{base}/{name}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def migrated_database_url(database_url: str) -> str:
     """This test worker's database with the ledger and procrastinate schema applied (`stampede migrate`)."""

@@ -42,6 +42,13 @@ def _common_errors() -> dict[str, Any]:
 
 def document(settings: ApiSettings) -> dict[str, Any]:
     bearer = [{"bearer": []}]
+    reservation_properties = {
+        "reservation_id": {"type": "string", "format": "uuid"},
+        "status": {"type": "string", "enum": ["pending", "confirmed", "compensated"]},
+        "sale": {"type": "string"},
+        "quantity": {"type": "integer", "minimum": 1},
+        "reason": {"type": "string"},
+    }
     sale_param = {
         "name": "sale",
         "in": "path",
@@ -258,23 +265,13 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                 "Reservation": {
                     "type": "object",
                     "required": ["reservation_id", "status", "sale", "quantity"],
-                    "properties": {
-                        "reservation_id": {"type": "string", "format": "uuid"},
-                        "status": {"type": "string", "enum": ["pending", "confirmed", "compensated"]},
-                        "sale": {"type": "string"},
-                        "quantity": {"type": "integer", "minimum": 1},
-                        "reason": {"type": "string"},
-                    },
+                    "properties": reservation_properties,
                 },
                 "ReservationRecord": {
                     "type": "object",
                     "required": ["reservation_id", "status", "sale", "quantity", "created_at", "settled_at"],
                     "properties": {
-                        "reservation_id": {"type": "string", "format": "uuid"},
-                        "status": {"type": "string", "enum": ["pending", "confirmed", "compensated"]},
-                        "sale": {"type": "string"},
-                        "quantity": {"type": "integer", "minimum": 1},
-                        "reason": {"type": "string"},
+                        **reservation_properties,
                         "created_at": {"type": ["string", "null"]},
                         "settled_at": {"type": ["string", "null"]},
                     },

@@ -193,52 +193,71 @@ def _container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
+def _deployment(
+    spec: SaleSpec,
+    component: str,
+    namespace: str,
+    owner: Mapping[str, Any] | None,
+    replicas: int,
+    pod: dict[str, Any],
+    **deployment_spec: Any,
+) -> dict[str, Any]:
+    """The Deployment shape both of a sale's workloads share: labels, selector, scrape annotation and the
+    pod's security context; ``pod`` holds what differs (containers, grace period, volumes)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec.name, component, namespace, owner),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": build_selector(spec.name, component)},
+            **deployment_spec,
+            "template": {
+                "metadata": {
+                    "labels": build_labels(spec.name, component),
+                    "annotations": {"prometheus.io/scrape": "true"},
+                },
+                "spec": {"securityContext": _pod_security(), **pod},
+            },
+        },
+    }
+
+
 def build_api_deployment(
     spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The sale's API: gunicorn serving the buy API, ``spec.api.replicas`` pods."""
-    sale, component = spec.name, names.COMPONENT_API
-    labels = build_labels(sale, component)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(sale, component, namespace, owner),
-        "spec": {
-            "replicas": spec.api_replicas,
-            "selector": {"matchLabels": build_selector(sale, component)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true"}},
-                "spec": {
-                    "securityContext": _pod_security(),
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [
-                        {
-                            "name": component,
-                            "image": settings.api_image,
-                            "imagePullPolicy": settings.image_pull_policy,
-                            "ports": [{"name": "http", "containerPort": settings.api_port}],
-                            "envFrom": _env_from(settings),
-                            "env": [
-                                {"name": "STAMPEDE_BIND", "value": f"0.0.0.0:{settings.api_port}"},
-                                {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"},
-                            ],
-                            "resources": {
-                                "requests": {"cpu": "500m", "memory": "256Mi"},
-                                "limits": {"memory": "512Mi"},
-                            },
-                            "readinessProbe": _http_probe("/readyz", "http", 5, 3),
-                            "livenessProbe": _http_probe("/healthz", "http", 10, 3),
-                            "startupProbe": _http_probe("/healthz", "http", 2, 30),
-                            "securityContext": _container_security(),
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                        }
-                    ],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
-            },
-        },
+    component = names.COMPONENT_API
+    container = {
+        "name": component,
+        "image": settings.api_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "ports": [{"name": "http", "containerPort": settings.api_port}],
+        "envFrom": _env_from(settings),
+        "env": [
+            {"name": "STAMPEDE_BIND", "value": f"0.0.0.0:{settings.api_port}"},
+            {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"},
+        ],
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "readinessProbe": _http_probe("/readyz", "http", 5, 3),
+        "livenessProbe": _http_probe("/healthz", "http", 10, 3),
+        "startupProbe": _http_probe("/healthz", "http", 2, 30),
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    return _deployment(
+        spec,
+        component,
+        namespace,
+        owner,
+        spec.api_replicas,
+        {
+            "terminationGracePeriodSeconds": 30,
+            "containers": [container],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+        strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+    )
 
 
 def build_worker_deployment(
@@ -246,46 +265,32 @@ def build_worker_deployment(
 ) -> dict[str, Any]:
     """The sale's workers: ``spec.workers.replicas`` procrastinate workers, each running
     ``spec.workers.concurrency`` settle jobs at once."""
-    sale, component = spec.name, names.COMPONENT_WORKER
-    labels = build_labels(sale, component)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(sale, component, namespace, owner),
-        "spec": {
-            "replicas": spec.worker_replicas,
-            "selector": {"matchLabels": build_selector(sale, component)},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true"}},
-                "spec": {
-                    "securityContext": _pod_security(),
-                    # SIGTERM lets in-flight jobs finish; give them the worker's own shutdown budget and more.
-                    "terminationGracePeriodSeconds": 40,
-                    "containers": [
-                        {
-                            "name": component,
-                            "image": settings.worker_image,
-                            "imagePullPolicy": settings.image_pull_policy,
-                            "ports": [{"name": "metrics", "containerPort": settings.worker_metrics_port}],
-                            "envFrom": _env_from(settings),
-                            "env": [
-                                {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)},
-                                {"name": "STAMPEDE_WORKER_METRICS_HOST", "value": "0.0.0.0"},
-                                {"name": "STAMPEDE_WORKER_METRICS_PORT", "value": str(settings.worker_metrics_port)},
-                            ],
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "192Mi"},
-                                "limits": {"memory": "384Mi"},
-                            },
-                            "readinessProbe": _http_probe("/healthz", "metrics", 10, 3),
-                            "livenessProbe": _http_probe("/healthz", "metrics", 15, 4),
-                            "securityContext": _container_security(),
-                        }
-                    ],
-                },
-            },
-        },
+    component = names.COMPONENT_WORKER
+    container = {
+        "name": component,
+        "image": settings.worker_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "ports": [{"name": "metrics", "containerPort": settings.worker_metrics_port}],
+        "envFrom": _env_from(settings),
+        "env": [
+            {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)},
+            {"name": "STAMPEDE_WORKER_METRICS_HOST", "value": "0.0.0.0"},
+            {"name": "STAMPEDE_WORKER_METRICS_PORT", "value": str(settings.worker_metrics_port)},
+        ],
+        "resources": {"requests": {"cpu": "250m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
+        "readinessProbe": _http_probe("/healthz", "metrics", 10, 3),
+        "livenessProbe": _http_probe("/healthz", "metrics", 15, 4),
+        "securityContext": _container_security(),
     }
+    # SIGTERM lets in-flight jobs finish; give them the worker's own shutdown budget and more.
+    return _deployment(
+        spec,
+        component,
+        namespace,
+        owner,
+        spec.worker_replicas,
+        {"terminationGracePeriodSeconds": 40, "containers": [container]},
+    )
 
 
 def build_api_service(

@@ -7,8 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,40 +18,28 @@ pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def fresh_url(database_url: str) -> Iterator[str]:
-    """An empty database of this test's own."""
-    base, _, _ = database_url.rpartition("/")
-    name = f"stampede_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{base}/{name}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _recorded(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
         return [r[0] for r in conn.execute("SELECT name FROM stampede_schema_version ORDER BY name").fetchall()]
 
 
-async def test_twice_applies_once(fresh_url: str) -> None:
-    first = await migrate(fresh_url)
+async def test_twice_applies_once(fresh_database_url: str) -> None:
+    first = await migrate(fresh_database_url)
     names = [n for n, _ in plan()]
     assert first.applied == names and names[0].startswith("procrastinate-") and "0001_ledger.sql" in names
-    second = await migrate(fresh_url)
+    second = await migrate(fresh_database_url)
     assert second.applied == [] and second.already == names
-    assert sorted(_recorded(fresh_url)) == sorted(names)
+    assert sorted(_recorded(fresh_database_url)) == sorted(names)
 
 
-async def test_concurrent_migrators_serialise(fresh_url: str) -> None:
-    results = await asyncio.gather(*(migrate(fresh_url) for _ in range(4)))
+async def test_concurrent_migrators_serialise(fresh_database_url: str) -> None:
+    results = await asyncio.gather(*(migrate(fresh_database_url) for _ in range(4)))
     assert sum(len(r.applied) for r in results) == len(plan())  # each migration applied by exactly one
-    assert sorted(_recorded(fresh_url)) == sorted(n for n, _ in plan())
+    assert sorted(_recorded(fresh_database_url)) == sorted(n for n, _ in plan())
 
 
-def test_concurrent_cli_processes(fresh_url: str) -> None:
-    env = {**os.environ, "STAMPEDE_DATABASE_URL": fresh_url}
+def test_concurrent_cli_processes(fresh_database_url: str) -> None:
+    env = {**os.environ, "STAMPEDE_DATABASE_URL": fresh_database_url}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "stampede.cli", "migrate"], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
@@ -65,19 +51,19 @@ def test_concurrent_cli_processes(fresh_url: str) -> None:
     assert sum(o.count("==> applied") for o in outs) == len(plan())
 
 
-async def test_edited_migration_is_refused(fresh_url: str) -> None:
-    await migrate(fresh_url)
-    with psycopg.connect(fresh_url, autocommit=True) as conn:
+async def test_edited_migration_is_refused(fresh_database_url: str) -> None:
+    await migrate(fresh_database_url)
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
         conn.execute("UPDATE stampede_schema_version SET checksum = 'x' WHERE name = '0001_ledger.sql'")
     with pytest.raises(MigrationError, match=r"0001_ledger\.sql"):
-        await migrate(fresh_url)
+        await migrate(fresh_database_url)
 
 
-async def test_procrastinate_schema_applied_by_hand_is_adopted(fresh_url: str) -> None:
+async def test_procrastinate_schema_applied_by_hand_is_adopted(fresh_database_url: str) -> None:
     from procrastinate.schema import SchemaManager
 
-    with psycopg.connect(fresh_url, autocommit=True) as conn:
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
         conn.execute(SchemaManager.get_schema())
-    result = await migrate(fresh_url)
+    result = await migrate(fresh_database_url)
     assert result.already[0].startswith("procrastinate-") and "0001_ledger.sql" in result.applied
-    assert (await migrate(fresh_url)).applied == []
+    assert (await migrate(fresh_database_url)).applied == []

@@ -12,11 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from stampede.audit import audit, counts_from
@@ -30,21 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def own_db(database_url: str) -> Iterator[str]:
-    """A database of this test's own, so no job of another test is in its queue."""
-    base, _, _ = database_url.rpartition("/")
-    name = f"stampede_proc_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{base}/{name}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-async def own_ledger(own_db: str) -> AsyncIterator[Ledger]:
-    await migrate(own_db)
-    lg = await Ledger.open(load(Common, env={}, database_url=own_db))
+async def own_ledger(fresh_database_url: str) -> AsyncIterator[Ledger]:
+    await migrate(fresh_database_url)
+    lg = await Ledger.open(load(Common, env={}, database_url=fresh_database_url))
     yield lg
     await lg.close()
 
@@ -82,7 +68,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
-    redis_url: str, own_db: str, own_ledger: Ledger, stock: StockEngine, sale: str, tmp_path: Path
+    redis_url: str, fresh_database_url: str, own_ledger: Ledger, stock: StockEngine, sale: str, tmp_path: Path
 ) -> None:
     n = 1000
     await stock.seed(sale, SaleConfig(total=n, per_user_limit=1), open=True)
@@ -99,7 +85,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     port = _free_port()
     # The first worker sleeps between its ledger write and its Redis write, so the kill lands in the
     # worst place: outcomes decided in the ledger that Redis has not heard of.
-    first = _start(redis_url, own_db, port, log, STAMPEDE_WORKER_FAULT_SLEEP_MS="400")
+    first = _start(redis_url, fresh_database_url, port, log, STAMPEDE_WORKER_FAULT_SLEEP_MS="400")
     try:
         deadline = time.monotonic() + 30
         while (await own_ledger.counts(sale))[CONFIRMED] == 0:
@@ -119,7 +105,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
         doing = (await cur.fetchone() or [0])[0]
     assert doing > 0, "the kill left no job running: it did not hit mid-settle"
 
-    second = _start(redis_url, own_db, port, log)
+    second = _start(redis_url, fresh_database_url, port, log)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -152,7 +138,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
 
 
 async def test_sigterm_lets_in_flight_jobs_finish(
-    redis_url: str, own_db: str, own_ledger: Ledger, stock: StockEngine, sale: str, tmp_path: Path
+    redis_url: str, fresh_database_url: str, own_ledger: Ledger, stock: StockEngine, sale: str, tmp_path: Path
 ) -> None:
     n = 200
     await stock.seed(sale, SaleConfig(total=n, per_user_limit=1), open=True)
@@ -162,7 +148,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     for i in range(0, n, 20):
         await own_ledger.record_batch(batch[i : i + 20])
     log = tmp_path / "worker.log"
-    proc = _start(redis_url, own_db, _free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
+    proc = _start(redis_url, fresh_database_url, _free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
     try:
         deadline = time.monotonic() + 30
         while (counts := await own_ledger.counts(sale))[CONFIRMED] == 0:
