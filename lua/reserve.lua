@@ -1,7 +1,7 @@
 -- reserve: one atomic step of a buy. Checks, in order: arguments, sale exists, idempotent replay,
 -- rate limits (buyer and client IP token buckets), sale open, per-user limit, stock; then takes the
 -- stock and records the pending reservation.
--- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip
+-- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip, settled
 -- ARGV: reservation_id, user, quantity, idempotency_key ('' = none)
 -- Returns {code, reservation_id, state, number}:
 --   ok            {id, 'pending', remaining}
@@ -10,7 +10,8 @@
 --   rate_limited  {'', 'buyer'|'ip', retry_after_ms}
 --   closed / unknown_sale {'', '', 0}; sold_out {'', '', remaining}; limit {'', '', units held}
 --   bad_args      {'', field, 0}
-local meta, res, pending, holds, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+--#include settled
+local meta, res, pending, holds, idem, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8]
 local id, user, qty_s, ikey = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 local qty = tonumber(qty_s)
@@ -28,6 +29,10 @@ if ikey ~= '' then
   if prev then
     local rec = redis.call('HGET', res, prev)
     local state, pqty = string.match(rec or '', '^(%a+)|(%d+)|')
+    if not rec then
+      local v = settled_get(settled, prev)
+      if v then state, pqty = (v > 0 and 'confirmed' or 'released'), math.abs(v) end
+    end
     if tonumber(pqty) ~= qty then return {'idem_conflict', prev, '', tonumber(pqty) or 0} end
     return {'replay', prev, state, qty}
   end
@@ -65,7 +70,9 @@ if m[2] ~= '1' then return {'closed', '', '', 0} end
 local held = tonumber(redis.call('HGET', holds, user) or '0')
 if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
 if remaining < qty then return {'sold_out', '', '', remaining} end
-if redis.call('HEXISTS', res, id) == 1 then return {'bad_args', '', 'reservation_id', 0} end
+if redis.call('HEXISTS', res, id) == 1 or settled_get(settled, id) then
+  return {'bad_args', '', 'reservation_id', 0}
+end
 
 redis.call('HINCRBY', meta, 'remaining', -qty)
 redis.call('HINCRBY', meta, 'pending', qty)

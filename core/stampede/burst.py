@@ -30,9 +30,9 @@ class BurstResult:
 
 async def _buy(
     url: str, sale: str, users: Sequence[str], quantity: int, concurrency: int
-) -> tuple[list[str], dict[str, int]]:
+) -> tuple[list[tuple[str, str]], dict[str, int]]:
     engine = StockEngine.from_url(url, max_connections=concurrency)
-    accepted: list[str] = []
+    accepted: list[tuple[str, str]] = []  # (reservation id, buyer)
     refusals: dict[str, int] = {}
     sem = asyncio.Semaphore(concurrency)
 
@@ -40,7 +40,7 @@ async def _buy(
         async with sem:
             try:
                 r = await engine.reserve(sale, user, quantity)
-                accepted.append(r.reservation_id)
+                accepted.append((r.reservation_id, user))
             except errors.StampedeError as exc:
                 refusals[exc.code] = refusals.get(exc.code, 0) + 1
 
@@ -53,7 +53,7 @@ async def _buy(
 
 def _buy_in_process(
     url: str, sale: str, users: Sequence[str], quantity: int, concurrency: int
-) -> tuple[list[str], dict[str, int]]:
+) -> tuple[list[tuple[str, str]], dict[str, int]]:
     return asyncio.run(_buy(url, sale, users, quantity, concurrency))
 
 
@@ -87,7 +87,8 @@ async def run_burst(
                 *(loop.run_in_executor(pool, _buy_in_process, url, sale, chunk, 1, concurrency) for chunk in chunks)
             )
         seconds = time.perf_counter() - started
-        accepted = [rid for part, _ in parts for rid in part]
+        buyer_of = {rid: user for part, _ in parts for rid, user in part}
+        accepted = list(buyer_of)
         refusals: dict[str, int] = {}
         for _, ref in parts:
             for code, n in ref.items():
@@ -104,7 +105,8 @@ async def run_burst(
             stock=stock,
             per_user_limit=per_user_limit,
             accepted=accepted,
-            rows=[Row(r.reservation_id, r.user, r.quantity, r.state) for r in records],
+            # Settled records in Redis keep no buyer (the ledger does): the burst knows whose each one is.
+            rows=[Row(r.reservation_id, buyer_of.get(r.reservation_id, r.user), r.quantity, r.state) for r in records],
             redis=counts_from(snap),
         )
         return BurstResult(attempts, accepted, refusals, seconds, report)

@@ -86,7 +86,8 @@ class SaleKeys:
 
     @property
     def reservations(self) -> str:
-        """Hash reservation id -> 'state|quantity|reserved_at_ms|user'."""
+        """Hash of pending reservations: id -> 'state|quantity|reserved_at_ms|user'. Settled ones move to
+        the compact :attr:`settled` store."""
         return f"{self.base}:res"
 
     @property
@@ -100,6 +101,16 @@ class SaleKeys:
         return f"{self.base}:holds"
 
     @property
+    def settled(self) -> str:
+        """Directory hash of the compact store of settled reservations (``lua/settled.lua``): 'buckets'
+        and 'count'; its buckets are :meth:`settled_bucket`."""
+        return f"{self.base}:settled"
+
+    def settled_bucket(self, index: int) -> str:
+        """Bucket ``index`` of the settled store: hash reservation id -> +qty (confirmed) / -qty (released)."""
+        return f"{self.settled}:{index}"
+
+    @property
     def idempotency(self) -> str:
         """Hash 'user\\0idempotency-key' -> reservation id."""
         return f"{self.base}:idem"
@@ -111,8 +122,9 @@ class SaleKeys:
         return f"{self.base}:rl:ip:{ip}"
 
     def all_static(self) -> tuple[str, ...]:
-        """Every fixed key of the sale (rate-limit buckets expire by themselves)."""
-        return (self.meta, self.reservations, self.pending, self.holds, self.idempotency)
+        """Every fixed key of the sale (rate-limit buckets expire by themselves; the settled store's
+        buckets are counted in :attr:`settled`)."""
+        return (self.meta, self.reservations, self.pending, self.holds, self.idempotency, self.settled)
 
 
 def sale_keys(sale: str) -> SaleKeys:

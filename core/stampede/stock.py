@@ -25,13 +25,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import errors
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild")
+SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild", "records")
+_INCLUDE = "--#include "
 
 
 @cache
 def script_source(name: str) -> str:
-    """The text of ``lua/<name>.lua`` as shipped inside the package."""
-    return (resources.files("stampede") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    """The text of ``lua/<name>.lua`` as shipped inside the package, each ``--#include <lib>`` line
+    replaced by ``lua/<lib>.lua`` (Redis scripts cannot load one another)."""
+    text = (resources.files("stampede") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    return "".join(
+        script_source(line[len(_INCLUDE) :].strip()) if line.startswith(_INCLUDE) else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 class Outcome(StrEnum):
@@ -79,7 +85,8 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class ReservationRecord:
-    """A reservation as Redis holds it."""
+    """A reservation as Redis holds it. A settled one (confirmed or released) is kept compact, without
+    its time or buyer: ``reserved_at_ms`` is 0 and ``user`` is '' (the ledger has both)."""
 
     reservation_id: str
     state: str
@@ -232,6 +239,7 @@ def reserve_call(
         k.idempotency,
         k.buyer_bucket(user),
         k.ip_bucket(client_ip) if client_ip else "",
+        k.settled,
     ]
     return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or ""])
 
@@ -321,7 +329,7 @@ class StockEngine:
                 raise errors.InvalidArgument("state", f"cannot rebuild a reservation in state {r.state!r}")
             args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
         code, total, remaining, pending, confirmed = await self._run(
-            "rebuild", [k.meta, k.reservations, k.pending, k.holds], args
+            "rebuild", [k.meta, k.reservations, k.pending, k.holds, k.settled], args
         )
         code = _s(code)
         if code == "below_sold":
@@ -333,7 +341,13 @@ class StockEngine:
     async def delete(self, sale: str) -> int:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
         k = _keys(sale)
-        deleted = int(await self.client.delete(*k.all_static()))
+        buckets = int(await self.client.hget(k.settled, "buckets") or 0)
+        deleted = 0
+        for start in range(0, buckets, 1000):
+            deleted += int(
+                await self.client.delete(*(k.settled_bucket(i) for i in range(start, min(buckets, start + 1000))))
+            )
+        deleted += int(await self.client.delete(*k.all_static()))
         async for key in self.client.scan_iter(match=f"{k.base}:rl:*", count=1000):
             deleted += int(await self.client.delete(key))
         return deleted
@@ -366,7 +380,7 @@ class StockEngine:
         if not ids:
             return {}
         k = _keys(sale)
-        codes = await self._run("confirm", [k.meta, k.reservations, k.pending], ids)
+        codes = await self._run("confirm", [k.meta, k.reservations, k.pending, k.settled], ids)
         return {rid: _CONFIRM[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
     async def release(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]:
@@ -376,14 +390,14 @@ class StockEngine:
         if not ids:
             return {}
         k = _keys(sale)
-        codes = await self._run("release", [k.meta, k.reservations, k.pending, k.holds], ids)
+        codes = await self._run("release", [k.meta, k.reservations, k.pending, k.holds, k.settled], ids)
         return {rid: _RELEASE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
     # --- reading ----------------------------------------------------------------------------------
 
     async def snapshot(self, sale: str) -> Snapshot:
         k = _keys(sale)
-        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations], [])
+        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations, k.settled], [])
         if not flat:
             raise errors.SaleNotFound(sale)
         d = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -401,15 +415,42 @@ class StockEngine:
         )
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
-        raw = await self.client.hget(_keys(sale).reservations, reservation_id)
-        return None if raw is None else parse_record(reservation_id, _s(raw))
+        found = await self.records(sale, [reservation_id])
+        return None if found is None else found[reservation_id]
+
+    async def records(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, ReservationRecord | None] | None:
+        """What Redis holds of each id (None: unknown id), read atomically; None if the sale is unknown."""
+        ids = list(reservation_ids)
+        k = _keys(sale)
+        raw = await self._run("records", [k.meta, k.reservations, k.settled], ids)
+        if not raw and ids:
+            return None
+        if not ids and not await self.client.exists(k.meta):
+            return None
+        return {rid: (parse_record(rid, _s(r)) if _s(r) else None) for rid, r in zip(ids, raw, strict=True)}
 
     async def reservations(self, sale: str) -> list[ReservationRecord]:
-        """Every reservation Redis holds for the sale (HSCAN, so a large sale does not block Redis)."""
-        out = []
-        async for rid, raw in self.client.hscan_iter(_keys(sale).reservations, count=1000):
-            out.append(parse_record(_s(rid), _s(raw)))
-        return out
+        """Every reservation Redis holds for the sale, without blocking Redis on a large sale: the pending
+        records (HSCAN), then the settled store bucket by bucket (compact records, see ReservationRecord).
+        Records only ever move from pending to settled, so reading in that order misses none that exists
+        throughout; buckets split meanwhile are read too (the loop runs until no new bucket appeared)."""
+        k = _keys(sale)
+        found: dict[str, ReservationRecord] = {}
+        async for rid, raw in self.client.hscan_iter(k.reservations, count=1000):
+            found[_s(rid)] = parse_record(_s(rid), _s(raw))
+        done = 0
+        while (buckets := int(await self.client.hget(k.settled, "buckets") or 0)) > done:
+            for start in range(done, buckets, 100):
+                pipe = self.client.pipeline(transaction=False)
+                for i in range(start, min(buckets, start + 100)):
+                    pipe.hgetall(k.settled_bucket(i))
+                for bucket in await pipe.execute():
+                    for rid, value in bucket.items():
+                        qty = int(value)
+                        state = STATE_CONFIRMED if qty > 0 else STATE_RELEASED
+                        found[_s(rid)] = ReservationRecord(_s(rid), state, abs(qty), 0, "")
+            done = buckets
+        return list(found.values())
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""

@@ -36,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stampede import errors, metrics
 from stampede.ledger import COMPENSATED, CONFIRMED, PAYLOAD_VERSION, PENDING, Ledger, Settled, Settlement
 from stampede.names import STATE_RELEASED, sale_keys
-from stampede.stock import Outcome, StockEngine, parse_record
+from stampede.stock import Outcome, StockEngine
 
 log = logging.getLogger(__name__)
 
@@ -142,28 +142,20 @@ def parse_payload(payload: Mapping[str, Any]) -> Batch:
 
 async def redis_states(stock: StockEngine, by_sale: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, str | None]]:
     """{sale: ...} -> {reservation_id: (sale, Redis state or None)}; a sale Redis does not know maps
-    every id to (sale, 'unknown_sale'). One pipelined round trip for the whole batch."""
+    every id to (sale, 'unknown_sale'). One atomic read per sale, the sales in parallel."""
     sales = list(by_sale)
     try:
-        pipe = stock.client.pipeline(transaction=False)
-        for sale in sales:
-            keys = sale_keys(sale)
-            pipe.exists(keys.meta)
-            pipe.hmget(keys.reservations, list(by_sale[sale]))
-        answers = await pipe.execute()
+        answers = await asyncio.gather(*(stock.records(sale, by_sale[sale]) for sale in sales))
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise errors.DependencyUnavailable("redis", str(exc)) from exc
     out: dict[str, tuple[str, str | None]] = {}
-    for n, sale in enumerate(sales):
-        exists, records = answers[2 * n], answers[2 * n + 1]
-        for rid, raw in zip(by_sale[sale], records, strict=True):
-            if not exists:
+    for sale, records in zip(sales, answers, strict=True):
+        for rid in by_sale[sale]:
+            if records is None:
                 out[rid] = (sale, REASON_UNKNOWN_SALE)
-            elif raw is None:
-                out[rid] = (sale, None)
             else:
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                out[rid] = (sale, parse_record(rid, text).state)
+                rec = records[rid]
+                out[rid] = (sale, None if rec is None else rec.state)
     return out
 
 
