@@ -118,6 +118,10 @@ bench-api: setup services-up ## buy API under gunicorn vs a Falcon hello route: 
 bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA of a trivial script, as a ratio
 	@$(SERVICES_ENV); $(PY) bench/stock.py
 
+.PHONY: bench-soak
+bench-soak: setup tools services-up cluster-up ## steady load on a live sale (SOAK_RATE=500 req/s, SOAK_MINUTES=10): RSS, Redis, backlog, p99 per minute
+	@$(SERVICES_ENV); $(PY) bench/soak.py $(BENCH_ARGS)
+
 .PHONY: bench-worker
 bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/16 vs a plain batched INSERT, and lag
 	@$(SERVICES_ENV); $(PY) bench/worker.py $(BENCH_ARGS)

@@ -27,14 +27,14 @@ export function config() {
   };
 }
 
-export function buy(cfg) {
+export function buy(cfg, tags = {}) {
   const buyer = `buyer-${Math.floor(Math.random() * cfg.buyers)}`;
   const res = http.post(
     `${cfg.base}/v1/sales/${cfg.sale}/reservations`,
     '{"quantity":1}',
     {
       headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${tokenFor(cfg.secret, buyer)}` },
-      tags: { name: 'reserve' },
+      tags: { name: 'reserve', ...tags },
     },
   );
   if (res.status === 202 || res.status === 200) {
