@@ -178,7 +178,7 @@ def settled_store_bytes(r: redis.Redis, sale: str) -> tuple[int, int]:
     for start in range(0, buckets, 500):
         pipe = r.pipeline(transaction=False)
         for i in range(start, min(buckets, start + 500)):
-            pipe.memory_usage(k.settled_bucket(i), samples=0)
+            pipe.memory_usage(k.bucket(k.settled, i), samples=0)
         total += sum(int(x or 0) for x in pipe.execute())
     return total, count
 

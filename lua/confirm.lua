@@ -3,7 +3,7 @@
 -- ARGV: reservation ids
 -- Returns one code per id: confirmed (moved now), already (confirmed before), released (can never be
 -- confirmed), unknown (no such reservation in Redis).
---#include settled
+--#include smallhash
 local meta, res, pending, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local out = {}
 local moved = 0

@@ -6,8 +6,8 @@
 --       then five values per ledger row: reservation_id, state (pending|confirmed|released), quantity,
 --       reserved_at_ms, user
 -- Returns {code, total, remaining, pending, confirmed}: rebuilt | exists | below_sold | bad_args
--- Pending rows get their full record; settled rows go to the compact store of settled.lua.
---#include settled
+-- Pending rows get their full record; settled rows and holdings go to the compact stores of smallhash.lua.
+--#include smallhash
 local meta, res, pending, holds, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local total, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 if total == nil or total < 0 or limit == nil or limit < 1 then return {'bad_args', 0, 0, 0, 0} end
@@ -26,8 +26,9 @@ end
 local remaining = total - npending - nconfirmed
 if remaining < 0 then return {'below_sold', total, remaining, npending, nconfirmed} end
 
-redis.call('DEL', res, pending, holds)
-settled_drop(settled)
+redis.call('DEL', res, pending)
+smallhash_drop(settled)
+smallhash_drop(holds)
 for i = 8, #ARGV, 5 do
   local id, state, qty, ts, user = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if state == 'pending' then
@@ -36,7 +37,7 @@ for i = 8, #ARGV, 5 do
   else
     settled_put(settled, id, state == 'confirmed' and tonumber(qty) or -tonumber(qty))
   end
-  if state ~= 'released' then redis.call('HINCRBY', holds, user, tonumber(qty)) end
+  if state ~= 'released' then smallhash_incr(holds, user, tonumber(qty)) end
 end
 redis.call('HSET', meta, 'total', total, 'remaining', remaining, 'pending', npending, 'confirmed', nconfirmed,
   'released', nreleased, 'open', ARGV[3] == '1' and '1' or '0', 'limit', limit,

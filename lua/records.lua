@@ -2,9 +2,9 @@
 -- KEYS: meta, res, settled
 -- ARGV: reservation ids
 -- Returns {} if the sale is unknown, else one record per id: 'state|qty|reserved_at_ms|user' for a
--- pending reservation, 'confirmed|qty|0|' or 'released|qty|0|' for a settled one (settled.lua keeps no
+-- pending reservation, 'confirmed|qty|0|' or 'released|qty|0|' for a settled one (smallhash.lua keeps no
 -- time or user), '' for an id Redis does not know.
---#include settled
+--#include smallhash
 local meta, res, settled = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', meta) == 0 then return {} end
 local out = {}

@@ -3,7 +3,7 @@
 -- KEYS: meta, res, pending, holds, settled
 -- ARGV: reservation ids
 -- Returns one code per id: released (stock returned now), already, confirmed (refused), unknown.
---#include settled
+--#include smallhash
 local meta, res, pending, holds, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local out = {}
 local units = 0
@@ -19,7 +19,7 @@ for i, id in ipairs(ARGV) do
       redis.call('HDEL', res, id)
       redis.call('ZREM', pending, id)
       settled_put(settled, id, -q)
-      if redis.call('HINCRBY', holds, user, -q) <= 0 then redis.call('HDEL', holds, user) end
+      smallhash_incr(holds, user, -q)
       units = units + q
       out[i] = 'released'
     elseif state == 'released' then

@@ -10,12 +10,12 @@
 --   rate_limited  {'', 'buyer'|'ip', retry_after_ms}
 --   closed / unknown_sale {'', '', 0}; sold_out {'', '', remaining}; limit {'', '', units held}
 --   bad_args      {'', field, 0}
---#include settled
+--#include smallhash
 local meta, res, pending, holds, idem, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8]
 local id, user, qty_s, ikey = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 local qty = tonumber(qty_s)
-if id == nil or id == '' then return {'bad_args', '', 'reservation_id', 0} end
+if id == nil or id == '' or string.byte(id, 1) == 0 then return {'bad_args', '', 'reservation_id', 0} end
 if user == nil or user == '' then return {'bad_args', '', 'user', 0} end
 if qty == nil or qty ~= math.floor(qty) or qty < 1 then return {'bad_args', '', 'quantity', 0} end
 
@@ -67,7 +67,7 @@ for _, kb in ipairs(buckets) do
 end
 
 if m[2] ~= '1' then return {'closed', '', '', 0} end
-local held = tonumber(redis.call('HGET', holds, user) or '0')
+local held = tonumber(smallhash_get(holds, user) or '0')
 if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
 if remaining < qty then return {'sold_out', '', '', remaining} end
 if redis.call('HEXISTS', res, id) == 1 or settled_get(settled, id) then
@@ -76,7 +76,7 @@ end
 
 redis.call('HINCRBY', meta, 'remaining', -qty)
 redis.call('HINCRBY', meta, 'pending', qty)
-redis.call('HINCRBY', holds, user, qty)
+smallhash_incr(holds, user, qty)
 redis.call('HSET', res, id, 'pending|' .. qty .. '|' .. now .. '|' .. user)
 redis.call('ZADD', pending, now, id)
 if ikey ~= '' then redis.call('HSET', idem, user .. '\0' .. ikey, id) end

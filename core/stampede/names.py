@@ -97,18 +97,21 @@ class SaleKeys:
 
     @property
     def holds(self) -> str:
-        """Hash user -> units held (pending + confirmed), for the per-user limit."""
+        """Directory of the per-buyer holdings (``lua/smallhash.lua``): user -> units held (pending +
+        confirmed), for the per-user limit; its buckets are ``bucket(holds, i)``."""
         return f"{self.base}:holds"
 
     @property
     def settled(self) -> str:
-        """Directory hash of the compact store of settled reservations (``lua/settled.lua``): 'buckets'
-        and 'count'; its buckets are :meth:`settled_bucket`."""
+        """Directory of the settled reservations (``lua/smallhash.lua``): reservation id (a UUID packed to
+        17 bytes) -> +qty (confirmed) / -qty (released); its buckets are ``bucket(settled, i)``."""
         return f"{self.base}:settled"
 
-    def settled_bucket(self, index: int) -> str:
-        """Bucket ``index`` of the settled store: hash reservation id -> +qty (confirmed) / -qty (released)."""
-        return f"{self.settled}:{index}"
+    @staticmethod
+    def bucket(directory: str, index: int) -> str:
+        """Bucket ``index`` of a store kept as many small hashes (``settled`` or ``holds``): 'buckets' and
+        'count' in the directory hash, the fields in its buckets."""
+        return f"{directory}:{index}"
 
     @property
     def idempotency(self) -> str:

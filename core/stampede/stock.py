@@ -10,7 +10,7 @@ raw Redis string.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -156,6 +156,14 @@ def _keys(sale: object) -> SaleKeys:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _settled_id(field: bytes) -> str:
+    """A reservation id from its settled-store field (lua/smallhash.lua packs a canonical UUID to NUL + 16
+    bytes and keeps any other id as it is)."""
+    if len(field) == 17 and field[0] == 0:
+        return str(uuid.UUID(bytes=field[1:]))
+    return field.decode()
 
 
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
@@ -341,12 +349,12 @@ class StockEngine:
     async def delete(self, sale: str) -> int:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
         k = _keys(sale)
-        buckets = int(await self.client.hget(k.settled, "buckets") or 0)
         deleted = 0
-        for start in range(0, buckets, 1000):
-            deleted += int(
-                await self.client.delete(*(k.settled_bucket(i) for i in range(start, min(buckets, start + 1000))))
-            )
+        for directory in (k.settled, k.holds):
+            buckets = int(await self.client.hget(directory, "buckets") or 0)
+            for start in range(0, buckets, 1000):
+                chunk = [k.bucket(directory, i) for i in range(start, min(buckets, start + 1000))]
+                deleted += int(await self.client.delete(*chunk))
         deleted += int(await self.client.delete(*k.all_static()))
         async for key in self.client.scan_iter(match=f"{k.base}:rl:*", count=1000):
             deleted += int(await self.client.delete(key))
@@ -431,26 +439,35 @@ class StockEngine:
 
     async def reservations(self, sale: str) -> list[ReservationRecord]:
         """Every reservation Redis holds for the sale, without blocking Redis on a large sale: the pending
-        records (HSCAN), then the settled store bucket by bucket (compact records, see ReservationRecord).
-        Records only ever move from pending to settled, so reading in that order misses none that exists
-        throughout; buckets split meanwhile are read too (the loop runs until no new bucket appeared)."""
+        records (HSCAN), then the settled store (compact records, see ReservationRecord). Records only ever
+        move from pending to settled, so reading in that order misses none that exists throughout."""
         k = _keys(sale)
         found: dict[str, ReservationRecord] = {}
         async for rid, raw in self.client.hscan_iter(k.reservations, count=1000):
             found[_s(rid)] = parse_record(_s(rid), _s(raw))
+        async for field, value in self._small_hash_items(k.settled):
+            rid, qty = _settled_id(field), int(value)
+            found[rid] = ReservationRecord(rid, STATE_CONFIRMED if qty > 0 else STATE_RELEASED, abs(qty), 0, "")
+        return list(found.values())
+
+    async def holdings(self, sale: str) -> dict[str, int]:
+        """Units each buyer holds (pending + confirmed) as the per-user limit counts them."""
+        return {_s(user): int(units) async for user, units in self._small_hash_items(_keys(sale).holds)}
+
+    async def _small_hash_items(self, directory: str) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Every field of a store kept as small hashes (``lua/smallhash.lua``), bucket by bucket, without
+        blocking Redis. A bucket split while this runs moves fields to a new bucket, which is read too (the
+        loop runs until no bucket appeared), so a field present throughout is seen at least once."""
         done = 0
-        while (buckets := int(await self.client.hget(k.settled, "buckets") or 0)) > done:
+        while (buckets := int(await self.client.hget(directory, "buckets") or 0)) > done:
             for start in range(done, buckets, 100):
                 pipe = self.client.pipeline(transaction=False)
                 for i in range(start, min(buckets, start + 100)):
-                    pipe.hgetall(k.settled_bucket(i))
+                    pipe.hgetall(SaleKeys.bucket(directory, i))
                 for bucket in await pipe.execute():
-                    for rid, value in bucket.items():
-                        qty = int(value)
-                        state = STATE_CONFIRMED if qty > 0 else STATE_RELEASED
-                        found[_s(rid)] = ReservationRecord(_s(rid), state, abs(qty), 0, "")
+                    for item in bucket.items():
+                        yield item
             done = buckets
-        return list(found.values())
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""

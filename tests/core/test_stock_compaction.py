@@ -1,4 +1,4 @@
-"""Settled reservations are compacted in Redis (lua/settled.lua) without weakening anything later steps need:
+"""Settled reservations are compacted in Redis (lua/smallhash.lua) without weakening anything later steps need:
 thousands of reservations made and settled by racing OS processes (enough to split the settled store's
 buckets many times while confirms and releases are in flight) keep exact counters, idempotent replays,
 confirm/release idempotence, per-buyer holdings and a clean audit; the store stays in Redis's compact
@@ -133,9 +133,12 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     assert await stock.client.hlen(k.reservations) == 0
     buckets = int(await stock.client.hget(k.settled, "buckets"))
     assert buckets >= len(made) // 64  # split as it grew
-    sizes = [await stock.client.hlen(k.settled_bucket(i)) for i in range(buckets)]
+    sizes = [await stock.client.hlen(k.bucket(k.settled, i)) for i in range(buckets)]
     assert sum(sizes) == len(made)
-    encodings = {await stock.client.object("encoding", k.settled_bucket(i)) for i in range(buckets)}
+    holds_buckets = int(await stock.client.hget(k.holds, "buckets"))
+    assert holds_buckets > 1
+    encodings = {await stock.client.object("encoding", k.bucket(k.settled, i)) for i in range(buckets)}
+    encodings |= {await stock.client.object("encoding", k.bucket(k.holds, i)) for i in range(holds_buckets)}
     assert encodings == {b"listpack"}
 
     # What later steps need, for every settled reservation.
@@ -159,8 +162,7 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
         confirmed = records[rid].state == "confirmed"
         assert again_c[rid] == (Outcome.ALREADY if confirmed else Outcome.RELEASED)
         assert again_r[rid] == (Outcome.REFUSED_CONFIRMED if confirmed else Outcome.ALREADY)
-    holds = {k_.decode(): int(v) for k_, v in (await stock.client.hgetall(k.holds)).items()}
-    assert {u: n for u, n in holds.items() if n} == dict(held)
+    assert await stock.holdings(sale) == dict(held)
     assert max(held.values()) <= LIMIT
 
     snap = await stock.snapshot(sale)
@@ -177,7 +179,7 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     # A rebuild from the ledger's view (every row, with its buyer and time) restores the same sale.
     ledger_view = [ReservationRecord(rid, r.state, r.quantity, 1, made[rid][0]) for rid, r in records.items()]
     await stock.delete(sale)
-    assert await stock.client.exists(k.settled, k.settled_bucket(0)) == 0
+    assert await stock.client.exists(k.settled, k.bucket(k.settled, 0), k.holds, k.bucket(k.holds, 0)) == 0
     rebuilt = await stock.rebuild(sale, SaleConfig(total=STOCK, per_user_limit=LIMIT), True, ledger_view)
     assert rebuilt.outcome == "rebuilt"
     after = {r.reservation_id: (r.state, r.quantity) for r in await stock.reservations(sale)}
