@@ -122,6 +122,10 @@ bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA 
 bench-soak: setup tools services-up cluster-up ## steady load on a live sale (SOAK_RATE=500 req/s, SOAK_MINUTES=10): RSS, Redis, backlog, p99 per minute
 	@$(SERVICES_ENV); $(PY) bench/soak.py $(BENCH_ARGS)
 
+.PHONY: bench-redis-memory
+bench-redis-memory: setup services-up ## Redis bytes per settled reservation (used_memory, MEMORY USAGE) vs full records
+	@$(SERVICES_ENV); $(PY) bench/redis_memory.py $(BENCH_ARGS)
+
 .PHONY: bench-worker
 bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/16 vs a plain batched INSERT, and lag
 	@$(SERVICES_ENV); $(PY) bench/worker.py $(BENCH_ARGS)

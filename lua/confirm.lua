@@ -4,7 +4,8 @@
 -- Returns one code per id: confirmed (moved now), already (confirmed before), released (can never be
 -- confirmed), unknown (no such reservation in Redis).
 --#include smallhash
-local meta, res, pending, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, res, pending = KEYS[1], KEYS[2], KEYS[3]
+local settled = smallhash_open(KEYS[4])
 local out = {}
 local moved = 0
 for i, id in ipairs(ARGV) do
@@ -27,6 +28,7 @@ for i, id in ipairs(ARGV) do
     end
   end
 end
+smallhash_close(settled)
 if moved > 0 then
   redis.call('HINCRBY', meta, 'pending', -moved)
   redis.call('HINCRBY', meta, 'confirmed', moved)

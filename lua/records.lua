@@ -5,8 +5,9 @@
 -- pending reservation, 'confirmed|qty|0|' or 'released|qty|0|' for a settled one (smallhash.lua keeps no
 -- time or user), '' for an id Redis does not know.
 --#include smallhash
-local meta, res, settled = KEYS[1], KEYS[2], KEYS[3]
+local meta, res = KEYS[1], KEYS[2]
 if redis.call('EXISTS', meta) == 0 then return {} end
+local settled = smallhash_open(KEYS[3])
 local out = {}
 for i, id in ipairs(ARGV) do
   local rec = redis.call('HGET', res, id)

@@ -4,7 +4,8 @@
 -- ARGV: reservation ids
 -- Returns one code per id: released (stock returned now), already, confirmed (refused), unknown.
 --#include smallhash
-local meta, res, pending, holds, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, res, pending = KEYS[1], KEYS[2], KEYS[3]
+local holds, settled = KEYS[4], smallhash_open(KEYS[5])
 local out = {}
 local units = 0
 for i, id in ipairs(ARGV) do
@@ -19,7 +20,7 @@ for i, id in ipairs(ARGV) do
       redis.call('HDEL', res, id)
       redis.call('ZREM', pending, id)
       settled_put(settled, id, -q)
-      smallhash_incr(holds, user, -q)
+      if redis.call('HINCRBY', holds, user, -q) <= 0 then redis.call('HDEL', holds, user) end
       units = units + q
       out[i] = 'released'
     elseif state == 'released' then
@@ -29,6 +30,7 @@ for i, id in ipairs(ARGV) do
     end
   end
 end
+smallhash_close(settled)
 if units > 0 then
   redis.call('HINCRBY', meta, 'pending', -units)
   redis.call('HINCRBY', meta, 'remaining', units)

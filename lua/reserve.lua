@@ -2,7 +2,8 @@
 -- rate limits (buyer and client IP token buckets), sale open, per-user limit, stock; then takes the
 -- stock and records the pending reservation.
 -- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip, settled
--- ARGV: reservation_id, user, quantity, idempotency_key ('' = none)
+-- ARGV: reservation_id, user, quantity, idempotency_key ('' = none), fresh ('1': the id is a UUID 4 the
+--       engine just made, which no reservation can have had, so the settled store is not searched for it)
 -- Returns {code, reservation_id, state, number}:
 --   ok            {id, 'pending', remaining}
 --   replay        {existing id, its state, its quantity}
@@ -11,11 +12,11 @@
 --   closed / unknown_sale {'', '', 0}; sold_out {'', '', remaining}; limit {'', '', units held}
 --   bad_args      {'', field, 0}
 --#include smallhash
-local meta, res, pending, holds, idem, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8]
+local meta, res, pending, holds, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, user, qty_s, ikey = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 local qty = tonumber(qty_s)
-if id == nil or id == '' or string.byte(id, 1) == 0 then return {'bad_args', '', 'reservation_id', 0} end
+if id == nil or id == '' then return {'bad_args', '', 'reservation_id', 0} end
 if user == nil or user == '' then return {'bad_args', '', 'user', 0} end
 if qty == nil or qty ~= math.floor(qty) or qty < 1 then return {'bad_args', '', 'quantity', 0} end
 
@@ -30,7 +31,7 @@ if ikey ~= '' then
     local rec = redis.call('HGET', res, prev)
     local state, pqty = string.match(rec or '', '^(%a+)|(%d+)|')
     if not rec then
-      local v = settled_get(settled, prev)
+      local v = settled_get(smallhash_open(KEYS[8]), prev)
       if v then state, pqty = (v > 0 and 'confirmed' or 'released'), math.abs(v) end
     end
     if tonumber(pqty) ~= qty then return {'idem_conflict', prev, '', tonumber(pqty) or 0} end
@@ -67,16 +68,16 @@ for _, kb in ipairs(buckets) do
 end
 
 if m[2] ~= '1' then return {'closed', '', '', 0} end
-local held = tonumber(smallhash_get(holds, user) or '0')
+local held = tonumber(redis.call('HGET', holds, user) or '0')
 if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
 if remaining < qty then return {'sold_out', '', '', remaining} end
-if redis.call('HEXISTS', res, id) == 1 or settled_get(settled, id) then
+if redis.call('HEXISTS', res, id) == 1 or (ARGV[5] ~= '1' and settled_get(smallhash_open(KEYS[8]), id)) then
   return {'bad_args', '', 'reservation_id', 0}
 end
 
 redis.call('HINCRBY', meta, 'remaining', -qty)
 redis.call('HINCRBY', meta, 'pending', qty)
-smallhash_incr(holds, user, qty)
+redis.call('HINCRBY', holds, user, qty)
 redis.call('HSET', res, id, 'pending|' .. qty .. '|' .. now .. '|' .. user)
 redis.call('ZADD', pending, now, id)
 if ikey ~= '' then redis.call('HSET', idem, user .. '\0' .. ikey, id) end

@@ -97,19 +97,18 @@ class SaleKeys:
 
     @property
     def holds(self) -> str:
-        """Directory of the per-buyer holdings (``lua/smallhash.lua``): user -> units held (pending +
-        confirmed), for the per-user limit; its buckets are ``bucket(holds, i)``."""
+        """Hash user -> units held (pending + confirmed), for the per-user limit."""
         return f"{self.base}:holds"
 
     @property
     def settled(self) -> str:
-        """Directory of the settled reservations (``lua/smallhash.lua``): reservation id (a UUID packed to
-        17 bytes) -> +qty (confirmed) / -qty (released); its buckets are ``bucket(settled, i)``."""
+        """Directory of the settled reservations (``lua/smallhash.lua``): reservation id -> +qty (confirmed)
+        / -qty (released); its buckets are ``bucket(settled, i)``."""
         return f"{self.base}:settled"
 
     @staticmethod
     def bucket(directory: str, index: int) -> str:
-        """Bucket ``index`` of a store kept as many small hashes (``settled`` or ``holds``): 'buckets' and
+        """Bucket ``index`` of a store kept as many small hashes (``lua/smallhash.lua``): 'buckets' and
         'count' in the directory hash, the fields in its buckets."""
         return f"{directory}:{index}"
 

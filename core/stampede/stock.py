@@ -158,14 +158,6 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _settled_id(field: bytes) -> str:
-    """A reservation id from its settled-store field (lua/smallhash.lua packs a canonical UUID to NUL + 16
-    bytes and keeps any other id as it is)."""
-    if len(field) == 17 and field[0] == 0:
-        return str(uuid.UUID(bytes=field[1:]))
-    return field.decode()
-
-
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
     state, qty, ts, user = raw.split("|", 3)
     return ReservationRecord(reservation_id, state, int(qty), int(ts), user)
@@ -238,6 +230,7 @@ def reserve_call(
     _check_quantity(quantity)
     if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
         raise errors.InvalidArgument("Idempotency-Key", "must be 1-255 characters")
+    fresh = reservation_id is None  # a new UUID 4: reserve.lua need not look for it among settled ones
     rid = reservation_id or new_reservation_id()
     keys = [
         k.meta,
@@ -249,7 +242,9 @@ def reserve_call(
         k.ip_bucket(client_ip) if client_ip else "",
         k.settled,
     ]
-    return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or ""])
+    return ReserveCall(
+        sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or "", "1" if fresh else ""]
+    )
 
 
 class StockEngine:
@@ -350,11 +345,10 @@ class StockEngine:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
         k = _keys(sale)
         deleted = 0
-        for directory in (k.settled, k.holds):
-            buckets = int(await self.client.hget(directory, "buckets") or 0)
-            for start in range(0, buckets, 1000):
-                chunk = [k.bucket(directory, i) for i in range(start, min(buckets, start + 1000))]
-                deleted += int(await self.client.delete(*chunk))
+        buckets = int(await self.client.hget(k.settled, "buckets") or 0)
+        for start in range(0, buckets, 1000):
+            chunk = [k.bucket(k.settled, i) for i in range(start, min(buckets, start + 1000))]
+            deleted += int(await self.client.delete(*chunk))
         deleted += int(await self.client.delete(*k.all_static()))
         async for key in self.client.scan_iter(match=f"{k.base}:rl:*", count=1000):
             deleted += int(await self.client.delete(key))
@@ -446,13 +440,14 @@ class StockEngine:
         async for rid, raw in self.client.hscan_iter(k.reservations, count=1000):
             found[_s(rid)] = parse_record(_s(rid), _s(raw))
         async for field, value in self._small_hash_items(k.settled):
-            rid, qty = _settled_id(field), int(value)
+            rid, qty = _s(field), int(value)
             found[rid] = ReservationRecord(rid, STATE_CONFIRMED if qty > 0 else STATE_RELEASED, abs(qty), 0, "")
         return list(found.values())
 
     async def holdings(self, sale: str) -> dict[str, int]:
         """Units each buyer holds (pending + confirmed) as the per-user limit counts them."""
-        return {_s(user): int(units) async for user, units in self._small_hash_items(_keys(sale).holds)}
+        holds = self.client.hscan_iter(_keys(sale).holds, count=1000)
+        return {_s(user): int(units) async for user, units in holds}
 
     async def _small_hash_items(self, directory: str) -> AsyncIterator[tuple[bytes, bytes]]:
         """Every field of a store kept as small hashes (``lua/smallhash.lua``), bucket by bucket, without

@@ -28,7 +28,7 @@ BUYERS = 1500
 
 async def _reserve(url: str, sale: str, plan: list[tuple[str, str, int]]) -> list[tuple[str, str, int, str]]:
     """Every (buyer, idempotency key, quantity) of ``plan`` at once; returns (buyer, key, qty, id or !code)."""
-    engine = StockEngine.from_url(url, max_connections=32)
+    engine = StockEngine.from_url(url, max_connections=32, pool_timeout=120)  # the machine may be slow
 
     async def one(user: str, key: str, qty: int) -> tuple[str, str, int, str]:
         try:
@@ -44,7 +44,7 @@ async def _reserve(url: str, sale: str, plan: list[tuple[str, str, int]]) -> lis
 
 async def _settle(url: str, sale: str, ops: list[tuple[str, list[str]]]) -> list[tuple[str, dict[str, str]]]:
     """Runs every (confirm|release, ids) of ``ops`` at once; returns each call's kind and outcomes."""
-    engine = StockEngine.from_url(url, max_connections=32)
+    engine = StockEngine.from_url(url, max_connections=32, pool_timeout=120)  # the machine may be slow
 
     async def one(kind: str, ids: list[str]) -> tuple[str, dict[str, str]]:
         out = await (engine.confirm if kind == "confirm" else engine.release)(sale, ids)
@@ -80,6 +80,8 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     for user, key, qty, out in results:
         if not out.startswith("!"):
             assert made.setdefault(out, (user, key, qty)) == (user, key, qty)
+    refusals = Counter(out for *_, out in results if out.startswith("!"))
+    assert set(refusals) <= {"!limit_reached"}, refusals
     assert len(made) > 2000
 
     # Settle them while more reserves arrive: each id is confirmed or released (sometimes both race, and
@@ -135,10 +137,7 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     assert buckets >= len(made) // 64  # split as it grew
     sizes = [await stock.client.hlen(k.bucket(k.settled, i)) for i in range(buckets)]
     assert sum(sizes) == len(made)
-    holds_buckets = int(await stock.client.hget(k.holds, "buckets"))
-    assert holds_buckets > 1
     encodings = {await stock.client.object("encoding", k.bucket(k.settled, i)) for i in range(buckets)}
-    encodings |= {await stock.client.object("encoding", k.bucket(k.holds, i)) for i in range(holds_buckets)}
     assert encodings == {b"listpack"}
 
     # What later steps need, for every settled reservation.
@@ -179,7 +178,7 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     # A rebuild from the ledger's view (every row, with its buyer and time) restores the same sale.
     ledger_view = [ReservationRecord(rid, r.state, r.quantity, 1, made[rid][0]) for rid, r in records.items()]
     await stock.delete(sale)
-    assert await stock.client.exists(k.settled, k.bucket(k.settled, 0), k.holds, k.bucket(k.holds, 0)) == 0
+    assert await stock.client.exists(k.settled, k.bucket(k.settled, 0), k.holds) == 0
     rebuilt = await stock.rebuild(sale, SaleConfig(total=STOCK, per_user_limit=LIMIT), True, ledger_view)
     assert rebuilt.outcome == "rebuilt"
     after = {r.reservation_id: (r.state, r.quantity) for r in await stock.reservations(sale)}
