@@ -467,7 +467,7 @@ def main() -> int:
             "sampled every 10 s. Targets (2 cores, 500 req/s, 10 min): p99 ≤ 50 ms every minute, last minute "
             "within 20% of the first, API worker ≤ 120 MB, operator ≤ 150 MB, settle worker ≤ 150 MB, Redis ≤ 60 "
             "bytes per settled reservation, backlog ≤ one second of arrivals.\n\n"
-            "| run | load | reservations | p99 first / last minute ms (ratio) | worst minute p99 ms "
+            "| run | rate × length | reservations | p99 first / last minute ms (ratio) | worst minute p99 ms "
             "| API worker MB | operator MB | worker MB | Redis B/reservation | backlog max | audit "
             "| load average | chart |\n"
             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | --- |\n"
