@@ -134,7 +134,8 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     async with own_ledger.pool.connection() as conn:
         cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
         jobs = dict(await cur.fetchall())
-    assert jobs == {"succeeded": n // 50}
+    # 20 batches written before any worker ran joined one waiting job per shard: settling is coalesced.
+    assert jobs == {"succeeded": own_ledger.settle_shards}
 
 
 async def test_sigterm_lets_in_flight_jobs_finish(
