@@ -90,7 +90,7 @@ class Server:
         )
 
     def wait(self, path: str) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded shared machine can take long to import and fork
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"gunicorn exited: see {self.log.name}")
