@@ -409,7 +409,9 @@ async def settle_shard(
         except TRANSIENT_ERRORS as exc:
             # The ledger decided; only Redis is behind. A re-run replays this job's rows first.
             raise Transient(f"{type(exc).__name__}: {exc}") from exc
-        if len(claimed) < claim_max:
+        if len(claimed) < claim_max or not any(r.moved for r in rows):
+            # A short claim took every row that joined this job. A chunk that moved nothing would come
+            # back identical: rows left pending on purpose are not this job's to spin on.
             break
     if report.problems:
         log.error(
