@@ -65,6 +65,7 @@ def server(api_settings: ApiSettings, request: pytest.FixtureRequest) -> Iterato
         "STAMPEDE_REDIS_URL": api_settings.redis_url,
         "STAMPEDE_DATABASE_URL": api_settings.database_url,
         "STAMPEDE_JWT_SECRET": SECRET,
+        "STAMPEDE_SALE_NAMESPACE": api_settings.sale_namespace,
         "STAMPEDE_STRATEGIES_ENABLED": "true",
         "STAMPEDE_BIND": f"127.0.0.1:{port}",
         "STAMPEDE_WORKERS": "2",

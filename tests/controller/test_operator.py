@@ -26,7 +26,7 @@ import pytest
 
 from stampede import audit, errors
 from stampede.ledger import Ledger, PendingReservation
-from stampede.names import sale_keys
+from stampede.names import sale_id, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 
@@ -217,6 +217,7 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     ledger: Ledger,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=25, grace=600, api={"replicas": 3}, workers={"replicas": 2, "concurrency": 4})
     fs = await eventually(status_where(cp, ns, sale, phase="Live", stock=25, remaining=25, drift=0))
     assert fs["status"]["observedGeneration"] == 1
@@ -225,9 +226,9 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     assert {t: conds[t][0] for t in ("Seeded", "Ready", "Reconciled", "Drifted")} == {
         "Seeded": "True", "Ready": "True", "Reconciled": "True", "Drifted": "False",
     }  # fmt: skip
-    snap = await stock.snapshot(sale)
+    snap = await stock.snapshot(sid)
     assert (snap.total, snap.remaining, snap.open) == (25, 25, True)
-    assert await sql(ledger, "SELECT sku, stock, per_user_limit FROM stampede_sales WHERE sale = %s", sale) == [
+    assert await sql(ledger, "SELECT sku, stock, per_user_limit FROM stampede_sales WHERE sale = %s", sid) == [
         ("SKU-1", 25, 1)
     ]
 
@@ -242,7 +243,10 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     assert api["spec"]["replicas"] == 3
     assert worker["spec"]["replicas"] == 2
     (c,) = api["spec"]["template"]["spec"]["containers"]
-    assert c["envFrom"] == [{"secretRef": {"name": "stampede-env"}}]
+    assert {"name": "STAMPEDE_SALE_NAMESPACE", "value": ns} in c["env"]
+    assert {e["name"] for e in c["env"] if "valueFrom" in e} == {
+        "STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET",
+    }  # fmt: skip
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
@@ -263,10 +267,10 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
 
     await eventually(scaled)
     await eventually(status_where(cp, ns, sale, stock=40, remaining=40, observedGeneration=2))
-    assert (await stock.snapshot(sale)).total == 40
+    assert (await stock.snapshot(sid)).total == 40
 
     # A restock below what is sold is refused, with a condition and an Event; Redis keeps its stock.
-    await reserve(stock, sale, 3)
+    await reserve(stock, sid, 3)
     patch_spec(cp, ns, sale, {"stock": 2})
 
     def refused() -> None:
@@ -276,7 +280,7 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     await eventually(refused)
     assert "RestockRefused" in event_reasons(cp, ns, sale)
     assert "Restocked" in event_reasons(cp, ns, sale)
-    snap = await stock.snapshot(sale)
+    snap = await stock.snapshot(sid)
     assert (snap.total, snap.remaining, snap.pending) == (40, 37, 3)
     patch_spec(cp, ns, sale, {"stock": 40})
 
@@ -290,17 +294,18 @@ async def test_phases_follow_the_window(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine
 ) -> None:
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=5, start=4, end=9, grace=600)
     await eventually(status_where(cp, ns, sale, phase="Scheduled"))
     with pytest.raises(errors.SaleClosed):
-        await stock.reserve(sale, "early-bird")
+        await stock.reserve(sid, "early-bird")
     await eventually(status_where(cp, ns, sale, phase="Live"), within=15)
-    assert (await stock.snapshot(sale)).open
-    await stock.reserve(sale, "on-time")
+    assert (await stock.snapshot(sid)).open
+    await stock.reserve(sid, "on-time")
     await eventually(status_where(cp, ns, sale, phase="Ended"), within=15)
-    assert not (await stock.snapshot(sale)).open
+    assert not (await stock.snapshot(sid)).open
     with pytest.raises(errors.SaleClosed):
-        await stock.reserve(sale, "too-late")
+        await stock.reserve(sid, "too-late")
     assert "PhaseChanged" in event_reasons(cp, ns, sale)
 
 
@@ -309,14 +314,15 @@ async def test_sold_out_closes_the_sale(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=2)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 2)
+    batch = await reserve(stock, sid, 2)
     await ledger.record_batch(batch)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, phase="SoldOut", remaining=0, confirmed=2, drift=0))
-    assert not (await stock.snapshot(sale)).open
-    await audit_clean(stock, ledger, sale, 2, [r.reservation_id for r in batch])
+    assert not (await stock.snapshot(sid)).open
+    await audit_clean(stock, ledger, sid, 2, [r.reservation_id for r in batch])
 
 
 async def test_reconciler_redefers_a_deleted_job(
@@ -324,9 +330,10 @@ async def test_reconciler_redefers_a_deleted_job(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 3)
+    batch = await reserve(stock, sid, 3)
     job_id = await ledger.record_batch(batch)
     await sql(ledger, "DELETE FROM procrastinate_jobs WHERE id = %s", job_id)
 
@@ -337,10 +344,10 @@ async def test_reconciler_redefers_a_deleted_job(
         assert await sql(ledger, "SELECT status::text FROM procrastinate_jobs WHERE id = %s", row.job_id) == [("todo",)]
 
     await eventually(redeferred)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, confirmed=3, reserved=0, remaining=7, drift=0))
     assert "Healed" in event_reasons(cp, ns, sale)
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in batch])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in batch])
 
 
 async def test_reconciler_compensates_a_lost_enqueue(
@@ -348,25 +355,26 @@ async def test_reconciler_compensates_a_lost_enqueue(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10, grace=1)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    acked = await reserve(stock, sale, 1, "acked")
+    acked = await reserve(stock, sid, 1, "acked")
     await ledger.record_batch(acked)
-    lost = await reserve(stock, sale, 2, "lost")  # Redis took them; the API died before the ledger write
+    lost = await reserve(stock, sid, 2, "lost")  # Redis took them; the API died before the ledger write
 
     async def compensated() -> None:
         for r in lost:
             row = await ledger.get_reservation(r.reservation_id)
             assert row is not None
             assert (row.status, row.reason) == ("compensated", "lost_before_ack")
-            rec = await stock.reservation(sale, r.reservation_id)
+            rec = await stock.reservation(sid, r.reservation_id)
             assert rec is not None
             assert rec.state == "released"
 
     await eventually(compensated, within=20)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, confirmed=1, reserved=0, remaining=9, compensated=2, drift=0))
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in acked])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in acked])
 
 
 async def test_reconciler_compensates_a_failed_job(
@@ -374,9 +382,10 @@ async def test_reconciler_compensates_a_failed_job(
     ledger: Ledger,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 2)
+    batch = await reserve(stock, sid, 2)
     job_id = await ledger.record_batch(batch)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", job_id)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", job_id)
@@ -385,7 +394,7 @@ async def test_reconciler_compensates_a_failed_job(
         row = await ledger.get_reservation(r.reservation_id)
         assert row is not None
         assert (row.status, row.reason) == ("compensated", "job_failed")
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in batch])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in batch])
 
 
 async def test_reconciler_rebuilds_a_flushed_redis(
@@ -393,27 +402,28 @@ async def test_reconciler_rebuilds_a_flushed_redis(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10, grace=600)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    settled = await reserve(stock, sale, 3, "early")
+    settled = await reserve(stock, sid, 3, "early")
     await ledger.record_batch(settled)
-    await run_worker(sale)
-    waiting = await reserve(stock, sale, 2, "late")
+    await run_worker(sid)
+    waiting = await reserve(stock, sid, 2, "late")
     await ledger.record_batch(waiting)
     await stock.client.flushdb()
 
     async def rebuilt() -> None:
         try:
-            snap = await stock.snapshot(sale)
+            snap = await stock.snapshot(sid)
         except errors.SaleNotFound:
             raise AssertionError("not rebuilt yet") from None
         assert (snap.total, snap.remaining, snap.pending, snap.confirmed, snap.open) == (10, 5, 2, 3, True)
 
     await eventually(rebuilt)
     assert "Healed" in event_reasons(cp, ns, sale)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, confirmed=5, reserved=0, remaining=5, drift=0))
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in settled + waiting])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in settled + waiting])
 
 
 async def test_spec_change_after_redis_lost_the_sale_rebuilds_instead_of_reseeding(
@@ -421,16 +431,17 @@ async def test_spec_change_after_redis_lost_the_sale_rebuilds_instead_of_reseedi
     ledger: Ledger,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10, interval=3600, grace=600)  # the loop will not tick again: ensure must cope
     await eventually(status_where(cp, ns, sale, phase="Live", stock=10))
-    batch = await reserve(stock, sale, 4)
+    batch = await reserve(stock, sid, 4)
     await ledger.record_batch(batch)
-    await stock.delete(sale)
+    await stock.delete(sid)
     patch_spec(cp, ns, sale, {"stock": 12})
 
     async def restocked_over_the_ledger() -> None:
         try:
-            snap = await stock.snapshot(sale)
+            snap = await stock.snapshot(sid)
         except errors.SaleNotFound:
             raise AssertionError("not there yet") from None
         assert (snap.total, snap.remaining, snap.pending) == (12, 8, 4)
@@ -443,11 +454,12 @@ async def test_deletion_removes_redis_keys_and_keeps_the_ledger(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=5)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 2)
+    batch = await reserve(stock, sid, 2)
     await ledger.record_batch(batch)
-    await run_worker(sale)
+    await run_worker(sid)
     assert get_fs(cp, ns, sale)["metadata"]["finalizers"] == ["stampede.dev/finalizer"]
     cp.kubectl("delete", "fs", sale, "-n", ns, "--wait=false", check=True)
 
@@ -455,8 +467,8 @@ async def test_deletion_removes_redis_keys_and_keeps_the_ledger(
         assert cp.kubectl("get", "fs", sale, "-n", ns).returncode != 0
 
     await eventually(gone)
-    assert await stock.client.exists(*sale_keys(sale).all_static()) == 0
-    assert sorted(r.status for r in await ledger.rows(sale)) == ["confirmed", "confirmed"]
+    assert await stock.client.exists(*sale_keys(sid).all_static()) == 0
+    assert sorted(r.status for r in await ledger.rows(sid)) == ["confirmed", "confirmed"]
 
 
 async def test_invalid_spec_is_reported_and_never_crashes_the_operator(
@@ -476,7 +488,7 @@ async def test_invalid_spec_is_reported_and_never_crashes_the_operator(
         assert get_fs(cp, ns, name)["status"]["phase"] == "Failed"
         assert cp.kubectl("get", "deployment", f"{name}-api", "-n", ns).returncode != 0
         with pytest.raises(errors.SaleNotFound):
-            await stock.snapshot(name)
+            await stock.snapshot(sale_id(ns, name))
     assert operator.alive()
     assert "Traceback" not in operator.log()
 
@@ -490,7 +502,7 @@ async def test_metrics_are_exported(
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
             body = str(rsp.read().decode())
-        assert f'stampede_operator_reconcile_seconds_count{{sale="{sale}"}}' in body
+        assert f'stampede_operator_reconcile_seconds_count{{sale="{op_namespace}/{sale}"}}' in body
         return body
 
     body = await eventually(scrape)

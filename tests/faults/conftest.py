@@ -24,6 +24,7 @@ from stampede.audit import AuditReport
 from stampede.devstack import LocalStack
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
+from stampede.names import sale_id
 from stampede.sale_audit import audit_sale
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
@@ -91,6 +92,11 @@ class SaleRun:
     kubeconfig: Path
     api_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sale_id(self) -> str:
+        """The sale's id in Redis and the ledger (namespace and name)."""
+        return sale_id(self.namespace, self.name)
 
     # --- the sale ---------------------------------------------------------------------------------
     def apply(self) -> None:
@@ -196,7 +202,7 @@ class SaleRun:
         try:
             while True:
                 try:
-                    report, _lag, _ = await audit_sale(ledger, stock, self.name, accepted=outcome.accepted,
+                    report, _lag, _ = await audit_sale(ledger, stock, self.sale_id, accepted=outcome.accepted,
                                                        settle_timeout=1)
                 except Exception as exc:  # Redis keys not rebuilt yet, a restarting dependency, …
                     report = None
@@ -301,7 +307,8 @@ def sale_run(fault_services: FaultServices, control_plane: Any, flashsale_crd: s
     ns = f"f-{uuid.uuid4().hex[:8]}"
     assert control_plane.kubectl("create", "namespace", ns).returncode == 0
     run_dir = ROOT / ".run" / "faults" / request.node.name
-    env = {**fault_services.env, "STAMPEDE_JWT_SECRET": SECRET, "STAMPEDE_LOG_LEVEL": "INFO"}
+    env = {**fault_services.env, "STAMPEDE_JWT_SECRET": SECRET, "STAMPEDE_LOG_LEVEL": "INFO",
+           "STAMPEDE_SALE_NAMESPACE": ns}
     with LocalStack(run_dir, env) as stack:
         run = SaleRun(
             name=f"sale-{uuid.uuid4().hex[:6]}", namespace=ns, stock_units=1000, limit=2,

@@ -91,7 +91,8 @@ async def test_api_killed_between_reserve_and_record(sale_run) -> None:
     # The orphans were found by the reconciler, released, and recorded as lost before the 202.
     with psycopg.connect(sale_run.services.env["STAMPEDE_DATABASE_URL"]) as conn:
         lost = conn.execute(
-            "SELECT count(*) FROM stampede_ledger WHERE sale = %s AND reason = 'lost_before_ack'", (sale_run.name,)
+            "SELECT count(*) FROM stampede_ledger WHERE sale = %s AND reason = 'lost_before_ack'",
+            (sale_run.sale_id,),
         ).fetchone()
     assert lost is not None
     assert lost[0] > 0

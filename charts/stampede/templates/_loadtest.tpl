@@ -72,7 +72,7 @@ containers:
     imagePullPolicy: {{ $root.Values.image.pullPolicy }}
     command:
       {{- range $lt.audit.command }}
-      - {{ . | replace "{sale}" $sale | replace "{summary}" $summary | replace "{timeout}" (toString $lt.audit.settleTimeoutSeconds) | quote }}
+      - {{ . | replace "{sale}" (printf "%s/%s" $root.Release.Namespace $sale) | replace "{summary}" $summary | replace "{timeout}" (toString $lt.audit.settleTimeoutSeconds) | quote }}
       {{- end }}
     env:
       {{- include "stampede.secretEnv" $root | nindent 6 }}
