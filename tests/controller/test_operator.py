@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.mark.xdist_group("k8s")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+JWT_SECRET = "controller-secret-" + "c" * 32
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -508,3 +510,114 @@ async def test_metrics_are_exported(
     body = await eventually(scrape)
     assert "stampede_operator_drift_units{sale=" in body
     assert "# HELP stampede_operator_healed_total" in body
+
+
+# --- two namespaces -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_namespaces(control_plane: ControlPlane) -> Iterator[tuple[str, str]]:
+    made = (f"ns-a-{uuid.uuid4().hex[:6]}", f"ns-b-{uuid.uuid4().hex[:6]}")
+    for name in made:
+        control_plane.kubectl("create", "namespace", name, check=True)
+    yield made
+    for name in made:
+        control_plane.kubectl("delete", "flashsales.stampede.dev", "--all", "-n", name, "--wait=false")
+        control_plane.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@asynccontextmanager
+async def namespace_api(
+    redis_url: str, database_url: str, namespace: str, stock: StockEngine, ledger: Ledger
+) -> AsyncIterator[Any]:
+    """The buy API as the operator configures a sale's API pods in ``namespace`` (in process)."""
+    from falcon import testing
+
+    from stampede.settings import ApiSettings
+    from stampede_api.app import build
+
+    settings = load(
+        ApiSettings, env={}, redis_url=redis_url, database_url=database_url, jwt_secret=JWT_SECRET,
+        sale_namespace=namespace,
+    )  # fmt: skip
+    async with testing.ASGIConductor(build(settings, stock, ledger)[0]) as conductor:
+        yield conductor
+
+
+async def test_same_name_in_two_namespaces_never_touch_each_other(
+    control_plane: ControlPlane, start_operator: Callable[..., OperatorProcess], two_namespaces: tuple[str, str],
+    sale: str, stock: StockEngine, ledger: Ledger, run_worker: Callable[..., Any], redis_url: str,
+    migrated_database_url: str,
+) -> None:  # fmt: skip
+    """A FlashSale ``x`` in namespace A and another ``x`` in B are two sales: restocking, closing and deleting
+    A leaves B's stock, gate and pending reservations alone, each namespace's API sells only its own sale,
+    and both audits are clean."""
+    from stampede import tokens
+
+    cp = control_plane
+    ns_a, ns_b = two_namespaces
+    sid_a, sid_b = sale_id(ns_a, sale), sale_id(ns_b, sale)
+    start_operator((ns_a, ns_b), "operator-two-ns", standalone="true", delete_drain_timeout_s="2")
+    create_sale(cp, ns_a, sale, stock=10, grace=600)
+    create_sale(cp, ns_b, sale, stock=10, grace=600)
+    await eventually(status_where(cp, ns_a, sale, phase="Live", stock=10, remaining=10))
+    await eventually(status_where(cp, ns_b, sale, phase="Live", stock=10, remaining=10))
+    for ns in (ns_a, ns_b):
+        (c,) = cp.kubectl_json("get", "deployment", f"{sale}-api", "-n", ns)["spec"]["template"]["spec"]["containers"]
+        assert {"name": "STAMPEDE_SALE_NAMESPACE", "value": ns} in c["env"]
+
+    accepted: dict[str, list[str]] = {ns_a: [], ns_b: []}
+    async with (
+        namespace_api(redis_url, migrated_database_url, ns_a, stock, ledger) as api_a,
+        namespace_api(redis_url, migrated_database_url, ns_b, stock, ledger) as api_b,
+    ):
+        apis = {ns_a: api_a, ns_b: api_b}
+
+        async def buy(ns: str, user: str) -> None:
+            token = tokens.mint(JWT_SECRET, user)
+            r = await apis[ns].simulate_post(
+                f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert r.status_code == 202, r.text
+            accepted[ns].append(r.json["reservation_id"])
+
+        # The same buyer ids in both namespaces, all at once: 3 units of A, 5 of B.
+        await asyncio.gather(*(buy(ns_a, f"buyer-{i}") for i in range(3)), *(buy(ns_b, f"buyer-{i}") for i in range(5)))
+        snap_b = await stock.snapshot(sid_b)
+        assert (snap_b.total, snap_b.remaining, snap_b.pending, snap_b.open) == (10, 5, 5, True)
+
+        # Restock A: B keeps its stock.
+        patch_spec(cp, ns_a, sale, {"stock": 12})
+        await eventually(status_where(cp, ns_a, sale, stock=12, remaining=9))
+        assert (await stock.snapshot(sid_b)).total == 10
+
+        # Close A by its window: B stays open and keeps selling.
+        patch_spec(cp, ns_a, sale, {"window": {"start": iso(-120), "end": iso(-1)}})
+        await eventually(status_where(cp, ns_a, sale, phase="Ended"))
+        assert not (await stock.snapshot(sid_a)).open
+        assert (await stock.snapshot(sid_b)).open
+        assert get_fs(cp, ns_b, sale)["status"]["phase"] == "Live"
+        await buy(ns_b, "late-buyer")
+
+    # Delete A while both sales hold pending reservations: A's are compensated and its keys removed; B's
+    # reservations stay pending (then settle), B's keys stay.
+    cp.kubectl("delete", "fs", sale, "-n", ns_a, "--wait=false", check=True)
+
+    def a_gone() -> None:
+        assert cp.kubectl("get", "fs", sale, "-n", ns_a).returncode != 0
+
+    await eventually(a_gone)
+    assert await stock.client.exists(*sale_keys(sid_a).all_static()) == 0
+    assert {r.status for r in await ledger.rows(sid_a)} == {"compensated"}
+    assert sorted(r.status for r in await ledger.rows(sid_b)) == ["pending"] * 6
+    snap_b = await stock.snapshot(sid_b)
+    assert (snap_b.total, snap_b.remaining, snap_b.pending, snap_b.open) == (10, 4, 6, True)
+
+    await run_worker(sid_b)
+    await eventually(status_where(cp, ns_b, sale, confirmed=6, reserved=0, remaining=4, drift=0))
+    await audit_clean(stock, ledger, sid_b, 10, accepted[ns_b])
+    report = audit.audit(
+        sid_a, stock=12, per_user_limit=1, accepted=accepted[ns_a], rows=await ledger.rows(sid_a), settled=True
+    )
+    assert report.ok, report.render()
+    assert await stock.client.exists(*sale_keys(sid_a).all_static()) == 0  # settling B never brought A back

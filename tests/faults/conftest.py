@@ -6,9 +6,11 @@ HTTP, injects a fault mid-sale, waits for the system to heal, and audits the out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -44,6 +46,23 @@ class FaultServices:
     def do(self, *args: str) -> None:
         subprocess.run([str(SERVICES), *args], env={**os.environ, "STAMPEDE_SERVICES_DIR": str(self.dir)},
                        check=True, capture_output=True)
+
+    def kill_postgres(self) -> int:
+        """SIGKILL to the postmaster and every backend at once, as when its container is OOM-killed: no
+        shutdown checkpoint, the next start runs crash recovery from the WAL. Returns the processes killed."""
+        postmaster = int((self.dir / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        family = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == postmaster:  # ppid
+                family.append(int(stat.parent.name))
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(family)
 
 
 @pytest.fixture(scope="session")
