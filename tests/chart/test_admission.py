@@ -113,7 +113,7 @@ BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         lambda d: _pod(d)["containers"].append({**copy.deepcopy(_container(d)), "name": "sidecar"}), "one container"
     ),
     "an init container": (
-        lambda d: _pod(d).update(initContainers=[{**copy.deepcopy(_container(d)), "name": "init"}]), "no init"
+        lambda d: _pod(d).update(initContainers=[{"name": "init", "image": _container(d)["image"]}]), "no init"
     ),
     "a Secret volume": (
         lambda d: _pod(d).setdefault("volumes", []).append({"name": "s", "secret": {"secretName": "other"}}),
@@ -143,7 +143,10 @@ BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         lambda d: _container(d)["securityContext"].update(capabilities={"add": ["NET_ADMIN"]}), "unprivileged"
     ),
     "no sale label": (
-        lambda d: [x.pop("stampede.dev/sale") for x in (d["metadata"]["labels"], _labels(d))],
+        lambda d: [
+            x.pop("stampede.dev/sale")
+            for x in (d["metadata"]["labels"], _labels(d), d["spec"]["selector"]["matchLabels"])
+        ],
         "labelled as its own",
     ),
 }  # fmt: skip
