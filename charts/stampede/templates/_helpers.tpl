@@ -161,7 +161,7 @@ others. Empty when operator.clusterWide (every namespace).
 
 {{/*
 The Secret holding STAMPEDE_REDIS_URL, STAMPEDE_DATABASE_URL and STAMPEDE_JWT_SECRET (keys named like the
-variables, so a pod can take them all with envFrom).
+variables; every pod reads only the keys it uses, by secretKeyRef).
 */}}
 {{- define "stampede.secretName" -}}
 {{- default (include "stampede.componentName" (list . "env")) .Values.secrets.existingSecret -}}
