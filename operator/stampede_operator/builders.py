@@ -256,6 +256,7 @@ def build_api_deployment(
         "image": settings.api_image,
         "imagePullPolicy": settings.image_pull_policy,
         "ports": [{"name": "http", "containerPort": settings.api_port}],
+        "envFrom": None,  # null: a patch removes the envFrom of Deployments written before per-key secrets
         "env": [
             *_secret_env(settings, API_SECRET_KEYS),
             {"name": "STAMPEDE_BIND", "value": f"0.0.0.0:{settings.api_port}"},
@@ -297,6 +298,7 @@ def build_worker_deployment(
         "image": settings.worker_image,
         "imagePullPolicy": settings.image_pull_policy,
         "ports": [{"name": "metrics", "containerPort": settings.worker_metrics_port}],
+        "envFrom": None,  # as above
         "env": [
             *_secret_env(settings, WORKER_SECRET_KEYS),
             {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)},

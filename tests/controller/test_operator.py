@@ -512,6 +512,33 @@ async def test_metrics_are_exported(
     assert "# HELP stampede_operator_healed_total" in body
 
 
+async def test_a_deployment_of_an_older_version_loses_its_envfrom(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str
+) -> None:
+    """Upgrade: a sale's worker Deployment written with envFrom (every key of the Secret, the JWT secret included)
+    is patched to read only its own keys."""
+    from stampede.settings import OperatorSettings
+    from stampede_operator import builders
+
+    cp, ns = control_plane, op_namespace
+    window = {"start": iso(-60), "end": iso(600)}
+    spec = builders.parse_spec(sale, {"product": {"sku": "S"}, "stock": 1, "window": window})
+    old = builders.build_worker_deployment(spec, ns, load(OperatorSettings, env={}))
+    (c,) = old["spec"]["template"]["spec"]["containers"]
+    c["envFrom"] = [{"secretRef": {"name": "stampede-env"}}]
+    c["env"] = [e for e in c["env"] if "valueFrom" not in e]
+    cp.kubectl("create", "-f", "-", input=json.dumps(old), check=True)
+    create_sale(cp, ns, sale, stock=5)
+
+    def patched() -> None:
+        worker = cp.kubectl_json("get", "deployment", f"{sale}-worker", "-n", ns)
+        (c,) = worker["spec"]["template"]["spec"]["containers"]
+        assert "envFrom" not in c
+        assert {e["name"] for e in c["env"] if "valueFrom" in e} == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL"}
+
+    await eventually(patched)
+
+
 # --- two namespaces -----------------------------------------------------------------------------------------
 
 
