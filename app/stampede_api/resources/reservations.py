@@ -103,7 +103,10 @@ class ReservationItem:
         row = await ledger.get_reservation(rid)
         if row is None or row.user != buyer.id:
             raise errors.ReservationNotFound(rid)
-        namespace, sale = split_sale_id(row.sale)
+        try:
+            namespace, sale = split_sale_id(row.sale)
+        except ValueError:  # a row no sale of this API wrote
+            raise errors.ReservationNotFound(rid) from None
         if namespace != self.s.settings.sale_namespace:
             raise errors.ReservationNotFound(rid)  # a sale of another namespace: not this API's to show
         out: dict[str, Any] = {
