@@ -40,7 +40,7 @@ from stampede.demo import flashsale
 from stampede.devstack import LocalStack, Process, free_port
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
-from stampede.names import CRD_PLURAL, sale_keys
+from stampede.names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id, sale_keys
 from stampede.sale_audit import audit_sale, k6_accepted
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
@@ -286,6 +286,7 @@ def main() -> int:
     kubectl = tool("kubectl")
     k6 = ns.k6 or tool("k6")
     sale = f"soak-{time.strftime('%H%M%S')}"
+    sid = sale_id(DEFAULT_NAMESPACE, sale)  # how Redis and the ledger name the FlashSale
     secret = secrets.token_urlsafe(36)
     seconds = int(ns.minutes * 60)
     intervals_n = -(-seconds // ns.interval)
@@ -343,7 +344,7 @@ def main() -> int:
             stack.worker(name=f"worker-{i}", concurrency=16)
         time.sleep(3)
         used_before = int(r.info("memory")["used_memory"])
-        sampler = Sampler(settings.redis_url, settings.database_url, sale, stack.procs)
+        sampler = Sampler(settings.redis_url, settings.database_url, sid, stack.procs)
         print(f"==> k6 soak.js: {ns.rate} req/s for {seconds}s from {ns.buyers} buyers; sampling every {ns.interval}s")
         proc = subprocess.Popen(
             [k6, "run", "--quiet", str(ROOT / "k6" / "soak.js")],
@@ -384,9 +385,7 @@ def main() -> int:
             ledger = await Ledger.open(settings)
             engine = StockEngine.from_url(settings.redis_url)
             try:
-                return await audit_sale(
-                    ledger, engine, sale, acknowledged=k6_accepted(summary_path), settle_timeout=300
-                )
+                return await audit_sale(ledger, engine, sid, acknowledged=k6_accepted(summary_path), settle_timeout=300)
             finally:
                 await engine.close()
                 await ledger.close()
@@ -405,7 +404,7 @@ def main() -> int:
     samples = sampler.samples
     reservations = samples[-1]["reservations"]
     used_after = samples[-1]["redis_used_memory"]
-    store_bytes, settled = settled_store_bytes(r, sale)
+    store_bytes, settled = settled_store_bytes(r, sid)
     baseline = full_record_baseline(r, min(settled, 200_000))
     r.close()
 
