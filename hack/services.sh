@@ -133,7 +133,7 @@ prepare_pg_home() {
     # A real directory here is an older layout's data, reachable or not: the local data is disposable.
     if [ -d "$PG_LINK" ] && [ ! -L "$PG_LINK" ]; then
       if pg_alive; then stop_postgres_now; fi
-      log "moving PostgreSQL's data out of the checkout (to $home)"
+      log "PostgreSQL's data now lives in $home; dropping the old copy in the checkout"
       rm -rf "$PG_LINK"
     fi
     sweep_orphans
