@@ -108,7 +108,7 @@ def _stat(path: Path) -> tuple[int, int, int]:
 @pytest.fixture
 def private_home() -> Iterator[Path]:
     """A fresh directory of mode 700, like /root or a home directory nobody else may enter."""
-    home = Path(tempfile.mkdtemp(prefix="stampede-home-"))
+    home = Path(tempfile.mkdtemp(prefix="stampede-clone-test-"))
     home.chmod(0o700)
     try:
         yield home
