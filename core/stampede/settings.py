@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
@@ -69,6 +70,9 @@ def load(cls: type[T], env: Mapping[str, str] | None = None, **overrides: Any) -
 def describe(cls: type[Any]) -> list[tuple[str, Any, str]]:
     """(variable, default, doc) for every setting of ``cls``: the source of the documented tables."""
     return [(PREFIX + f.name.upper(), f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 def _positive(name: str, value: float) -> None:
@@ -163,7 +167,25 @@ class ApiSettings(Common):
     sold_out_cache_ms: int = setting(
         100, "after Redis says a sale has 0 units, answer sold_out for this long without asking (0: off)"
     )
-    trusted_proxy_hops: int = setting(0, "X-Forwarded-For hops to trust for the client IP (0: use the peer)")
+    trusted_proxy_hops: int = setting(
+        0,
+        "proxies in front of the API that append to the client-IP header; the address that many entries from "
+        "the right is the client's (0: the TCP peer, the header is ignored)",
+    )
+    client_ip_header: str = setting(
+        "X-Forwarded-For", "the header the trusted proxies append the client address to (X-Forwarded-For or Forwarded)"
+    )
+    metrics_port: int = setting(
+        9101, "port of the Prometheus /metrics of all worker processes, apart from buyers (0: none)"
+    )
+    metrics_host: str = setting("0.0.0.0", "address the /metrics port listens on")
+    max_header_bytes: int = setting(16384, "largest request line plus headers accepted (431 above)")
+    header_timeout_s: float = setting(10.0, "seconds a client gets to send a whole request head (then 408/closed)")
+    readiness_cache_ms: int = setting(1000, "how long one /readyz check of Redis and PostgreSQL is reused")
+    public_read_rate: float = setting(
+        10.0, "reads per second per client of GET /v1/sales/{sale} and per buyer of polls"
+    )
+    public_read_burst: int = setting(20, "burst of those reads before 429")
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
     access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")
     fault_exit_after_reserves: int = setting(
@@ -178,6 +200,16 @@ class ApiSettings(Common):
             _positive(name, getattr(self, name))
         if self.retry_after_s < 1:
             raise SettingsError("STAMPEDE_RETRY_AFTER_S must be >= 1")
+        for name in ("max_header_bytes", "header_timeout_s", "public_read_rate", "public_read_burst"):
+            _positive(name, getattr(self, name))
+        if self.trusted_proxy_hops < 0:
+            raise SettingsError("STAMPEDE_TRUSTED_PROXY_HOPS must be >= 0")
+        if not _HEADER_NAME.fullmatch(self.client_ip_header):
+            raise SettingsError("STAMPEDE_CLIENT_IP_HEADER must be an HTTP header name")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError("STAMPEDE_METRICS_PORT must be a port number (0: none)")
+        if self.readiness_cache_ms < 0:
+            raise SettingsError("STAMPEDE_READINESS_CACHE_MS must be >= 0")
 
 
 @dataclass(frozen=True)
