@@ -82,6 +82,8 @@ class Server:
                 **os.environ,
                 **env,
                 "STAMPEDE_BIND": f"127.0.0.1:{self.port}",
+                "STAMPEDE_METRICS_HOST": "127.0.0.1",
+                "STAMPEDE_METRICS_PORT": str(free_port()),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             },
             stdout=self.log,

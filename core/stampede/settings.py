@@ -222,6 +222,16 @@ class OperatorSettings(Common):
     worker_image: str = setting("stampede-worker:latest", "image of the sale's worker Deployment")
     image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of the sale's pods")
     api_port: int = setting(8000, "port the API container listens on (and the Service targets)")
+    api_metrics_port: int = setting(
+        9101, "port of the API pods' /metrics (container port `metrics`, not in the Service)"
+    )
+    api_trusted_proxy_hops: int = setting(
+        0,
+        "proxies in front of the sales' API pods that append the client address (a FlashSale's spec.api may override)",
+    )
+    api_client_ip_header: str = setting(
+        "X-Forwarded-For", "the header those proxies append to (a FlashSale's spec.api may override)"
+    )
     worker_metrics_port: int = setting(9102, "port of the worker's /metrics and /healthz endpoint in its pods")
     peering_name: str = setting("stampede", "kopf peering object the replicas elect their leader in")
     peering_priority: int = setting(0, "this replica's priority; 0: derived from the pod name so replicas differ")
@@ -234,8 +244,18 @@ class OperatorSettings(Common):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("api_port", "worker_metrics_port", "peering_lifetime_s", "delete_drain_timeout_s"):
+        for name in (
+            "api_port",
+            "api_metrics_port",
+            "worker_metrics_port",
+            "peering_lifetime_s",
+            "delete_drain_timeout_s",
+        ):
             _positive(name, getattr(self, name))
+        if self.api_trusted_proxy_hops < 0:
+            raise SettingsError("STAMPEDE_API_TRUSTED_PROXY_HOPS must be >= 0")
+        if not _HEADER_NAME.fullmatch(self.api_client_ip_header):
+            raise SettingsError("STAMPEDE_API_CLIENT_IP_HEADER must be an HTTP header name")
         _positive("reconcile_batch_max", self.reconcile_batch_max)
         _positive("drift_confirmations", self.drift_confirmations)
         if not 0 <= self.operator_metrics_port <= 65535:

@@ -54,7 +54,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(api_settings: ApiSettings, request: pytest.FixtureRequest) -> Iterator[str]:
+def metrics_port() -> int:
+    """The server's own metrics port (never the default: parallel runs must not share one)."""
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def server(api_settings: ApiSettings, metrics_port: int, request: pytest.FixtureRequest) -> Iterator[str]:
     """gunicorn with 2 uvicorn workers + one settle worker; yields the base URL. Their logs are kept
     (path printed) when a test of the module failed."""
     failed_before = request.session.testsfailed
@@ -67,6 +73,8 @@ def server(api_settings: ApiSettings, request: pytest.FixtureRequest) -> Iterato
         "STAMPEDE_JWT_SECRET": SECRET,
         "STAMPEDE_STRATEGIES_ENABLED": "true",
         "STAMPEDE_BIND": f"127.0.0.1:{port}",
+        "STAMPEDE_METRICS_HOST": "127.0.0.1",
+        "STAMPEDE_METRICS_PORT": str(metrics_port),
         "STAMPEDE_WORKERS": "2",
         "STAMPEDE_LOG_LEVEL": "WARNING",
         "STAMPEDE_WORKER_METRICS_PORT": "0",
@@ -151,7 +159,7 @@ class Fleet:
             await c.aclose()
 
 
-async def test_spike_audits_clean(server, opener, stock: StockEngine, ledger: Ledger, sale):
+async def test_spike_audits_clean(server, metrics_port, opener, stock: StockEngine, ledger: Ledger, sale):
     stock_units, users, attempts = 200, 300, 1200
     await opener(sale, total=stock_units, limit=1)
     rng = random.Random(4)
@@ -200,7 +208,8 @@ async def test_spike_audits_clean(server, opener, stock: StockEngine, ledger: Le
         assert row is not None
         r = await fleet().get(f"/v1/reservations/{first}", headers={"Authorization": f"Bearer {minted[row.user]}"})
         assert r.status_code == 200 and r.json()["status"] == "confirmed"
-        metrics = (await fleet().get("/metrics")).text
+        async with httpx.AsyncClient() as scraper:
+            metrics = (await scraper.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
         assert 'stampede_api_reservations_total{outcome="accepted",sale="' + sale + '"} 200.0' in metrics
 
 

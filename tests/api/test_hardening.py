@@ -323,3 +323,61 @@ async def test_public_sale_reads_are_rate_limited(client, opener, sale, stock, m
     assert limited, codes
     assert int(limited[0].headers["retry-after"]) >= 1
     assert snapshots < 200
+
+
+async def test_client_ip_is_the_proxy_header_counted_from_the_right(api_settings, stock, ledger, opener, headers, sale):
+    """Behind one trusted proxy appending to X-Forwarded-For, a buyer's own Forwarded or X-Forwarded-For
+    entries pick neither their bucket nor another address's."""
+    from falcon import testing
+
+    from stampede.settings import load
+
+    behind = load(ApiSettings, env={}, **{**api_settings.__dict__, "trusted_proxy_hops": 1})
+    await opener(sale, total=100, limit=100, ip_rate=0.5, ip_burst=2)
+    app, _ = build(behind, stock, ledger)
+    async with testing.ASGIConductor(app) as client:
+        codes = []
+        for i in range(4):
+            spoof = {"Forwarded": f"for=198.51.100.{i}", "X-Forwarded-For": f"203.0.113.{i}, 10.1.2.3"}
+            r = await client.simulate_post(
+                f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers={**headers(f"s{i}"), **spoof}
+            )
+            codes.append(r.status_code)
+        assert codes == [202, 202, 429, 429], codes
+        # 203.0.113.0 was only ever a client-written entry: its own bucket is untouched.
+        fresh = await client.simulate_post(
+            f"/v1/sales/{sale}/reservations",
+            json={"quantity": 1},
+            headers={**headers("other"), "X-Forwarded-For": "203.0.113.0"},
+        )
+        assert fresh.status_code == 202, fresh.text
+        bad = await client.simulate_post(
+            f"/v1/sales/{sale}/reservations",
+            json={"quantity": 1},
+            headers={**headers("bad"), "X-Forwarded-For": "1.2.3.4, not-an-ip"},
+        )
+        assert bad.status_code == 400 and bad.json["error"]["field"] == "X-Forwarded-For", bad.text
+
+
+@pytest.mark.parametrize(
+    ("header", "hops", "sent", "expected"),
+    [
+        ("X-Forwarded-For", 0, {"X-Forwarded-For": "1.1.1.1"}, "10.0.0.1"),
+        ("X-Forwarded-For", 1, {}, "10.0.0.1"),
+        ("X-Forwarded-For", 1, {"X-Forwarded-For": "1.1.1.1, 2.2.2.2"}, "2.2.2.2"),
+        ("X-Forwarded-For", 2, {"X-Forwarded-For": "1.1.1.1, 2.2.2.2, 3.3.3.3"}, "2.2.2.2"),
+        ("X-Forwarded-For", 3, {"X-Forwarded-For": "2.2.2.2, 3.3.3.3"}, "2.2.2.2"),
+        ("X-Forwarded-For", 1, {"X-Forwarded-For": "1.1.1.1", "Forwarded": "for=9.9.9.9"}, "1.1.1.1"),
+        ("X-Forwarded-For", 1, {"X-Forwarded-For": "5.5.5.5:4711"}, "5.5.5.5"),
+        ("X-Forwarded-For", 1, {"X-Forwarded-For": "2001:DB8::1"}, "2001:db8::1"),
+        ("Forwarded", 1, {"Forwarded": 'for=1.1.1.1, for="[2001:db8::2]:80";proto=https'}, "2001:db8::2"),
+        ("Forwarded", 1, {"Forwarded": "for=1.1.1.1", "X-Forwarded-For": "9.9.9.9"}, "1.1.1.1"),
+    ],
+)
+def test_client_ip_reading(header, hops, sent, expected):
+    from falcon import testing
+
+    from stampede_api.client_ip import client_ip
+
+    req = testing.create_asgi_req(headers=sent, remote_addr="10.0.0.1")
+    assert client_ip(req, header, hops) == expected
