@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
+from .redact import redact_url, scrub
+
 PREFIX = "STAMPEDE_"
 
 T = TypeVar("T")
@@ -45,7 +47,7 @@ def _parse(name: str, raw: str, typ: Any) -> Any:
             return tuple(p.strip() for p in raw.split(",") if p.strip())
         return raw
     except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+        raise SettingsError(f"{name}={scrub(raw)!r}: {scrub(str(exc))}") from None
 
 
 def load(cls: type[T], env: Mapping[str, str] | None = None, **overrides: Any) -> T:
@@ -70,6 +72,23 @@ def load(cls: type[T], env: Mapping[str, str] | None = None, **overrides: Any) -
 def describe(cls: type[Any]) -> list[tuple[str, Any, str]]:
     """(variable, default, doc) for every setting of ``cls``: the source of the documented tables."""
     return [(PREFIX + f.name.upper(), f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]
+
+
+def _url_problem(var: str, url: str) -> str | None:
+    """What the client library would refuse in ``url`` when it first connects, found at start-up instead
+    (its own message may quote the whole URL: the caller scrubs it)."""
+    try:
+        if var == "STAMPEDE_DATABASE_URL":
+            from psycopg.conninfo import conninfo_to_dict
+
+            conninfo_to_dict(url)
+        else:
+            from redis.connection import parse_url
+
+            parse_url(url)
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -103,8 +122,12 @@ class Common:
             ("STAMPEDE_REDIS_URL", self.redis_url, ("redis://", "rediss://", "unix://")),
             ("STAMPEDE_DATABASE_URL", self.database_url, ("postgresql://", "postgres://")),
         ):
+            # Every message about a URL shows it without its password.
             if not url.startswith(schemes):
-                raise SettingsError(f"{var}={url!r}: expected a URL starting with {' or '.join(schemes)}")
+                raise SettingsError(f"{var}={redact_url(url)!r}: expected a URL starting with {' or '.join(schemes)}")
+            problem = _url_problem(var, url)
+            if problem:
+                raise SettingsError(f"{var}={redact_url(url)!r}: {scrub(problem)}")
 
 
 @dataclass(frozen=True)
