@@ -158,7 +158,7 @@ def forget_sale(sale: str) -> int:
     scraped for ever, nor keep its label children in memory). Returns the series removed."""
     removed = 0
     for metric in SALE_LABELLED:
-        names = metric._labelnames  # noqa: SLF001  (prometheus-client keeps the label order here only)
+        names = metric._labelnames  # prometheus-client keeps the label order only here
         for family in metric.collect():
             seen = set()
             for sample in family.samples:
