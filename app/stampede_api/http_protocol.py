@@ -115,6 +115,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
 
     def _head_timed_out(self) -> None:
+        # libuv runs due timers before it polls for input: after a stall of the loop (a starved CPU) the
+        # deadline may come up before bytes that already arrived are read. Look again one turn later, after
+        # that poll (50 ms on: a timer due at once could still run in this same timer pass), and judge then.
+        self._head_timer = self.loop.call_later(0.05, self._head_deadline_passed)
+
+    def _head_deadline_passed(self) -> None:
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head:
             return
