@@ -3,16 +3,17 @@
 httptools (llhttp) has no limit of its own: it buffers a header value for as long as it grows, so a 32 MB
 header was read whole into a worker (RSS 58 → 122 MB in a 512 Mi pod) and a client trickling a head kept
 its connection forever (uvicorn's keep-alive timer is cancelled by the first byte). uvicorn's other parser,
-h11, has ``h11_max_incomplete_event_size`` but no head timeout either, and it is pure Python: on the buy
-path it measured markedly slower than httptools (bench/results/http-*.md). So the fast parser stays, and
-this subclass adds two bounds around it:
+h11, has ``h11_max_incomplete_event_size`` but no head timeout either, and it is pure Python: it served
+0.42-0.46 of httptools' rate in ``make bench-protocols`` (bench/results/http-*.md), while this subclass
+stayed within the run-to-run noise of plain httptools. So the fast parser stays, with two bounds around it:
 
 * **size** — bytes received while a head is open are counted before they are parsed; past
   ``max_header_bytes`` the connection is answered ``431`` and closed, so at most one read (≤ 256 KiB)
   beyond the limit is ever held. A completed head is measured exactly as well (request line + headers).
 * **time** — a deadline of ``header_timeout_s`` starts with the connection and with the first byte of each
-  later request and ends when the head is complete. A head still open then is answered ``408`` and closed;
-  an idle connection that never sent a byte is just closed. A request being answered is never cut.
+  later request and ends when the head is complete (a timer is set only when a head spans reads). A head
+  still open then is answered ``408`` and closed; an idle connection that never sent a byte is just
+  closed. A request being answered is never cut.
 
 The answers use the API's error shape (``{"error": {"code", "message"}}``) and ``Connection: close``.
 """
@@ -54,6 +55,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # between the end of one request's body and the end of the next head
         self._head_bytes = 0
         self._too_large = False
+        self._head_open = False  # a request's first byte was parsed, its head not yet complete
+        self._head_began = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
 
     # --- connection ----------------------------------------------------------------------------------
@@ -74,15 +77,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._too_large or (self._in_head and self._head_bytes > self._max_head):
             self._refuse(431, "headers_too_large", f"the request line and headers must fit in {self._max_head} bytes")
+        elif self._head_open and self._head_timer is None:
+            # A head began but did not end in this read: its deadline counts from its first byte. (A head
+            # that arrives whole, the usual case, never costs a timer.)
+            self._arm_head_timer(self._head_began + self._head_timeout - self.loop.time())
 
     # --- parser callbacks ------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._head_timer is None:
-            self._arm_head_timer()  # the first byte of a later request on this connection
+        self._head_open = True
+        self._head_began = self.loop.time()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         self._disarm_head_timer()
         size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if size > self._max_head:
@@ -105,9 +113,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- the bounds --------------------------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
+    def _arm_head_timer(self, delay: float | None = None) -> None:
         self._disarm_head_timer()
-        self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+        self._head_timer = self.loop.call_later(
+            self._head_timeout if delay is None else max(0.0, delay), self._head_timed_out
+        )
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
