@@ -25,7 +25,11 @@ _settings = load(ApiSettings)
 
 
 # The request-head bounds of the protocol below; workers are forked from this process, so they inherit them.
-http_protocol.LIMITS.update(max_header_bytes=_settings.max_header_bytes, header_timeout_s=_settings.header_timeout_s)
+http_protocol.LIMITS.update(
+    max_header_bytes=_settings.max_header_bytes,
+    header_timeout_s=_settings.header_timeout_s,
+    idle_timeout_s=_settings.idle_timeout_s,
+)
 
 
 class StampedeWorker(UvicornWorker):

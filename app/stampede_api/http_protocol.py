@@ -12,8 +12,8 @@ stayed within the run-to-run noise of plain httptools. So the fast parser stays,
   beyond the limit is ever held. A completed head is measured exactly as well (request line + headers).
 * **time** — a deadline of ``header_timeout_s`` starts with the connection and with the first byte of each
   later request and ends when the head is complete (a timer is set only when a head spans reads). A head
-  still open then is answered ``408`` and closed; an idle connection that never sent a byte is just
-  closed. A request being answered is never cut.
+  still open then is answered ``408`` and closed. A new connection that sends no byte within
+  ``idle_timeout_s`` is just closed. A request being answered is never cut.
 
 The answers use the API's error shape (``{"error": {"code", "message"}}``) and ``Connection: close``.
 """
@@ -27,7 +27,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # Set by the gunicorn worker before it builds uvicorn's config (one pair per process).
-LIMITS = {"max_header_bytes": 16384, "header_timeout_s": 10.0}
+LIMITS = {"max_header_bytes": 16384, "header_timeout_s": 10.0, "idle_timeout_s": 60.0}
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -52,6 +52,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._max_head = int(LIMITS["max_header_bytes"])
         self._head_timeout = float(LIMITS["header_timeout_s"])
+        self._idle_timeout = float(LIMITS["idle_timeout_s"])
         self._in_head = True  # between the end of one request's body and the end of the next head
         self._head_bytes = 0
         self._too_large = False
@@ -63,7 +64,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        # Until its first byte a new connection costs only a socket, and a CPU-starved client may take a
+        # while to write after connecting (seen at 10 s on a shared 2-core box): a longer leash than a head.
+        self._arm_head_timer(self._idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()

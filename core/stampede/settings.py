@@ -204,6 +204,7 @@ class ApiSettings(Common):
     metrics_host: str = setting("0.0.0.0", "address the /metrics port listens on")
     max_header_bytes: int = setting(16384, "largest request line plus headers accepted (431 above)")
     header_timeout_s: float = setting(10.0, "seconds a client gets to send a whole request head (then 408/closed)")
+    idle_timeout_s: float = setting(60.0, "seconds a new connection may stay without sending a byte (then closed)")
     readiness_cache_ms: int = setting(1000, "how long one /readyz check of Redis and PostgreSQL is reused")
     public_read_rate: float = setting(
         10.0, "reads per second per client of GET /v1/sales/{sale} and per buyer of polls"
@@ -223,7 +224,7 @@ class ApiSettings(Common):
             _positive(name, getattr(self, name))
         if self.retry_after_s < 1:
             raise SettingsError("STAMPEDE_RETRY_AFTER_S must be >= 1")
-        for name in ("max_header_bytes", "header_timeout_s", "public_read_rate", "public_read_burst"):
+        for name in ("max_header_bytes", "header_timeout_s", "idle_timeout_s", "public_read_rate", "public_read_burst"):
             _positive(name, getattr(self, name))
         if self.trusted_proxy_hops < 0:
             raise SettingsError("STAMPEDE_TRUSTED_PROXY_HOPS must be >= 0")

@@ -73,6 +73,7 @@ def served(api_settings: ApiSettings) -> Iterator[Served]:
         "STAMPEDE_METRICS_PORT": str(metrics_port),
         "STAMPEDE_WORKERS": "1",
         "STAMPEDE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "STAMPEDE_IDLE_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "STAMPEDE_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
         "STAMPEDE_LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(home / "metrics"),
