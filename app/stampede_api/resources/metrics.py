@@ -17,6 +17,8 @@ import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from stampede_api.tally import TALLY
+
 
 def registry() -> CollectorRegistry:
     """Every worker process's samples under gunicorn (multiprocess mode), else this process's own."""
@@ -36,5 +38,6 @@ class Metrics:
         server = tuple(req.scope.get("server") or ())  # (host, port); None for a unix socket
         if not self._port or len(server) != 2 or server[1] != self._port:
             raise falcon.HTTPNotFound()
+        TALLY.flush()  # this process's counts are current; other workers' are at most tally.FLUSH_S late
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = generate_latest(self._registry)
