@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 from stampede.settings import ApiSettings, load
 from stampede_api.app import create_app
 from stampede_api.resources.metrics import registry
-from stampede_api.tally import TALLY
 from stampede_api.strategies import open_pool, setup_product
+from stampede_api.tally import TALLY
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
