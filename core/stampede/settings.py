@@ -85,7 +85,7 @@ def _url_problem(var: str, url: str) -> str | None:
         else:
             from redis.connection import parse_url
 
-            parse_url(url)
+            parse_url(url)  # type: ignore[no-untyped-call]
     except Exception as exc:
         return str(exc) or type(exc).__name__
     return None
