@@ -10,7 +10,7 @@ raw Redis string.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors
+from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
 
 SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild")
@@ -75,6 +76,7 @@ class Reservation:
     state: str
     replay: bool
     remaining: int | None  # units left after this reservation; None on a replay
+    reserved_at_ms: int | None = None  # Redis time the script stamped it with; None on a replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,11 @@ class RebuildResult:
     confirmed: int
 
 
+def idempotency_field(user: str, idempotency_key: str) -> str:
+    """The field of the sale's idempotency hash for a buyer's key, as reserve.lua writes it."""
+    return f"{user}\0{idempotency_key}"
+
+
 def new_reservation_id() -> str:
     return str(uuid.uuid4())
 
@@ -131,11 +138,9 @@ def _check_quantity(quantity: object) -> int:
 
 
 def _check_user(user: object) -> str:
-    if not isinstance(user, str) or not user.strip():
-        raise errors.InvalidArgument("user", "must be a non-empty string")
-    if len(user) > 256:
-        raise errors.InvalidArgument("user", "must be at most 256 characters")
-    return user
+    if not is_buyer_id(user):
+        raise errors.InvalidArgument("user", f"must be {BUYER_ID_RULE}")
+    return user  # type: ignore[return-value]  # is_buyer_id proved it is a str
 
 
 def _keys(sale: object) -> SaleKeys:
@@ -188,7 +193,9 @@ class ReserveCall:
         code, rid_out, state, number = _s(raw[0]), raw[1], raw[2], int(raw[3])
         sale = self.sale
         if code == "ok":
-            return Reservation(sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number)
+            return Reservation(
+                sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number, int(raw[4])
+            )
         if code == "replay":
             return Reservation(sale, _s(rid_out), self.user, self.quantity, _s(state), True, None)
         if code == "sold_out":
@@ -221,8 +228,8 @@ def reserve_call(
     k = _keys(sale)
     _check_user(user)
     _check_quantity(quantity)
-    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
-        raise errors.InvalidArgument("Idempotency-Key", "must be 1-255 characters")
+    if idempotency_key is not None and not is_idempotency_key(idempotency_key):
+        raise errors.InvalidArgument("Idempotency-Key", f"must be {IDEMPOTENCY_KEY_RULE}")
     rid = reservation_id or new_reservation_id()
     keys = [
         k.meta,
@@ -369,14 +376,23 @@ class StockEngine:
         codes = await self._run("confirm", [k.meta, k.reservations, k.pending], ids)
         return {rid: _CONFIRM[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
-    async def release(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]:
+    async def release(
+        self, sale: str, reservation_ids: Iterable[str], *, forget: Mapping[str, tuple[str, str]] | None = None
+    ) -> dict[str, Outcome]:
         """pending -> released for each id, returning stock; idempotent, never releases a confirmed
-        reservation."""
+        reservation. ``forget`` maps a released id to its (buyer, idempotency key): in the same atomic step
+        that key is forgotten (while it still names that reservation), so a retry reserves afresh and a
+        lost connection can never leave the units released but the key pointing at them."""
         ids = list(reservation_ids)
         if not ids:
             return {}
         k = _keys(sale)
-        codes = await self._run("release", [k.meta, k.reservations, k.pending, k.holds], ids)
+        keys = [k.meta, k.reservations, k.pending, k.holds]
+        args = ids
+        if forget is not None:
+            keys.append(k.idempotency)
+            args = ids + [idempotency_field(*forget[rid]) if rid in forget else "" for rid in ids]
+        codes = await self._run("release", keys, args)
         return {rid: _RELEASE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
     # --- reading ----------------------------------------------------------------------------------
@@ -435,6 +451,7 @@ __all__ = [
     "SeedResult",
     "Snapshot",
     "StockEngine",
+    "idempotency_field",
     "new_reservation_id",
     "reserve_call",
     "script_source",

@@ -468,6 +468,4 @@ async def finalize(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, emi
             log.info("sale removed from Redis; the ledger keeps its rows", extra={**extra, "keys": deleted})
     except errors.DependencyUnavailable as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
-    for metric in (metrics.OPERATOR_DRIFT,):
-        with contextlib.suppress(KeyError):
-            metric.remove(sale_id)
+    metrics.forget_sale(sale_id)  # every sale-labelled series, not only drift
