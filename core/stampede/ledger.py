@@ -24,6 +24,7 @@ import psycopg
 import psycopg_pool
 
 from . import audit, errors, sqlfiles
+from .healing import Tally
 from .names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from .settings import Common
 
@@ -187,6 +188,38 @@ class Ledger:
             for status, units in await cur.fetchall():
                 out[status] = int(units)
         return out
+
+    async def tally(self, sale: str) -> Tally:
+        """Units of the sale by status, without reading its settled rows: pending through the partial
+        index of pending rows, confirmed and compensated from the totals every settling statement keeps
+        (migration 0010). ``counts`` reads the rows themselves: the audit's independent view."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["tally"], {"sale": sale})
+            row = await cur.fetchone()
+        assert row is not None
+        return Tally(int(row[0]), int(row[1]), int(row[2]))
+
+    async def import_settled(
+        self, sale: str, reservations: Sequence[PendingReservation], status: str, reason: str | None = None
+    ) -> int:
+        """Benchmark and test data only: records reservations that are already final (``confirmed``, or
+        ``compensated`` with a reason) with the sale's totals, in one statement. Returns rows written."""
+        if status not in (CONFIRMED, COMPENSATED):
+            raise errors.InvalidArgument("status", "only settled rows are imported")
+        params = {
+            "sale": sale,
+            "status": status,
+            "reason": reason,
+            "ids": [r.reservation_id for r in reservations],
+            "users": [r.user for r in reservations],
+            "quantities": [r.quantity for r in reservations],
+            "reserved_at_ms": [r.reserved_at_ms for r in reservations],
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["import_settled"], params)
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def ping(self) -> None:
         async with self._conn() as conn:

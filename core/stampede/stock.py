@@ -10,7 +10,7 @@ raw Redis string.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from . import errors
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
@@ -154,6 +155,11 @@ def _s(value: Any) -> str:
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
     state, qty, ts, user = raw.split("|", 3)
     return ReservationRecord(reservation_id, state, int(qty), int(ts), user)
+
+
+def format_record(record: ReservationRecord) -> str:
+    """A reservation as the ``res`` hash holds it (what the Lua scripts write)."""
+    return f"{record.state}|{record.quantity}|{record.reserved_at_ms}|{record.user}"
 
 
 _CONFIRM = {
@@ -411,6 +417,73 @@ class StockEngine:
             out.append(parse_record(_s(rid), _s(raw)))
         return out
 
+    async def records(self, sale: str, reservation_ids: Sequence[str]) -> dict[str, ReservationRecord]:
+        """The listed reservations Redis holds (one HMGET); an id Redis does not hold is absent."""
+        ids = list(reservation_ids)
+        if not ids:
+            return {}
+        raws = await self._read(self.client.hmget(_keys(sale).reservations, ids))
+        return {rid: parse_record(rid, _s(raw)) for rid, raw in zip(ids, raws, strict=True) if raw is not None}
+
+    async def scan_reservations(self, sale: str, count: int = 5000) -> AsyncIterator[list[ReservationRecord]]:
+        """Every reservation of the sale in chunks of about ``count`` (HSCAN: Redis is never blocked, and
+        the caller holds one chunk at a time)."""
+        key, cursor = _keys(sale).reservations, 0
+        while True:
+            cursor, chunk = await self._read(self.client.hscan(key, cursor, count=count))
+            yield [parse_record(_s(rid), _s(raw)) for rid, raw in chunk.items()]
+            if cursor == 0:
+                return
+
+    async def pending_window(
+        self, sale: str, after_ms: int | None, cutoff_ms: int, limit: int
+    ) -> list[tuple[str, int]]:
+        """(id, reserved_at_ms) of pending reservations reserved after ``after_ms`` (exclusive; None: from
+        the oldest) and at or before ``cutoff_ms``, oldest first, at most ``limit``: the time-ordered set
+        read a window at a time."""
+        low = "-inf" if after_ms is None else f"({after_ms}"
+        rows = await self._read(
+            self.client.zrangebyscore(_keys(sale).pending, low, cutoff_ms, start=0, num=limit, withscores=True)
+        )
+        return [(_s(rid), int(score)) for rid, score in rows]
+
+    async def pending_after(self, sale: str, cutoff_ms: int) -> int:
+        """How many pending reservations were reserved after ``cutoff_ms``: the young ones, in flight."""
+        return int(await self._read(self.client.zcount(_keys(sale).pending, f"({cutoff_ms}", "+inf")))
+
+    async def _read(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+
+    async def import_settled(self, sale: str, records: Sequence[ReservationRecord]) -> None:
+        """Benchmark and test data only: writes reservations that are already settled (``confirmed`` or
+        ``released``) into a seeded sale with the counters they imply (remaining, confirmed, released, the
+        buyers' holdings), pipelined, so a sale of a million settled reservations is made in seconds. Not
+        atomic and not for a sale that is taking reservations."""
+        k = _keys(sale)
+        confirmed = released = 0
+        holds: dict[str, int] = {}
+        pipe = self.client.pipeline(transaction=False)
+        for r in records:
+            if r.state == STATE_CONFIRMED:
+                confirmed += r.quantity
+                holds[r.user] = holds.get(r.user, 0) + r.quantity
+            elif r.state == STATE_RELEASED:
+                released += r.quantity
+            else:
+                raise errors.InvalidArgument("state", f"only settled reservations are imported, not {r.state!r}")
+        mapping: dict[FieldT, EncodableT] = {r.reservation_id: format_record(r) for r in records}
+        if mapping:
+            pipe.hset(k.reservations, mapping=mapping)
+        for user, units in holds.items():
+            pipe.hincrby(k.holds, user, units)
+        pipe.hincrby(k.meta, "remaining", -confirmed)
+        pipe.hincrby(k.meta, "confirmed", confirmed)
+        pipe.hincrby(k.meta, "released", released)
+        await self._read(pipe.execute())
+
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
         ids = await self.client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit)
@@ -435,6 +508,7 @@ __all__ = [
     "SeedResult",
     "Snapshot",
     "StockEngine",
+    "format_record",
     "new_reservation_id",
     "reserve_call",
     "script_source",

@@ -92,6 +92,7 @@ class SaleMemo:
     invalid: str | None = None  # the last InvalidSpec message reported, so it is reported once
     deleting: bool = False  # set by finalize: the loop must not rebuild what deletion removes
     ensured: bool = False  # set by ensure: the loop starts once the sale has been seeded by this process
+    passes: reconcile.PassState = field(default_factory=reconcile.PassState)  # carried between reconcile passes
 
 
 async def open_deps(settings: OperatorSettings) -> Deps:
@@ -337,7 +338,12 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
             if snap is not None and snap.open != phase.open:
                 await deps.stock.set_open(name, phase.open)
             outcome = await reconcile.reconcile_once(
-                deps.ledger, deps.stock, sale, open_=phase.open, batch_max=deps.settings.reconcile_batch_max
+                deps.ledger,
+                deps.stock,
+                sale,
+                open_=phase.open,
+                batch_max=deps.settings.reconcile_batch_max,
+                state=memo.passes,
             )
             if outcome.snapshot is not None and outcome.snapshot.open != phase.open:
                 await deps.stock.set_open(name, phase.open)  # a rebuild or a restart may have reset it
