@@ -436,16 +436,25 @@ class StockEngine:
                 return
 
     async def pending_window(
-        self, sale: str, after_ms: int | None, cutoff_ms: int, limit: int
+        self, sale: str, after: tuple[int, str] | None, cutoff_ms: int, limit: int
     ) -> list[tuple[str, int]]:
-        """(id, reserved_at_ms) of pending reservations reserved after ``after_ms`` (exclusive; None: from
-        the oldest) and at or before ``cutoff_ms``, oldest first, at most ``limit``: the time-ordered set
-        read a window at a time."""
-        low = "-inf" if after_ms is None else f"({after_ms}"
-        rows = await self._read(
-            self.client.zrangebyscore(_keys(sale).pending, low, cutoff_ms, start=0, num=limit, withscores=True)
-        )
-        return [(_s(rid), int(score)) for rid, score in rows]
+        """(id, reserved_at_ms) of up to ``limit`` pending reservations reserved at or before ``cutoff_ms``,
+        in the set's order (time, then id), starting after the entry ``after`` = (reserved_at_ms, id) (None:
+        from the oldest): the time-ordered set read a window at a time. The entry ``after`` may have left
+        the set meanwhile; the window then starts where it would have been."""
+        key = _keys(sale).pending
+        start = 0
+        if after is not None:
+            score, member = after
+            rank = await self._read(self.client.zrank(key, member))
+            if rank is not None:
+                start = int(rank) + 1
+            else:
+                before = int(await self._read(self.client.zcount(key, "-inf", f"({score}")))
+                same = await self._read(self.client.zrangebyscore(key, score, score))
+                start = before + sum(1 for m in same if _s(m) <= member)
+        rows = await self._read(self.client.zrange(key, start, start + limit - 1, withscores=True))
+        return [(_s(rid), int(sc)) for rid, sc in rows if int(sc) <= cutoff_ms]
 
     async def pending_after(self, sale: str, cutoff_ms: int) -> int:
         """How many pending reservations were reserved after ``cutoff_ms``: the young ones, in flight."""

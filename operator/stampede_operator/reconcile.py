@@ -70,12 +70,13 @@ class Outcome:
 class PassState:
     """What a sale's passes carry from one to the next (kept in the sale's memo by the caller).
 
-    ``redis_after_ms``: where the next pass resumes reading the pending set (None: from the oldest). A pass
-    reads at most ``SCAN_MAX`` old pending reservations; when it read fewer, the next one starts over.
+    ``redis_after``: the (reserved_at_ms, id) of the pending-set entry the next pass resumes after (None:
+    from the oldest). A pass reads at most ``scan_max`` old pending reservations; when it read fewer, the
+    next one starts over.
     ``explained``: the counts of the last disagreement the reconciler streamed the sale for, and the
     reservations it named, reused while those counts stay the same."""
 
-    redis_after_ms: int | None = None
+    redis_after: tuple[int, str] | None = None
     explained: tuple[tuple[int, ...], int, list[healing.Unexplained]] | None = None
 
 
@@ -127,7 +128,7 @@ class View:
 
     obs: Observation
     snapshot: Snapshot | None
-    next_after_ms: int | None  # where the next pass resumes the pending set
+    next_after: tuple[int, str] | None  # where the next pass resumes the pending set
 
 
 async def observe(
@@ -136,7 +137,7 @@ async def observe(
     sale: str,
     grace_s: int,
     *,
-    after_ms: int | None = None,
+    after: tuple[int, str] | None = None,
     scan_max: int = SCAN_MAX,
 ) -> View:
     """The sale where something can be wrong: the ledger's counts and its suspect pending rows (with their
@@ -157,8 +158,8 @@ async def observe(
         obs = Observation(sale, now_ms, grace_ms, False, {}, rows, jobs, tally, 0)
         return View(obs, None, None)
     in_flight = await stock.pending_after(sale, cutoff)
-    window = await stock.pending_window(sale, after_ms, cutoff, scan_max)
-    next_after = window[-1][1] if len(window) >= scan_max else None
+    window = await stock.pending_window(sale, after, cutoff, scan_max)
+    next_after = (window[-1][1], window[-1][0]) if len(window) >= scan_max else None
     unseen = [rid for rid, _ in window if rid not in rows]
     if unseen:
         rows.update(_entries(await _fetch(ledger.pool, _q()["rows_by_id"], {"sale": sale, "ids": unseen}), jobs))
@@ -318,16 +319,16 @@ async def reconcile_once(
     healed: dict[str, int] = {}
     if await _snapshot(stock, sale) is None:
         healed = await rebuild_pass(ledger, stock, spec, open_=open_, batch_max=batch_max)
-        state.redis_after_ms = None
-    view = await observe(ledger, stock, sale, spec.grace_s, after_ms=state.redis_after_ms, scan_max=scan_max)
+        state.redis_after = None
+    view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
     plan = healing.decide(view.obs, batch_max=batch_max)
-    next_after = view.next_after_ms
+    next_after = view.next_after
     if plan.actions:
         for kind, n in (await apply(ledger, stock, spec, view.obs, plan, open_=open_)).items():
             healed[kind] = healed.get(kind, 0) + n
-        view = await observe(ledger, stock, sale, spec.grace_s, after_ms=state.redis_after_ms, scan_max=scan_max)
+        view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
         plan = healing.decide(view.obs, batch_max=batch_max)
-    state.redis_after_ms = next_after
+    state.redis_after = next_after
     obs, snap = view.obs, view.snapshot
     tally = obs.tally if obs.tally is not None else healing.tally(obs.ledger.values())
     unexplained = list(plan.unexplained)
