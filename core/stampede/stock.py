@@ -26,7 +26,7 @@ from redis.typing import EncodableT, FieldT
 from . import errors
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild")
+SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild", "suspects")
 
 
 @cache
@@ -108,6 +108,33 @@ class Snapshot:
     @property
     def balanced(self) -> bool:
         return self.total == self.remaining + self.pending + self.confirmed
+
+
+def _snapshot(sale: str, flat: Sequence[Any]) -> Snapshot:
+    """snapshot.lua's answer ({field, value, ...} of the meta hash and the set sizes) as a Snapshot."""
+    d = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return Snapshot(
+        sale=sale,
+        total=int(d["total"]),
+        remaining=int(d["remaining"]),
+        pending=int(d["pending"]),
+        confirmed=int(d["confirmed"]),
+        released=int(d.get("released", 0)),
+        open=d.get("open") == "1",
+        per_user_limit=int(d.get("limit", 1)),
+        pending_count=int(d["pending_count"]),
+        reservations=int(d["reservations"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SuspectView:
+    """What a reconcile pass reads of a sale in Redis (``StockEngine.suspects``)."""
+
+    now_ms: int  # Redis's clock
+    snapshot: Snapshot | None  # None: Redis does not know the sale
+    young: int  # pending reservations younger than the grace period: in flight
+    window: list[tuple[str, int]]  # (id, reserved_at_ms) of older pending reservations, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,19 +419,7 @@ class StockEngine:
         flat = await self._run("snapshot", [k.meta, k.pending, k.reservations], [])
         if not flat:
             raise errors.SaleNotFound(sale)
-        d = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return Snapshot(
-            sale=sale,
-            total=int(d["total"]),
-            remaining=int(d["remaining"]),
-            pending=int(d["pending"]),
-            confirmed=int(d["confirmed"]),
-            released=int(d.get("released", 0)),
-            open=d.get("open") == "1",
-            per_user_limit=int(d.get("limit", 1)),
-            pending_count=int(d["pending_count"]),
-            reservations=int(d["reservations"]),
-        )
+        return _snapshot(sale, flat)
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
         raw = await self.client.hget(_keys(sale).reservations, reservation_id)
@@ -435,30 +450,18 @@ class StockEngine:
             if cursor == 0:
                 return
 
-    async def pending_window(
-        self, sale: str, after: tuple[int, str] | None, cutoff_ms: int, limit: int
-    ) -> list[tuple[str, int]]:
-        """(id, reserved_at_ms) of up to ``limit`` pending reservations reserved at or before ``cutoff_ms``,
-        in the set's order (time, then id), starting after the entry ``after`` = (reserved_at_ms, id) (None:
-        from the oldest): the time-ordered set read a window at a time. The entry ``after`` may have left
-        the set meanwhile; the window then starts where it would have been."""
-        key = _keys(sale).pending
-        start = 0
-        if after is not None:
-            score, member = after
-            rank = await self._read(self.client.zrank(key, member))
-            if rank is not None:
-                start = int(rank) + 1
-            else:
-                before = int(await self._read(self.client.zcount(key, "-inf", f"({score}")))
-                same = await self._read(self.client.zrangebyscore(key, score, score))
-                start = before + sum(1 for m in same if _s(m) <= member)
-        rows = await self._read(self.client.zrange(key, start, start + limit - 1, withscores=True))
-        return [(_s(rid), int(sc)) for rid, sc in rows if int(sc) <= cutoff_ms]
-
-    async def pending_after(self, sale: str, cutoff_ms: int) -> int:
-        """How many pending reservations were reserved after ``cutoff_ms``: the young ones, in flight."""
-        return int(await self._read(self.client.zcount(_keys(sale).pending, f"({cutoff_ms}", "+inf")))
+    async def suspects(self, sale: str, grace_ms: int, after: tuple[int, str] | None, limit: int) -> SuspectView:
+        """What a reconcile pass reads of the sale, in one atomic step (``suspects.lua``): the clock, the
+        counters (None: Redis does not know the sale), the pending reservations younger than ``grace_ms``
+        (counted) and up to ``limit`` older ones (id, reserved_at_ms), in the set's order (time, then id),
+        after the entry ``after`` = (reserved_at_ms, id) (None: from the oldest)."""
+        k = _keys(sale)
+        score, member = ("", "") if after is None else (str(after[0]), after[1])
+        now, young, window, flat = await self._run(
+            "suspects", [k.meta, k.pending, k.reservations], [grace_ms, score, member, limit]
+        )
+        pairs = [(_s(window[i]), int(float(_s(window[i + 1])))) for i in range(0, len(window), 2)]
+        return SuspectView(int(now), _snapshot(sale, flat) if flat else None, int(young), pairs)
 
     async def _read(self, call: Awaitable[Any]) -> Any:
         try:
@@ -517,6 +520,7 @@ __all__ = [
     "SeedResult",
     "Snapshot",
     "StockEngine",
+    "SuspectView",
     "format_record",
     "new_reservation_id",
     "reserve_call",

@@ -32,7 +32,7 @@ import psycopg
 import psycopg_pool
 
 from stampede import errors, healing, metrics, sqlfiles
-from stampede.healing import LedgerEntry, Observation, Plan
+from stampede.healing import LedgerEntry, Observation, Plan, Tally
 from stampede.ledger import Ledger, batch_payload
 from stampede.names import QUEUE_SETTLE, REASON_LOST_BEFORE_ACK, TASK_SETTLE_BATCH
 from stampede.stock import Snapshot, StockEngine
@@ -51,6 +51,11 @@ EXPLAIN_KEEP = 100
 
 def _q() -> dict[str, str]:
     queries: dict[str, str] = sqlfiles.queries("healing.sql")
+    return queries
+
+
+def _ledger_q() -> dict[str, str]:
+    queries: dict[str, str] = sqlfiles.queries("ledger.sql")
     return queries
 
 
@@ -115,13 +120,6 @@ async def ledger_rows(pool: psycopg_pool.AsyncConnectionPool, sale: str) -> dict
     return (await ledger_rows_and_jobs(pool, sale))[0]
 
 
-async def _snapshot(stock: StockEngine, sale: str) -> Snapshot | None:
-    try:
-        return await stock.snapshot(sale)
-    except errors.SaleNotFound:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class View:
     """One partial observation and what came with it."""
@@ -140,32 +138,39 @@ async def observe(
     after: tuple[int, str] | None = None,
     scan_max: int = SCAN_MAX,
 ) -> View:
-    """The sale where something can be wrong: the ledger's counts and its suspect pending rows (with their
-    jobs' statuses, one statement), then Redis (counters, the young pending count, a window of the old
-    pending set), then each suspect on its other side. The ledger is read before Redis (see
-    ``healing.Observation``); the cutoff comes from Redis's clock, the one reservations are stamped with."""
-    now_ms = await stock.now_ms()
+    """The sale where something can be wrong, in two round trips when it is quiet: Redis (clock, counters,
+    the young pending count, a window of the old pending set: one script), then the ledger (its counts and
+    its suspect pending rows with their jobs' statuses, pipelined on one connection); then, only if there
+    are suspects, each on its other side. The cutoff comes from Redis's clock, the one reservations are
+    stamped with. Each suspect is seen on both sides whatever the order: a Redis reservation whose ledger
+    row appears after Redis was read is older than the grace period, so its writer is gone; a row settled in
+    between is fresh and left to its writer (``healing.decide``)."""
     grace_ms = grace_s * 1000
-    cutoff = now_ms - grace_ms
-    tally = await ledger.tally(sale)
+    red = await stock.suspects(sale, grace_ms, after, scan_max)
+    cutoff = red.now_ms - grace_ms
     jobs: dict[int, str] = {}
-    rows = _entries(
-        await _fetch(ledger.pool, _q()["suspect_pending"], {"sale": sale, "cutoff_ms": cutoff, "limit": scan_max}),
-        jobs,
-    )
-    snap = await _snapshot(stock, sale)
-    if snap is None:
-        obs = Observation(sale, now_ms, grace_ms, False, {}, rows, jobs, tally, 0)
-        return View(obs, None, None)
-    in_flight = await stock.pending_after(sale, cutoff)
-    window = await stock.pending_window(sale, after, cutoff, scan_max)
+    try:
+        async with ledger.pool.connection() as conn, conn.pipeline():
+            tally_cur = await conn.execute(_ledger_q()["tally"], {"sale": sale})
+            rows_cur = await conn.execute(
+                _q()["suspect_pending"], {"sale": sale, "cutoff_ms": cutoff, "limit": scan_max}
+            )
+            pending, confirmed, compensated = await tally_cur.fetchone() or (0, 0, 0)
+            rows = _entries(await rows_cur.fetchall(), jobs)
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+        raise errors.DependencyUnavailable("postgres", str(exc)) from exc
+    tally = Tally(int(pending), int(confirmed), int(compensated))
+    if red.snapshot is None:
+        return View(Observation(sale, red.now_ms, grace_ms, False, {}, rows, jobs, tally, 0), None, None)
+    window = red.window
     next_after = (window[-1][1], window[-1][0]) if len(window) >= scan_max else None
     unseen = [rid for rid, _ in window if rid not in rows]
     if unseen:
         rows.update(_entries(await _fetch(ledger.pool, _q()["rows_by_id"], {"sale": sale, "ids": unseen}), jobs))
-    redis = await stock.records(sale, list(rows.keys() | {rid for rid, _ in window}))
-    obs = Observation(sale, now_ms, grace_ms, True, redis, rows, jobs, tally, in_flight)
-    return View(obs, snap, next_after)
+    ids = rows.keys() | {rid for rid, _ in window}
+    redis = await stock.records(sale, sorted(ids)) if ids else {}
+    obs = Observation(sale, red.now_ms, grace_ms, True, redis, rows, jobs, tally, red.young)
+    return View(obs, red.snapshot, next_after)
 
 
 async def observe_lost(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -> Observation:
@@ -317,10 +322,11 @@ async def reconcile_once(
     state = state if state is not None else PassState()
     sale = spec.name
     healed: dict[str, int] = {}
-    if await _snapshot(stock, sale) is None:
+    view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
+    if view.snapshot is None:  # Redis lost the sale
         healed = await rebuild_pass(ledger, stock, spec, open_=open_, batch_max=batch_max)
         state.redis_after = None
-    view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
+        view = await observe(ledger, stock, sale, spec.grace_s, scan_max=scan_max)
     plan = healing.decide(view.obs, batch_max=batch_max)
     next_after = view.next_after
     if plan.actions:
