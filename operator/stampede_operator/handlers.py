@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,9 @@ Emit = Callable[[str, str, str], None]
 RETRY_DELAY_S = 5.0
 STATUS_WRITE_ATTEMPTS = 5
 ENSURE_WAIT_S = 0.5
+# A pass that changes nothing in the status writes it again (its lastReconcileTime) at most this often: an idle
+# sale costs no API write, and no watch event for every replica, on each pass.
+STATUS_REFRESH_S = 60.0
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 
@@ -93,6 +97,8 @@ class SaleMemo:
     deleting: bool = False  # set by finalize: the loop must not rebuild what deletion removes
     ensured: bool = False  # set by ensure: the loop starts once the sale has been seeded by this process
     passes: reconcile.PassState = field(default_factory=reconcile.PassState)  # carried between reconcile passes
+    # What the loop last wrote into the status (without its time) and when (monotonic); None: write next time.
+    status_written: tuple[str, float] | None = None
 
 
 async def open_deps(settings: OperatorSettings) -> Deps:
@@ -155,6 +161,7 @@ async def write_status(
 
 async def report_invalid(deps: Deps, memo: SaleMemo, name: str, namespace: str, exc: InvalidSpec, emit: Emit) -> None:
     """Ready=False with the reason, and one Warning Event per distinct problem."""
+    memo.status_written = None
     await write_status(
         deps,
         name,
@@ -302,6 +309,7 @@ async def ensure(
             )
             fields = set_phase({"stock": total, "observedGeneration": body["metadata"].get("generation")}, phase)
             await write_status(deps, name, namespace, fields, conds)
+            memo.status_written = None
             memo.phase = phase.phase
             memo.ensured = True
     except errors.DependencyUnavailable as exc:
@@ -350,11 +358,13 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
             await _report(deps, memo, sale, namespace, phase, outcome, emit)
     except errors.DependencyUnavailable as exc:
         metrics.OPERATOR_RECONCILE_ERRORS.labels(name, exc.code).inc()
+        memo.status_written = None
         log.warning("reconcile postponed: dependency unavailable", extra={**extra, "detail": str(exc)})
         await _safe_status(deps, name, namespace, "DependencyUnavailable", str(exc))
         return min(interval, RETRY_DELAY_S)
     except Exception as exc:  # the loop must outlive any bug: report and try again next tick
         metrics.OPERATOR_RECONCILE_ERRORS.labels(name, type(exc).__name__).inc()
+        memo.status_written = None
         log.exception("reconcile failed", extra=extra)
         await _safe_status(deps, name, namespace, "ReconcileError", f"{type(exc).__name__}: {exc}")
         return interval
@@ -412,7 +422,13 @@ async def _report(
             emit("Normal", "PhaseChanged", f"{memo.phase} -> {phase.phase}: {phase.reason}")
         log.info("phase", extra={"sale": name, "phase": phase.phase})
         memo.phase = phase.phase
+    written = json.dumps([{k: v for k, v in fields.items() if k != "lastReconcileTime"}, conds], sort_keys=True)
+    now = time.monotonic()
+    last = memo.status_written
+    if last is not None and last[0] == written and now - last[1] < STATUS_REFRESH_S:
+        return  # nothing changed: no write, no watch event
     await write_status(deps, name, namespace, fields, conds)
+    memo.status_written = (written, now)
 
 
 async def _conditions(deps: Deps, name: str, namespace: str) -> list[Mapping[str, Any]]:
