@@ -169,7 +169,16 @@ async def observe(
         rows.update(_entries(await _fetch(ledger.pool, _q()["rows_by_id"], {"sale": sale, "ids": unseen}), jobs))
     ids = rows.keys() | {rid for rid, _ in window}
     redis = await stock.records(sale, sorted(ids)) if ids else {}
-    obs = Observation(sale, red.now_ms, grace_ms, True, redis, rows, jobs, tally, red.young)
+    # An old Redis reservation its settler has just moved in the ledger is in flight too: Redis follows.
+    fresh = sum(
+        1
+        for rid, _ in window
+        if (row := rows.get(rid)) is not None
+        and row.status != healing.PENDING
+        and row.settled_age_ms is not None
+        and row.settled_age_ms < grace_ms
+    )
+    obs = Observation(sale, red.now_ms, grace_ms, True, redis, rows, jobs, tally, red.young + fresh)
     return View(obs, red.snapshot, next_after)
 
 
