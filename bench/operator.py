@@ -131,6 +131,29 @@ async def create_sales(namespace: str, names: list[str], big: dict[str, int]) ->
             await custom.create_namespaced_custom_object("stampede.dev", "v1alpha1", namespace, "flashsales", body)
 
 
+async def cleanup(namespace: str) -> None:
+    """Removes what the run made in the control plane (a Service holds one of its few ClusterIPs; with the
+    operator gone, a FlashSale's finalizer is dropped by hand). The namespace itself stays Terminating: the
+    local control plane has no controller to empty it."""
+    from kubernetes_asyncio import client, config
+
+    await config.load_kube_config()
+    async with client.ApiClient() as api:
+        core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+        for svc in (await core.list_namespaced_service(namespace)).items:
+            await core.delete_namespaced_service(svc.metadata.name, namespace)
+        for dep in (await apps.list_namespaced_deployment(namespace)).items:
+            await apps.delete_namespaced_deployment(dep.metadata.name, namespace)
+        coords = ("stampede.dev", "v1alpha1", namespace, "flashsales")
+        for fs in (await custom.list_namespaced_custom_object(*coords))["items"]:
+            name = fs["metadata"]["name"]
+            await custom.patch_namespaced_custom_object(
+                *coords, name, {"metadata": {"finalizers": None}}, _content_type="application/merge-patch+json"
+            )
+            await custom.delete_namespaced_custom_object(*coords, name)
+        await core.delete_namespace(namespace)
+
+
 async def reconciled(namespace: str) -> tuple[int, int]:
     """(sales with a lastReconcileTime, sales) in the namespace."""
     from kubernetes_asyncio import client, config
@@ -429,7 +452,10 @@ def main() -> None:
     namespace = f"bench-op-{uuid.uuid4().hex[:6]}"
     asyncio.run(create_sales(namespace, names, dict.fromkeys(big, ns.big_stock)))
     print(f"{len(names)} FlashSales in namespace {namespace}; operator ({ns.label}) starting", flush=True)
-    op = run_operator(ns, namespace, names, big)
+    try:
+        op = run_operator(ns, namespace, names, big)
+    finally:
+        asyncio.run(cleanup(namespace))
     print(json.dumps(op), flush=True)
     ps = run_passes(ns, big)
     result = {

@@ -32,7 +32,7 @@ import psycopg
 import psycopg_pool
 
 from stampede import errors, healing, metrics, sqlfiles
-from stampede.healing import LedgerEntry, Observation, Plan, Tally
+from stampede.healing import LedgerEntry, Observation, Plan
 from stampede.ledger import Ledger, batch_payload
 from stampede.names import QUEUE_SETTLE, REASON_LOST_BEFORE_ACK, TASK_SETTLE_BATCH
 from stampede.stock import Snapshot, StockEngine
@@ -51,11 +51,6 @@ EXPLAIN_KEEP = 100
 
 def _q() -> dict[str, str]:
     queries: dict[str, str] = sqlfiles.queries("healing.sql")
-    return queries
-
-
-def _ledger_q() -> dict[str, str]:
-    queries: dict[str, str] = sqlfiles.queries("ledger.sql")
     return queries
 
 
@@ -140,7 +135,7 @@ async def observe(
 ) -> View:
     """The sale where something can be wrong, in two round trips when it is quiet: Redis (clock, counters,
     the young pending count, a window of the old pending set: one script), then the ledger (its counts and
-    its suspect pending rows with their jobs' statuses, pipelined on one connection); then, only if there
+    its suspect pending rows with their jobs' statuses: one statement); then, only if there
     are suspects, each on its other side. The cutoff comes from Redis's clock, the one reservations are
     stamped with. Each suspect is seen on both sides whatever the order: a Redis reservation whose ledger
     row appears after Redis was read is older than the grace period, so its writer is gone; a row settled in
@@ -149,17 +144,8 @@ async def observe(
     red = await stock.suspects(sale, grace_ms, after, scan_max)
     cutoff = red.now_ms - grace_ms
     jobs: dict[int, str] = {}
-    try:
-        async with ledger.pool.connection() as conn, conn.pipeline():
-            tally_cur = await conn.execute(_ledger_q()["tally"], {"sale": sale})
-            rows_cur = await conn.execute(
-                _q()["suspect_pending"], {"sale": sale, "cutoff_ms": cutoff, "limit": scan_max}
-            )
-            pending, confirmed, compensated = await tally_cur.fetchone() or (0, 0, 0)
-            rows = _entries(await rows_cur.fetchall(), jobs)
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-        raise errors.DependencyUnavailable("postgres", str(exc)) from exc
-    tally = Tally(int(pending), int(confirmed), int(compensated))
+    tally, suspects = await ledger.suspects(sale, cutoff_ms=cutoff, limit=scan_max)
+    rows = _entries(suspects, jobs)
     if red.snapshot is None:
         return View(Observation(sale, red.now_ms, grace_ms, False, {}, rows, jobs, tally, 0), None, None)
     window = red.window

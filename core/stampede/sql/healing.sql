@@ -47,21 +47,9 @@ WITH job AS (
 )
 SELECT (SELECT id FROM job) AS job_id, (SELECT count(*) FROM upd) AS rows;
 
--- name: suspect_pending
--- Pending rows reserved before the cutoff (Redis clock) whose job will not settle them: it vanished,
--- finished, failed, was cancelled or aborted. Through the partial index of pending rows: costs what is
--- pending, not the sale. Oldest first, at most `limit`.
-SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
-       j.status::text AS job_status, NULL::bigint AS settled_age_ms
-  FROM stampede_ledger l
-  LEFT JOIN procrastinate_jobs j ON j.id = l.job_id
- WHERE l.sale = %(sale)s AND l.status = 'pending' AND l.reserved_at_ms <= %(cutoff_ms)s
-   AND (j.id IS NULL OR j.status::text NOT IN ('todo', 'doing', 'aborting'))
- ORDER BY l.reserved_at_ms
- LIMIT %(limit)s;
-
 -- name: rows_by_id
--- The listed reservations of a sale as healing needs them (the same columns as sale_rows).
+-- The listed reservations of a sale as healing needs them (the same columns as sale_rows, and as the
+-- suspects of ledger.sql's tally_and_suspects).
 SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
        j.status::text AS job_status,
        (extract(epoch FROM now() - l.settled_at) * 1000)::bigint AS settled_age_ms

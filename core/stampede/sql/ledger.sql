@@ -113,14 +113,34 @@ SELECT reservation_id::text, sale, quantity, status
   FROM stampede_ledger
  WHERE reservation_id = ANY(%(ids)s::uuid[]);
 
--- name: tally
--- Units of a sale by status without reading its settled rows: pending through the partial index,
--- confirmed/compensated from the totals the settling statements keep. One statement, one snapshot.
-SELECT (SELECT coalesce(sum(quantity), 0) FROM stampede_ledger WHERE sale = %(sale)s AND status = 'pending')::bigint,
-       coalesce(sum(confirmed), 0)::bigint,
-       coalesce(sum(compensated), 0)::bigint
-  FROM stampede_sale_totals
- WHERE sale = %(sale)s;
+-- name: tally_and_suspects
+-- Units of a sale by status without reading its settled rows (pending through the partial index of pending
+-- rows, confirmed/compensated from the totals the settling statements keep), and its suspect pending rows:
+-- reserved before the cutoff (Redis clock) and whose job will not settle them (vanished, finished, failed,
+-- cancelled or aborted), oldest first, at most `limit`, with what healing needs (healing.sql's row shape).
+-- One statement, one snapshot; every row carries the counts, and a sale without suspects gives one row whose
+-- row columns are NULL.
+WITH counts AS (
+    SELECT (SELECT coalesce(sum(quantity), 0) FROM stampede_ledger
+             WHERE sale = %(sale)s AND status = 'pending')::bigint AS pending,
+           coalesce(sum(confirmed), 0)::bigint AS confirmed,
+           coalesce(sum(compensated), 0)::bigint AS compensated
+      FROM stampede_sale_totals
+     WHERE sale = %(sale)s
+), suspects AS (
+    SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
+           j.status::text AS job_status, NULL::bigint AS settled_age_ms
+      FROM stampede_ledger l
+      LEFT JOIN procrastinate_jobs j ON j.id = l.job_id
+     WHERE l.sale = %(sale)s AND l.status = 'pending' AND l.reserved_at_ms <= %(cutoff_ms)s
+       AND (j.id IS NULL OR j.status::text NOT IN ('todo', 'doing', 'aborting'))
+     ORDER BY l.reserved_at_ms
+     LIMIT %(limit)s
+)
+SELECT c.pending, c.confirmed, c.compensated, s.*
+  FROM counts c
+  LEFT JOIN suspects s ON true
+ ORDER BY s.reserved_at_ms;
 
 -- name: import_settled
 -- Benchmark and test data only: rows that are already final, written in one statement together with their
