@@ -1,13 +1,10 @@
 -- What the reconciler reads instead of a sale's every row (ARCHITECTURE.md §2 step 4): its cost follows
 -- what changed, not the sale's size.
 --
--- 1. Pending rows through a partial index: in a healthy sale the pending set is what the workers have not
---    settled yet (small), so counting it and finding the old ones costs that set, not the sale. The index
---    names `status` in its predicate, so the pending -> final update is no longer a HOT update: the price
---    of reading pending rows without scanning the sale.
-CREATE INDEX stampede_ledger_pending ON stampede_ledger (sale, reserved_at_ms) INCLUDE (quantity, job_id)
-    WHERE status = 'pending';
-
+-- 1. Pending rows are read through the partial index of pending rows of migration 0003
+--    (stampede_ledger_pending_shard): in a healthy sale the pending set is what the workers have not settled
+--    yet (small), so counting it and finding the old ones costs that set, not the sale.
+--
 -- 2. Settled units per sale, kept by the statements that settle (Ledger.settle, the reconciler's
 --    record_lost) in the same statement as the rows they move, so the totals and the rows never disagree.
 --    Never updated by the API's batch transaction (that would serialize every batch of a sale on one row
