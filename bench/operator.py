@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -38,6 +39,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / ".run" / "bench"
+NAMESPACE = "bench-operator"  # fixed, so the large sales' ids (namespace/name) and data are kept across runs
 BIG_PREFIX = "bench-big-"
 SMALL_PREFIX = "bench-s"
 CHUNK = 50_000
@@ -111,7 +113,11 @@ async def create_sales(namespace: str, names: list[str], big: dict[str, int]) ->
             if any(c.type == "Established" and c.status == "True" for c in got.status.conditions or []):
                 break
             await asyncio.sleep(0.2)
-        await client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+        try:
+            await client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
         custom = client.CustomObjectsApi(api)
         now = dt.datetime.now(dt.UTC)
         for name in names:
@@ -133,8 +139,8 @@ async def create_sales(namespace: str, names: list[str], big: dict[str, int]) ->
 
 async def cleanup(namespace: str) -> None:
     """Removes what the run made in the control plane (a Service holds one of its few ClusterIPs; with the
-    operator gone, a FlashSale's finalizer is dropped by hand). The namespace itself stays Terminating: the
-    local control plane has no controller to empty it."""
+    operator gone, a FlashSale's finalizer is dropped by hand, so its Redis keys and ledger rows stay for the
+    next run). The namespace stays: the local control plane has no controller to empty a deleted one."""
     from kubernetes_asyncio import client, config
 
     await config.load_kube_config()
@@ -151,7 +157,6 @@ async def cleanup(namespace: str) -> None:
                 *coords, name, {"metadata": {"finalizers": None}}, _content_type="application/merge-patch+json"
             )
             await custom.delete_namespaced_custom_object(*coords, name)
-        await core.delete_namespace(namespace)
 
 
 async def reconciled(namespace: str) -> tuple[int, int]:
@@ -357,9 +362,12 @@ async def passes(sales: list[str], n: int, stock_total: int) -> dict[str, Any]:
     try:
         for _ in range(n):
             for sale in sales:
+                namespace, _, name = sale.rpartition("/")
                 spec = builders.SaleSpec(
-                    sale, "BENCH", stock_total, 1, now - dt.timedelta(minutes=1), now + dt.timedelta(hours=2)
+                    name, "BENCH", stock_total, 1, now - dt.timedelta(minutes=1), now + dt.timedelta(hours=2)
                 )
+                if namespace:  # sales are identified by namespace and name since the sale-identity change
+                    spec = dataclasses.replace(spec, namespace=namespace)
                 t = time.perf_counter()
                 outcome = await reconcile.reconcile_once(ledger, stock, spec, open_=True)
                 times.append(time.perf_counter() - t)
@@ -443,21 +451,25 @@ def main() -> None:
     from stampede.migrate import migrate
 
     asyncio.run(migrate(os.environ["STAMPEDE_DATABASE_URL"]))
+    from stampede.names import sale_id
+
     big = [f"{BIG_PREFIX}{ns.big_rows}-{i + 1}" for i in range(ns.big)]
     names = big + [f"{SMALL_PREFIX}{i:03d}" for i in range(ns.sales - ns.big)]
     t = time.monotonic()
-    for sale in big:
+    for name in big:
+        sale = sale_id(NAMESPACE, name)
         print(f"{sale}: {asyncio.run(seed_big(sale, ns.big_rows, ns.big_stock))}", flush=True)
     print(f"data ready in {time.monotonic() - t:.1f}s", flush=True)
-    namespace = f"bench-op-{uuid.uuid4().hex[:6]}"
+    namespace = NAMESPACE
+    asyncio.run(cleanup(namespace))  # what an interrupted run may have left
     asyncio.run(create_sales(namespace, names, dict.fromkeys(big, ns.big_stock)))
     print(f"{len(names)} FlashSales in namespace {namespace}; operator ({ns.label}) starting", flush=True)
     try:
-        op = run_operator(ns, namespace, names, big)
+        op = run_operator(ns, namespace, names, [sale_id(NAMESPACE, b) for b in big])
     finally:
         asyncio.run(cleanup(namespace))
     print(json.dumps(op), flush=True)
-    ps = run_passes(ns, big)
+    ps = run_passes(ns, [sale_id(NAMESPACE, b) for b in big])
     result = {
         "sales": len(names),
         "cpu_pct": op["cpu_pct"],

@@ -178,7 +178,7 @@ async def apply(
     ledger: Ledger, stock: StockEngine, spec: SaleSpec, obs: Observation, plan: Plan, *, open_: bool
 ) -> dict[str, int]:
     """Runs the plan's actions in order; returns reservations healed per action kind."""
-    sale = spec.name
+    sale = spec.id
     healed: dict[str, int] = {}
 
     def count(kind: str, n: int) -> None:
@@ -295,7 +295,7 @@ async def rebuild_pass(
 ) -> dict[str, int]:
     """Redis lost the sale: rebuild it from the ledger, with the ledger-driven healing of its pending rows
     (the one path that reads every row of the sale). Returns what it healed."""
-    obs = await observe_lost(ledger, stock, spec.name, spec.grace_s)
+    obs = await observe_lost(ledger, stock, spec.id, spec.grace_s)
     plan = healing.decide(obs, batch_max=batch_max)
     return await apply(ledger, stock, spec, obs, plan, open_=open_)
 
@@ -315,7 +315,7 @@ async def reconcile_once(
     pass of the sale to the next (a fresh one: start from the oldest, explain anew)."""
     started = time.monotonic()
     state = state if state is not None else PassState()
-    sale = spec.name
+    sale = spec.id
     healed: dict[str, int] = {}
     view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
     if view.snapshot is None:  # Redis lost the sale
