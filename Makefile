@@ -128,6 +128,11 @@ bench-pipeline: setup services-up ## a sale at full speed: API under gunicorn + 
 bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA of a trivial script, as a ratio
 	@$(SERVICES_ENV); $(PY) bench/stock.py
 
+.PHONY: bench-operator
+bench-operator: setup services-up ## operator idle over 100 sales (two of 1M settled rows): CPU, RSS, reconcile pass p99
+	@$(SERVICES_ENV); export KUBECONFIG="$$(hack/cluster.sh up 2>/dev/null | tail -n1)"; \
+	  $(PY) bench/operator.py $(BENCH_ARGS)
+
 .PHONY: bench-worker
 bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/16 vs a plain batched INSERT, and lag
 	@$(SERVICES_ENV); $(PY) bench/worker.py $(BENCH_ARGS)
