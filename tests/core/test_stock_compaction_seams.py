@@ -1,0 +1,70 @@
+"""Settled reservations leave the full-record hash for the compact store; every read by id or by scan, the
+idempotent replay (checked after the rate buckets) and the release that forgets its idempotency key must
+see them there, or a reservation settled in Redis would look missing to the reconciler."""
+
+from __future__ import annotations
+
+import pytest
+
+from stampede import errors
+from stampede.names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED
+from stampede.stock import Outcome, SaleConfig, StockEngine
+
+pytestmark = pytest.mark.redis
+
+
+async def test_replay_of_a_settled_key_returns_the_same_reservation(stock: StockEngine, sale: str) -> None:
+    await stock.seed(sale, SaleConfig(total=10, per_user_limit=5, buyer_rate=100, buyer_burst=100), open=True)
+    kept = await stock.reserve(sale, "alice", 2, idempotency_key="k-confirm")
+    gone = await stock.reserve(sale, "alice", 1, idempotency_key="k-release")
+    assert kept.reserved_at_ms is not None
+    assert await stock.confirm(sale, [kept.reservation_id]) == {kept.reservation_id: Outcome.CONFIRMED}
+    assert await stock.release(sale, [gone.reservation_id]) == {gone.reservation_id: Outcome.RELEASED}
+
+    again = await stock.reserve(sale, "alice", 2, idempotency_key="k-confirm")
+    assert (again.reservation_id, again.state, again.replay) == (kept.reservation_id, STATE_CONFIRMED, True)
+    again = await stock.reserve(sale, "alice", 1, idempotency_key="k-release")
+    assert (again.reservation_id, again.state, again.replay) == (gone.reservation_id, STATE_RELEASED, True)
+    with pytest.raises(errors.IdempotencyConflict):
+        await stock.reserve(sale, "alice", 3, idempotency_key="k-confirm")
+    snap = await stock.snapshot(sale)
+    assert (snap.remaining, snap.confirmed, snap.released, snap.pending) == (8, 2, 1, 0)
+
+
+async def test_release_that_forgets_the_key_works_on_compacted_records(stock: StockEngine, sale: str) -> None:
+    await stock.seed(sale, SaleConfig(total=10, per_user_limit=5), open=True)
+    first = await stock.reserve(sale, "bob", 1, idempotency_key="retry-me")
+    sold = await stock.reserve(sale, "bob", 1, idempotency_key="keep-me")
+    await stock.confirm(sale, [sold.reservation_id])
+    out = await stock.release(
+        sale,
+        [first.reservation_id, sold.reservation_id],
+        forget={first.reservation_id: ("bob", "retry-me"), sold.reservation_id: ("bob", "keep-me")},
+    )
+    assert out == {first.reservation_id: Outcome.RELEASED, sold.reservation_id: Outcome.REFUSED_CONFIRMED}
+    # Released twice (now from the compact store): still 'already', and the forgotten key stays forgotten.
+    again = await stock.release(sale, [first.reservation_id], forget={first.reservation_id: ("bob", "retry-me")})
+    assert again == {first.reservation_id: Outcome.ALREADY}
+    fresh = await stock.reserve(sale, "bob", 1, idempotency_key="retry-me")
+    assert not fresh.replay and fresh.reservation_id != first.reservation_id
+    kept = await stock.reserve(sale, "bob", 1, idempotency_key="keep-me")
+    assert kept.replay and kept.reservation_id == sold.reservation_id
+
+
+async def test_reads_by_id_scan_and_suspects_see_the_compact_store(stock: StockEngine, sale: str) -> None:
+    await stock.seed(sale, SaleConfig(total=100, per_user_limit=100), open=True)
+    made = [(await stock.reserve(sale, f"u{i}", 1)).reservation_id for i in range(90)]
+    await stock.confirm(sale, made[:40])
+    await stock.release(sale, made[40:70])
+    found = await stock.records(sale, [*made, "not-a-reservation"])
+    assert found is not None and found["not-a-reservation"] is None
+    states = [found[rid].state for rid in made]  # type: ignore[union-attr]
+    assert states == [STATE_CONFIRMED] * 40 + [STATE_RELEASED] * 30 + [STATE_PENDING] * 20
+
+    scanned = [r for chunk in [c async for c in stock.scan_reservations(sale, count=16)] for r in chunk]
+    assert sorted(r.reservation_id for r in scanned) == sorted(made)
+    assert {r.reservation_id: r.state for r in scanned} == {rid: found[rid].state for rid in made}  # type: ignore[union-attr]
+
+    view = await stock.suspects(sale, grace_ms=0, after=None, limit=1000)
+    assert view.snapshot is not None and view.snapshot.reservations == 90
+    assert sorted(rid for rid, _ in view.window) == sorted(made[70:])
