@@ -10,6 +10,13 @@ lets a 2-core box commit thousands of reservations a second.
 If the write fails, the batch's units go back to Redis at once (``release.lua``), their idempotency
 keys are forgotten so a retry with the same key reserves afresh, and every waiter gets
 ``DependencyUnavailable`` (503 with Retry-After). If even the release fails, the reconciler heals it.
+
+A write that waited on PostgreSQL longer than the reconciler's grace period can lose a race: the
+reconciler saw some of the batch's reservations in Redis with no ledger row, recorded them
+``lost_before_ack`` and gave their stock back. The write then commits around those rows (it keeps the
+first row of an id) and reports which ids it inserted; only those get their 202. The others get 503 with
+Retry-After like a failed write, their idempotency keys forgotten, their stock not released again (the
+reconciler did that).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ log = logging.getLogger("stampede_api.batcher")
 
 
 class BatchWriter(Protocol):
-    async def record_batch(self, reservations: Sequence[Any]) -> int: ...
+    async def record_batch(self, reservations: Sequence[Any]) -> Any: ...  # stampede.ledger.RecordedBatch
 
 
 @dataclass(slots=True)
@@ -102,8 +109,9 @@ class Batcher(SingleFlusher[_Item]):
             os._exit(70)
         t0 = time.perf_counter()
         failure: BaseException | None = None
+        inserted: frozenset[str] = frozenset()
         try:
-            await self._ledger.record_batch([i.reservation for i in batch])
+            inserted = (await self._ledger.record_batch([i.reservation for i in batch])).inserted
         except asyncio.CancelledError:
             failure = errors.DependencyUnavailable("postgresql", "write cancelled")
         except Exception as exc:  # any failure means nothing of the batch was committed
@@ -111,10 +119,25 @@ class Batcher(SingleFlusher[_Item]):
         metrics.API_BATCH_SIZE.observe(len(batch))
         metrics.API_BATCH_SECONDS.observe(time.perf_counter() - t0)
         if failure is None:
+            lost = [i for i in batch if i.reservation.reservation_id not in inserted]
+            if lost:
+                await self._release(lost, give_back=False)
             for item in batch:
-                self.inflight.pop(item.reservation.reservation_id, None)
-                if not item.future.done():
+                rid = item.reservation.reservation_id
+                self.inflight.pop(rid, None)
+                if item.future.done():
+                    continue
+                if rid in inserted:
                     item.future.set_result(None)
+                else:
+                    log.warning(
+                        "reservation recorded lost before this write committed; not acknowledged",
+                        extra={"sale": item.reservation.sale, "reservation_id": rid, "request_id": item.request_id},
+                    )
+                    item.future.set_exception(
+                        errors.DependencyUnavailable("postgresql", "the ledger write came after the reconciler")
+                    )
+                    item.future.exception()
             return
         log.error(
             "ledger batch write failed; releasing the batch",
@@ -130,15 +153,17 @@ class Batcher(SingleFlusher[_Item]):
                 # Retrieved here so an abandoned future (client gone) never logs "never retrieved".
                 item.future.exception()
 
-    async def _release(self, batch: Sequence[_Item]) -> None:
-        """Gives the units back and forgets the idempotency keys (so a retry is a fresh attempt)."""
+    async def _release(self, batch: Sequence[_Item], *, give_back: bool = True) -> None:
+        """Gives the units back and forgets the idempotency keys (so a retry is a fresh attempt). With
+        ``give_back=False`` only the keys are forgotten: the reconciler already released the units."""
         by_sale: dict[str, list[_Item]] = defaultdict(list)
         for item in batch:
             by_sale[item.reservation.sale].append(item)
         for sale, items in by_sale.items():
             ids = [i.reservation.reservation_id for i in items]
             try:
-                await self._stock.release(sale, ids)
+                if give_back:
+                    await self._stock.release(sale, ids)
                 keyed = [f"{i.reservation.user}\0{i.idempotency_key}" for i in items if i.idempotency_key]
                 if keyed:
                     await self._stock.client.hdel(sale_keys(sale).idempotency, *keyed)
@@ -149,5 +174,5 @@ class Batcher(SingleFlusher[_Item]):
                     extra={"sale": sale, "reservation_id": ids[0], "count": len(ids), "error": str(exc)},
                 )
             else:
-                for rid in ids:
+                for rid in ids if give_back else ():
                     log.warning("released after failed write", extra={"sale": sale, "reservation_id": rid})

@@ -54,6 +54,16 @@ class PendingReservation:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedBatch:
+    """What ``record_batch`` wrote. ``inserted`` holds the ids recorded ``pending`` by this write; an id of the
+    batch that is missing from it already had a row (the reconciler recorded it ``lost_before_ack`` and gave
+    its stock back while the write waited), so its request must not be answered 202."""
+
+    job: int  # the settle job of the first reservation's sale
+    inserted: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerRow:
     reservation_id: str
     sale: str
@@ -168,10 +178,11 @@ class Ledger:
 
     # --- the API's write --------------------------------------------------------------------------
 
-    async def record_batch(self, reservations: Sequence[PendingReservation]) -> int:
+    async def record_batch(self, reservations: Sequence[PendingReservation]) -> RecordedBatch:
         """Records the batch ``pending`` in one shard, joined to that shard's waiting settle job,
-        atomically. Returns the job of the first reservation's sale (a batch of several sales joins one job
-        per sale). A reservation id already in the ledger keeps its first row."""
+        atomically, in one statement. Returns the job of the first reservation's sale (a batch of several
+        sales joins one job per sale) and the ids it inserted. A reservation id already in the ledger keeps
+        its first row and is not among the inserted ids."""
         if not reservations:
             raise errors.InvalidArgument("reservations", "a batch holds at least one reservation")
         self._shard = (self._shard + 1) % self.settle_shards
@@ -188,10 +199,12 @@ class Ledger:
         try:
             async with self._conn() as conn:
                 cur = await conn.execute(self._q["record_batch"], params)
-                jobs = dict(await cur.fetchall())
+                result = await cur.fetchall()
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             raise errors.InvalidArgument("reservations", f"refused by the ledger: {exc}") from exc
-        return int(jobs[reservations[0].sale])
+        jobs = {sale: int(job) for sale, job, _ in result}
+        inserted = frozenset(rid for _, _, ids in result for rid in ids)
+        return RecordedBatch(jobs[reservations[0].sale], inserted)
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -208,7 +221,10 @@ class Ledger:
         """Every reservation of the sale, as the audit reads them."""
         async with self._conn() as conn:
             cur = await conn.execute(self._q["rows"], {"sale": sale})
-            return [audit.Row(rid, user, int(qty), status) for rid, user, qty, status in await cur.fetchall()]
+            return [
+                audit.Row(rid, user, int(qty), status, reason)
+                for rid, user, qty, status, reason in await cur.fetchall()
+            ]
 
     async def counts(self, sale: str) -> dict[str, int]:
         """Units by status, every status present (0 when none)."""

@@ -338,7 +338,7 @@ async def test_reconciler_redefers_a_deleted_job(
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
     batch = await reserve(stock, sid, 3)
-    job_id = await ledger.record_batch(batch)
+    job_id = (await ledger.record_batch(batch)).job
     await sql(ledger, "DELETE FROM procrastinate_jobs WHERE id = %s", job_id)
 
     async def redeferred() -> None:
@@ -390,7 +390,7 @@ async def test_reconciler_compensates_a_failed_job(
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
     batch = await reserve(stock, sid, 2)
-    job_id = await ledger.record_batch(batch)
+    job_id = (await ledger.record_batch(batch)).job
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", job_id)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", job_id)
     await eventually(status_where(cp, ns, sale, confirmed=0, reserved=0, remaining=10, compensated=2, drift=0))

@@ -102,7 +102,8 @@ class Harness:
         return out
 
     async def record(self, reservations: Sequence[PendingReservation], batch: int = 100) -> list[int]:
-        return [await self.ledger.record_batch(reservations[i : i + batch]) for i in range(0, len(reservations), batch)]
+        chunks = [reservations[i : i + batch] for i in range(0, len(reservations), batch)]
+        return [(await self.ledger.record_batch(chunk)).job for chunk in chunks]
 
     async def idle(self) -> bool:
         depth = await queue.queue_depth(self.pool)

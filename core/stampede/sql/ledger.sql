@@ -4,8 +4,9 @@
 -- name: record_batch
 -- One statement, so one round trip and its own transaction: the batch's pending rows, each sale's rows
 -- joining the waiting settle job of its (sale, shard) or a new one (function of migration 0003). A
--- reservation id already present keeps its first row. One row per sale of the batch: (sale, job id).
-SELECT job_sale, job
+-- reservation id already present keeps its first row and is not in `inserted` (migration 0004). One row per
+-- sale of the batch: (sale, job id, ids inserted pending).
+SELECT job_sale, job, inserted
   FROM stampede_record_batch(%(queue)s, %(task)s, %(shard)s, %(ids)s::uuid[], %(sales)s::text[],
                              %(users)s::text[], %(quantities)s::int[], %(reserved_at_ms)s::bigint[]);
 
@@ -47,7 +48,7 @@ ON CONFLICT (sale) DO UPDATE
        (EXCLUDED.sku, EXCLUDED.stock, EXCLUDED.per_user_limit, EXCLUDED.window_start, EXCLUDED.window_end);
 
 -- name: rows
-SELECT reservation_id::text, user_id, quantity, status
+SELECT reservation_id::text, user_id, quantity, status, reason
   FROM stampede_ledger
  WHERE sale = %(sale)s;
 
