@@ -15,8 +15,8 @@ A write that waited on PostgreSQL longer than the reconciler's grace period can 
 reconciler saw some of the batch's reservations in Redis with no ledger row, recorded them
 ``lost_before_ack`` and gave their stock back. The write then commits around those rows (it keeps the
 first row of an id) and reports which ids it inserted; only those get their 202. The others get 503 with
-Retry-After like a failed write, their idempotency keys forgotten, their stock not released again (the
-reconciler did that).
+Retry-After like a failed write and their idempotency keys are forgotten; the release is a no-op for
+their units (``already``), which the reconciler gave back.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stampede import errors, metrics
-from stampede.names import sale_keys
 from stampede.stock import StockEngine
-from stampede_api.flusher import SingleFlusher
+from stampede_api.flusher import SingleFlusher, fail
 
 log = logging.getLogger("stampede_api.batcher")
 
@@ -103,70 +102,126 @@ class Batcher(SingleFlusher[_Item]):
         if task is not None:
             await asyncio.wait({task}, timeout=30)
 
+    def _abandon(self, batch: list[_Item], exc: BaseException) -> None:
+        for item in batch:
+            self.inflight.pop(getattr(item.reservation, "reservation_id", ""), None)
+        super()._abandon(batch, exc)
+
     async def _flush(self, batch: list[_Item]) -> None:
         if self._fault_exit_after and self._submitted >= self._fault_exit_after:
             log.error("fault injection: exiting between reserve and ledger write", extra={"batch": len(batch)})
             os._exit(70)
         t0 = time.perf_counter()
-        failure: BaseException | None = None
-        inserted: frozenset[str] = frozenset()
-        try:
-            inserted = (await self._ledger.record_batch([i.reservation for i in batch])).inserted
-        except asyncio.CancelledError:
-            failure = errors.DependencyUnavailable("postgresql", "write cancelled")
-        except Exception as exc:  # any failure means nothing of the batch was committed
-            failure = exc
+        failure = await self._write(batch)
         metrics.API_BATCH_SIZE.observe(len(batch))
         metrics.API_BATCH_SECONDS.observe(time.perf_counter() - t0)
-        if failure is None:
-            lost = [i for i in batch if i.reservation.reservation_id not in inserted]
-            if lost:
-                await self._release(lost, give_back=False)
-            for item in batch:
-                rid = item.reservation.reservation_id
-                self.inflight.pop(rid, None)
-                if item.future.done():
-                    continue
-                if rid in inserted:
-                    item.future.set_result(None)
-                else:
-                    log.warning(
-                        "reservation recorded lost before this write committed; not acknowledged",
-                        extra={"sale": item.reservation.sale, "reservation_id": rid, "request_id": item.request_id},
-                    )
-                    item.future.set_exception(
-                        errors.DependencyUnavailable("postgresql", "the ledger write came after the reconciler")
-                    )
-                    item.future.exception()
+        if not isinstance(failure, BaseException):
+            await self._acknowledge(batch, failure)
             return
+        if not isinstance(failure, errors.DependencyUnavailable) and len(batch) > 1:
+            # Not the database's fault but something in the batch (a row PostgreSQL refuses, a value that
+            # cannot be encoded): write the halves apart, so only the entry at fault fails, alone.
+            log.warning(
+                "ledger refused a batch; writing its halves apart",
+                extra={"batch": len(batch), "error": str(failure), "request_id": batch[0].request_id},
+            )
+            await self._bisect(batch)
+            return
+        await self._fail(batch, failure)
+
+    async def _bisect(self, batch: list[_Item]) -> None:
+        for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+            failure = await self._write(half)
+            if not isinstance(failure, BaseException):
+                await self._acknowledge(half, failure)
+            elif isinstance(failure, errors.DependencyUnavailable) or len(half) == 1:
+                await self._fail(half, failure)
+            else:
+                await self._bisect(half)
+
+    async def _write(self, batch: list[_Item]) -> frozenset[str] | BaseException:
+        """One ledger transaction for the batch: the ids it inserted, or the failure (then nothing was
+        committed)."""
+        try:
+            written = await self._ledger.record_batch([i.reservation for i in batch])
+        except asyncio.CancelledError:
+            return errors.DependencyUnavailable("postgresql", "write cancelled")
+        except Exception as exc:
+            return exc
+        inserted: frozenset[str] = written.inserted
+        return inserted
+
+    async def _acknowledge(self, batch: list[_Item], inserted: frozenset[str]) -> None:
+        """202 for the ids this write inserted; 503 for the ones the reconciler recorded lost first."""
+        lost = [i for i in batch if i.reservation.reservation_id not in inserted]
+        if not lost:
+            self._answer(batch, None)
+            return
+        self._answer([i for i in batch if i.reservation.reservation_id in inserted], None)
+        for item in lost:
+            log.warning(
+                "reservation recorded lost before this write committed; not acknowledged",
+                extra={
+                    "sale": item.reservation.sale,
+                    "reservation_id": item.reservation.reservation_id,
+                    "request_id": item.request_id,
+                },
+            )
+        try:
+            await self._release(lost)  # forgets the keys; the units are already back ("already")
+        except Exception:
+            log.exception("forgetting the keys of lost reservations broke", extra={"batch": len(lost)})
+        self._answer(lost, errors.DependencyUnavailable("postgresql", "the ledger write came after the reconciler"))
+
+    def _answer(self, batch: list[_Item], exc: BaseException | None) -> None:
+        for item in batch:
+            self.inflight.pop(getattr(item.reservation, "reservation_id", ""), None)
+            if item.future.done():
+                continue
+            if exc is None:
+                item.future.set_result(None)
+            else:
+                fail(item.future, exc)
+
+    async def _fail(self, batch: list[_Item], failure: BaseException) -> None:
         log.error(
             "ledger batch write failed; releasing the batch",
             exc_info=failure if not isinstance(failure, errors.DependencyUnavailable) else None,
             extra={"batch": len(batch), "error": str(failure), "request_id": batch[0].request_id},
         )
-        await self._release(batch)
-        for item in batch:
-            metrics.API_DEFER_FAILURES.labels(item.reservation.sale).inc()
-            self.inflight.pop(item.reservation.reservation_id, None)
-            if not item.future.done():
-                item.future.set_exception(errors.DependencyUnavailable("postgresql", str(failure)))
-                # Retrieved here so an abandoned future (client gone) never logs "never retrieved".
-                item.future.exception()
+        try:
+            await self._release(batch)
+            for item in batch:
+                metrics.API_DEFER_FAILURES.labels(item.reservation.sale).inc()
+        except Exception:
+            # A malformed entry (a bug) must not keep its buyer, or the rest of the batch, waiting.
+            log.exception(
+                "releasing a failed batch broke; its waiters are answered anyway", extra={"batch": len(batch)}
+            )
+        if isinstance(failure, errors.DependencyUnavailable):
+            answer: errors.StampedeError = errors.DependencyUnavailable("postgresql", str(failure))
+        elif isinstance(failure, errors.InvalidArgument):
+            # One reservation the ledger refuses on its own: its buyer hears why, without internals.
+            answer = errors.InvalidArgument("reservation", "refused by the ledger")
+        else:
+            answer = errors.DependencyUnavailable("postgresql", f"{type(failure).__name__} writing the batch")
+        self._answer(batch, answer)
 
-    async def _release(self, batch: Sequence[_Item], *, give_back: bool = True) -> None:
-        """Gives the units back and forgets the idempotency keys (so a retry is a fresh attempt). With
-        ``give_back=False`` only the keys are forgotten: the reconciler already released the units."""
+    async def _release(self, batch: Sequence[_Item]) -> None:
+        """Gives the units back and forgets the idempotency keys (so a retry is a fresh attempt)."""
         by_sale: dict[str, list[_Item]] = defaultdict(list)
         for item in batch:
             by_sale[item.reservation.sale].append(item)
         for sale, items in by_sale.items():
             ids = [i.reservation.reservation_id for i in items]
+            forget = {
+                i.reservation.reservation_id: (i.reservation.user, i.idempotency_key)
+                for i in items
+                if i.idempotency_key
+            }
             try:
-                if give_back:
-                    await self._stock.release(sale, ids)
-                keyed = [f"{i.reservation.user}\0{i.idempotency_key}" for i in items if i.idempotency_key]
-                if keyed:
-                    await self._stock.client.hdel(sale_keys(sale).idempotency, *keyed)
+                # One script: the units back and the keys forgotten together, or neither.
+                await self._stock.release(sale, ids, forget=forget)
             except Exception as exc:
                 # The reconciler releases reservations that have no ledger row after its grace period.
                 log.error(
@@ -174,5 +229,5 @@ class Batcher(SingleFlusher[_Item]):
                     extra={"sale": sale, "reservation_id": ids[0], "count": len(ids), "error": str(exc)},
                 )
             else:
-                for rid in ids if give_back else ():
+                for rid in ids:
                     log.warning("released after failed write", extra={"sale": sale, "reservation_id": rid})
