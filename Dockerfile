@@ -23,6 +23,7 @@ COPY core ./core
 COPY app ./app
 COPY worker ./worker
 COPY operator ./operator
+COPY dev ./dev
 
 FROM build AS build-api
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[api]"

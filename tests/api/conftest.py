@@ -19,14 +19,26 @@ SECRET = "test-secret-" + "s" * 32
 
 
 @pytest.fixture(scope="session")
-def api_settings(redis_url: str, migrated_database_url: str) -> ApiSettings:
+def strategies_database_url(migrated_database_url: str) -> str:
+    """The migrated database plus the strategies' tables (`stampede migrate --with-strategies`)."""
+    import asyncio
+
+    from stampede.migrate import migrate
+    from stampede_api.strategies.schema import migration_files
+
+    asyncio.run(migrate(migrated_database_url, extra=migration_files()))
+    return migrated_database_url
+
+
+@pytest.fixture(scope="session")
+def api_settings(redis_url: str, strategies_database_url: str) -> ApiSettings:
     """Settings of the app under test: this worker's Redis db and migrated database (ledger, queue and
     strategy tables), strategies mounted."""
     return load(
         ApiSettings,
         env={},
         redis_url=redis_url,
-        database_url=migrated_database_url,
+        database_url=strategies_database_url,
         jwt_secret=SECRET,
         strategies_enabled=True,
         replay_wait_ms=300,

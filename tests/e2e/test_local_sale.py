@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.m
 def test_demo_sale_ends_with_a_clean_audit(services: dict[str, str], control_plane: object) -> None:
     env = {**os.environ, **services}
     res = subprocess.run(
-        [sys.executable, "-m", "stampede.demo", "--scenario", "smoke", "--stock", "300", "--buyers", "2000"],
+        [sys.executable, "-m", "stampede_dev.demo", "--scenario", "smoke", "--stock", "300", "--buyers", "2000"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,
     )
     out = res.stdout + res.stderr

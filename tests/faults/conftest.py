@@ -21,13 +21,13 @@ import httpx
 import pytest
 
 from stampede.audit import AuditReport
-from stampede.devstack import LocalStack
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
-from stampede.sale_audit import audit_sale
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 from stampede.tokens import mint
+from stampede_dev.devstack import LocalStack
+from stampede_dev.sale_audit import audit_sale
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "hack" / "services.sh"
@@ -130,7 +130,7 @@ class SaleRun:
         self.stack.operator(self.kubeconfig, name=name, namespace=self.namespace, priority=priority, env=self.env)
 
     def start_api(self, env: dict[str, str] | None = None) -> None:
-        from stampede.devstack import free_port
+        from stampede_dev.devstack import free_port
 
         self.api_port = self.api_port or free_port()
         self.stack.api(port=self.api_port, workers=2, env={**self.env, **(env or {})})
