@@ -35,11 +35,15 @@ test: setup tools ## set everything up on a fresh machine and run the whole suit
 
 ##@ Setup
 .PHONY: setup
-setup: ## create .venv with every component and the dev tools (re-runs only when pyproject.toml changes)
+setup: ## create .venv from the lock file requirements/dev.txt (re-runs only when it or pyproject.toml changes)
 	@hack/venv.sh
 
+.PHONY: lock
+lock: setup ## regenerate the lock files requirements/*.txt from pyproject.toml (UPGRADE=1 moves every pin)
+	@hack/lock.sh
+
 .PHONY: tools
-tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint) into .tools (cached)
+tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) into .tools (cached)
 	@hack/tools.sh all
 
 .PHONY: cluster-up cluster-down
@@ -138,12 +142,27 @@ KIND ?= go run sigs.k8s.io/kind@$(KIND_VERSION)
 KIND_NAMESPACE ?= stampede
 CHART := charts/stampede
 
+# IMAGE_CACHE_DIR=DIR builds with buildx, reading layers from DIR/<component> and writing them to DIR.new/<component>
+# (the kind workflow keeps DIR between runs, so an unchanged lock file reuses the dependency layers).
+IMAGE_CACHE_DIR ?=
+
 .PHONY: images
 images: ## build the api, worker and operator images from the Dockerfile (needs Docker; IMAGE_TAG, IMAGE_REGISTRY)
 	@for c in $(IMAGE_COMPONENTS); do \
 	  echo "==> building $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG)"; \
-	  $(DOCKER) build --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) . || exit 1; \
+	  if [ -n "$(IMAGE_CACHE_DIR)" ]; then \
+	    $(DOCKER) buildx build --load --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) \
+	      --cache-from type=local,src=$(IMAGE_CACHE_DIR)/$$c \
+	      --cache-to type=local,dest=$(IMAGE_CACHE_DIR).new/$$c,mode=max . || exit 1; \
+	  else \
+	    $(DOCKER) build --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) . || exit 1; \
+	  fi; \
 	done
+
+.PHONY: chart-docs
+chart-docs: ## regenerate charts/stampede/README.md from values.yaml comments (helm-docs; the suite checks it)
+	@"$$(hack/tools.sh path helm-docs)" --chart-search-root $(CHART) --template-files README.md.gotmpl \
+	  --sort-values-order file --log-level warning
 
 .PHONY: chart-crds
 chart-crds: ## copy crds/flashsale.yaml into the chart (tests/chart checks they are equal; files/k6 links to k6/)

@@ -1,4 +1,4 @@
-"""The ledger: PostgreSQL rows that decide every reservation's outcome (ARCHITECTURE.md §2).
+"""The ledger: PostgreSQL rows that decide every reservation's outcome (docs/architecture.md, "Order of truth").
 
 ``record_batch`` is the durable write behind every 202: in ONE statement (hence one transaction and one
 round trip) it defers a single ``settle_batch`` job for the whole micro-batch through procrastinate's own

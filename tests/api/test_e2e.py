@@ -1,7 +1,7 @@
 """End to end over real HTTP: gunicorn (uvicorn workers) serving the API and a settle worker, on loopback.
 
-A spike of concurrent buyers against a small stock, then the audit of ARCHITECTURE.md §3 on the ledger;
-the four strategies raced the same way (v1 oversells, v2-v4 do not); schemathesis against /openapi.json.
+A spike of concurrent buyers against a small stock, then the audit of the invariants (docs/architecture.md) on the
+ledger; the four strategies raced the same way (v1 oversells, v2-v4 do not); schemathesis against /openapi.json.
 """
 
 from __future__ import annotations

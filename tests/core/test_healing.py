@@ -1,4 +1,4 @@
-"""The reconciler's decisions (stampede.healing), by value: every rule of ARCHITECTURE.md §2 step 4 from
+"""The reconciler's decisions (stampede.healing), by value: every rule of the reconciler (docs/architecture.md) from
 an observation built in memory."""
 
 from __future__ import annotations

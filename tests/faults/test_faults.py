@@ -1,6 +1,6 @@
 """Each scenario runs a real sale (operator, gunicorn API, worker, Redis, PostgreSQL, kube-apiserver, all
 processes on loopback) under 200 concurrent buyers, injects one fault mid-sale, lets the system heal, and
-ends with the audit of ARCHITECTURE.md §3: 0 oversold, every 202 exactly one ledger row that ended
+ends with the audit of the invariants (docs/architecture.md): 0 oversold, every 202 exactly one ledger row that ended
 confirmed or compensated, per-user limit held, drift 0 as the reconciler reports it."""
 
 from __future__ import annotations

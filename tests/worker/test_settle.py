@@ -1,5 +1,5 @@
 """settle_batch end to end with an in-process procrastinate worker over the real Redis and PostgreSQL:
-every test ends with the audit of ARCHITECTURE.md §3 (and Redis agreeing with the ledger)."""
+every test ends with the audit of the invariants in docs/architecture.md (and Redis agreeing with the ledger)."""
 
 from __future__ import annotations
 

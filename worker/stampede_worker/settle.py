@@ -1,6 +1,6 @@
 """Settling one batch of reservations: the logic of the ``settle_batch`` job, free of procrastinate.
 
-The ledger decides, Redis follows (ARCHITECTURE.md §2). For a batch this means:
+The ledger decides, Redis follows (docs/architecture.md, "Order of truth"). For a batch this means:
 
 1. read each reservation's state in Redis (one pipeline for the batch): a reservation Redis released or
    does not know cannot be honoured, so it is compensated on its own, never taking its neighbours along;
