@@ -162,7 +162,7 @@ images: ## build the api, worker and operator images from the Dockerfile (needs 
 .PHONY: chart-docs
 chart-docs: ## regenerate charts/stampede/README.md from values.yaml comments (helm-docs; the suite checks it)
 	@"$$(hack/tools.sh path helm-docs)" --chart-search-root $(CHART) --template-files README.md.gotmpl \
-	  --sort-values-order file --log-level warning
+	  --sort-values-order file --skip-version-footer --log-level warning
 
 .PHONY: chart-crds
 chart-crds: ## copy crds/flashsale.yaml into the chart (tests/chart checks they are equal; files/k6 links to k6/)

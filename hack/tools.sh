@@ -237,8 +237,7 @@ build_helm_docs() { # OUT
     local gobin
     mktemp_tracked -d
     gobin="$REPLY"
-    GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w -X main.version=$HELM_DOCS_VERSION" \
-        "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"
+    GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"
     mv "$gobin/helm-docs" "$1"
 }
 
