@@ -39,7 +39,7 @@ setup: ## create .venv from the lock file requirements/dev.txt (re-runs only whe
 	@hack/venv.sh
 
 .PHONY: lock
-lock: setup ## regenerate the lock files requirements/*.txt from pyproject.toml (UPGRADE=1 moves every pin)
+lock: ## regenerate the lock files requirements/*.txt from pyproject.toml (UPGRADE=1 moves every pin)
 	@hack/lock.sh
 
 .PHONY: tools

@@ -12,8 +12,17 @@
 # Set UPGRADE=1 to move every pin to the newest version pyproject.toml allows (otherwise pins are kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# uv from the venv (a dev dependency), else from PATH, else the locked version installed into .venv: a change of
+# pyproject.toml can make `make setup` refuse the venv until the lock follows, so locking must not need it.
 UV=${UV:-.venv/bin/uv}
-[[ -x "$UV" ]] || UV="$(command -v uv)" || { echo "lock.sh: no uv (make setup installs it)" >&2; exit 1; }
+if [[ ! -x "$UV" ]]; then
+    if command -v uv >/dev/null; then
+        UV="$(command -v uv)"
+    else
+        [[ -x .venv/bin/python ]] || "${PYTHON:-python3}" -m venv .venv
+        .venv/bin/python -m pip install -q "uv==$(sed -n 's/^uv==\([^ ]*\) .*/\1/p' requirements/dev.txt)"
+    fi
+fi
 upgrade=()
 if [[ "${UPGRADE:-0}" == 1 ]]; then upgrade=(--upgrade); fi
 compile() { # OUT ARGS...

@@ -18,7 +18,11 @@ echo "==> installing the locked dependencies ($LOCK) into .venv"
 .venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
 echo "==> installing stampede (editable)"
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-.venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
+if ! .venv/bin/python -m pip check >/dev/null; then
+  .venv/bin/python -m pip check || true
+  echo "venv.sh: pyproject.toml asks for what $LOCK does not hold: run \`make lock\`, then \`make setup\`" >&2
+  exit 1
+fi
 rm -f .venv/.stamp-*
 touch "$stamp"
 echo "==> .venv ready"
