@@ -124,8 +124,14 @@ def _migrate(ns: argparse.Namespace) -> int:
     extra: list[tuple[str, str]] = []
     if ns.with_strategies:
         # Only here: the API's strategies are a demonstration, so their tables exist only where asked for.
-        from stampede_api.strategies.schema import migration_files
-
+        try:
+            from stampede_api.strategies.schema import migration_files
+        except ImportError as exc:
+            print(
+                f"stampede migrate: --with-strategies needs the API's dependencies (the api extra): {exc}",
+                file=sys.stderr,
+            )
+            return 2
         extra = migration_files()
     try:
         result = asyncio.run(migrate(url, extra=extra))

@@ -98,6 +98,21 @@ def test_migrate_with_strategies_on_the_command_line(fresh_database_url: str) ->
     assert "strategy_products" in _tables(fresh_database_url)
 
 
+def test_with_strategies_without_the_api_dependencies_is_a_clear_error() -> None:
+    """In an image without the API's dependencies (the operator's), the option fails with a message, not a
+    traceback, before touching any database."""
+    code = (
+        "import sys\n"
+        "sys.modules['falcon'] = None\n"  # as if the api extra were not installed
+        "from stampede_dev.cli import main\n"
+        "sys.exit(main(['migrate', '--with-strategies', '--database-url', 'postgresql://127.0.0.1:9/none']))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("stampede migrate: --with-strategies needs the API's dependencies")
+    assert "Traceback" not in res.stderr
+
+
 def test_extra_migrations_cannot_take_a_core_name() -> None:
     core_name = plan()[-1][0]
     with pytest.raises(MigrationError, match=core_name):
