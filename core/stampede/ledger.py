@@ -4,7 +4,7 @@
 round trip) it inserts the batch's ``pending`` rows into one shard of their sale and stamps them with the
 settle job of that (sale, shard): the one already waiting, or a new one deferred through procrastinate's
 own SQL function. Either rows and job both exist or neither does, and a sale never has more than one job
-waiting per shard, however many batches arrive (settling is coalesced, ARCHITECTURE.md §2).
+waiting per shard, however many batches arrive (docs/architecture.md, "Coalesced settling").
 
 A settle job takes the shard's pending rows in chunks with ``claim`` (``FOR UPDATE SKIP LOCKED`` inside a
 transaction, so a job killed mid-chunk leaves its rows pending and unlocked) and moves them with
