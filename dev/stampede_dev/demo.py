@@ -22,7 +22,7 @@ from pathlib import Path
 
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
-from stampede.names import CRD_PLURAL
+from stampede.names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                 ledger = await Ledger.open(settings)
                 stock = StockEngine.from_url(settings.redis_url)
                 try:
-                    report, lag, waited = await audit_sale(ledger, stock, sale, acknowledged=k6_accepted(summary))
+                    report, lag, waited = await audit_sale(
+                        ledger, stock, sale_id(DEFAULT_NAMESPACE, sale), acknowledged=k6_accepted(summary)
+                    )
                 finally:
                     await stock.close()
                     await ledger.close()

@@ -93,7 +93,7 @@ async def apply(
     ledger: Ledger, stock: StockEngine, spec: SaleSpec, obs: Observation, plan: Plan, *, open_: bool
 ) -> dict[str, int]:
     """Runs the plan's actions in order; returns reservations healed per action kind."""
-    sale = spec.name
+    sale = spec.id
     healed: dict[str, int] = {}
 
     def count(kind: str, n: int) -> None:
@@ -170,16 +170,16 @@ async def reconcile_once(
 ) -> Outcome:
     """Observe, heal, observe again; the second observation gives the counts and the drift."""
     started = time.monotonic()
-    obs, _ = await observe(ledger, stock, spec.name, spec.grace_s)
+    obs, _ = await observe(ledger, stock, spec.id, spec.grace_s)
     plan = healing.decide(obs, batch_max=batch_max)
     healed: dict[str, int] = {}
     if plan.actions:
         healed = await apply(ledger, stock, spec, obs, plan, open_=open_)
-        obs, snap = await observe(ledger, stock, spec.name, spec.grace_s)
+        obs, snap = await observe(ledger, stock, spec.id, spec.grace_s)
         plan = healing.decide(obs, batch_max=batch_max)
     else:
         try:
-            snap = await stock.snapshot(spec.name)
+            snap = await stock.snapshot(spec.id)
         except errors.SaleNotFound:
             snap = None
     if snap is None:
@@ -189,8 +189,8 @@ async def reconcile_once(
         if not snap.balanced:
             drift += abs(snap.total - (snap.remaining + snap.pending + snap.confirmed))
     seconds = time.monotonic() - started
-    metrics.OPERATOR_RECONCILE_SECONDS.labels(spec.name).observe(seconds)
-    metrics.OPERATOR_DRIFT.labels(spec.name).set(drift)
+    metrics.OPERATOR_RECONCILE_SECONDS.labels(spec.id).observe(seconds)
+    metrics.OPERATOR_DRIFT.labels(spec.id).set(drift)
     tally = healing.tally(obs.ledger.values())
     if snap is not None:
         for state, units in (
@@ -199,7 +199,7 @@ async def reconcile_once(
             ("confirmed", snap.confirmed),
             ("compensated", tally.compensated),
         ):
-            metrics.OPERATOR_STOCK.labels(spec.name, state).set(units)
+            metrics.OPERATOR_STOCK.labels(spec.id, state).set(units)
     return Outcome(snap, tally, drift, healed, plan.unexplained, seconds)
 
 

@@ -33,7 +33,8 @@ def strategies_database_url(migrated_database_url: str) -> str:
 @pytest.fixture(scope="session")
 def api_settings(redis_url: str, strategies_database_url: str) -> ApiSettings:
     """Settings of the app under test: this worker's Redis db and migrated database (ledger, queue and
-    strategy tables), strategies mounted."""
+    strategy tables), strategies mounted. Sales are addressed by their bare id (no namespace), so a test
+    seeds and reads a sale under the name it buys from; test_namespaces.py covers namespaced APIs."""
     return load(
         ApiSettings,
         env={},
@@ -41,6 +42,7 @@ def api_settings(redis_url: str, strategies_database_url: str) -> ApiSettings:
         database_url=strategies_database_url,
         jwt_secret=SECRET,
         strategies_enabled=True,
+        sale_namespace="",
         replay_wait_ms=300,
         db_pool_max=8,
     )

@@ -71,6 +71,23 @@ async def test_postgres_down_for_ten_seconds(sale_run) -> None:
     assert outcome.statuses.get(503, 0) > 0, outcome.statuses
 
 
+async def test_postgres_killed_mid_sale(sale_run) -> None:
+    """A crash, not a clean stop: the postmaster and its backends SIGKILLed mid-sale, started again 5 s later
+    (crash recovery from the WAL). A 202 is sent only after its commit, so recovery keeps every one of them."""
+    start_all(sale_run)
+
+    async def fault() -> None:
+        killed = await asyncio.to_thread(sale_run.services.kill_postgres)
+        assert killed > 1  # the postmaster and its backends
+        await asyncio.sleep(5)
+        await asyncio.to_thread(sale_run.services.do, "start-postgres")
+
+    outcome = await sale_run.buyers(requests=3000, rate=100, fault_at=0.05, fault=fault)
+    report, heal = await sale_run.settle_and_audit(outcome)
+    check(sale_run, "PostgreSQL SIGKILL, restarted", outcome, report, heal)
+    assert outcome.statuses.get(503, 0) > 0, outcome.statuses
+
+
 async def test_redis_restarted_without_persistence(sale_run) -> None:
     start_all(sale_run)
 
@@ -91,7 +108,8 @@ async def test_api_killed_between_reserve_and_record(sale_run) -> None:
     # The orphans were found by the reconciler, released, and recorded as lost before the 202.
     with psycopg.connect(sale_run.services.env["STAMPEDE_DATABASE_URL"]) as conn:
         lost = conn.execute(
-            "SELECT count(*) FROM stampede_ledger WHERE sale = %s AND reason = 'lost_before_ack'", (sale_run.name,)
+            "SELECT count(*) FROM stampede_ledger WHERE sale = %s AND reason = 'lost_before_ack'",
+            (sale_run.sale_id,),
         ).fetchone()
     assert lost is not None
     assert lost[0] > 0

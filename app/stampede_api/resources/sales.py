@@ -10,7 +10,7 @@ from __future__ import annotations
 import falcon.asgi
 
 from stampede import errors, metrics
-from stampede.names import SALE_NAME_RE
+from stampede.names import SALE_NAME_RE, sale_id
 from stampede.stock import Snapshot
 from stampede_api.services import Services
 
@@ -31,8 +31,8 @@ class Sale:
         if not SALE_NAME_RE.match(sale):
             raise errors.SaleNotFound(sale[:64])
         stock, _, _ = self.s.require()
-        snap = await stock.snapshot(sale)
-        metrics.API_STOCK_REMAINING.labels(sale).set(snap.remaining)
+        snap = await stock.snapshot(sale_id(self.s.settings.sale_namespace, sale))
+        metrics.API_STOCK_REMAINING.labels(snap.sale).set(snap.remaining)
         resp.media = {
             "sale": sale,
             "phase": phase(snap),
