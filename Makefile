@@ -22,7 +22,7 @@ burst: setup services-up ## race 1,000 reserves by 300 buyers for 100 units agai
 	@$(SERVICES_ENV); $(VENV)/bin/stampede burst --sale burst --stock 100 --buyers 300 --attempts 1000
 
 .PHONY: demo-down
-demo-down: ## stop the demo's services and control plane
+demo-down: ## stop the demo's services and control plane (PostgreSQL's data is deleted)
 	-@hack/cluster.sh down
 	-@hack/services.sh down
 
@@ -55,7 +55,7 @@ cluster-down: ## stop it
 .PHONY: services-up services-down services-status
 services-up: ## start the project's own Redis and PostgreSQL on free loopback ports
 	@hack/services.sh up
-services-down: ## stop them
+services-down: ## stop them and delete PostgreSQL's data
 	@hack/services.sh down
 services-status: ## show them
 	@hack/services.sh status
@@ -119,6 +119,11 @@ bench-api: setup services-up ## buy API under gunicorn vs a Falcon hello route: 
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	@$(SERVICES_ENV); $(PY) bench/api.py $(BENCH_ARGS)
 
+.PHONY: bench-protocols
+bench-protocols: setup services-up ## request-head protocols: bounded httptools (the API's) and h11 vs plain httptools (wrk)
+	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	@$(SERVICES_ENV); $(PY) bench/protocols.py $(BENCH_ARGS)
+
 .PHONY: bench-pipeline
 bench-pipeline: setup services-up ## a sale at full speed: API under gunicorn + settle workers during wrk load, vs hello
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -127,6 +132,11 @@ bench-pipeline: setup services-up ## a sale at full speed: API under gunicorn + 
 .PHONY: bench-stock
 bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA of a trivial script, as a ratio
 	@$(SERVICES_ENV); $(PY) bench/stock.py
+
+.PHONY: bench-operator
+bench-operator: setup services-up ## operator idle over 100 sales (two of 1M settled rows): CPU, RSS, reconcile pass p99
+	@$(SERVICES_ENV); export KUBECONFIG="$$(hack/cluster.sh up 2>/dev/null | tail -n1)"; \
+	  $(PY) bench/operator.py $(BENCH_ARGS)
 
 .PHONY: bench-worker
 bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/16 vs a plain batched INSERT, and lag
@@ -192,6 +202,7 @@ kind-down: ## delete the kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: clean
-clean: ## stop services and remove local state (.run); keeps .venv and .tools
+clean: ## stop the control plane and services, remove local state (.run and PostgreSQL's data); keeps .venv, .tools
+	-@hack/cluster.sh down
 	-@hack/services.sh down
 	rm -rf .run

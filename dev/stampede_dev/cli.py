@@ -13,10 +13,12 @@ import asyncio
 import importlib.metadata
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from stampede.errors import StampedeError
 from stampede.names import DEFAULT_NAMESPACE, SALE_ID_SEPARATOR, check_sale, sale_id
+from stampede.redact import scrub
 from stampede.settings import Common, SettingsError, load
 
 Handler = Callable[[argparse.Namespace], int]
@@ -121,7 +123,8 @@ def _migrate_args(p: argparse.ArgumentParser) -> None:
 def _migrate(ns: argparse.Namespace) -> int:
     from stampede.migrate import migrate
 
-    url = ns.database_url or load(Common).database_url
+    # Validated (and so reported without its password) like the variable, whichever way it came.
+    url = load(Common, **({"database_url": ns.database_url} if ns.database_url else {})).database_url
     extra: list[tuple[str, str]] = []
     if ns.with_strategies:
         # Only here: the API's strategies are a demonstration, so their tables exist only where asked for.
@@ -235,13 +238,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    # Messages are scrubbed: a driver's error may quote a connection URL, password included.
     try:
         return int(ns.fn(ns))
     except SettingsError as exc:
-        print(f"stampede: configuration error: {exc}", file=sys.stderr)
+        print(f"stampede: configuration error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     except StampedeError as exc:
-        print(f"stampede {ns.cmd}: {exc}", file=sys.stderr)
+        print(f"stampede {ns.cmd}: {scrub(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception:  # a bug or a driver's refusal: the traceback, scrubbed
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
         return 1
 
 

@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import json
 import os
-import socket
 import sys
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from stampede.ledger import Ledger, PendingReservation
 from stampede.names import sale_id, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
+from stampede_dev.devstack import free_port
 
 if TYPE_CHECKING:
     from tests.controller.conftest import ControlPlane, OperatorProcess
@@ -62,12 +62,6 @@ def operator(start_operator: Callable[..., OperatorProcess], op_namespace: str, 
     return start_operator(
         op_namespace, "operator", standalone="true", drift_confirmations="1", operator_metrics_port=str(metrics_port)
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -512,6 +506,16 @@ async def test_metrics_are_exported(
     body = await eventually(scrape)
     assert "stampede_operator_drift_units{sale=" in body
     assert "# HELP stampede_operator_healed_total" in body
+    assert f'stampede_operator_stock_units{{sale="{op_namespace}/{sale}"' in body
+    # A deleted sale leaves no series behind (it once kept all but drift for ever).
+    control_plane.kubectl("delete", "fs", sale, "-n", op_namespace, "--wait=false", check=True)
+
+    def forgotten() -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
+            left = [line for line in rsp.read().decode().splitlines() if f'sale="{op_namespace}/{sale}"' in line]
+        assert left == [], left[:5]
+
+    await eventually(forgotten)
 
 
 async def test_a_deployment_of_an_older_version_loses_its_envfrom(
