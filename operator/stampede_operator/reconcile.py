@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from stampede import errors, healing, metrics, sqlfiles
+from stampede import errors, healing, metrics, restore, sqlfiles
 from stampede.healing import LedgerEntry, Observation, Plan
 from stampede.ledger import Ledger, batch_payload
 from stampede.names import QUEUE_SETTLE, REASON_LOST_BEFORE_ACK, TASK_SETTLE_BATCH
@@ -105,9 +105,8 @@ async def apply(
         ids = list(action.reservation_ids)
         extra = {"sale": sale, "action": action.kind, "reservations": len(ids)}
         if action.kind == "rebuild":
-            result = await stock.rebuild(sale, spec.sale_config, open_, healing.rebuild_records(obs.ledger.values()))
-            log.warning("rebuilt the sale in Redis from the ledger", extra={**extra, "outcome": result.outcome})
-            count("rebuild", 1 if result.outcome == "rebuilt" else 0)
+            result = await restore.restore_sale(ledger, stock, sale)
+            count("rebuild", 1 if result.outcome == restore.RESTORED else 0)
         elif action.kind == "compensate_lost":
             recs = [obs.redis[i] for i in ids]
             won_rows = await _fetch(
@@ -168,13 +167,20 @@ def batch_payload_for(sale: str, ids: list[str]) -> dict[str, Any]:
 async def reconcile_once(
     ledger: Ledger, stock: StockEngine, spec: SaleSpec, *, open_: bool, batch_max: int = 1000
 ) -> Outcome:
-    """Observe, heal, observe again; the second observation gives the counts and the drift."""
+    """Restore the sale first if Redis lost it (no key, or another Redis run_id than it was restored under:
+    a restart or failover may have lost its tail), then observe, heal, observe again; the second
+    observation gives the counts and the drift."""
     started = time.monotonic()
+    healed: dict[str, int] = {}
+    why = await restore.lost(stock, spec.name)
+    if why is not None and (await restore.restore_sale(ledger, stock, spec.name, reason=why)).outcome == "restored":
+        healed["rebuild"] = 1
+        metrics.OPERATOR_HEALED.labels(spec.name, "rebuild").inc()
     obs, _ = await observe(ledger, stock, spec.name, spec.grace_s)
     plan = healing.decide(obs, batch_max=batch_max)
-    healed: dict[str, int] = {}
     if plan.actions:
-        healed = await apply(ledger, stock, spec, obs, plan, open_=open_)
+        for kind, n in (await apply(ledger, stock, spec, obs, plan, open_=open_)).items():
+            healed[kind] = healed.get(kind, 0) + n
         obs, snap = await observe(ledger, stock, spec.name, spec.grace_s)
         plan = healing.decide(obs, batch_max=batch_max)
     else:
@@ -201,6 +207,18 @@ async def reconcile_once(
         ):
             metrics.OPERATOR_STOCK.labels(spec.name, state).set(units)
     return Outcome(snap, tally, drift, healed, plan.unexplained, seconds)
+
+
+async def phase_counts(ledger: Ledger, stock: StockEngine, spec: SaleSpec) -> tuple[Snapshot | None, int, int]:
+    """The sale's snapshot, and the remaining and reserved units its phase is decided on: Redis's, or while
+    Redis lost the sale, the ledger's (so a sold-out sale stays SoldOut while it is restored, no flapping)."""
+    try:
+        snap = await stock.snapshot(spec.name)
+    except errors.SaleNotFound:
+        counts = await ledger.counts(spec.name)
+        reserved = counts[healing.PENDING]
+        return None, spec.stock - reserved - counts[healing.CONFIRMED], reserved
+    return snap, snap.remaining, snap.pending
 
 
 async def unfinished_jobs(ledger: Ledger, sale: str) -> int:

@@ -11,8 +11,9 @@ The ledger decides, Redis follows (ARCHITECTURE.md §2). For a batch this means:
    and 3 is exactly what heals it, and stock is never returned twice).
 
 A reservation Redis released or does not hold is compensated and the job succeeds (all decided); a
-payload that names no real reservations, a sale that is not a sale name or a sale Redis does not know is
-bad input: what it holds is settled (compensated), then the job fails with a clear log line.
+payload that names no real reservations, a sale that is not a sale name or a sale neither Redis nor the
+ledger knows is bad input: what it holds is settled (compensated), then the job fails with a clear log
+line. A sale the ledger knows but Redis lost is restored first (``stampede.restore``), never compensated.
 
 Errors are sorted into transient (Redis or PostgreSQL unreachable, serialization failure: raise
 ``Transient`` so procrastinate retries with backoff) and everything else (a refused script, a bug:
@@ -33,7 +34,7 @@ import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stampede import errors, metrics
+from stampede import errors, metrics, restore
 from stampede.ledger import COMPENSATED, CONFIRMED, PAYLOAD_VERSION, PENDING, Ledger, Settled, Settlement
 from stampede.names import STATE_RELEASED, sale_keys
 from stampede.stock import Outcome, StockEngine, parse_record
@@ -167,6 +168,34 @@ async def redis_states(stock: StockEngine, by_sale: Mapping[str, Sequence[str]])
     return out
 
 
+async def restore_lost_sales(
+    by_sale: Mapping[str, Sequence[str]],
+    states: dict[str, tuple[str, str | None]],
+    *,
+    ledger: Ledger,
+    stock: StockEngine,
+) -> dict[str, tuple[str, str | None]]:
+    """A sale Redis does not know but the ledger does was lost by Redis (restart, failover), not removed:
+    it is restored from the ledger (or the restore this process runs is joined) and its reservations are
+    read again, so its pending rows are confirmed. While another process restores it the batch is retried
+    later (``SaleRestoring`` is transient). Only a sale the ledger does not know, or that was deleted,
+    stays ``unknown_sale`` and is compensated."""
+    unknown = sorted({sale for sale, state in states.values() if state == REASON_UNKNOWN_SALE})
+    again: dict[str, Sequence[str]] = {}
+    for sale in unknown:
+        result = await restore.restore_sale(ledger, stock, sale)
+        if result.outcome == restore.BUSY:
+            raise errors.SaleRestoring(sale)
+        if result.outcome != restore.GONE:
+            again[sale] = by_sale[sale]
+    if not again:
+        return states
+    fresh = await redis_states(stock, again)
+    if any(state == REASON_UNKNOWN_SALE for _, state in fresh.values()):
+        raise errors.SaleRestoring(next(sale for sale, state in fresh.values() if state == REASON_UNKNOWN_SALE))
+    return {**states, **fresh}
+
+
 def decide(batch: Batch, states: Mapping[str, tuple[str, str | None]]) -> list[Settlement]:
     """The wanted outcome of every reservation of the batch from what Redis holds."""
     wanted: list[Settlement] = []
@@ -243,6 +272,7 @@ async def _settle(
 ) -> Report:
     report = Report(problems=list(batch.problems))
     states = await redis_states(stock, batch.by_sale) if batch.by_sale else {}
+    states = await restore_lost_sales(batch.by_sale, states, ledger=ledger, stock=stock)
     wanted = decide(batch, states)
     rows = await ledger.settle(wanted, attempt=attempt)
     unmoved = [r.reservation_id for r in rows if r.status == PENDING]

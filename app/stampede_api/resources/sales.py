@@ -3,13 +3,14 @@
 The phase uses the FlashSale's vocabulary, read from Redis alone: ``Live`` (open, units left),
 ``SoldOut``, ``Scheduled`` (not open, nothing reserved yet) or ``Ended`` (closed after taking
 reservations). The operator's FlashSale status stays the authority on the lifecycle (windows, drift).
+A sale Redis lost but the ledger knows answers 503 with Retry-After while it is restored, never 404.
 """
 
 from __future__ import annotations
 
 import falcon.asgi
 
-from stampede import errors, metrics
+from stampede import errors, metrics, restore
 from stampede.names import SALE_NAME_RE
 from stampede.stock import Snapshot
 from stampede_api.services import Services
@@ -30,8 +31,11 @@ class Sale:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sale: str) -> None:
         if not SALE_NAME_RE.match(sale):
             raise errors.SaleNotFound(sale[:64])
-        stock, _, _ = self.s.require()
-        snap = await stock.snapshot(sale)
+        stock, ledger, _ = self.s.require()
+        try:
+            snap = await stock.snapshot(sale)
+        except errors.SaleNotFound:
+            await restore.sale_lost(ledger, stock, sale)  # 503 while it is restored; 404 if the ledger agrees
         metrics.API_STOCK_REMAINING.labels(sale).set(snap.remaining)
         resp.media = {
             "sale": sale,
