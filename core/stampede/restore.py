@@ -85,6 +85,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
     done = False
     try:
         source = await ledger.restore_source(sale)
+        ledger_s = time.monotonic() - started
         if source is None or source.deleted:
             return Restore(GONE)
         pending = sum(q for _, _, q, status, _ in source.rows if status == PENDING)
@@ -126,6 +127,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
                     "confirmed": result.confirmed,
                     "rows": len(records),
                     "seconds": round(seconds, 4),
+                    "ledger_seconds": round(ledger_s, 4),
                 },
             )
         outcome = BUSY if result.outcome == "lost_lock" else result.outcome
