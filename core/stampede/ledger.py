@@ -259,7 +259,7 @@ class Ledger:
         async with self._conn() as conn:
             await conn.execute(self._q["mark_sale_deleted"], {"sale": sale})
 
-    async def restore_source(self, sale: str, *, settle_writes_s: float = 2.0) -> RestoreSource | None:
+    async def restore_source(self, sale: str, *, settle_writes_s: float = 1.0) -> RestoreSource | None:
         """The sale's row and all its reservations, read in one snapshot; None if the ledger does not know
         the sale. It first waits (at most ``settle_writes_s``) until the writes in progress when it was
         called have ended: a reservation the lost Redis accepted whose row is being committed right now must
