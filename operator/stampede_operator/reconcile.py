@@ -173,9 +173,11 @@ async def reconcile_once(
     started = time.monotonic()
     healed: dict[str, int] = {}
     why = await restore.lost(stock, spec.name)
-    if why is not None and (await restore.restore_sale(ledger, stock, spec.name, reason=why)).outcome == "restored":
-        healed["rebuild"] = 1
-        metrics.OPERATOR_HEALED.labels(spec.name, "rebuild").inc()
+    if why is not None:
+        restored = await restore.restore_sale(ledger, stock, spec.name, reason=why)
+        if restored.outcome == restore.RESTORED:
+            healed["rebuild"] = 1
+            metrics.OPERATOR_HEALED.labels(spec.name, "rebuild").inc()
     obs, _ = await observe(ledger, stock, spec.name, spec.grace_s)
     plan = healing.decide(obs, batch_max=batch_max)
     if plan.actions:
