@@ -114,6 +114,11 @@ bench-api: setup services-up ## buy API under gunicorn vs a Falcon hello route: 
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	@$(SERVICES_ENV); $(PY) bench/api.py $(BENCH_ARGS)
 
+.PHONY: bench-pipeline
+bench-pipeline: setup services-up ## a sale at full speed: API under gunicorn + settle workers during wrk load, vs hello
+	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	@$(SERVICES_ENV); $(PY) bench/pipeline.py $(BENCH_ARGS)
+
 .PHONY: bench-stock
 bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA of a trivial script, as a ratio
 	@$(SERVICES_ENV); $(PY) bench/stock.py

@@ -90,7 +90,7 @@ class Server:
         )
 
     def wait(self, path: str) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded shared machine can take long to import and fork
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"gunicorn exited: see {self.log.name}")
@@ -142,7 +142,9 @@ def wrk(base: str, path: str, token_file: Path, ns: argparse.Namespace, duration
 
 def status_counts(base: str, route: str) -> Counter[str]:
     """Answers by status of ``POST route`` as the API's own metrics count them (every worker), plus the
-    micro-batch counters (``batches``, ``batched``, ``batch_ms``)."""
+    micro-batch counters (``batches``, ``batched``, ``batch_ms``). Waits first for the API workers' request
+    counts to reach the shared metrics (each folds its own in every 0.25 s, stampede_api.tally)."""
+    time.sleep(0.6)
     text = httpx.get(base + "/metrics", timeout=10).text
     out: Counter[str] = Counter()
     for ln in text.splitlines():

@@ -31,6 +31,7 @@ from .resources.reservations import ReservationItem, SaleReservations
 from .resources.sales import Sale
 from .resources.strategies import StrategyBuy
 from .services import Services
+from .tally import TALLY
 
 log = logging.getLogger("stampede_api")
 
@@ -52,6 +53,7 @@ class Lifespan:
 
             s.ledger = await Ledger.open(cfg)
             s.owned.append("ledger")
+        TALLY.start()
         s.batcher = Batcher(s.ledger, s.stock, max_batch=cfg.batch_max, fault_exit_after=cfg.fault_exit_after_reserves)
         s.reserver = ReserveCoalescer(s.stock, sold_out_cache_ms=cfg.sold_out_cache_ms)
         if cfg.strategies_enabled and s.strategies is None:
@@ -72,6 +74,7 @@ class Lifespan:
             await s.batcher.close()
         if s.reserver is not None:
             await s.reserver.close()
+        await TALLY.stop()
         for name in reversed(s.owned):
             try:
                 if name == "stock" and s.stock is not None:

@@ -23,6 +23,7 @@ from stampede.stock import Reservation, StockEngine
 
 from .batcher import Batcher
 from .errors import ApiError
+from .tally import TALLY
 
 log = logging.getLogger("stampede_api.purchase")
 
@@ -36,14 +37,14 @@ def _count(sale: str, outcome: str) -> None:
     child = _outcomes.get((sale, outcome))
     if child is None:
         child = _outcomes[(sale, outcome)] = metrics.API_RESERVATIONS.labels(sale, outcome)
-    child.inc()
+    TALLY.inc(child)
 
 
 def _set_remaining(sale: str, remaining: int) -> None:
     child = _remaining.get(sale)
     if child is None:
         child = _remaining[sale] = metrics.API_STOCK_REMAINING.labels(sale)
-    child.set(remaining)
+    TALLY.set(child, remaining)
 
 
 class LedgerReader(Protocol):

@@ -1,11 +1,15 @@
 """The ledger: PostgreSQL rows that decide every reservation's outcome (ARCHITECTURE.md §2).
 
 ``record_batch`` is the durable write behind every 202: in ONE statement (hence one transaction and one
-round trip) it defers a single ``settle_batch`` job for the whole micro-batch through procrastinate's own
-SQL function ``procrastinate_defer_jobs_v1`` and inserts the batch's ``pending`` rows with one
-``INSERT … SELECT FROM unnest(…)`` stamped with that job's id. Either both exist or neither does.
-The worker settles rows with ``settle`` (one ``UPDATE … FROM unnest(…)`` per batch); a status moves only
-out of ``pending``, enforced by the WHERE clauses here and by a trigger in the schema.
+round trip) it inserts the batch's ``pending`` rows into one shard of their sale and stamps them with the
+settle job of that (sale, shard): the one already waiting, or a new one deferred through procrastinate's
+own SQL function. Either rows and job both exist or neither does, and a sale never has more than one job
+waiting per shard, however many batches arrive (settling is coalesced, ARCHITECTURE.md §2).
+
+A settle job takes the shard's pending rows in chunks with ``claim`` (``FOR UPDATE SKIP LOCKED`` inside a
+transaction, so a job killed mid-chunk leaves its rows pending and unlocked) and moves them with
+``Claim.settle``, the same statement as ``settle``. ``settle`` is the one statement that moves rows: a
+status moves only out of ``pending``, enforced by its WHERE clause and by a trigger in the schema.
 
 The pool is opened with ``Ledger.open`` after the process forks (gunicorn worker, ASGI lifespan, the
 procrastinate worker) and never shared across processes.
@@ -14,7 +18,7 @@ procrastinate worker) and never shared across processes.
 from __future__ import annotations
 
 import asyncio
-import json
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -33,8 +37,11 @@ CONFIRMED = "confirmed"
 COMPENSATED = "compensated"
 PENDING = "pending"
 
-# Version of the settle_batch job payload; the worker refuses (and compensates) versions it does not know.
+# Versions of the settle_batch job payload; the worker refuses (and compensates) versions it does not know.
+# v1 lists reservation ids by sale (the reconciler's re-deferrals); v2 names one shard of one sale, whose
+# pending rows the job claims (the API's writes).
 PAYLOAD_VERSION = 1
+PAYLOAD_SHARD_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,24 @@ class Settled:
     lag_s: float | None  # ledger write -> settled, for the rows this call moved
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A pending row a settle job holds locked until its claim ends."""
+
+    reservation_id: str
+    sale: str
+    quantity: int
+
+
+class Claim:
+    """Rows of one shard locked by one transaction (``Ledger.claim``): pass it to ``Ledger.settle`` to
+    move them on that transaction."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], rows: list[Claimed]) -> None:
+        self.conn = conn
+        self.rows = rows
+
+
 def batch_payload(reservations: Sequence[PendingReservation]) -> dict[str, Any]:
     """The settle_batch job's arguments: reservation ids grouped by sale (the worker needs the sale to
     reach the reservation in Redis before it moves the ledger; everything else is in the ledger)."""
@@ -118,8 +143,13 @@ def _unavailable(exc: BaseException) -> errors.DependencyUnavailable:
 class Ledger:
     """Typed access to the ledger tables over one async psycopg pool (per process)."""
 
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool) -> None:
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool, *, settle_shards: int = 4) -> None:
+        if settle_shards < 1:
+            raise errors.InvalidArgument("settle_shards", "at least one shard")
         self.pool = pool
+        self.settle_shards = settle_shards
+        # Batches of this process go round the shards, starting at a random one so processes spread.
+        self._shard = random.randrange(settle_shards)
         self._q = sqlfiles.queries("ledger.sql")
 
     @classmethod
@@ -139,7 +169,7 @@ class Ledger:
         except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
             await pool.close()
             raise _unavailable(exc) from exc
-        return cls(pool)
+        return cls(pool, settle_shards=settings.settle_shards)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -159,14 +189,16 @@ class Ledger:
     # --- the API's write --------------------------------------------------------------------------
 
     async def record_batch(self, reservations: Sequence[PendingReservation]) -> int:
-        """Records the batch ``pending`` and defers one settle_batch job carrying it, atomically.
-        Returns the job id. A reservation id already in the ledger keeps its first row."""
+        """Records the batch ``pending`` in one shard, joined to that shard's waiting settle job,
+        atomically. Returns the job of the first reservation's sale (a batch of several sales joins one job
+        per sale). A reservation id already in the ledger keeps its first row."""
         if not reservations:
             raise errors.InvalidArgument("reservations", "a batch holds at least one reservation")
+        self._shard = (self._shard + 1) % self.settle_shards
         params = {
             "queue": QUEUE_SETTLE,
             "task": TASK_SETTLE_BATCH,
-            "args": json.dumps(batch_payload(reservations), separators=(",", ":")),
+            "shard": self._shard,
             "ids": [r.reservation_id for r in reservations],
             "sales": [r.sale for r in reservations],
             "users": [r.user for r in reservations],
@@ -176,11 +208,10 @@ class Ledger:
         try:
             async with self._conn() as conn:
                 cur = await conn.execute(self._q["record_batch"], params)
-                row = await cur.fetchone()
+                jobs = dict(await cur.fetchall())
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             raise errors.InvalidArgument("reservations", f"refused by the ledger: {exc}") from exc
-        assert row is not None
-        return int(row[0])
+        return int(jobs[reservations[0].sale])
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -300,10 +331,19 @@ class Ledger:
 
     # --- settling (the worker, the reconciler) ----------------------------------------------------
 
-    async def settle(self, settlements: Sequence[Settlement], *, attempt: int) -> list[Settled]:
+    async def settle(
+        self,
+        settlements: Sequence[Settlement],
+        *,
+        attempt: int,
+        job_id: int | None = None,
+        claim: Claim | None = None,
+    ) -> list[Settled]:
         """Moves each listed reservation still ``pending`` to its wanted outcome in ONE statement and
         returns the status of every listed reservation the ledger holds (ids it does not hold are
-        absent). Rows already final keep their outcome: the first writer decided."""
+        absent). Rows already final keep their outcome: the first writer decided. ``job_id``, when
+        given, is stamped on the rows moved (the settle job that decided them); ``claim`` runs the
+        statement on that claim's transaction (the rows it holds locked)."""
         if not settlements:
             return []
         params = {
@@ -312,11 +352,39 @@ class Ledger:
             "outcomes": [s.outcome for s in settlements],
             "reasons": [s.reason for s in settlements],
             "attempt": attempt,
+            "job_id": job_id,
         }
-        async with self._conn() as conn:
-            cur = await conn.execute(self._q["settle"], params)
+        if claim is not None:
+            cur = await claim.conn.execute(self._q["settle"], params)
             rows = await cur.fetchall()
+        else:
+            async with self._conn() as conn:
+                cur = await conn.execute(self._q["settle"], params)
+                rows = await cur.fetchall()
         return [Settled(rid, sale, int(qty), status, bool(moved), lag) for rid, sale, qty, status, moved, lag in rows]
+
+    async def settle_barrier(self, sale: str, shard: int) -> None:
+        """Waits until every writer that joined a waiting settle job of (sale, shard) has committed: a
+        settle job calls this once before its first ``claim``, so it sees every row that joined it."""
+        async with self._conn() as conn:
+            await conn.execute(self._q["settle_barrier"], {"sale": sale, "shard": shard})
+
+    @asynccontextmanager
+    async def claim(self, sale: str, shard: int, limit: int) -> AsyncIterator[Claim]:
+        """Up to ``limit`` pending rows of (sale, shard), oldest first, locked by a transaction that
+        commits when the block ends (rolls back on an exception or when the process dies, leaving the
+        rows pending and free for the next claim). Rows another claim holds are skipped."""
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q["claim"], {"sale": sale, "shard": shard, "limit": limit})
+            rows = [Claimed(rid, s, int(qty)) for rid, s, qty in await cur.fetchall()]
+            yield Claim(conn, rows)
+
+    async def settled_of_job(self, job_id: int) -> list[Settled]:
+        """The rows a settle job moved (``moved`` False): what a re-run of the job replays to Redis."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["settled_of_job"], {"job_id": job_id})
+            rows = await cur.fetchall()
+        return [Settled(rid, sale, int(qty), status, False, None) for rid, sale, qty, status in rows]
 
     async def current(self, reservation_ids: Sequence[str]) -> list[Settled]:
         """The status of each listed reservation now (``moved`` False): what another writer decided."""
@@ -337,8 +405,11 @@ class Ledger:
 __all__ = [
     "COMPENSATED",
     "CONFIRMED",
+    "PAYLOAD_SHARD_VERSION",
     "PAYLOAD_VERSION",
     "PENDING",
+    "Claim",
+    "Claimed",
     "Ledger",
     "LedgerRow",
     "PendingReservation",

@@ -43,6 +43,11 @@ WORKER_JOB_SECONDS = Histogram(
     "time to run one settle_batch job",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+WORKER_CLAIM_SIZE = Histogram(
+    "stampede_worker_claim_size",
+    "pending rows one claim of a coalesced settle job took (grows with load, up to the claim limit)",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+)
 WORKER_SETTLE_LAG = Histogram(
     "stampede_worker_settle_lag_seconds",
     "ledger write (the 202) to settled, per reservation",

@@ -41,15 +41,16 @@ async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 def make_pool(settings: Common, *, max_size: int | None = None) -> psycopg_pool.AsyncConnectionPool:
-    """An unopened pool of autocommit connections checked on checkout (a connection PostgreSQL closed
-    is replaced, not handed out). Every statement the queue and the ledger send is atomic on its own."""
+    """An unopened pool of autocommit connections. Every statement the queue and the ledger send is atomic
+    on its own. No check on checkout (it cost a round trip per statement, 18% of a busy worker): a
+    connection PostgreSQL closed fails its statement, which the caller treats as transient, and the pool
+    drops it when it comes back broken."""
     return psycopg_pool.AsyncConnectionPool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=max(settings.db_pool_max, max_size or 0),
         timeout=settings.db_timeout_s,
         configure=_autocommit,
-        check=psycopg_pool.AsyncConnectionPool.check_connection,
         open=False,
     )
 

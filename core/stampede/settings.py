@@ -86,6 +86,7 @@ class Common:
     db_pool_min: int = setting(1, "smallest PostgreSQL pool per process")
     db_pool_max: int = setting(8, "largest PostgreSQL pool per process")
     db_timeout_s: float = setting(5.0, "seconds to wait for a PostgreSQL connection before answering 'unavailable'")
+    settle_shards: int = setting(4, "shards of a sale's pending rows: at most this many settle jobs wait per sale")
     log_level: str = setting("INFO", "root log level")
     log_json: bool = setting(True, "structured JSON logs (false: plain text for a terminal)")
 
@@ -93,6 +94,9 @@ class Common:
         _positive("redis_max_connections", self.redis_max_connections)
         _positive("db_pool_max", self.db_pool_max)
         _positive("db_timeout_s", self.db_timeout_s)
+        _positive("settle_shards", self.settle_shards)
+        if self.settle_shards > 1000:
+            raise SettingsError(f"STAMPEDE_SETTLE_SHARDS must be <= 1000, got {self.settle_shards}")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError("STAMPEDE_DB_POOL_MIN must not exceed STAMPEDE_DB_POOL_MAX")
         for var, url, schemes in (
@@ -124,11 +128,19 @@ class WorkerSettings(Common):
     worker_delete_jobs: str = setting("never", "delete finished jobs: never | successful | always")
     worker_poll_s: float = setting(2.0, "job polling interval besides LISTEN/NOTIFY wake-ups")
     worker_depth_interval_s: float = setting(5.0, "how often the queue depth gauge is refreshed")
+    worker_claim_max: int = setting(1000, "most pending rows a settle job claims and settles in one transaction")
     worker_fault_sleep_ms: int = setting(0, "fault injection for tests: sleep between ledger and Redis writes")
+    worker_fault_claim_sleep_ms: int = setting(0, "fault injection for tests: sleep inside a claim, rows locked")
 
     def validate(self) -> None:
         super().validate()
-        for name in ("worker_concurrency", "worker_retry_base_s", "worker_heartbeat_s", "worker_stalled_s"):
+        for name in (
+            "worker_concurrency",
+            "worker_claim_max",
+            "worker_retry_base_s",
+            "worker_heartbeat_s",
+            "worker_stalled_s",
+        ):
             _positive(name, getattr(self, name))
         if self.worker_max_retries < 0:
             raise SettingsError("STAMPEDE_WORKER_MAX_RETRIES must be >= 0")

@@ -290,14 +290,16 @@ async def test_phases_follow_the_window(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine
 ) -> None:
     cp, ns = control_plane, op_namespace
-    create_sale(cp, ns, sale, stock=5, start=4, end=9, grace=600)
+    # The window opens 10 s out: a loaded machine can take several seconds to report Scheduled, and the
+    # early buy must still land before the start.
+    create_sale(cp, ns, sale, stock=5, start=10, end=16, grace=600)
     await eventually(status_where(cp, ns, sale, phase="Scheduled"))
     with pytest.raises(errors.SaleClosed):
         await stock.reserve(sale, "early-bird")
-    await eventually(status_where(cp, ns, sale, phase="Live"), within=15)
+    await eventually(status_where(cp, ns, sale, phase="Live"), within=30)
     assert (await stock.snapshot(sale)).open
     await stock.reserve(sale, "on-time")
-    await eventually(status_where(cp, ns, sale, phase="Ended"), within=15)
+    await eventually(status_where(cp, ns, sale, phase="Ended"), within=30)
     assert not (await stock.snapshot(sale)).open
     with pytest.raises(errors.SaleClosed):
         await stock.reserve(sale, "too-late")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pytest
 
@@ -86,10 +87,10 @@ class BrokenLedger(Ledger):
         super().__init__(base.pool)
         self.error = error
 
-    async def settle(self, settlements: Sequence[Settlement], *, attempt: int) -> list[Settled]:
+    async def settle(self, settlements: Sequence[Settlement], *, attempt: int, **kw: Any) -> list[Settled]:
         if any(s.outcome == CONFIRMED for s in settlements):
             raise self.error
-        return await super().settle(settlements, attempt=attempt)
+        return await super().settle(settlements, attempt=attempt, **kw)
 
 
 @pytest.mark.parametrize(
@@ -127,9 +128,10 @@ async def test_bad_reservations_are_compensated_alone(harness, sale) -> None:
     ghost = res[1].__class__(str(uuid.uuid4()), sale, "ghost", 1, res[1].reserved_at_ms)  # not in Redis
     unknown_sale = res[1].__class__(str(uuid.uuid4()), sale + "-nope", "who", 1, res[1].reserved_at_ms)
     [job] = await harness.record(res)
-    [bad_job] = await harness.record([ghost, unknown_sale])  # a batch naming a sale Redis does not know
+    [ghost_job] = await harness.record([ghost])
+    [bad_job] = await harness.record([unknown_sale])  # a batch naming a sale Redis does not know
     await harness.drain()
-    assert await harness.job_statuses([job, bad_job]) == ["succeeded", "failed"]
+    assert await harness.job_statuses([job, ghost_job, bad_job]) == ["succeeded", "succeeded", "failed"]
     statuses = {r.reservation_id: r.status for r in await harness.ledger.rows(sale)}
     assert statuses.pop(released.reservation_id) == COMPENSATED
     assert statuses.pop(ghost.reservation_id) == COMPENSATED
@@ -160,6 +162,10 @@ async def test_malformed_payloads_fail_alone_and_never_stop_the_worker(harness, 
         await harness.defer_raw(v=99, sales={}),
         await harness.defer_raw(v=1, sales={"Bad Sale!": [r.reservation_id for r in stray]}),
         await harness.defer_raw(v=1, sales={sale: [str(uuid.uuid4())]}),  # not in the ledger
+        await harness.defer_raw(v=2, sale="Bad Sale!", shard=0),
+        await harness.defer_raw(v=2, sale=sale, shard=-1),
+        await harness.defer_raw(v=2, sale=sale, shard="0"),
+        await harness.defer_raw(v=2, shard=0),
     ]
     good = await harness.record(res[12:], batch=8)
     await harness.drain()

@@ -50,7 +50,7 @@ async def run(settings: WorkerSettings) -> None:
     except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
         await pool.close()
         raise DependencyUnavailable("postgres", str(exc)) from exc
-    ledger = Ledger(pool)
+    ledger = Ledger(pool, settle_shards=settings.settle_shards)
     stock = StockEngine.from_url(settings.redis_url, settings.redis_max_connections)
     app = queue.build_app(settings)
     tasks.register(app, settings)

@@ -1,4 +1,8 @@
-"""Settling one batch of reservations: the logic of the ``settle_batch`` job, free of procrastinate.
+"""Settling reservations: the logic of the ``settle_batch`` job, free of procrastinate.
+
+A job names either one shard of one sale (payload v2, what the API's writes defer: ``settle_shard`` claims
+the shard's pending rows in chunks until a chunk comes back short) or a list of reservation ids (payload
+v1, what the reconciler re-defers: ``settle_batch``). Either way each chunk is settled the same way.
 
 The ledger decides, Redis follows (ARCHITECTURE.md §2). For a batch this means:
 
@@ -35,7 +39,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors, metrics, restore
-from stampede.ledger import COMPENSATED, CONFIRMED, PAYLOAD_VERSION, PENDING, Ledger, Settled, Settlement
+from stampede.ledger import (
+    COMPENSATED,
+    CONFIRMED,
+    PAYLOAD_VERSION,
+    PENDING,
+    Claim,
+    Ledger,
+    Settled,
+    Settlement,
+)
 from stampede.names import STATE_RELEASED, sale_keys
 from stampede.stock import Outcome, StockEngine, parse_record
 
@@ -61,6 +74,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 class Transient(Exception):
     """A failure worth retrying: the job is retried later, nothing was decided wrongly."""
+
+
+class SaleLost(Exception):
+    """Redis does not know a sale the ledger knows: it lost it (restart, failover). The claim is rolled back,
+    the sale restored from the ledger, and the rows claimed again: never compensated for that."""
 
 
 class SettleFailed(Exception):
@@ -105,6 +123,28 @@ def _uuid(value: object) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """A v2 payload: the shard of a sale whose pending rows the job claims."""
+
+    sale: str
+    shard: int
+
+
+def parse_shard(payload: Mapping[str, Any]) -> Shard | str:
+    """The shard a v2 payload names, or what is wrong with it."""
+    sale, shard = payload.get("sale"), payload.get("shard")
+    if not isinstance(sale, str):
+        return f"sale {sale!r} is not a sale name"
+    try:
+        sale_keys(sale)
+    except ValueError:
+        return f"{sale!r} is not a sale name"
+    if not isinstance(shard, int) or isinstance(shard, bool) or not 0 <= shard < 32768:
+        return f"shard {shard!r} is not a shard number"
+    return Shard(sale, shard)
 
 
 def parse_payload(payload: Mapping[str, Any]) -> Batch:
@@ -305,6 +345,127 @@ async def _settle(
     if fault_sleep_ms:
         await asyncio.sleep(fault_sleep_ms / 1000)
     await follow_in_redis(stock, rows, report, job_id)
+    return report
+
+
+async def _settle_chunk(
+    claim: Claim, sale: str, report: Report, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None
+) -> list[Settled]:
+    """Decides the claimed rows from their Redis state and moves them on the claim's transaction."""
+    batch = Batch(by_sale={sale: [r.reservation_id for r in claim.rows]})
+    states = await redis_states(stock, batch.by_sale)
+    if any(state == REASON_UNKNOWN_SALE for _, state in states.values()) and await ledger.sale_exists(sale):
+        raise SaleLost(sale)  # restored outside this claim's transaction, which this rolls back
+    wanted = decide(batch, states)
+    rows = await ledger.settle(wanted, attempt=attempt, job_id=job_id, claim=claim)
+    reasons = {w.reservation_id: w.reason for w in wanted}
+    _account(rows, report)
+    for r in rows:
+        if r.moved and r.status == COMPENSATED:
+            reason = reasons.get(r.reservation_id) or REASON_ERROR
+            metrics.WORKER_COMPENSATED.labels(reason).inc()
+            log.warning(
+                "reservation compensated",
+                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
+            )
+    if any(state == REASON_UNKNOWN_SALE for _, state in states.values()):
+        problem = f"sales unknown to Redis: {sale}"
+        if problem not in report.problems:
+            report.problems.append(problem)
+    return rows
+
+
+async def settle_shard(
+    shard: Shard,
+    *,
+    ledger: Ledger,
+    stock: StockEngine,
+    claim_max: int,
+    attempt: int = 1,
+    final: bool = False,
+    job_id: int | None = None,
+    fault_sleep_ms: int = 0,
+    fault_claim_sleep_ms: int = 0,
+) -> Report:
+    """Settles the pending rows of one shard of a sale, ``claim_max`` at a time, until a claim comes back
+    short: every row that joined this job is then settled (rows joining later join the next waiting job).
+
+    Each chunk is one transaction: claim (rows locked), read Redis, move the rows (stamped with this job's
+    id), commit; then Redis follows. A process killed inside a chunk leaves its rows pending and unlocked
+    for the next claim; one killed after the commit leaves outcomes Redis has not heard of, which the
+    job's re-run (stalled recovery) replays first. A transient error rolls the chunk back and the job is
+    retried; on the last attempt, or on any other error, the chunk's rows are compensated."""
+    report = Report()
+    sale = shard.sale
+    try:
+        if attempt > 1 and job_id is not None:
+            replay = await ledger.settled_of_job(job_id)
+            report.replayed += len(replay)
+            await follow_in_redis(stock, replay, report, job_id)
+        await ledger.settle_barrier(sale, shard.shard)
+    except TRANSIENT_ERRORS as exc:
+        # Nothing decided yet: whatever the attempt, the job is worth running again (the reconciler
+        # replays outcomes and re-defers rows if it never does).
+        raise Transient(f"{type(exc).__name__}: {exc}") from exc
+    restored = False
+    while True:
+        claimed: list[str] = []
+        try:
+            async with ledger.claim(sale, shard.shard, claim_max) as claim:
+                claimed = [r.reservation_id for r in claim.rows]
+                if not claimed:
+                    break
+                if fault_claim_sleep_ms:
+                    await asyncio.sleep(fault_claim_sleep_ms / 1000)
+                rows = await _settle_chunk(
+                    claim, sale, report, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id
+                )
+        except SaleLost:
+            try:
+                result = await restore.restore_sale(ledger, stock, sale)
+            except TRANSIENT_ERRORS as exc:
+                raise Transient(f"{type(exc).__name__}: {exc}") from exc
+            if restored or result.outcome == restore.BUSY:
+                raise Transient(f"sale {sale!r} is being restored") from None  # retried with backoff
+            restored = True
+            continue
+        except TRANSIENT_ERRORS as exc:
+            if not final:
+                raise Transient(f"{type(exc).__name__}: {exc}") from exc
+            log.error("settle_batch retries exhausted: compensating", extra={"job_id": job_id, "error": str(exc)})
+            await _give_up(
+                Batch(by_sale={sale: claimed}),
+                REASON_RETRIES_EXHAUSTED,
+                ledger=ledger,
+                stock=stock,
+                attempt=attempt,
+                job_id=job_id,
+            )
+            raise SettleFailed(f"retries exhausted: {exc}") from exc
+        except Exception as exc:
+            log.exception("settle_batch failed for good: compensating", extra={"job_id": job_id, "sale": sale})
+            await _give_up(
+                Batch(by_sale={sale: claimed}), REASON_ERROR, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id
+            )
+            raise SettleFailed(f"{type(exc).__name__}: {exc}") from exc
+        metrics.WORKER_CLAIM_SIZE.observe(len(claimed))
+        if fault_sleep_ms:
+            await asyncio.sleep(fault_sleep_ms / 1000)
+        try:
+            await follow_in_redis(stock, rows, report, job_id)
+        except TRANSIENT_ERRORS as exc:
+            # The ledger decided; only Redis is behind. A re-run replays this job's rows first.
+            raise Transient(f"{type(exc).__name__}: {exc}") from exc
+        if len(claimed) < claim_max or not any(r.moved for r in rows):
+            # A short claim took every row that joined this job. A chunk that moved nothing would come
+            # back identical: rows left pending on purpose are not this job's to spin on.
+            break
+    if report.problems:
+        log.error(
+            "settle_batch had bad input: settled what it could, failing the job",
+            extra={"job_id": job_id, "sale": sale, "problems": report.problems[:10], "settled": report.as_dict()},
+        )
+        raise SettleFailed(f"bad input: {'; '.join(report.problems[:3])}")
     return report
 
 

@@ -24,10 +24,11 @@ from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from stampede import metrics
+from stampede.ledger import PAYLOAD_SHARD_VERSION
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from stampede.settings import WorkerSettings
 
-from .settle import SettleFailed, Transient, settle_batch
+from .settle import SettleFailed, Transient, parse_shard, settle_batch, settle_shard
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,32 @@ def register(app: procrastinate.App, settings: WorkerSettings) -> None:
         started = time.perf_counter()
         final = job.attempts >= s.worker_max_retries
         try:
-            report = await settle_batch(
-                payload,
-                ledger=extra[CTX_LEDGER],
-                stock=extra[CTX_STOCK],
-                attempt=job.attempts + 1,
-                final=final,
-                job_id=job.id,
-                fault_sleep_ms=s.worker_fault_sleep_ms,
-            )
+            if payload.get("v") == PAYLOAD_SHARD_VERSION:
+                shard = parse_shard(payload)
+                if isinstance(shard, str):
+                    log.error("malformed settle_batch payload", extra={"job_id": job.id, "problem": shard})
+                    raise SettleFailed(f"bad input: {shard}")
+                report = await settle_shard(
+                    shard,
+                    ledger=extra[CTX_LEDGER],
+                    stock=extra[CTX_STOCK],
+                    claim_max=s.worker_claim_max,
+                    attempt=job.attempts + 1,
+                    final=final,
+                    job_id=job.id,
+                    fault_sleep_ms=s.worker_fault_sleep_ms,
+                    fault_claim_sleep_ms=s.worker_fault_claim_sleep_ms,
+                )
+            else:
+                report = await settle_batch(
+                    payload,
+                    ledger=extra[CTX_LEDGER],
+                    stock=extra[CTX_STOCK],
+                    attempt=job.attempts + 1,
+                    final=final,
+                    job_id=job.id,
+                    fault_sleep_ms=s.worker_fault_sleep_ms,
+                )
         except Transient as exc:
             metrics.WORKER_JOBS.labels("retried").inc()
             log.warning(

@@ -10,6 +10,8 @@ import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from stampede_api.tally import TALLY
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -20,5 +22,6 @@ class Metrics:
             self._registry = REGISTRY
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        TALLY.flush()  # this process's counts are current; other workers' are at most tally.FLUSH_S late
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = generate_latest(self._registry)

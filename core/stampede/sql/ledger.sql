@@ -2,23 +2,33 @@
 -- `status = 'pending'` here and by the trigger of migration 0001, so a repeat is a no-op.
 
 -- name: record_batch
--- One statement, so one round trip and its own transaction: defer ONE settle_batch job through
--- procrastinate's own function (the same one procrastinate's defer uses), then insert every pending
--- row of the batch stamped with that job id. A reservation id already present keeps its first row.
-WITH job AS (
-    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[
-        ROW(%(queue)s, %(task)s, 0, NULL, NULL, %(args)s::jsonb, NULL)::procrastinate_job_to_defer_v1
-    ])) AS id
-), ins AS (
-    INSERT INTO stampede_ledger (reservation_id, sale, user_id, quantity, reserved_at_ms, job_id)
-    SELECT r.id, r.sale, r.user_id, r.quantity, r.reserved_at_ms, job.id
-      FROM unnest(%(ids)s::uuid[], %(sales)s::text[], %(users)s::text[], %(quantities)s::int[],
-                  %(reserved_at_ms)s::bigint[]) AS r(id, sale, user_id, quantity, reserved_at_ms)
-     CROSS JOIN job
-    ON CONFLICT (reservation_id) DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT id FROM job) AS job_id, (SELECT count(*) FROM ins) AS inserted;
+-- One statement, so one round trip and its own transaction: the batch's pending rows, each sale's rows
+-- joining the waiting settle job of its (sale, shard) or a new one (function of migration 0003). A
+-- reservation id already present keeps its first row. One row per sale of the batch: (sale, job id).
+SELECT job_sale, job
+  FROM stampede_record_batch(%(queue)s, %(task)s, %(shard)s, %(ids)s::uuid[], %(sales)s::text[],
+                             %(users)s::text[], %(quantities)s::int[], %(reserved_at_ms)s::bigint[]);
+
+-- name: settle_barrier
+-- A settle job's first step: waits until every writer that joined a waiting job of the shard has committed.
+SELECT stampede_settle_barrier(%(sale)s, %(shard)s);
+
+-- name: claim
+-- Up to `limit` pending rows of one shard, oldest first, locked for this transaction. Rows another claim
+-- holds are skipped (that claim settles them, or rolls back and leaves them pending for the next one).
+SELECT reservation_id::text, sale, quantity
+  FROM stampede_ledger
+ WHERE sale = %(sale)s AND shard = %(shard)s AND status = 'pending'
+ ORDER BY created_at
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED;
+
+-- name: settled_of_job
+-- Rows a settle job moved (it stamps its id on them): what a re-run of that job replays to Redis, since
+-- the run before it may have died between its ledger commit and its Redis write.
+SELECT reservation_id::text, sale, quantity, status
+  FROM stampede_ledger
+ WHERE job_id = %(job_id)s AND status <> 'pending';
 
 -- name: get_reservation
 SELECT reservation_id::text, sale, user_id, quantity, status, reason, job_id, attempts, created_at, settled_at
@@ -86,13 +96,15 @@ SELECT 1 FROM stampede_sales WHERE sale = %(sale)s AND deleted_at IS NULL;
 -- Moves every listed reservation that is still pending to its outcome (confirmed, or compensated with
 -- a reason) in one statement, and answers the final status of every listed reservation the ledger
 -- holds, with whether this statement moved it. The outer SELECT sees the rows as they were before the
--- UPDATE (one snapshot), hence the CASE. A NULL sale matches any sale (compensation by id).
+-- UPDATE (one snapshot), hence the CASE. A NULL sale matches any sale (compensation by id). A settle job
+-- stamps its id on the rows it moves (`job_id`; NULL keeps the row's job).
 WITH want AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(sales)s::text[], %(outcomes)s::text[], %(reasons)s::text[])
                   AS w(id, sale, outcome, reason)
 ), moved AS (
     UPDATE stampede_ledger l
-       SET status = w.outcome, reason = w.reason, settled_at = now(), attempts = %(attempt)s
+       SET status = w.outcome, reason = w.reason, settled_at = now(), attempts = %(attempt)s,
+           job_id = COALESCE(%(job_id)s::bigint, l.job_id)
       FROM want w
      WHERE l.reservation_id = w.id
        AND l.status = 'pending'
