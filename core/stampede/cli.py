@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import StampedeError
+from .names import DEFAULT_NAMESPACE, SALE_ID_SEPARATOR, check_sale, sale_id
 from .settings import Common, SettingsError, load
 
 Handler = Callable[[argparse.Namespace], int]
@@ -126,7 +127,10 @@ def _migrate(ns: argparse.Namespace) -> int:
 
 
 def _audit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sale", required=True, help="sale name")
+    p.add_argument("--sale", required=True, help="sale: <namespace>/<name>, or a name in --namespace")
+    p.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help=f"namespace of a bare --sale (default {DEFAULT_NAMESPACE})"
+    )
     p.add_argument("--k6-summary", default=None, help="k6 summary JSON: its 202 count must all be in the ledger")
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for pending reservations to settle")
     p.add_argument("--json", action="store_true", help="print the audit as JSON")
@@ -143,6 +147,11 @@ def _audit(ns: argparse.Namespace) -> int:
     from .stock import StockEngine
 
     settings = load(Common)
+    try:
+        sale = check_sale(ns.sale) if SALE_ID_SEPARATOR in ns.sale else sale_id(ns.namespace, ns.sale)
+    except ValueError as exc:
+        print(f"stampede audit: {exc}", file=sys.stderr)
+        return 2
     acknowledged = k6_accepted(Path(ns.k6_summary)) if ns.k6_summary else None
 
     async def run() -> int:
@@ -150,7 +159,7 @@ def _audit(ns: argparse.Namespace) -> int:
         stock = StockEngine.from_url(settings.redis_url)
         try:
             report, lag, waited = await audit_sale(
-                ledger, stock, ns.sale, acknowledged=acknowledged, settle_timeout=ns.wait
+                ledger, stock, sale, acknowledged=acknowledged, settle_timeout=ns.wait
             )
         finally:
             await stock.close()

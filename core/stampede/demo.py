@@ -23,7 +23,7 @@ from pathlib import Path
 from .devstack import LocalStack, free_port
 from .ledger import Ledger
 from .migrate import migrate
-from .names import CRD_PLURAL
+from .names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id
 from .sale_audit import audit_sale, k6_accepted
 from .settings import Common, load
 from .stock import StockEngine
@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                 ledger = await Ledger.open(settings)
                 stock = StockEngine.from_url(settings.redis_url)
                 try:
-                    report, lag, waited = await audit_sale(ledger, stock, sale, acknowledged=k6_accepted(summary))
+                    report, lag, waited = await audit_sale(
+                        ledger, stock, sale_id(DEFAULT_NAMESPACE, sale), acknowledged=k6_accepted(summary)
+                    )
                 finally:
                     await stock.close()
                     await ledger.close()

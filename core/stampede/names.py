@@ -7,8 +7,15 @@ import re
 from dataclasses import dataclass
 
 # Kubernetes names (DNS-1123 labels) are what sales are called; they can never hold '{' or '}', so
-# the hash tag below is always well formed.
-SALE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# the hash tag below is always well formed. ``\Z``, not ``$``: ``$`` also matches before a final newline.
+SALE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+# A sale id: ``<namespace>/<name>`` (both DNS-1123 labels). A bare ``<name>`` is an id too, for callers that
+# serve a single tenant (the stock-engine benchmark, the strategies, tests of the core).
+SALE_ID_RE = re.compile(rf"^({_LABEL}/)?{_LABEL}\Z")
+SALE_ID_SEPARATOR = "/"
+# The namespace of the local stack, the demo and of an API that is not told its own.
+DEFAULT_NAMESPACE = "default"
 
 KEY_PREFIX = "stampede"
 
@@ -61,17 +68,38 @@ STATE_CONFIRMED = "confirmed"
 STATE_RELEASED = "released"
 
 
+def sale_id(namespace: str, name: str) -> str:
+    """The one identity of a FlashSale everywhere below Kubernetes (Redis keys, ledger rows, job payloads,
+    metrics and logs): ``<namespace>/<name>``, so two sales of one name in two namespaces are two sales.
+    Built only here; an empty namespace gives the bare name (a single-tenant caller)."""
+    if not SALE_NAME_RE.match(name):
+        raise ValueError(f"invalid sale name {name!r}: lowercase letters, digits and '-', 1-63 chars")
+    if not namespace:
+        return name
+    if not SALE_NAME_RE.match(namespace):
+        raise ValueError(f"invalid namespace {namespace!r}: lowercase letters, digits and '-', 1-63 chars")
+    return f"{namespace}{SALE_ID_SEPARATOR}{name}"
+
+
+def split_sale_id(sale: str) -> tuple[str, str]:
+    """(namespace, name) of a sale id; the namespace is '' for a bare name."""
+    namespace, _, name = check_sale(sale).rpartition(SALE_ID_SEPARATOR)
+    return namespace, name
+
+
 def check_sale(sale: str) -> str:
-    """Returns the sale name if it is a valid Kubernetes name, else raises ValueError."""
-    if not SALE_NAME_RE.match(sale):
-        raise ValueError(f"invalid sale name {sale!r}: lowercase letters, digits and '-', 1-63 chars")
+    """Returns the sale id if it is ``[<namespace>/]<name>`` of Kubernetes names, else raises ValueError."""
+    if not SALE_ID_RE.match(sale):
+        raise ValueError(
+            f"invalid sale {sale!r}: [<namespace>/]<name>, each lowercase letters, digits and '-', 1-63 chars"
+        )
     return sale
 
 
 @dataclass(frozen=True, slots=True)
 class SaleKeys:
-    """The Redis keys of one sale. All carry the hash tag ``{sale}`` so a whole sale lives in one
-    Redis Cluster slot and every script touching it is single-slot."""
+    """The Redis keys of one sale. All carry the hash tag ``{sale}`` (the sale id, namespace included) so
+    a whole sale lives in one Redis Cluster slot and every script touching it is single-slot."""
 
     sale: str
 

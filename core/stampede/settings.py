@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
+from .names import DEFAULT_NAMESPACE, SALE_NAME_RE
+
 PREFIX = "STAMPEDE_"
 
 T = TypeVar("T")
@@ -175,6 +177,11 @@ class ApiSettings(Common):
     sold_out_cache_ms: int = setting(
         100, "after Redis says a sale has 0 units, answer sold_out for this long without asking (0: off)"
     )
+    sale_namespace: str = setting(
+        DEFAULT_NAMESPACE,
+        "namespace whose FlashSales this API serves: /v1/sales/<name> is sale <namespace>/<name> (the operator "
+        "sets it; empty: sales are addressed by their bare id, single-tenant)",
+    )
     trusted_proxy_hops: int = setting(0, "X-Forwarded-For hops to trust for the client IP (0: use the peer)")
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
     access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")
@@ -190,6 +197,8 @@ class ApiSettings(Common):
             _positive(name, getattr(self, name))
         if self.retry_after_s < 1:
             raise SettingsError("STAMPEDE_RETRY_AFTER_S must be >= 1")
+        if self.sale_namespace and not SALE_NAME_RE.match(self.sale_namespace):
+            raise SettingsError("STAMPEDE_SALE_NAMESPACE must be a Kubernetes namespace name (or empty)")
 
 
 @dataclass(frozen=True)
@@ -197,7 +206,14 @@ class OperatorSettings(Common):
     """The kopf operator (``kopf run -m stampede_operator.main``): what it puts into the sale's pods, how it
     elects a leader among its replicas, and how long it waits for things."""
 
-    secret_name: str = setting("stampede-env", "Secret whose keys become the env of every API and worker pod")
+    secret_name: str = setting(
+        "stampede-env",
+        "Secret in the sale's namespace holding STAMPEDE_REDIS_URL and STAMPEDE_DATABASE_URL (API and worker pods) "
+        "and STAMPEDE_JWT_SECRET (API pods only)",
+    )
+    sale_service_account: str = setting(
+        "stampede-sale", "ServiceAccount of the sale's API and worker pods (no token is mounted; it needs no rights)"
+    )
     api_image: str = setting("stampede-api:latest", "image of the sale's API Deployment")
     worker_image: str = setting("stampede-worker:latest", "image of the sale's worker Deployment")
     image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of the sale's pods")
@@ -224,3 +240,5 @@ class OperatorSettings(Common):
             raise SettingsError("STAMPEDE_PEERING_PRIORITY must be >= 0 (0: derived from the pod name)")
         if not self.secret_name:
             raise SettingsError("STAMPEDE_SECRET_NAME must name the Secret of the sale's pods")
+        if not self.sale_service_account:
+            raise SettingsError("STAMPEDE_SALE_SERVICE_ACCOUNT must name the ServiceAccount of the sale's pods")

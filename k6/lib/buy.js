@@ -18,7 +18,9 @@ http.setResponseCallback(http.expectedStatuses(200, 202, 409, 429));
 
 export function config() {
   const secret = __ENV.JWT_SECRET;
-  if (!secret) throw new Error('JWT_SECRET is required (the API\'s STAMPEDE_JWT_SECRET)');
+  if (!secret && !__ENV.TOKENS_PATH) {
+    throw new Error('JWT_SECRET (the API\'s STAMPEDE_JWT_SECRET) or TOKENS_PATH (minted tokens) is required');
+  }
   return {
     base: (__ENV.BASE_URL || 'http://127.0.0.1:8000').replace(/\/$/, ''),
     sale: __ENV.SALE || 'demo',

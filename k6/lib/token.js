@@ -2,6 +2,7 @@
 // scope, iat, exp), so thousands of distinct buyers need no token file.
 import crypto from 'k6/crypto';
 import encoding from 'k6/encoding';
+import { SharedArray } from 'k6/data';
 
 const HEADER = encoding.b64encode(JSON.stringify({ alg: 'HS256', typ: 'JWT' }), 'rawurl');
 
@@ -15,9 +16,25 @@ export function mint(secret, subject, ttlSeconds = 900) {
   return `${input}.${crypto.hmac('sha256', secret, input, 'base64rawurl')}`;
 }
 
-// One token per buyer per VU, re-minted before it expires.
+// Tokens minted beforehand (TOKENS_PATH: 'sub<TAB>token' lines of `stampede mint-token --count`), so a load test
+// in the cluster never holds the signing secret. Read once, in the init context.
+const minted = __ENV.TOKENS_PATH
+  ? new SharedArray('tokens', () => open(__ENV.TOKENS_PATH).split('\n').filter((l) => l).map((l) => l.split('\t')))
+  : null;
+let byName = null;
+
+// One token per buyer per VU, re-minted before it expires (or looked up among the minted ones).
 const cache = {};
 export function tokenFor(secret, subject) {
+  if (minted) {
+    if (byName === null) {
+      byName = {};
+      for (const [sub, token] of minted) byName[sub] = token;
+    }
+    const token = byName[subject];
+    if (!token) throw new Error(`no minted token for ${subject} in ${__ENV.TOKENS_PATH}`);
+    return token;
+  }
   const now = Date.now();
   const hit = cache[subject];
   if (hit && hit.until > now) return hit.token;

@@ -50,6 +50,12 @@ class SaleSpec:
     buyer_burst: int = 10
     ip_rate: int = 50
     ip_burst: int = 100
+    namespace: str = ""
+
+    @property
+    def id(self) -> str:
+        """The sale's identity in Redis, the ledger, metrics and logs: namespace and name (names.sale_id)."""
+        return names.sale_id(self.namespace, self.name)
 
     @property
     def sale_config(self) -> SaleConfig:
@@ -89,8 +95,8 @@ def _obj(spec: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return node
 
 
-def parse_spec(name: str, spec: Mapping[str, Any]) -> SaleSpec:
-    """The usable spec of FlashSale ``name``, or InvalidSpec saying what is wrong."""
+def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleSpec:
+    """The usable spec of FlashSale ``name`` in ``namespace``, or InvalidSpec saying what is wrong."""
     if not names.SALE_NAME_RE.match(name) or not name[0].isalpha():
         raise InvalidSpec("InvalidName", f"sale name {name!r} must be a DNS-1035 label (a letter first)")
     longest = names.component_name(name, names.COMPONENT_WORKER)
@@ -127,6 +133,7 @@ def parse_spec(name: str, spec: Mapping[str, Any]) -> SaleSpec:
         buyer_burst=_int(buyer, "burst", 10, "spec.rateLimit.perBuyer", 1),
         ip_rate=_int(ip, "rate", 50, "spec.rateLimit.perIp", 1),
         ip_burst=_int(ip, "burst", 100, "spec.rateLimit.perIp", 1),
+        namespace=namespace,
     )
 
 
@@ -172,8 +179,16 @@ def _metadata(sale: str, component: str, namespace: str, owner: Mapping[str, Any
     return meta
 
 
-def _env_from(settings: OperatorSettings) -> list[dict[str, Any]]:
-    return [{"secretRef": {"name": settings.secret_name}}]
+# The Secret keys each component of a sale reads: the data stores for both, the token secret for the API only
+# (a worker never checks a buyer's token, so it never holds the key that signs them).
+WORKER_SECRET_KEYS = ("STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL")
+API_SECRET_KEYS = (*WORKER_SECRET_KEYS, "STAMPEDE_JWT_SECRET")
+
+
+def _secret_env(settings: OperatorSettings, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One variable per Secret key, named like the key: a pod gets exactly the secrets it uses (``envFrom``
+    would hand it every key of the Secret)."""
+    return [{"name": k, "valueFrom": {"secretKeyRef": {"name": settings.secret_name, "key": k}}} for k in keys]
 
 
 def _http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
@@ -197,13 +212,14 @@ def _deployment(
     spec: SaleSpec,
     component: str,
     namespace: str,
+    settings: OperatorSettings,
     owner: Mapping[str, Any] | None,
     replicas: int,
     pod: dict[str, Any],
     **deployment_spec: Any,
 ) -> dict[str, Any]:
-    """The Deployment shape both of a sale's workloads share: labels, selector, scrape annotation and the
-    pod's security context; ``pod`` holds what differs (containers, grace period, volumes)."""
+    """The Deployment shape both of a sale's workloads share: labels, selector, scrape annotation, the
+    pod's ServiceAccount and security context; ``pod`` holds what differs (containers, grace period, volumes)."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -217,7 +233,14 @@ def _deployment(
                     "labels": build_labels(spec.name, component),
                     "annotations": {"prometheus.io/scrape": "true"},
                 },
-                "spec": {"securityContext": _pod_security(), **pod},
+                "spec": {
+                    # A ServiceAccount of their own and no token: sale pods never call the Kubernetes API.
+                    "serviceAccountName": settings.sale_service_account,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": _pod_security(),
+                    **pod,
+                },
             },
         },
     }
@@ -233,9 +256,12 @@ def build_api_deployment(
         "image": settings.api_image,
         "imagePullPolicy": settings.image_pull_policy,
         "ports": [{"name": "http", "containerPort": settings.api_port}],
-        "envFrom": _env_from(settings),
+        "envFrom": None,  # null: a patch removes the envFrom of Deployments written before per-key secrets
         "env": [
+            *_secret_env(settings, API_SECRET_KEYS),
             {"name": "STAMPEDE_BIND", "value": f"0.0.0.0:{settings.api_port}"},
+            # The API addresses the sales of its own namespace: /v1/sales/<name> is <namespace>/<name>.
+            {"name": "STAMPEDE_SALE_NAMESPACE", "value": namespace},
             {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"},
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
@@ -249,6 +275,7 @@ def build_api_deployment(
         spec,
         component,
         namespace,
+        settings,
         owner,
         spec.api_replicas,
         {
@@ -271,8 +298,9 @@ def build_worker_deployment(
         "image": settings.worker_image,
         "imagePullPolicy": settings.image_pull_policy,
         "ports": [{"name": "metrics", "containerPort": settings.worker_metrics_port}],
-        "envFrom": _env_from(settings),
+        "envFrom": None,  # as above
         "env": [
+            *_secret_env(settings, WORKER_SECRET_KEYS),
             {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": str(spec.worker_concurrency)},
             {"name": "STAMPEDE_WORKER_METRICS_HOST", "value": "0.0.0.0"},
             {"name": "STAMPEDE_WORKER_METRICS_PORT", "value": str(settings.worker_metrics_port)},
@@ -287,6 +315,7 @@ def build_worker_deployment(
         spec,
         component,
         namespace,
+        settings,
         owner,
         spec.worker_replicas,
         {"terminationGracePeriodSeconds": 40, "containers": [container]},

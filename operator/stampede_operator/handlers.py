@@ -163,7 +163,9 @@ async def report_invalid(deps: Deps, memo: SaleMemo, name: str, namespace: str, 
     if memo.invalid != exc.message:
         emit("Warning", exc.reason, exc.message)
         memo.invalid = exc.message
-    log.warning("invalid FlashSale spec", extra={"sale": name, "reason": exc.reason, "detail": exc.message})
+    log.warning(
+        "invalid FlashSale spec", extra={"sale": f"{namespace}/{name}", "reason": exc.reason, "detail": exc.message}
+    )
 
 
 # --- Kubernetes objects -------------------------------------------------------------------------------
@@ -215,7 +217,7 @@ async def seed_or_rebuild(
     When Redis does not know the sale (``known`` False) but the ledger does, Redis lost it: seeding afresh
     would sell again what is sold, so the sale is restored from the ledger first (``stampede.restore``:
     atomic, one at a time), then seeded as usual, which restocks by delta to the spec."""
-    name = sale.name
+    name = sale.id
     try:
         if not known and (await restore.restore_sale(deps.ledger, deps.stock, name)).outcome == restore.BUSY:
             raise errors.SaleRestoring(name)  # another process restores it right now: retry shortly
@@ -241,19 +243,19 @@ async def ensure(
 ) -> None:
     """Brings the sale to its spec: ledger row, Redis seed/restock, workloads, status."""
     try:
-        sale = builders.parse_spec(name, spec)
+        sale = builders.parse_spec(name, spec, namespace)
     except InvalidSpec as exc:
         await report_invalid(deps, memo, name, namespace, exc, emit)
         return
     memo.invalid = None
-    extra = {"sale": name}
+    extra = {"sale": sale.id}
     try:
         async with memo.lock:
             snap, remaining, reserved = await reconcile.phase_counts(deps.ledger, deps.stock, sale)
             phase = phase_for(_now(), sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
             seeded, refused, total = await seed_or_rebuild(deps, sale, phase, known=snap is not None)
             await deps.ledger.ensure_sale(
-                name,
+                sale.id,
                 sku=sale.sku,
                 stock=total,
                 per_user_limit=sale.per_user_limit,
@@ -305,12 +307,13 @@ async def ensure(
 async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: Mapping[str, Any], emit: Emit) -> float:
     """One pass of the sale's loop. Returns seconds until the next one."""
     try:
-        sale = builders.parse_spec(name, spec)
+        sale = builders.parse_spec(name, spec, namespace)
     except InvalidSpec as exc:
         await report_invalid(deps, memo, name, namespace, exc, emit)
         return 10.0
     interval = float(sale.interval_s)
-    extra = {"sale": name}
+    sale_id = sale.id
+    extra = {"sale": sale_id}
     try:
         async with memo.lock:
             if memo.deleting:
@@ -322,20 +325,20 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
             now = _now()
             phase = phase_for(now, sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
             if snap is not None and snap.open != phase.open:
-                await deps.stock.set_open(name, phase.open)
+                await deps.stock.set_open(sale_id, phase.open)
             outcome = await reconcile.reconcile_once(
                 deps.ledger, deps.stock, sale, open_=phase.open, batch_max=deps.settings.reconcile_batch_max
             )
             if outcome.snapshot is not None and outcome.snapshot.open != phase.open:
-                await deps.stock.set_open(name, phase.open)  # a rebuild or a restart may have reset it
+                await deps.stock.set_open(sale_id, phase.open)  # a rebuild or a restart may have reset it
             await _report(deps, memo, sale, namespace, phase, outcome, emit)
     except errors.DependencyUnavailable as exc:
-        metrics.OPERATOR_RECONCILE_ERRORS.labels(name, exc.code).inc()
+        metrics.OPERATOR_RECONCILE_ERRORS.labels(sale_id, exc.code).inc()
         log.warning("reconcile postponed: dependency unavailable", extra={**extra, "detail": str(exc)})
         await _safe_status(deps, name, namespace, "DependencyUnavailable", str(exc))
         return min(interval, RETRY_DELAY_S)
     except Exception as exc:  # the loop must outlive any bug: report and try again next tick
-        metrics.OPERATOR_RECONCILE_ERRORS.labels(name, type(exc).__name__).inc()
+        metrics.OPERATOR_RECONCILE_ERRORS.labels(sale_id, type(exc).__name__).inc()
         log.exception("reconcile failed", extra=extra)
         await _safe_status(deps, name, namespace, "ReconcileError", f"{type(exc).__name__}: {exc}")
         return interval
@@ -348,13 +351,14 @@ async def _safe_status(deps: Deps, name: str, namespace: str, reason: str, messa
     try:
         await write_status(deps, name, namespace, {}, [(names.COND_RECONCILED, FALSE, reason, message[:1000])])
     except Exception:
-        log.exception("could not write status", extra={"sale": name})
+        log.exception("could not write status", extra={"sale": f"{namespace}/{name}"})
 
 
 async def _report(
     deps: Deps, memo: SaleMemo, sale: SaleSpec, namespace: str, phase: Phase, outcome: reconcile.Outcome, emit: Emit
 ) -> None:
     name = sale.name
+    extra = {"sale": sale.id}
     snap = outcome.snapshot
     fields: dict[str, Any] = set_phase(
         {
@@ -374,7 +378,7 @@ async def _report(
         summary = ", ".join(f"{kind} {n}" for kind, n in sorted(outcome.healed.items()))
         conds.append((names.COND_RECONCILED, TRUE, "Healed", f"healed: {summary}"))
         emit("Normal", "Healed", f"reconciler healed: {summary}")
-        log.warning("reconciler healed the sale", extra={"sale": name, "healed": outcome.healed})
+        log.warning("reconciler healed the sale", extra={**extra, "healed": outcome.healed})
     else:
         conds.append((names.COND_RECONCILED, TRUE, "InSync", "Redis agrees with the ledger"))
     memo.drift_streak = memo.drift_streak + 1 if outcome.drift else 0
@@ -384,14 +388,14 @@ async def _report(
         prev = get_condition(await _conditions(deps, name, namespace), names.COND_DRIFTED)
         if prev is None or prev.get("status") != TRUE:
             emit("Warning", "Drifted", msg)
-            log.error("drift the reconciler cannot explain", extra={"sale": name, "drift": outcome.drift})
+            log.error("drift the reconciler cannot explain", extra={**extra, "drift": outcome.drift})
         conds.append((names.COND_DRIFTED, TRUE, "Unexplained", msg[:1000]))
     elif not outcome.drift:
         conds.append((names.COND_DRIFTED, FALSE, "NoDrift", "Redis and the ledger agree"))
     if memo.phase != phase.phase:
         if memo.phase is not None:
             emit("Normal", "PhaseChanged", f"{memo.phase} -> {phase.phase}: {phase.reason}")
-        log.info("phase", extra={"sale": name, "phase": phase.phase})
+        log.info("phase", extra={**extra, "phase": phase.phase})
         memo.phase = phase.phase
     await write_status(deps, name, namespace, fields, conds)
 
@@ -426,30 +430,32 @@ async def run_sale(
 # --- delete ----------------------------------------------------------------------------------------------
 
 
-async def finalize(deps: Deps, memo: SaleMemo, *, name: str, emit: Emit) -> None:
+async def finalize(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, emit: Emit) -> None:
     """Closes the sale, waits up to ``delete_drain_timeout_s`` for its jobs, compensates what is still
-    pending (reason ``sale_deleted``), removes its Redis keys. The ledger keeps every row."""
-    extra = {"sale": name}
+    pending (reason ``sale_deleted``), removes its Redis keys. The ledger keeps every row. Only this
+    namespace's sale of that name is touched."""
+    sale_id = names.sale_id(namespace, name)
+    extra = {"sale": sale_id}
     try:
         async with memo.lock:
             memo.deleting = True
-            await deps.ledger.mark_sale_deleted(name)  # from now on nobody restores it in Redis
+            await deps.ledger.mark_sale_deleted(sale_id)  # from now on nobody restores it in Redis
             with contextlib.suppress(errors.SaleNotFound):
-                await deps.stock.set_open(name, False)
+                await deps.stock.set_open(sale_id, False)
             deadline = time.monotonic() + deps.settings.delete_drain_timeout_s
-            while (left := await reconcile.unfinished_jobs(deps.ledger, name)) and time.monotonic() < deadline:
+            while (left := await reconcile.unfinished_jobs(deps.ledger, sale_id)) and time.monotonic() < deadline:
                 log.info("waiting for the sale's jobs to drain", extra={**extra, "jobs": left})
                 await asyncio.sleep(1.0)
-            pending = await reconcile.pending_ids(deps.ledger, name)
+            pending = await reconcile.pending_ids(deps.ledger, sale_id)
             if pending:
-                won = await healing.compensate(deps.ledger, deps.stock, name, pending, names.REASON_SALE_DELETED)
-                metrics.OPERATOR_COMPENSATIONS.labels(name, names.REASON_SALE_DELETED).inc(len(won))
+                won = await healing.compensate(deps.ledger, deps.stock, sale_id, pending, names.REASON_SALE_DELETED)
+                metrics.OPERATOR_COMPENSATIONS.labels(sale_id, names.REASON_SALE_DELETED).inc(len(won))
                 emit("Warning", "CompensatedOnDelete", f"{len(won)} pending reservations compensated")
                 log.warning("compensated pending reservations of a deleted sale", extra={**extra, "count": len(won)})
-            deleted = await deps.stock.delete(name)
+            deleted = await deps.stock.delete(sale_id)
             log.info("sale removed from Redis; the ledger keeps its rows", extra={**extra, "keys": deleted})
     except errors.DependencyUnavailable as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
     for metric in (metrics.OPERATOR_DRIFT,):
         with contextlib.suppress(KeyError):
-            metric.remove(name)
+            metric.remove(sale_id)

@@ -119,5 +119,5 @@ async def sale_loop(
 
 
 @kopf.on.delete(*RESOURCE, backoff=HANDLER_BACKOFF_S)
-async def finalize(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await handlers.finalize(_deps(memo), _sale_memo(memo), name=name, emit=_emitter(body))
+async def finalize(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    await handlers.finalize(_deps(memo), _sale_memo(memo), name=name, namespace=namespace, emit=_emitter(body))

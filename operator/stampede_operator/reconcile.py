@@ -93,7 +93,7 @@ async def apply(
     ledger: Ledger, stock: StockEngine, spec: SaleSpec, obs: Observation, plan: Plan, *, open_: bool
 ) -> dict[str, int]:
     """Runs the plan's actions in order; returns reservations healed per action kind."""
-    sale = spec.name
+    sale = spec.id
     healed: dict[str, int] = {}
 
     def count(kind: str, n: int) -> None:
@@ -172,22 +172,22 @@ async def reconcile_once(
     observation gives the counts and the drift."""
     started = time.monotonic()
     healed: dict[str, int] = {}
-    why = await restore.lost(stock, spec.name)
+    why = await restore.lost(stock, spec.id)
     if why is not None:
-        restored = await restore.restore_sale(ledger, stock, spec.name, reason=why)
+        restored = await restore.restore_sale(ledger, stock, spec.id, reason=why)
         if restored.outcome == restore.RESTORED:
             healed["rebuild"] = 1
-            metrics.OPERATOR_HEALED.labels(spec.name, "rebuild").inc()
-    obs, _ = await observe(ledger, stock, spec.name, spec.grace_s)
+            metrics.OPERATOR_HEALED.labels(spec.id, "rebuild").inc()
+    obs, _ = await observe(ledger, stock, spec.id, spec.grace_s)
     plan = healing.decide(obs, batch_max=batch_max)
     if plan.actions:
         for kind, n in (await apply(ledger, stock, spec, obs, plan, open_=open_)).items():
             healed[kind] = healed.get(kind, 0) + n
-        obs, snap = await observe(ledger, stock, spec.name, spec.grace_s)
+        obs, snap = await observe(ledger, stock, spec.id, spec.grace_s)
         plan = healing.decide(obs, batch_max=batch_max)
     else:
         try:
-            snap = await stock.snapshot(spec.name)
+            snap = await stock.snapshot(spec.id)
         except errors.SaleNotFound:
             snap = None
     if snap is None:
@@ -197,8 +197,8 @@ async def reconcile_once(
         if not snap.balanced:
             drift += abs(snap.total - (snap.remaining + snap.pending + snap.confirmed))
     seconds = time.monotonic() - started
-    metrics.OPERATOR_RECONCILE_SECONDS.labels(spec.name).observe(seconds)
-    metrics.OPERATOR_DRIFT.labels(spec.name).set(drift)
+    metrics.OPERATOR_RECONCILE_SECONDS.labels(spec.id).observe(seconds)
+    metrics.OPERATOR_DRIFT.labels(spec.id).set(drift)
     tally = healing.tally(obs.ledger.values())
     if snap is not None:
         for state, units in (
@@ -207,7 +207,7 @@ async def reconcile_once(
             ("confirmed", snap.confirmed),
             ("compensated", tally.compensated),
         ):
-            metrics.OPERATOR_STOCK.labels(spec.name, state).set(units)
+            metrics.OPERATOR_STOCK.labels(spec.id, state).set(units)
     return Outcome(snap, tally, drift, healed, plan.unexplained, seconds)
 
 
@@ -215,9 +215,9 @@ async def phase_counts(ledger: Ledger, stock: StockEngine, spec: SaleSpec) -> tu
     """The sale's snapshot, and the remaining and reserved units its phase is decided on: Redis's, or while
     Redis lost the sale, the ledger's (so a sold-out sale stays SoldOut while it is restored, no flapping)."""
     try:
-        snap = await stock.snapshot(spec.name)
+        snap = await stock.snapshot(spec.id)
     except errors.SaleNotFound:
-        counts = await ledger.counts(spec.name)
+        counts = await ledger.counts(spec.id)
         reserved = counts[healing.PENDING]
         return None, spec.stock - reserved - counts[healing.CONFIRMED], reserved
     return snap, snap.remaining, snap.pending

@@ -21,7 +21,8 @@ SECRET = "test-secret-" + "s" * 32
 @pytest.fixture(scope="session")
 def api_settings(redis_url: str, migrated_database_url: str) -> ApiSettings:
     """Settings of the app under test: this worker's Redis db and migrated database (ledger, queue and
-    strategy tables), strategies mounted."""
+    strategy tables), strategies mounted. Sales are addressed by their bare id (no namespace), so a test
+    seeds and reads a sale under the name it buys from; test_namespaces.py covers namespaced APIs."""
     return load(
         ApiSettings,
         env={},
@@ -29,6 +30,7 @@ def api_settings(redis_url: str, migrated_database_url: str) -> ApiSettings:
         database_url=migrated_database_url,
         jwt_secret=SECRET,
         strategies_enabled=True,
+        sale_namespace="",
         replay_wait_ms=300,
         db_pool_max=8,
     )

@@ -7,6 +7,7 @@ the four strategies raced the same way (v1 oversells, v2-v4 do not); schemathesi
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import shutil
@@ -65,6 +66,7 @@ def server(api_settings: ApiSettings, request: pytest.FixtureRequest) -> Iterato
         "STAMPEDE_REDIS_URL": api_settings.redis_url,
         "STAMPEDE_DATABASE_URL": api_settings.database_url,
         "STAMPEDE_JWT_SECRET": SECRET,
+        "STAMPEDE_SALE_NAMESPACE": api_settings.sale_namespace,
         "STAMPEDE_STRATEGIES_ENABLED": "true",
         "STAMPEDE_BIND": f"127.0.0.1:{port}",
         "STAMPEDE_WORKERS": "2",
@@ -149,6 +151,35 @@ class Fleet:
     async def __aexit__(self, *exc: object) -> None:
         for c in self._clients:
             await c.aclose()
+
+
+async def test_k6_buys_with_minted_tokens_and_never_the_secret(server, opener, ledger, sale, tmp_path):
+    """The cluster's load tests as the chart runs them: `stampede mint-token --count` writes the buyers' tokens, k6
+    buys with them (TOKENS_PATH) without being given the signing secret, and every 202 it counted is in the ledger."""
+    run = functools.partial(asyncio.to_thread, subprocess.run, capture_output=True, text=True, timeout=180)
+    found = await run([str(ROOT / "hack" / "tools.sh"), "path", "k6"])
+    if found.returncode != 0:
+        pytest.skip(f"k6 is not built and cannot be (hack/tools.sh): {found.stderr.strip()[-200:]}")
+    await opener(sale, total=60, limit=1)
+    tokens_path, summary = tmp_path / "tokens.tsv", tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if "JWT" not in k}
+    minted = await run(
+        [str(BIN / "stampede"), "mint-token", "buyer", "--count", "200", "--ttl", "600", "--out", str(tokens_path)],
+        env={**env, "STAMPEDE_JWT_SECRET": SECRET},
+    )
+    assert minted.returncode == 0, minted.stderr
+    k6 = await run(
+        [found.stdout.strip(), "run", "--quiet", str(ROOT / "k6" / "smoke.js")],
+        env={**env, "BASE_URL": server, "SALE": sale, "TOKENS_PATH": str(tokens_path), "BUYERS": "200",
+             "RATE": "40", "DURATION": "3s", "SUMMARY_PATH": str(summary), "K6_NO_USAGE_REPORT": "true"},
+    )  # fmt: skip
+    assert k6.returncode == 0, k6.stdout[-2000:] + k6.stderr[-2000:]  # thresholds: no 401, some accepted
+    from stampede.sale_audit import k6_accepted
+
+    accepted = k6_accepted(summary)
+    assert accepted > 0
+    counts = await _wait_settled(ledger, sale)
+    assert sum(counts.values()) == accepted and counts["confirmed"] == accepted, counts
 
 
 async def test_spike_audits_clean(server, opener, stock: StockEngine, ledger: Ledger, sale):

@@ -94,7 +94,10 @@ def test_combinations_that_cannot_work_are_refused(render: Render, settings: lis
 @pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: "default" if v is None else v.name)
 def test_every_pod_is_hardened_and_pinned(render: Render, values: Path | None) -> None:
     docs = render(*([values] if values else []), namespace="shop").docs
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+    cluster_scoped = {
+        "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+    }  # fmt: skip
     for doc in docs:
         assert (doc["kind"] in cluster_scoped) != ("namespace" in doc["metadata"]), (
             f"{doc['kind']} {doc['metadata']['name']}: namespaced objects name their namespace, others do not"
@@ -124,6 +127,7 @@ def test_default_install_objects(render: Render) -> None:
         [
             "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CronJob", "KopfPeering", "Pod",
             "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet",
+            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
         ]
     )  # fmt: skip
     # The names the kind workflow waits for (release "stampede").
@@ -132,7 +136,7 @@ def test_default_install_objects(render: Render) -> None:
     assert r.get("KopfPeering", "stampede")["metadata"]["namespace"] == "shop"
     secret = r.get("Secret", "stampede-env")
     assert set(secret["stringData"]) == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET"}
-    assert secret["stringData"]["STAMPEDE_REDIS_URL"].startswith("redis://:")
+    assert secret["stringData"]["STAMPEDE_REDIS_URL"].startswith("redis://stampede:")  # the ACL user
     assert "@stampede-redis.shop.svc:6379/0" in secret["stringData"]["STAMPEDE_REDIS_URL"]
     assert "@stampede-postgresql.shop.svc:5432/stampede" in secret["stringData"]["STAMPEDE_DATABASE_URL"]
     assert len(secret["stringData"]["STAMPEDE_JWT_SECRET"]) >= 32
@@ -314,18 +318,26 @@ def test_helm_test_pod_runs_k6_smoke_then_the_audit(render: Render) -> None:
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never"
     assert spec["automountServiceAccountToken"] is False
-    (k6,) = spec["initContainers"]
+    tokens, k6 = spec["initContainers"]
     (audit,) = spec["containers"]
     assert k6["args"] == ["run", "--no-color", "/scripts/smoke.js"]
     env = _env(k6)
+    # Only the token minter (the project's image) holds the signing secret; k6 and the audit read no Secret key
+    # but the data stores' URLs (the audit).
+    assert tokens["image"] == "stampede-worker:ci" and tokens["command"][:2] == ["stampede", "mint-token"]
+    assert _env(tokens)["STAMPEDE_JWT_SECRET"] == {
+        "secretKeyRef": {"name": "stampede-env", "key": "STAMPEDE_JWT_SECRET"}
+    }
+    assert "JWT_SECRET" not in env and env["TOKENS_PATH"] == "/tokens/tokens.tsv"
+    assert "STAMPEDE_JWT_SECRET" not in _env(audit)
+    assert tokens["command"][tokens["command"].index("--count") + 1] == env["BUYERS"]
     sale = "ci-sale"
     assert env["SALE"] == sale
     # The Service the operator creates for the sale, on the port it exposes.
     assert env["BASE_URL"] == f"http://{names.component_name(sale, names.COMPONENT_API)}.shop.svc"
-    assert env["JWT_SECRET"] == {"secretKeyRef": {"name": "stampede-env", "key": "STAMPEDE_JWT_SECRET"}}
     assert env["SUMMARY_PATH"] == "/results/smoke-summary.json"
     assert audit["command"][:2] == ["stampede", "audit"]
-    assert "/results/smoke-summary.json" in audit["command"] and sale in audit["command"]
+    assert "/results/smoke-summary.json" in audit["command"] and f"shop/{sale}" in audit["command"]  # the sale id
     assert audit["image"] == "stampede-worker:ci"
     # Every k6 file is mounted where the scripts import it from.
     cm = r.get("ConfigMap", "stampede-k6")
@@ -354,7 +366,7 @@ def test_spike_runs_on_demand_from_a_suspended_cronjob(render: Render) -> None:
     cron = render().get("CronJob", "stampede-k6-spike")
     assert cron["spec"]["suspend"] is True
     spec = _pod_spec(cron)
-    (k6,) = spec["initContainers"]
+    _tokens, k6 = spec["initContainers"]
     assert k6["args"][-1] == "/scripts/spike.js"
     assert _env(k6)["PEAK_RATE"] == "1000"
 

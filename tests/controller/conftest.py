@@ -72,13 +72,14 @@ def start_operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., OperatorProcess]]:  # fmt: skip
     """A factory of operator subprocesses watching one namespace, on this test worker's Redis database and
-    migrated PostgreSQL database; ``start(namespace, name, **env)`` returns once the operator has started.
+    migrated PostgreSQL database; ``start(namespace, name, **env)`` returns once the operator has started
+    (``namespace`` may be a tuple of namespaces to watch).
     Every operator started is stopped (SIGTERM) at the end of the module."""
     started: list[OperatorProcess] = []
     folder = tmp_path_factory.mktemp("operators")
 
     def start(
-        namespace: str, name: str = "operator", wait_for: str = "operator started", **env: str
+        namespace: str | tuple[str, ...], name: str = "operator", wait_for: str = "operator started", **env: str
     ) -> OperatorProcess:
         log_path = folder / f"{name}.log"
         environ = {
@@ -92,7 +93,8 @@ def start_operator(
         }
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "-m", "stampede_operator.main", "--namespace", namespace],
+                [sys.executable, "-m", "kopf", "run", "-m", "stampede_operator.main",
+                 *(f"--namespace={ns}" for ns in ((namespace,) if isinstance(namespace, str) else namespace))],
                 stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=REPO_ROOT,
             )  # fmt: skip
         op = OperatorProcess(proc, log_path)

@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ import pytest
 
 from stampede import audit, errors
 from stampede.ledger import Ledger, PendingReservation
-from stampede.names import sale_keys
+from stampede.names import sale_id, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.mark.xdist_group("k8s")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+JWT_SECRET = "controller-secret-" + "c" * 32
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -217,6 +219,7 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     ledger: Ledger,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=25, grace=600, api={"replicas": 3}, workers={"replicas": 2, "concurrency": 4})
     fs = await eventually(status_where(cp, ns, sale, phase="Live", stock=25, remaining=25, drift=0))
     assert fs["status"]["observedGeneration"] == 1
@@ -225,9 +228,9 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     assert {t: conds[t][0] for t in ("Seeded", "Ready", "Reconciled", "Drifted")} == {
         "Seeded": "True", "Ready": "True", "Reconciled": "True", "Drifted": "False",
     }  # fmt: skip
-    snap = await stock.snapshot(sale)
+    snap = await stock.snapshot(sid)
     assert (snap.total, snap.remaining, snap.open) == (25, 25, True)
-    assert await sql(ledger, "SELECT sku, stock, per_user_limit FROM stampede_sales WHERE sale = %s", sale) == [
+    assert await sql(ledger, "SELECT sku, stock, per_user_limit FROM stampede_sales WHERE sale = %s", sid) == [
         ("SKU-1", 25, 1)
     ]
 
@@ -242,7 +245,10 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     assert api["spec"]["replicas"] == 3
     assert worker["spec"]["replicas"] == 2
     (c,) = api["spec"]["template"]["spec"]["containers"]
-    assert c["envFrom"] == [{"secretRef": {"name": "stampede-env"}}]
+    assert {"name": "STAMPEDE_SALE_NAMESPACE", "value": ns} in c["env"]
+    assert {e["name"] for e in c["env"] if "valueFrom" in e} == {
+        "STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET",
+    }  # fmt: skip
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
@@ -263,10 +269,10 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
 
     await eventually(scaled)
     await eventually(status_where(cp, ns, sale, stock=40, remaining=40, observedGeneration=2))
-    assert (await stock.snapshot(sale)).total == 40
+    assert (await stock.snapshot(sid)).total == 40
 
     # A restock below what is sold is refused, with a condition and an Event; Redis keeps its stock.
-    await reserve(stock, sale, 3)
+    await reserve(stock, sid, 3)
     patch_spec(cp, ns, sale, {"stock": 2})
 
     def refused() -> None:
@@ -276,7 +282,7 @@ async def test_sale_is_seeded_deployed_scaled_restocked_and_reported(
     await eventually(refused)
     assert "RestockRefused" in event_reasons(cp, ns, sale)
     assert "Restocked" in event_reasons(cp, ns, sale)
-    snap = await stock.snapshot(sale)
+    snap = await stock.snapshot(sid)
     assert (snap.total, snap.remaining, snap.pending) == (40, 37, 3)
     patch_spec(cp, ns, sale, {"stock": 40})
 
@@ -290,19 +296,20 @@ async def test_phases_follow_the_window(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine
 ) -> None:
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     # The window opens 10 s out: a loaded machine can take several seconds to report Scheduled, and the
     # early buy must still land before the start.
     create_sale(cp, ns, sale, stock=5, start=10, end=16, grace=600)
     await eventually(status_where(cp, ns, sale, phase="Scheduled"))
     with pytest.raises(errors.SaleClosed):
-        await stock.reserve(sale, "early-bird")
+        await stock.reserve(sid, "early-bird")
     await eventually(status_where(cp, ns, sale, phase="Live"), within=30)
-    assert (await stock.snapshot(sale)).open
-    await stock.reserve(sale, "on-time")
+    assert (await stock.snapshot(sid)).open
+    await stock.reserve(sid, "on-time")
     await eventually(status_where(cp, ns, sale, phase="Ended"), within=30)
-    assert not (await stock.snapshot(sale)).open
+    assert not (await stock.snapshot(sid)).open
     with pytest.raises(errors.SaleClosed):
-        await stock.reserve(sale, "too-late")
+        await stock.reserve(sid, "too-late")
     assert "PhaseChanged" in event_reasons(cp, ns, sale)
 
 
@@ -311,14 +318,15 @@ async def test_sold_out_closes_the_sale(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=2)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 2)
+    batch = await reserve(stock, sid, 2)
     await ledger.record_batch(batch)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, phase="SoldOut", remaining=0, confirmed=2, drift=0))
-    assert not (await stock.snapshot(sale)).open
-    await audit_clean(stock, ledger, sale, 2, [r.reservation_id for r in batch])
+    assert not (await stock.snapshot(sid)).open
+    await audit_clean(stock, ledger, sid, 2, [r.reservation_id for r in batch])
 
 
 async def test_reconciler_redefers_a_deleted_job(
@@ -326,9 +334,10 @@ async def test_reconciler_redefers_a_deleted_job(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 3)
+    batch = await reserve(stock, sid, 3)
     job_id = await ledger.record_batch(batch)
     await sql(ledger, "DELETE FROM procrastinate_jobs WHERE id = %s", job_id)
 
@@ -339,10 +348,10 @@ async def test_reconciler_redefers_a_deleted_job(
         assert await sql(ledger, "SELECT status::text FROM procrastinate_jobs WHERE id = %s", row.job_id) == [("todo",)]
 
     await eventually(redeferred)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, confirmed=3, reserved=0, remaining=7, drift=0))
     assert "Healed" in event_reasons(cp, ns, sale)
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in batch])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in batch])
 
 
 async def test_reconciler_compensates_a_lost_enqueue(
@@ -350,25 +359,26 @@ async def test_reconciler_compensates_a_lost_enqueue(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10, grace=1)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    acked = await reserve(stock, sale, 1, "acked")
+    acked = await reserve(stock, sid, 1, "acked")
     await ledger.record_batch(acked)
-    lost = await reserve(stock, sale, 2, "lost")  # Redis took them; the API died before the ledger write
+    lost = await reserve(stock, sid, 2, "lost")  # Redis took them; the API died before the ledger write
 
     async def compensated() -> None:
         for r in lost:
             row = await ledger.get_reservation(r.reservation_id)
             assert row is not None
             assert (row.status, row.reason) == ("compensated", "lost_before_ack")
-            rec = await stock.reservation(sale, r.reservation_id)
+            rec = await stock.reservation(sid, r.reservation_id)
             assert rec is not None
             assert rec.state == "released"
 
     await eventually(compensated, within=20)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, confirmed=1, reserved=0, remaining=9, compensated=2, drift=0))
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in acked])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in acked])
 
 
 async def test_reconciler_compensates_a_failed_job(
@@ -376,9 +386,10 @@ async def test_reconciler_compensates_a_failed_job(
     ledger: Ledger,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 2)
+    batch = await reserve(stock, sid, 2)
     job_id = await ledger.record_batch(batch)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", job_id)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", job_id)
@@ -387,7 +398,7 @@ async def test_reconciler_compensates_a_failed_job(
         row = await ledger.get_reservation(r.reservation_id)
         assert row is not None
         assert (row.status, row.reason) == ("compensated", "job_failed")
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in batch])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in batch])
 
 
 async def test_reconciler_rebuilds_a_flushed_redis(
@@ -395,27 +406,28 @@ async def test_reconciler_rebuilds_a_flushed_redis(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10, grace=600)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    settled = await reserve(stock, sale, 3, "early")
+    settled = await reserve(stock, sid, 3, "early")
     await ledger.record_batch(settled)
-    await run_worker(sale)
-    waiting = await reserve(stock, sale, 2, "late")
+    await run_worker(sid)
+    waiting = await reserve(stock, sid, 2, "late")
     await ledger.record_batch(waiting)
     await stock.client.flushdb()
 
     async def rebuilt() -> None:
         try:
-            snap = await stock.snapshot(sale)
+            snap = await stock.snapshot(sid)
         except errors.SaleNotFound:
             raise AssertionError("not rebuilt yet") from None
         assert (snap.total, snap.remaining, snap.pending, snap.confirmed, snap.open) == (10, 5, 2, 3, True)
 
     await eventually(rebuilt)
     assert "Healed" in event_reasons(cp, ns, sale)
-    await run_worker(sale)
+    await run_worker(sid)
     await eventually(status_where(cp, ns, sale, confirmed=5, reserved=0, remaining=5, drift=0))
-    await audit_clean(stock, ledger, sale, 10, [r.reservation_id for r in settled + waiting])
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in settled + waiting])
 
 
 async def test_sold_out_sale_stays_sold_out_while_redis_is_restored(
@@ -490,16 +502,17 @@ async def test_spec_change_after_redis_lost_the_sale_rebuilds_instead_of_reseedi
     ledger: Ledger,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=10, interval=3600, grace=600)  # the loop will not tick again: ensure must cope
     await eventually(status_where(cp, ns, sale, phase="Live", stock=10))
-    batch = await reserve(stock, sale, 4)
+    batch = await reserve(stock, sid, 4)
     await ledger.record_batch(batch)
-    await stock.delete(sale)
+    await stock.delete(sid)
     patch_spec(cp, ns, sale, {"stock": 12})
 
     async def restocked_over_the_ledger() -> None:
         try:
-            snap = await stock.snapshot(sale)
+            snap = await stock.snapshot(sid)
         except errors.SaleNotFound:
             raise AssertionError("not there yet") from None
         assert (snap.total, snap.remaining, snap.pending) == (12, 8, 4)
@@ -512,11 +525,12 @@ async def test_deletion_removes_redis_keys_and_keeps_the_ledger(
     ledger: Ledger, run_worker: Callable[..., Any],
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
     create_sale(cp, ns, sale, stock=5)
     await eventually(status_where(cp, ns, sale, phase="Live"))
-    batch = await reserve(stock, sale, 2)
+    batch = await reserve(stock, sid, 2)
     await ledger.record_batch(batch)
-    await run_worker(sale)
+    await run_worker(sid)
     assert get_fs(cp, ns, sale)["metadata"]["finalizers"] == ["stampede.dev/finalizer"]
     cp.kubectl("delete", "fs", sale, "-n", ns, "--wait=false", check=True)
 
@@ -524,8 +538,8 @@ async def test_deletion_removes_redis_keys_and_keeps_the_ledger(
         assert cp.kubectl("get", "fs", sale, "-n", ns).returncode != 0
 
     await eventually(gone)
-    assert await stock.client.exists(*sale_keys(sale).all_static()) == 0
-    assert sorted(r.status for r in await ledger.rows(sale)) == ["confirmed", "confirmed"]
+    assert await stock.client.exists(*sale_keys(sid).all_static()) == 0
+    assert sorted(r.status for r in await ledger.rows(sid)) == ["confirmed", "confirmed"]
 
 
 async def test_invalid_spec_is_reported_and_never_crashes_the_operator(
@@ -545,7 +559,7 @@ async def test_invalid_spec_is_reported_and_never_crashes_the_operator(
         assert get_fs(cp, ns, name)["status"]["phase"] == "Failed"
         assert cp.kubectl("get", "deployment", f"{name}-api", "-n", ns).returncode != 0
         with pytest.raises(errors.SaleNotFound):
-            await stock.snapshot(name)
+            await stock.snapshot(sale_id(ns, name))
     assert operator.alive()
     assert "Traceback" not in operator.log()
 
@@ -559,9 +573,147 @@ async def test_metrics_are_exported(
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
             body = str(rsp.read().decode())
-        assert f'stampede_operator_reconcile_seconds_count{{sale="{sale}"}}' in body
+        assert f'stampede_operator_reconcile_seconds_count{{sale="{op_namespace}/{sale}"}}' in body
         return body
 
     body = await eventually(scrape)
     assert "stampede_operator_drift_units{sale=" in body
     assert "# HELP stampede_operator_healed_total" in body
+
+
+async def test_a_deployment_of_an_older_version_loses_its_envfrom(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str
+) -> None:
+    """Upgrade: a sale's worker Deployment written with envFrom (every key of the Secret, the JWT secret included)
+    is patched to read only its own keys."""
+    from stampede.settings import OperatorSettings
+    from stampede_operator import builders
+
+    cp, ns = control_plane, op_namespace
+    window = {"start": iso(-60), "end": iso(600)}
+    spec = builders.parse_spec(sale, {"product": {"sku": "S"}, "stock": 1, "window": window})
+    old = builders.build_worker_deployment(spec, ns, load(OperatorSettings, env={}))
+    (c,) = old["spec"]["template"]["spec"]["containers"]
+    c["envFrom"] = [{"secretRef": {"name": "stampede-env"}}]
+    c["env"] = [e for e in c["env"] if "valueFrom" not in e]
+    cp.kubectl("create", "-f", "-", input=json.dumps(old), check=True)
+    create_sale(cp, ns, sale, stock=5)
+
+    def patched() -> None:
+        worker = cp.kubectl_json("get", "deployment", f"{sale}-worker", "-n", ns)
+        (c,) = worker["spec"]["template"]["spec"]["containers"]
+        assert "envFrom" not in c
+        assert {e["name"] for e in c["env"] if "valueFrom" in e} == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL"}
+
+    await eventually(patched)
+
+
+# --- two namespaces -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_namespaces(control_plane: ControlPlane) -> Iterator[tuple[str, str]]:
+    made = (f"ns-a-{uuid.uuid4().hex[:6]}", f"ns-b-{uuid.uuid4().hex[:6]}")
+    for name in made:
+        control_plane.kubectl("create", "namespace", name, check=True)
+    yield made
+    for name in made:
+        control_plane.kubectl("delete", "flashsales.stampede.dev", "--all", "-n", name, "--wait=false")
+        control_plane.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@asynccontextmanager
+async def namespace_api(
+    redis_url: str, database_url: str, namespace: str, stock: StockEngine, ledger: Ledger
+) -> AsyncIterator[Any]:
+    """The buy API as the operator configures a sale's API pods in ``namespace`` (in process)."""
+    from falcon import testing
+
+    from stampede.settings import ApiSettings
+    from stampede_api.app import build
+
+    settings = load(
+        ApiSettings, env={}, redis_url=redis_url, database_url=database_url, jwt_secret=JWT_SECRET,
+        sale_namespace=namespace,
+    )  # fmt: skip
+    async with testing.ASGIConductor(build(settings, stock, ledger)[0]) as conductor:
+        yield conductor
+
+
+async def test_same_name_in_two_namespaces_never_touch_each_other(
+    control_plane: ControlPlane, start_operator: Callable[..., OperatorProcess], two_namespaces: tuple[str, str],
+    sale: str, stock: StockEngine, ledger: Ledger, run_worker: Callable[..., Any], redis_url: str,
+    migrated_database_url: str,
+) -> None:  # fmt: skip
+    """A FlashSale ``x`` in namespace A and another ``x`` in B are two sales: restocking, closing and deleting
+    A leaves B's stock, gate and pending reservations alone, each namespace's API sells only its own sale,
+    and both audits are clean."""
+    from stampede import tokens
+
+    cp = control_plane
+    ns_a, ns_b = two_namespaces
+    sid_a, sid_b = sale_id(ns_a, sale), sale_id(ns_b, sale)
+    start_operator((ns_a, ns_b), "operator-two-ns", standalone="true", delete_drain_timeout_s="2")
+    create_sale(cp, ns_a, sale, stock=10, grace=600)
+    create_sale(cp, ns_b, sale, stock=10, grace=600)
+    await eventually(status_where(cp, ns_a, sale, phase="Live", stock=10, remaining=10))
+    await eventually(status_where(cp, ns_b, sale, phase="Live", stock=10, remaining=10))
+    for ns in (ns_a, ns_b):
+        (c,) = cp.kubectl_json("get", "deployment", f"{sale}-api", "-n", ns)["spec"]["template"]["spec"]["containers"]
+        assert {"name": "STAMPEDE_SALE_NAMESPACE", "value": ns} in c["env"]
+
+    accepted: dict[str, list[str]] = {ns_a: [], ns_b: []}
+    async with (
+        namespace_api(redis_url, migrated_database_url, ns_a, stock, ledger) as api_a,
+        namespace_api(redis_url, migrated_database_url, ns_b, stock, ledger) as api_b,
+    ):
+        apis = {ns_a: api_a, ns_b: api_b}
+
+        async def buy(ns: str, user: str) -> None:
+            token = tokens.mint(JWT_SECRET, user)
+            r = await apis[ns].simulate_post(
+                f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert r.status_code == 202, r.text
+            accepted[ns].append(r.json["reservation_id"])
+
+        # The same buyer ids in both namespaces, all at once: 3 units of A, 5 of B.
+        await asyncio.gather(*(buy(ns_a, f"buyer-{i}") for i in range(3)), *(buy(ns_b, f"buyer-{i}") for i in range(5)))
+        snap_b = await stock.snapshot(sid_b)
+        assert (snap_b.total, snap_b.remaining, snap_b.pending, snap_b.open) == (10, 5, 5, True)
+
+        # Restock A: B keeps its stock.
+        patch_spec(cp, ns_a, sale, {"stock": 12})
+        await eventually(status_where(cp, ns_a, sale, stock=12, remaining=9))
+        assert (await stock.snapshot(sid_b)).total == 10
+
+        # Close A by its window: B stays open and keeps selling.
+        patch_spec(cp, ns_a, sale, {"window": {"start": iso(-120), "end": iso(-1)}})
+        await eventually(status_where(cp, ns_a, sale, phase="Ended"))
+        assert not (await stock.snapshot(sid_a)).open
+        assert (await stock.snapshot(sid_b)).open
+        assert get_fs(cp, ns_b, sale)["status"]["phase"] == "Live"
+        await buy(ns_b, "late-buyer")
+
+    # Delete A while both sales hold pending reservations: A's are compensated and its keys removed; B's
+    # reservations stay pending (then settle), B's keys stay.
+    cp.kubectl("delete", "fs", sale, "-n", ns_a, "--wait=false", check=True)
+
+    def a_gone() -> None:
+        assert cp.kubectl("get", "fs", sale, "-n", ns_a).returncode != 0
+
+    await eventually(a_gone)
+    assert await stock.client.exists(*sale_keys(sid_a).all_static()) == 0
+    assert {r.status for r in await ledger.rows(sid_a)} == {"compensated"}
+    assert sorted(r.status for r in await ledger.rows(sid_b)) == ["pending"] * 6
+    snap_b = await stock.snapshot(sid_b)
+    assert (snap_b.total, snap_b.remaining, snap_b.pending, snap_b.open) == (10, 4, 6, True)
+
+    await run_worker(sid_b)
+    await eventually(status_where(cp, ns_b, sale, confirmed=6, reserved=0, remaining=4, drift=0))
+    await audit_clean(stock, ledger, sid_b, 10, accepted[ns_b])
+    report = audit.audit(
+        sid_a, stock=12, per_user_limit=1, accepted=accepted[ns_a], rows=await ledger.rows(sid_a), settled=True
+    )
+    assert report.ok, report.render()
+    assert await stock.client.exists(*sale_keys(sid_a).all_static()) == 0  # settling B never brought A back

@@ -59,6 +59,13 @@ def test_parse_spec_refuses_what_cannot_run(name: str, body: dict[str, Any], rea
 OWNER = {"metadata": {"name": "drop", "uid": "u-1"}}
 
 
+def secret_keys(container: dict[str, Any]) -> set[str]:
+    """The Secret keys a container's env reads (each from SETTINGS.secret_name)."""
+    refs = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e]
+    assert {r["name"] for r in refs} == {SETTINGS.secret_name}
+    return {r["key"] for r in refs}
+
+
 def test_api_deployment_by_value() -> None:
     s = builders.parse_spec("drop", spec(api={"replicas": 4}))
     d = builders.build_api_deployment(s, "shop", SETTINGS, OWNER)
@@ -72,8 +79,12 @@ def test_api_deployment_by_value() -> None:
     assert d["spec"]["selector"]["matchLabels"] == {"stampede.dev/sale": "drop", "app.kubernetes.io/component": "api"}
     labels = d["spec"]["template"]["metadata"]["labels"]
     assert labels.items() >= d["spec"]["selector"]["matchLabels"].items()
-    (c,) = d["spec"]["template"]["spec"]["containers"]
-    assert c["envFrom"] == [{"secretRef": {"name": SETTINGS.secret_name}}]
+    pod = d["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("stampede-sale", False)
+    (c,) = pod["containers"]
+    assert c["envFrom"] is None  # removes an older envFrom on patch
+    assert secret_keys(c) == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET"}
+    assert {"name": "STAMPEDE_SALE_NAMESPACE", "value": "shop"} in c["env"]
     assert c["ports"] == [{"name": "http", "containerPort": SETTINGS.api_port}]
     assert {p: c[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe", "startupProbe")} == {
         "readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz",
@@ -87,8 +98,13 @@ def test_worker_deployment_carries_the_concurrency() -> None:
     assert d["metadata"]["name"] == "drop-worker"
     assert "ownerReferences" not in d["metadata"]
     assert d["spec"]["replicas"] == 3
-    (c,) = d["spec"]["template"]["spec"]["containers"]
+    pod = d["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("stampede-sale", False)
+    (c,) = pod["containers"]
     assert {"name": "STAMPEDE_WORKER_CONCURRENCY", "value": "16"} in c["env"]
+    # A worker never checks a buyer's token: it gets the data stores' URLs and not the token secret.
+    assert c["envFrom"] is None
+    assert secret_keys(c) == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
 

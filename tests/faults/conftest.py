@@ -6,9 +6,11 @@ HTTP, injects a fault mid-sale, waits for the system to heal, and audits the out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -24,6 +26,7 @@ from stampede.audit import AuditReport
 from stampede.devstack import LocalStack
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
+from stampede.names import sale_id
 from stampede.sale_audit import audit_sale
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
@@ -44,6 +47,23 @@ class FaultServices:
         subprocess.run([str(SERVICES), *args],
                        env={**os.environ, "STAMPEDE_SERVICES_DIR": str(self.dir), **(env or {})},
                        check=True, capture_output=True)
+
+    def kill_postgres(self) -> int:
+        """SIGKILL to the postmaster and every backend at once, as when its container is OOM-killed: no
+        shutdown checkpoint, the next start runs crash recovery from the WAL. Returns the processes killed."""
+        postmaster = int((self.dir / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        family = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == postmaster:  # ppid
+                family.append(int(stat.parent.name))
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(family)
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +113,11 @@ class SaleRun:
     kubeconfig: Path
     api_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sale_id(self) -> str:
+        """The sale's id in Redis and the ledger (namespace and name)."""
+        return sale_id(self.namespace, self.name)
 
     # --- the sale ---------------------------------------------------------------------------------
     def apply(self) -> None:
@@ -199,7 +224,7 @@ class SaleRun:
         try:
             while True:
                 try:
-                    report, _lag, _ = await audit_sale(ledger, stock, self.name, accepted=outcome.accepted,
+                    report, _lag, _ = await audit_sale(ledger, stock, self.sale_id, accepted=outcome.accepted,
                                                        settle_timeout=1)
                 except Exception as exc:  # Redis keys not rebuilt yet, a restarting dependency, …
                     report = None
@@ -304,7 +329,8 @@ def sale_run(fault_services: FaultServices, control_plane: Any, flashsale_crd: s
     ns = f"f-{uuid.uuid4().hex[:8]}"
     assert control_plane.kubectl("create", "namespace", ns).returncode == 0
     run_dir = ROOT / ".run" / "faults" / request.node.name
-    env = {**fault_services.env, "STAMPEDE_JWT_SECRET": SECRET, "STAMPEDE_LOG_LEVEL": "INFO"}
+    env = {**fault_services.env, "STAMPEDE_JWT_SECRET": SECRET, "STAMPEDE_LOG_LEVEL": "INFO",
+           "STAMPEDE_SALE_NAMESPACE": ns}
     with LocalStack(run_dir, env) as stack:
         run = SaleRun(
             name=f"sale-{uuid.uuid4().hex[:6]}", namespace=ns, stock_units=1000, limit=2,

@@ -73,6 +73,23 @@ async def test_postgres_down_for_ten_seconds(sale_run) -> None:
     assert outcome.statuses.get(503, 0) > 0, outcome.statuses
 
 
+async def test_postgres_killed_mid_sale(sale_run) -> None:
+    """A crash, not a clean stop: the postmaster and its backends SIGKILLed mid-sale, started again 5 s later
+    (crash recovery from the WAL). A 202 is sent only after its commit, so recovery keeps every one of them."""
+    start_all(sale_run)
+
+    async def fault() -> None:
+        killed = await asyncio.to_thread(sale_run.services.kill_postgres)
+        assert killed > 1  # the postmaster and its backends
+        await asyncio.sleep(5)
+        await asyncio.to_thread(sale_run.services.do, "start-postgres")
+
+    outcome = await sale_run.buyers(requests=3000, rate=100, fault_at=0.05, fault=fault)
+    report, heal = await sale_run.settle_and_audit(outcome)
+    check(sale_run, "PostgreSQL SIGKILL, restarted", outcome, report, heal)
+    assert outcome.statuses.get(503, 0) > 0, outcome.statuses
+
+
 @pytest.mark.timeout(600)  # 2,000 units to settle: on a loaded 2-core machine the load alone can take minutes
 @pytest.mark.parametrize("aof", [False, True], ids=["no-persistence", "aof-everysec"])
 async def test_redis_killed_mid_sale(sale_run, aof: bool) -> None:
@@ -125,7 +142,7 @@ async def test_redis_killed_mid_sale(sale_run, aof: bool) -> None:
     with psycopg.connect(sale_run.services.env["STAMPEDE_DATABASE_URL"]) as conn:
         reasons = dict(conn.execute(
             "SELECT reason, count(*) FROM stampede_ledger WHERE sale = %s AND status = 'compensated' GROUP BY reason",
-            (sale_run.name,)).fetchall())
+            (sale_run.sale_id,)).fetchall())
         (orders_compensated,) = conn.execute(
             "SELECT count(*) FROM stampede_ledger WHERE reservation_id = ANY(%s::uuid[]) AND status = 'compensated'",
             (outcome.accepted,)).fetchone() or (0,)
@@ -150,7 +167,8 @@ async def test_api_killed_between_reserve_and_record(sale_run) -> None:
     # The orphans were found by the reconciler, released, and recorded as lost before the 202.
     with psycopg.connect(sale_run.services.env["STAMPEDE_DATABASE_URL"]) as conn:
         lost = conn.execute(
-            "SELECT count(*) FROM stampede_ledger WHERE sale = %s AND reason = 'lost_before_ack'", (sale_run.name,)
+            "SELECT count(*) FROM stampede_ledger WHERE sale = %s AND reason = 'lost_before_ack'",
+            (sale_run.sale_id,),
         ).fetchone()
     assert lost is not None
     assert lost[0] > 0

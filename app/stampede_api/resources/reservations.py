@@ -16,7 +16,7 @@ import falcon
 import falcon.asgi
 
 from stampede import errors
-from stampede.names import SALE_NAME_RE
+from stampede.names import SALE_NAME_RE, sale_id, split_sale_id
 from stampede_api.body import int_member, read_object
 from stampede_api.errors import bad_request
 from stampede_api.purchase import Purchase, buy
@@ -39,7 +39,7 @@ def purchase_body(p: Purchase) -> dict[str, Any]:
     out: dict[str, Any] = {
         "reservation_id": p.reservation_id,
         "status": p.status,
-        "sale": p.sale,
+        "sale": split_sale_id(p.sale)[1],  # the name the buyer used; the namespace is this API's own
         "quantity": p.quantity,
     }
     if p.reason:
@@ -56,6 +56,7 @@ class SaleReservations:
         buyer = self.s.auth.buyer(req)
         if not SALE_NAME_RE.match(sale):
             raise errors.SaleNotFound(sale[:64])
+        sale = sale_id(settings.sale_namespace, sale)
         key = req.get_header("Idempotency-Key")
         if key is not None and not _IDEMPOTENCY_KEY.match(key):
             raise bad_request("Idempotency-Key", "must be 1-255 visible ASCII characters")
@@ -103,9 +104,15 @@ class ReservationItem:
         row = await ledger.get_reservation(rid)
         if row is None or row.user != buyer.id:
             raise errors.ReservationNotFound(rid)
+        try:
+            namespace, sale = split_sale_id(row.sale)
+        except ValueError:  # a row no sale of this API wrote
+            raise errors.ReservationNotFound(rid) from None
+        if namespace != self.s.settings.sale_namespace:
+            raise errors.ReservationNotFound(rid)  # a sale of another namespace: not this API's to show
         out: dict[str, Any] = {
             "reservation_id": str(row.reservation_id),
-            "sale": row.sale,
+            "sale": sale,
             "quantity": row.quantity,
             "status": row.status,
             "created_at": _iso(row.created_at),

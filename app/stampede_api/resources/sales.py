@@ -11,7 +11,7 @@ from __future__ import annotations
 import falcon.asgi
 
 from stampede import errors, metrics, restore
-from stampede.names import SALE_NAME_RE
+from stampede.names import SALE_NAME_RE, sale_id
 from stampede.stock import Snapshot
 from stampede_api.services import Services
 
@@ -32,11 +32,12 @@ class Sale:
         if not SALE_NAME_RE.match(sale):
             raise errors.SaleNotFound(sale[:64])
         stock, ledger, _ = self.s.require()
+        sid = sale_id(self.s.settings.sale_namespace, sale)
         try:
-            snap = await stock.snapshot(sale)
+            snap = await stock.snapshot(sid)
         except errors.SaleNotFound:
-            await restore.sale_lost(ledger, stock, sale)  # 503 while it is restored; 404 if the ledger agrees
-        metrics.API_STOCK_REMAINING.labels(sale).set(snap.remaining)
+            await restore.sale_lost(ledger, stock, sid)  # 503 while it is restored; 404 if the ledger agrees
+        metrics.API_STOCK_REMAINING.labels(snap.sale).set(snap.remaining)
         resp.media = {
             "sale": sale,
             "phase": phase(snap),

@@ -120,6 +120,27 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
+{{/* The ServiceAccount of the sales' API and worker pods (the operator's STAMPEDE_SALE_SERVICE_ACCOUNT). */}}
+{{- define "stampede.sale.serviceAccountName" -}}
+{{- default (include "stampede.componentName" (list . "sale")) .Values.operator.saleServiceAccount.name -}}
+{{- end -}}
+
+{{/*
+The ACL rules of Stampede's user in the bundled Redis, one argument each: only keys under "stampede:" (and the empty
+key name: reserve.lua is handed "" as the per-IP bucket when a caller has no client address, and never touches it),
+no Pub/Sub channels, and only the commands Stampede sends: EVALSHA and SCRIPT LOAD/EXISTS (redis-py loads a script
+on NOSCRIPT), the commands its Lua scripts call (ACLs apply inside scripts too), SCAN/DEL (deleting a sale),
+HGET/HSCAN/HDEL/ZRANGEBYSCORE/TIME (reads and healing), PING (readiness), SELECT (a database other than 0). redis-py's
+CLIENT SETINFO on connect is refused and ignored by redis-py.
+*/}}
+{{- define "stampede.redis.aclRules" -}}
+{{- $rules := list "resetkeys" "~stampede:*" "~" "resetchannels" "-@all" -}}
+{{- range list "evalsha" "script|load" "script|exists" "ping" "select" "time" "scan" "del" "exists" "hget" "hset" "hdel" "hexists" "hgetall" "hincrby" "hlen" "hmget" "hscan" "pexpire" "zadd" "zcard" "zrem" "zrangebyscore" -}}
+{{- $rules = append $rules (printf "+%s" .) -}}
+{{- end -}}
+{{- toJson $rules -}}
+{{- end -}}
+
 {{/* kopf's peering name (leader election among the operator's replicas). */}}
 {{- define "stampede.operator.peeringName" -}}
 {{- default (include "stampede.fullname" .) .Values.operator.peering.name -}}
@@ -140,7 +161,7 @@ others. Empty when operator.clusterWide (every namespace).
 
 {{/*
 The Secret holding STAMPEDE_REDIS_URL, STAMPEDE_DATABASE_URL and STAMPEDE_JWT_SECRET (keys named like the
-variables, so a pod can take them all with envFrom).
+variables; every pod reads only the keys it uses, by secretKeyRef).
 */}}
 {{- define "stampede.secretName" -}}
 {{- default (include "stampede.componentName" (list . "env")) .Values.secrets.existingSecret -}}

@@ -1,5 +1,6 @@
 {{/*
-The pod spec of a load test: k6 runs `script` as an init container and writes its summary to a shared emptyDir;
+The pod spec of a load test: the worker image mints the buyers' tokens into an emptyDir (it alone holds the JWT
+secret); k6 runs `script` as an init container with those tokens and writes its summary to a shared emptyDir;
 then the integrity audit (worker image) reads that summary, Redis and the ledger, waits for the queue to settle,
 and exits non-zero on any violation. The pod fails when either fails.
 Usage: include "stampede.loadtest.podSpec" (dict "root" . "script" "smoke.js" "env" (dict "RATE" "50" ...))
@@ -22,9 +23,33 @@ securityContext:
   runAsGroup: 12345
   fsGroup: 12345
   seccompProfile: {type: RuntimeDefault}
-{{- if $lt.audit.enabled }}
 initContainers:
-{{- else }}
+  # Buyer tokens minted by the project's own image, the only container here that holds the signing secret: k6 (a
+  # third-party image running scripts from a ConfigMap) reads the tokens, never the secret.
+  - name: tokens
+    image: {{ include "stampede.image" (dict "image" $root.Values.image.worker "root" $root) }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    command: ["stampede", "mint-token", "buyer", "--count", {{ .env.BUYERS | toString | quote }}, "--ttl", "3600", "--out", "/tokens/tokens.tsv"]
+    env:
+      - name: STAMPEDE_JWT_SECRET
+        valueFrom:
+          secretKeyRef:
+            name: {{ include "stampede.secretName" $root }}
+            key: STAMPEDE_JWT_SECRET
+    resources:
+      {{- toYaml $lt.auditResources | nindent 6 }}
+    securityContext:
+      runAsUser: 10001
+      runAsGroup: 10001
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {drop: [ALL]}
+    volumeMounts:
+      - name: tokens
+        mountPath: /tokens
+      - name: tmp
+        mountPath: /tmp
+{{- if not $lt.audit.enabled }}
 containers:
 {{- end }}
   - name: k6
@@ -36,11 +61,8 @@ containers:
         value: {{ $base | quote }}
       - name: SALE
         value: {{ $sale | quote }}
-      - name: JWT_SECRET
-        valueFrom:
-          secretKeyRef:
-            name: {{ include "stampede.secretName" $root }}
-            key: STAMPEDE_JWT_SECRET
+      - name: TOKENS_PATH
+        value: /tokens/tokens.tsv
       - name: SUMMARY_PATH
         value: {{ $summary | quote }}
       - name: K6_NO_USAGE_REPORT
@@ -63,6 +85,9 @@ containers:
         readOnly: true
       - name: results
         mountPath: /results
+      - name: tokens
+        mountPath: /tokens
+        readOnly: true
       - name: tmp
         mountPath: /tmp
 {{- if $lt.audit.enabled }}
@@ -72,7 +97,7 @@ containers:
     imagePullPolicy: {{ $root.Values.image.pullPolicy }}
     command:
       {{- range $lt.audit.command }}
-      - {{ . | replace "{sale}" $sale | replace "{summary}" $summary | replace "{timeout}" (toString $lt.audit.settleTimeoutSeconds) | quote }}
+      - {{ . | replace "{sale}" (printf "%s/%s" $root.Release.Namespace $sale) | replace "{summary}" $summary | replace "{timeout}" (toString $lt.audit.settleTimeoutSeconds) | quote }}
       {{- end }}
     env:
       {{- include "stampede.secretEnv" $root | nindent 6 }}
@@ -104,6 +129,10 @@ volumes:
         {{- end }}
   - name: results
     emptyDir:
+      sizeLimit: 64Mi
+  - name: tokens
+    emptyDir:
+      medium: Memory
       sizeLimit: 64Mi
   - name: tmp
     emptyDir:
