@@ -21,7 +21,7 @@ burst: setup services-up ## race 1,000 buyers against the stock engine alone and
 	@$(SERVICES_ENV); $(VENV)/bin/stampede burst --sale burst --stock 100 --buyers 300 --attempts 1000
 
 .PHONY: demo-down
-demo-down: ## stop the demo's services and control plane
+demo-down: ## stop the demo's services and control plane (PostgreSQL's data is deleted)
 	-@hack/cluster.sh down
 	-@hack/services.sh down
 
@@ -50,7 +50,7 @@ cluster-down: ## stop it
 .PHONY: services-up services-down services-status
 services-up: ## start the project's own Redis and PostgreSQL on free loopback ports
 	@hack/services.sh up
-services-down: ## stop them
+services-down: ## stop them and delete PostgreSQL's data
 	@hack/services.sh down
 services-status: ## show them
 	@hack/services.sh status
@@ -172,6 +172,7 @@ kind-down: ## delete the kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: clean
-clean: ## stop services and remove local state (.run); keeps .venv and .tools
+clean: ## stop the control plane and services, remove local state (.run and PostgreSQL's data); keeps .venv, .tools
+	-@hack/cluster.sh down
 	-@hack/services.sh down
 	rm -rf .run

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import psycopg
 
 from stampede import tokens
 from stampede.audit import audit, counts_from
+from stampede.devstack import free_port
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
 from stampede.settings import ApiSettings, load
@@ -44,12 +44,6 @@ BIN = Path(sys.executable).parent
 SECRET = "bench-secret-" + "b" * 32
 LUA = ROOT / "bench" / "reserve.lua"
 TARGETS = {"stock-10m": (7500.0, 30.0), "sell-out": (9000.0, 20.0)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def services_env() -> dict[str, str]:

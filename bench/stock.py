@@ -91,7 +91,10 @@ async def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--processes", type=int, default=2)
     ns = ap.parse_args()
-    url = os.environ.get("STAMPEDE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    url = os.environ.get("STAMPEDE_REDIS_URL")
+    if not url:
+        # Never a Redis the machine happens to run: the project's own, which `make bench-stock` starts.
+        raise SystemExit("bench/stock.py: STAMPEDE_REDIS_URL is not set; run it as `make bench-stock`")
     port = urlparse(url).port or 6379
 
     cli = ["redis-cli", "-p", str(port)]

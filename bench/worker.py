@@ -242,7 +242,8 @@ async def main() -> None:
     settings = load(Common, database_url=f"{server}/{db}")
     await migrate(settings.database_url)
     stock = StockEngine.from_url(settings.redis_url)
-    log = Path("/tmp") / f"bench-worker-{os.getpid()}.log"
+    log = ROOT / ".run" / "bench" / f"worker-{os.getpid()}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     n = ns.reservations
     levels = [int(x) for x in ns.concurrency.split(",")]
     load1 = os.getloadavg()[0]

@@ -2,12 +2,23 @@
 # Local Redis and PostgreSQL as the project's own processes on free loopback ports.
 #
 #   hack/services.sh up       install if missing, start both, wait until they answer (no-op if up)
-#   hack/services.sh down     stop both by PID
+#   hack/services.sh down     stop both by PID and delete PostgreSQL's data (Redis keeps none)
 #   hack/services.sh status   show what runs
 #   hack/services.sh env      print the STAMPEDE_* variables that point at them
 #
-# Data lives under .run/services (git-ignored), or STAMPEDE_SERVICES_DIR for a second, private pair
+# State lives under .run/services (git-ignored), or STAMPEDE_SERVICES_DIR for a second, private pair
 # (the fault suite stops and restarts its own). Nothing depends on services the machine happens to run.
+# A restart keeps the ports of the last start (.run/services/env), so running clients find the servers again.
+#
+# Where PostgreSQL's data lives: PostgreSQL refuses to run as root.
+#   - Not root: PostgreSQL runs as the invoking user, data in .run/services/pg/.
+#   - Root: it runs as the `postgres` user, who may not be able to reach the checkout (a clone in /root, which
+#     is mode 700). Its data then lives in /var/lib/stampede/pg-<hash of the services directory>/, a directory
+#     of the project's own (postgres-owned, mode 700), and .run/services/pg is a symlink to it. `down` deletes
+#     it; one whose checkout no longer exists is swept at the next `up`. No permission of the user's own
+#     directories is changed.
+# No Unix-domain socket: every client speaks TCP on 127.0.0.1, so a deep checkout path never runs into the
+# 107-byte socket path limit, and no socket directory must be shared between users.
 #
 #   hack/services.sh restart-redis | stop-postgres | start-postgres   (faults: one service at a time)
 #   hack/services.sh kill-redis | start-redis   (SIGKILL, then a start on the same port; with
@@ -16,20 +27,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUN=${STAMPEDE_SERVICES_DIR:-$ROOT/.run/services}
-ENVFILE=$RUN/env
 mkdir -p "$RUN"
+RUN=$(cd "$RUN" && pwd -P)
+ENVFILE=$RUN/env
+PG_STATE_BASE=/var/lib/stampede
+PG_LINK=$RUN/pg
 
 log() { echo "==> $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 
 free_port() { python3 "$ROOT/hack/free_ports.py" 1; }
-port_free() { python3 -c 'import socket,sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
+port_free() { python3 "$ROOT/hack/free_ports.py" --check "$1"; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
 
 pg_bindir() {
   local d
   for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
     [ -x "$d/initdb" ] && { echo "$d"; return; }
   done
+  # Other layouts (Fedora, Homebrew, a source build): the tools on PATH.
+  d=$(command -v pg_ctl 2>/dev/null) && d=$(dirname "$d") && [ -x "$d/initdb" ] && { echo "$d"; return; }
   return 1
 }
 
@@ -38,7 +56,8 @@ install_missing() {
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   pg_bindir >/dev/null || pkgs+=(postgresql)
   [ ${#pkgs[@]} -eq 0 ] && return 0
-  [ "$(id -u)" = 0 ] || die "missing ${pkgs[*]}: install them (sudo apt-get install ${pkgs[*]})"
+  is_root && command -v apt-get >/dev/null \
+    || die "missing ${pkgs[*]}: install them (on Debian: sudo apt-get install ${pkgs[*]})"
   log "installing ${pkgs[*]} from Debian packages"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -48,17 +67,92 @@ install_missing() {
   service postgresql stop >/dev/null 2>&1 || true
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(head -n1 "$1")" 2>/dev/null; }
+# alive PIDFILE COMMAND: the pid file names a running (not zombie) process of that command. A pid file left by
+# a crash may name a PID the system has since given to another process, which must not pass for the server.
+alive() {
+  local pid comm state
+  [ -f "$1" ] || return 1
+  pid=$(head -n1 "$1" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  [ "$comm" = "$2" ] || return 1
+  state=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ "$state" != Z ]
+}
+redis_alive() { alive "$RUN/redis/redis.pid" redis-server; }
+pg_alive() { alive "$PG_LINK/data/postmaster.pid" postgres; }
 
-# PostgreSQL refuses to run as root: run its tools as the postgres user then.
+# PostgreSQL refuses to run as root: run its tools as the postgres user then, from a directory it may enter.
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if is_root; then (cd "$PG_HOME" && runuser -u postgres -- "$@"); else "$@"; fi
+}
+
+# Where PostgreSQL's files go (see the top of this file): the directory $PG_LINK is, or links to.
+pg_home() {
+  if is_root; then
+    echo "$PG_STATE_BASE/pg-$(printf '%s' "$RUN" | sha256sum | cut -c1-16)"
+  else
+    echo "$PG_LINK"
+  fi
+}
+
+PG_HOME=$(pg_home)
+
+# Deletes the PostgreSQL directory of this services directory (the postmaster must be stopped).
+remove_pg_home() {
+  local target
+  if [ -L "$PG_LINK" ]; then
+    target=$(readlink "$PG_LINK")
+    # Only a directory this script made: under the state base and marked with this services directory.
+    if [[ "$target" == "$PG_STATE_BASE"/pg-* ]] && [ "$(cat "$target/services-dir" 2>/dev/null)" = "$RUN" ]; then
+      rm -rf "$target"
+    fi
+    rm -f "$PG_LINK"
+  elif [ -d "$PG_LINK" ]; then
+    rm -rf "$PG_LINK"
+  fi
+}
+
+# Root: the directories of checkouts that no longer exist (deleted without `down`), unless their server runs.
+sweep_orphans() {
+  local d owner
+  for d in "$PG_STATE_BASE"/pg-*; do
+    [ -f "$d/services-dir" ] || continue
+    owner=$(cat "$d/services-dir")
+    [ -d "$owner" ] && continue
+    alive "$d/data/postmaster.pid" postgres && continue
+    log "removing $d (its checkout $owner is gone)"
+    rm -rf "$d"
+  done
+}
+
+# Makes the PostgreSQL directory (owned by the user PostgreSQL runs as, mode 700) and, for root, the link to it.
+prepare_pg_home() {
+  local home=$PG_HOME
+  if is_root; then
+    getent passwd postgres >/dev/null \
+      || die "PostgreSQL refuses to run as root and there is no 'postgres' user to run it as (create one)"
+    # A real directory here is an older layout's data, reachable or not: the local data is disposable.
+    if [ -d "$PG_LINK" ] && [ ! -L "$PG_LINK" ]; then
+      if pg_alive; then stop_postgres_now; fi
+      log "PostgreSQL's data now lives in $home; dropping the old copy in the checkout"
+      rm -rf "$PG_LINK"
+    fi
+    sweep_orphans
+    install -d -m 755 -o root -g root "$PG_STATE_BASE"
+    install -d -m 700 -o postgres -g "$(id -gn postgres)" "$home"
+    printf '%s\n' "$RUN" >"$home/services-dir"
+    [ "$(readlink "$PG_LINK" 2>/dev/null)" = "$home" ] || ln -sfn "$home" "$PG_LINK"
+  else
+    mkdir -p "$home"
+    chmod 700 "$home"
+  fi
 }
 
 start_redis() {
   local port=$1 dir=$RUN/redis
   mkdir -p "$dir"
-  if alive "$dir/redis.pid"; then return 0; fi
+  if redis_alive; then return 0; fi
   redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$dir" \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save "" \
     --appendonly "${STAMPEDE_REDIS_APPENDONLY:-no}" --appendfsync everysec \
@@ -71,37 +165,56 @@ start_redis() {
   die "redis did not answer on 127.0.0.1:$port"
 }
 
-start_postgres() {
-  local port=$1 dir=$RUN/pg bin
-  bin=$(pg_bindir) || die "PostgreSQL binaries not found"
-  mkdir -p "$dir"
-  if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; chmod 700 "$dir"; fi
-  if [ ! -f "$dir/data/PG_VERSION" ]; then
-    log "initdb in $dir/data"
-    as_pg "$bin/initdb" -D "$dir/data" -U stampede --auth=trust -E UTF8 --locale=C.UTF-8 >"$RUN/initdb.log" 2>&1 \
-      || { cat "$RUN/initdb.log" >&2; die "initdb failed"; }
-  fi
-  if alive "$dir/data/postmaster.pid"; then return 0; fi
-  # Sized for a flash sale on a small machine: many short transactions, durable commits.
-  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start -o \
-    "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=400 \
+pg_ctl_start() { # PORT: start the postmaster, waiting until it accepts connections
+  as_pg "$1/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/postgres.log" -w -t 60 start -o \
+    "-c listen_addresses=127.0.0.1 -c port=$2 -c unix_socket_directories='' -c max_connections=400 \
      -c shared_buffers=256MB -c fsync=on -c synchronous_commit=on -c wal_level=minimal -c max_wal_senders=0 \
-     -c max_wal_size=2GB -c checkpoint_timeout=15min" >/dev/null 9>&- \
-    || { tail -n 30 "$dir/postgres.log" >&2; die "postgres did not start on 127.0.0.1:$port"; }
+     -c max_wal_size=2GB -c checkpoint_timeout=15min" >"$RUN/pg_ctl.log" 2>&1 9>&-
+}
+
+start_postgres() {
+  local port=$1 bin
+  bin=$(pg_bindir) || die "PostgreSQL binaries not found"
+  prepare_pg_home
+  if [ ! -f "$PG_LINK/data/PG_VERSION" ]; then
+    log "initdb in $PG_HOME/data"
+    as_pg "$bin/initdb" -D "$PG_HOME/data" -U stampede --auth=trust -E UTF8 --locale=C.UTF-8 \
+      >"$RUN/initdb.log" 2>&1 || { cat "$RUN/initdb.log" >&2; die "initdb failed"; }
+  fi
+  if pg_alive; then return 0; fi
+  # A pid file left by a crash: its PID is no running postgres (maybe another process's by now, which
+  # PostgreSQL itself would take for a live server of the same user).
+  rm -f "$PG_HOME/data/postmaster.pid"
+  # Sized for a flash sale on a small machine: many short transactions, durable commits. After a crash
+  # (SIGKILL) the old server's processes take a moment to notice and exit; until then a start is refused.
+  local tries=0
+  until pg_ctl_start "$bin" "$port"; do
+    tries=$((tries + 1))
+    if [ $tries -ge 5 ] || ! tail -n 5 "$PG_LINK/postgres.log" 2>/dev/null | grep -q "is still in use"; then
+      cat "$RUN/pg_ctl.log" >&2 || true
+      tail -n 30 "$PG_LINK/postgres.log" >&2 || true
+      die "postgres did not start on 127.0.0.1:$port"
+    fi
+    sleep 1
+  done
   for _ in $(seq 100); do
-    psql -h 127.0.0.1 -p "$port" -U stampede -d postgres -Atc 'select 1' >/dev/null 2>&1 && break
+    "$bin/psql" -h 127.0.0.1 -p "$port" -U stampede -d postgres -Atc 'select 1' >/dev/null 2>&1 && break
     sleep 0.1
   done
-  psql -h 127.0.0.1 -p "$port" -U stampede -d postgres -Atc \
+  "$bin/psql" -h 127.0.0.1 -p "$port" -U stampede -d postgres -Atc \
     "select 1 from pg_database where datname='stampede'" | grep -q 1 \
-    || psql -h 127.0.0.1 -p "$port" -U stampede -d postgres -qc 'create database stampede' >/dev/null
+    || "$bin/psql" -h 127.0.0.1 -p "$port" -U stampede -d postgres -qc 'create database stampede' >/dev/null
+}
+
+lock() {
+  # Serialise up/down (parallel test workers); daemons get the lock fd closed (9>&-).
+  exec 9>"$RUN/.lock"
+  flock 9
 }
 
 cmd_up() {
   install_missing
-  # Serialise concurrent starts (parallel test workers); daemons get the lock fd closed (9>&-).
-  exec 9>"$RUN/.lock"
-  flock 9
+  lock
   local rport pport
   if [ -f "$ENVFILE" ]; then
     # Reuse the ports of the last start so a restart keeps every client's address.
@@ -110,9 +223,9 @@ cmd_up() {
   fi
   [ -n "${rport:-}" ] || rport=$(free_port)
   [ -n "${pport:-}" ] || pport=$(free_port)
-  # A remembered port something else took meanwhile is given up for a fresh one.
-  alive "$RUN/redis/redis.pid" || port_free "$rport" || rport=$(free_port)
-  alive "$RUN/pg/data/postmaster.pid" || port_free "$pport" || pport=$(free_port)
+  # A remembered port another server took meanwhile is given up for a fresh one.
+  redis_alive || port_free "$rport" || { log "port $rport is taken: redis moves"; rport=$(free_port); }
+  pg_alive || port_free "$pport" || { log "port $pport is taken: postgres moves"; pport=$(free_port); }
   start_redis "$rport"
   start_postgres "$pport"
   cat >"$ENVFILE" <<ENV
@@ -126,7 +239,7 @@ ENV
 
 stop_pid() {
   local pidfile=$1 name=$2 pid
-  alive "$pidfile" || return 0
+  alive "$pidfile" "$3" || return 0
   pid=$(head -n1 "$pidfile")
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || { log "$name stopped"; return 0; }; sleep 0.1; done
@@ -134,21 +247,26 @@ stop_pid() {
   log "$name killed"
 }
 
-cmd_down() {
-  stop_pid "$RUN/redis/redis.pid" redis
+stop_postgres_now() {
   # SIGINT is PostgreSQL's fast shutdown: aborts sessions, still a clean checkpoint.
-  if alive "$RUN/pg/data/postmaster.pid"; then
-    local pid; pid=$(head -n1 "$RUN/pg/data/postmaster.pid")
-    kill -INT "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    log "postgres stopped"
-  fi
+  pg_alive || return 0
+  local pid; pid=$(head -n1 "$PG_LINK/data/postmaster.pid")
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 150); do pg_alive || break; sleep 0.1; done
+  pg_alive && kill -KILL "$pid" 2>/dev/null
+  log "postgres stopped"
+}
+
+cmd_down() {
+  lock
+  stop_pid "$RUN/redis/redis.pid" redis redis-server
+  stop_postgres_now
+  remove_pg_home
 }
 
 cmd_status() {
-  alive "$RUN/redis/redis.pid" && echo "redis: up (pid $(head -n1 "$RUN/redis/redis.pid"))" || echo "redis: down"
-  alive "$RUN/pg/data/postmaster.pid" && echo "postgres: up (pid $(head -n1 "$RUN/pg/data/postmaster.pid"))" \
+  redis_alive && echo "redis: up (pid $(head -n1 "$RUN/redis/redis.pid"))" || echo "redis: down"
+  pg_alive && echo "postgres: up (pid $(head -n1 "$PG_LINK/data/postmaster.pid"), data in $PG_HOME/data)" \
     || echo "postgres: down"
   [ -f "$ENVFILE" ] && cat "$ENVFILE"
   return 0
@@ -164,7 +282,7 @@ port_of() { sed -n "s/^$1=//p" "$ENVFILE"; }
 case "${1:-}" in
   up) cmd_up ;;
   restart-redis)
-    stop_pid "$RUN/redis/redis.pid" redis
+    stop_pid "$RUN/redis/redis.pid" redis redis-server
     start_redis "$(port_of STAMPEDE_REDIS_PORT)" ;;
   kill-redis)
     if alive "$RUN/redis/redis.pid"; then
@@ -176,8 +294,8 @@ case "${1:-}" in
     fi ;;
   start-redis) start_redis "$(port_of STAMPEDE_REDIS_PORT)" ;;
   stop-postgres)
-    if alive "$RUN/pg/data/postmaster.pid"; then
-      as_pg "$(pg_bindir)/pg_ctl" -D "$RUN/pg/data" -m fast -w stop >/dev/null
+    if pg_alive; then
+      as_pg "$(pg_bindir)/pg_ctl" -D "$PG_HOME/data" -m fast -w stop >/dev/null
       log "postgres stopped"
     fi ;;
   start-postgres) start_postgres "$(port_of STAMPEDE_PG_PORT)" ;;

@@ -22,7 +22,8 @@ from stampede.stock import StockEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "hack" / "services.sh"
-ENV_FILE = ROOT / ".run" / "services" / "env"
+# hack/services.sh keeps its state in STAMPEDE_SERVICES_DIR when set (relative to the repository), else here.
+ENV_FILE = ROOT / (os.environ.get("STAMPEDE_SERVICES_DIR") or ".run/services") / "env"
 CLUSTER_SH = ROOT / "hack" / "cluster.sh"
 TOOLS_SH = ROOT / "hack" / "tools.sh"
 VERSIONS_ENV = ROOT / "hack" / "tools" / "versions.env"

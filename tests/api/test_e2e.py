@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import pytest
 
 from stampede import tokens
 from stampede.audit import audit, counts_from
+from stampede.devstack import free_port
 from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
@@ -36,12 +36,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SECRET = "e2e-secret-" + "e" * 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -59,7 +53,7 @@ def server(api_settings: ApiSettings, request: pytest.FixtureRequest) -> Iterato
     """gunicorn with 2 uvicorn workers + one settle worker; yields the base URL. Their logs are kept
     (path printed) when a test of the module failed."""
     failed_before = request.session.testsfailed
-    port = _free_port()
+    port = free_port()
     logdir = Path(tempfile.mkdtemp(prefix="stampede-e2e-"))
     env = {
         **os.environ,

@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import json
 import os
-import socket
 import sys
 import time
 import urllib.request
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stampede import audit, errors
+from stampede.devstack import free_port
 from stampede.ledger import Ledger, PendingReservation
 from stampede.names import sale_id, sale_keys
 from stampede.settings import Common, load
@@ -62,12 +62,6 @@ def operator(start_operator: Callable[..., OperatorProcess], op_namespace: str, 
     return start_operator(
         op_namespace, "operator", standalone="true", drift_confirmations="1", operator_metrics_port=str(metrics_port)
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

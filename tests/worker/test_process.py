@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from stampede.audit import audit, counts_from
+from stampede.devstack import free_port
 from stampede.ledger import CONFIRMED, PENDING, Ledger, PendingReservation
 from stampede.migrate import migrate
 from stampede.settings import Common, load
@@ -33,12 +33,6 @@ async def own_ledger(fresh_database_url: str) -> AsyncIterator[Ledger]:
     lg = await Ledger.open(load(Common, env={}, database_url=fresh_database_url))
     yield lg
     await lg.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(redis_url: str, db: str, port: int, log: Path, **extra: str) -> subprocess.Popen[bytes]:
@@ -82,7 +76,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
         accepted += [r.reservation_id for r in got]
 
     log = tmp_path / "worker.log"
-    port = _free_port()
+    port = free_port()
     # The first worker sleeps between its ledger write and its Redis write, so the kill lands in the
     # worst place: outcomes decided in the ledger that Redis has not heard of.
     first = _start(redis_url, fresh_database_url, port, log, STAMPEDE_WORKER_FAULT_SLEEP_MS="400")
@@ -149,7 +143,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     for i in range(0, n, 20):
         await own_ledger.record_batch(batch[i : i + 20])
     log = tmp_path / "worker.log"
-    proc = _start(redis_url, fresh_database_url, _free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
+    proc = _start(redis_url, fresh_database_url, free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
     try:
         deadline = time.monotonic() + 30
         while (counts := await own_ledger.counts(sale))[CONFIRMED] == 0:
@@ -205,7 +199,7 @@ async def test_sigkill_mid_claim_loses_nothing(
             return int((await cur.fetchone() or [0])[0])
 
     log = tmp_path / "worker.log"
-    port = _free_port()
+    port = free_port()
     first = _start(
         redis_url, fresh_database_url, port, log, STAMPEDE_WORKER_FAULT_CLAIM_SLEEP_MS="5000",
         STAMPEDE_WORKER_CLAIM_MAX="100",
