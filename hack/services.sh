@@ -285,7 +285,7 @@ case "${1:-}" in
     stop_pid "$RUN/redis/redis.pid" redis redis-server
     start_redis "$(port_of STAMPEDE_REDIS_PORT)" ;;
   kill-redis)
-    if alive "$RUN/redis/redis.pid"; then
+    if redis_alive; then
       pid=$(head -n1 "$RUN/redis/redis.pid")
       kill -KILL "$pid"
       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
