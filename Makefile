@@ -114,6 +114,11 @@ bench-api: setup services-up ## buy API under gunicorn vs a Falcon hello route: 
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	@$(SERVICES_ENV); $(PY) bench/api.py $(BENCH_ARGS)
 
+.PHONY: bench-protocols
+bench-protocols: setup services-up ## request-head protocols: bounded httptools (the API's) and h11 vs plain httptools (wrk)
+	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	@$(SERVICES_ENV); $(PY) bench/protocols.py $(BENCH_ARGS)
+
 .PHONY: bench-pipeline
 bench-pipeline: setup services-up ## a sale at full speed: API under gunicorn + settle workers during wrk load, vs hello
 	@command -v wrk >/dev/null || { echo "==> installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -122,6 +127,11 @@ bench-pipeline: setup services-up ## a sale at full speed: API under gunicorn + 
 .PHONY: bench-stock
 bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA of a trivial script, as a ratio
 	@$(SERVICES_ENV); $(PY) bench/stock.py
+
+.PHONY: bench-operator
+bench-operator: setup services-up ## operator idle over 100 sales (two of 1M settled rows): CPU, RSS, reconcile pass p99
+	@$(SERVICES_ENV); export KUBECONFIG="$$(hack/cluster.sh up 2>/dev/null | tail -n1)"; \
+	  $(PY) bench/operator.py $(BENCH_ARGS)
 
 .PHONY: bench-worker
 bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/16 vs a plain batched INSERT, and lag

@@ -67,6 +67,8 @@ class Server:
     def __init__(self, app: str, env: dict[str, str], logdir: Path, name: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics = f"http://127.0.0.1:{self.metrics_port}"
         metrics_dir = logdir / f"metrics-{name}"
         metrics_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(logdir / f"{name}.log", "wb")  # noqa: SIM115
@@ -76,6 +78,8 @@ class Server:
                 **os.environ,
                 **env,
                 "STAMPEDE_BIND": f"127.0.0.1:{self.port}",
+                "STAMPEDE_METRICS_HOST": "127.0.0.1",
+                "STAMPEDE_METRICS_PORT": str(self.metrics_port),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             },
             stdout=self.log,
@@ -134,12 +138,13 @@ def wrk(base: str, path: str, token_file: Path, ns: argparse.Namespace, duration
     return result
 
 
-def status_counts(base: str, route: str) -> Counter[str]:
-    """Answers by status of ``POST route`` as the API's own metrics count them (every worker), plus the
-    micro-batch counters (``batches``, ``batched``, ``batch_ms``). Waits first for the API workers' request
-    counts to reach the shared metrics (each folds its own in every 0.25 s, stampede_api.tally)."""
+def status_counts(metrics: str, route: str) -> Counter[str]:
+    """Answers by status of ``POST route`` as the API's own metrics count them (every worker, read on the
+    metrics port), plus the micro-batch counters (``batches``, ``batched``, ``batch_ms``). Waits first for
+    the API workers' request counts to reach the shared metrics (each folds its own in every 0.25 s,
+    stampede_api.tally)."""
     time.sleep(0.6)
-    text = httpx.get(base + "/metrics", timeout=10).text
+    text = httpx.get(metrics + "/metrics", timeout=10).text
     out: Counter[str] = Counter()
     for ln in text.splitlines():
         for name, key, scale in (
@@ -379,7 +384,7 @@ def main() -> int:
         for key, sale, files in (("stock-10m", "bench-10m", "10m"), ("sell-out", "bench-5k", "5k")):
             path = f"/v1/sales/{sale}/reservations"
             print(f"==> {key}: POST {path}", flush=True)
-            before = status_counts(api.base, route)
+            before = status_counts(api.metrics, route)
             if key == "stock-10m":
                 wrk(api.base, path, prep["files"][files], ns, ns.warmup)
             spy = None
@@ -389,7 +394,7 @@ def main() -> int:
             if spy is not None:
                 spy.wait(30)
                 results["profile_top"] = top_of_profile(workdir / "profile.txt")
-            after = status_counts(api.base, route)
+            after = status_counts(api.metrics, route)
             # Server-side answers of the scenario, warm-up included: every 202 must have its ledger row.
             delta = {s: after[s] - before.get(s, 0) for s in after if after[s] - before.get(s, 0)}
             batches = max(1, delta.pop("batches", 0))

@@ -284,7 +284,7 @@ def main() -> int:
         workers.check()
         print(f"==> pipeline: POST {path}, {ns.settle_workers} settle workers running", flush=True)
         apibench.wrk(api.base, path, prep["tokens"], ns, ns.warmup)
-        before = apibench.status_counts(api.base, "/v1/sales/{sale}/reservations")
+        before = apibench.status_counts(api.metrics, "/v1/sales/{sale}/reservations")
         spies: dict[str, tuple[subprocess.Popen[bytes] | None, Path]] = {}
         if ns.profile:
             for name, pid in (("api", (api.workers() or [0])[0]), ("worker", workers.procs[0].pid)):
@@ -300,7 +300,7 @@ def main() -> int:
                 raise SystemExit("the backlog did not drain in 300 s")
             time.sleep(0.02)
         result["drain_s"] = round(time.monotonic() - t_end, 2)
-        after = apibench.status_counts(api.base, "/v1/sales/{sale}/reservations")
+        after = apibench.status_counts(api.metrics, "/v1/sales/{sale}/reservations")
         for name, (spy, out) in spies.items():
             if spy is not None:
                 spy.wait(60)

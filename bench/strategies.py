@@ -124,7 +124,13 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def capacity(
-    ns: argparse.Namespace, settings: Common, k6: str, base: str, secret: str, strategy: str, product: str,
+    ns: argparse.Namespace,
+    settings: Common,
+    k6: str,
+    base: str,
+    secret: str,
+    strategy: str,
+    product: str,
     run_dir: Path,
 ) -> dict[str, float]:
     """A closed loop of ``ns.vus`` buyers on stock 10M: what the strategy sustains when every buy is
@@ -134,14 +140,26 @@ def capacity(
     print(f"==> {TITLES[strategy]}: closed loop, {ns.vus} VUs for {ns.capacity_seconds}s on stock 10M", flush=True)
     subprocess.run(
         [k6, "run", "--quiet", str(ROOT / "k6" / "strategies.js")],
-        env={**os.environ, "BASE_URL": base, "STRATEGY": strategy, "PRODUCT": product, "SALE": product,
-             "JWT_SECRET": secret, "BUYERS": str(ns.buyers), "MODE": "capacity", "VUS": str(ns.vus),
-             "DURATION": f"{ns.capacity_seconds}s", "SUMMARY_PATH": str(path)},
+        env={
+            **os.environ,
+            "BASE_URL": base,
+            "STRATEGY": strategy,
+            "PRODUCT": product,
+            "SALE": product,
+            "JWT_SECRET": secret,
+            "BUYERS": str(ns.buyers),
+            "MODE": "capacity",
+            "VUS": str(ns.vus),
+            "DURATION": f"{ns.capacity_seconds}s",
+            "SUMMARY_PATH": str(path),
+        },
         check=False,
     )
     summary = json.loads(path.read_text())
-    out = {"cap_rps": metric(summary, "strategy_accepted") / ns.capacity_seconds,
-           "cap_p99": metric(summary, "http_req_duration", "p(99)")}
+    out = {
+        "cap_rps": metric(summary, "strategy_accepted") / ns.capacity_seconds,
+        "cap_p99": metric(summary, "http_req_duration", "p(99)"),
+    }
     print(f"    sustained {out['cap_rps']:.0f} purchases/s, p99 {out['cap_p99']:.1f} ms", flush=True)
     return out
 

@@ -1,10 +1,11 @@
--- reserve: one atomic step of a buy. Checks, in order: arguments, sale exists, idempotent replay,
--- rate limits (buyer and client IP token buckets), sale open, per-user limit, stock; then takes the
--- stock and records the pending reservation.
+-- reserve: one atomic step of a buy. Checks, in order: arguments, sale exists, rate limits (buyer and
+-- client IP token buckets), idempotent replay, sale open, per-user limit, stock; then takes the stock
+-- and records the pending reservation.
 -- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip
 -- ARGV: reservation_id, user, quantity, idempotency_key ('' = none)
--- Returns {code, reservation_id, state, number}:
---   ok            {id, 'pending', remaining}
+-- Returns {code, reservation_id, state, number[, reserved_at_ms]}:
+--   ok            {id, 'pending', remaining, reserved_at_ms}  (Redis time, as in the record and the
+--                 pending set's score: the ledger row is stamped with the same clock)
 --   replay        {existing id, its state, its quantity}
 --   idem_conflict {existing id, '', its quantity}
 --   rate_limited  {'', 'buyer'|'ip', retry_after_ms}
@@ -22,16 +23,6 @@ local m = redis.call('HMGET', meta, 'remaining', 'open', 'limit',
   'buyer_rate', 'buyer_burst', 'ip_rate', 'ip_burst')
 if m[1] == false then return {'unknown_sale', '', '', 0} end
 local remaining = tonumber(m[1])
-
-if ikey ~= '' then
-  local prev = redis.call('HGET', idem, user .. '\0' .. ikey)
-  if prev then
-    local rec = redis.call('HGET', res, prev)
-    local state, pqty = string.match(rec or '', '^(%a+)|(%d+)|')
-    if tonumber(pqty) ~= qty then return {'idem_conflict', prev, '', tonumber(pqty) or 0} end
-    return {'replay', prev, state, qty}
-  end
-end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -61,6 +52,17 @@ for _, kb in ipairs(buckets) do
   end
 end
 
+-- A replay answers after the buckets: a replay costs the API a ledger read, so it spends a token too.
+if ikey ~= '' then
+  local prev = redis.call('HGET', idem, user .. '\0' .. ikey)
+  if prev then
+    local rec = redis.call('HGET', res, prev)
+    local state, pqty = string.match(rec or '', '^(%a+)|(%d+)|')
+    if tonumber(pqty) ~= qty then return {'idem_conflict', prev, '', tonumber(pqty) or 0} end
+    return {'replay', prev, state, qty}
+  end
+end
+
 if m[2] ~= '1' then return {'closed', '', '', 0} end
 local held = tonumber(redis.call('HGET', holds, user) or '0')
 if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
@@ -73,4 +75,4 @@ redis.call('HINCRBY', holds, user, qty)
 redis.call('HSET', res, id, 'pending|' .. qty .. '|' .. now .. '|' .. user)
 redis.call('ZADD', pending, now, id)
 if ikey ~= '' then redis.call('HSET', idem, user .. '\0' .. ikey, id) end
-return {'ok', id, 'pending', remaining - qty}
+return {'ok', id, 'pending', remaining - qty, now}

@@ -23,6 +23,7 @@ from . import errors
 from .auth import Authenticator
 from .batcher import Batcher
 from .middleware import RequestContext
+from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
 from .resources.docs import OpenApi
 from .resources.health import Healthz, Readyz
@@ -65,7 +66,7 @@ class Lifespan:
                 pool, s.stock, s.ledger, s.batcher, cfg.replay_wait_ms, cfg.retry_after_s, reserver=s.reserver
             )
             s.strategies = {name: cls(backends) for name, cls in STRATEGIES.items()}
-            s.strategies["_pool"] = pool
+            s.strategy_pool = pool  # beside the strategies, never among them: only v1-v4 are routes
         log.info("api process ready", extra={"strategies": cfg.strategies_enabled})
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
@@ -81,8 +82,8 @@ class Lifespan:
                     await s.stock.close()
                 elif name == "ledger" and s.ledger is not None:
                     await s.ledger.close()
-                elif name == "strategy_pool" and s.strategies is not None:
-                    await s.strategies["_pool"].close()
+                elif name == "strategy_pool" and s.strategy_pool is not None:
+                    await s.strategy_pool.close()
             except Exception as exc:
                 log.warning("close failed", extra={"what": name, "error": str(exc)})
         s.owned.clear()
@@ -112,7 +113,12 @@ def build(
 ) -> tuple[falcon.asgi.App, Services]:
     """``create_app`` that also hands back the Services the resources share (tests look inside)."""
     services = Services(
-        settings=settings, auth=Authenticator(settings), stock=stock, ledger=ledger, strategies=strategies
+        settings=settings,
+        auth=Authenticator(settings),
+        read_limiter=ReadLimiter(settings.public_read_rate, settings.public_read_burst),
+        stock=stock,
+        ledger=ledger,
+        strategies=strategies,
     )
     app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(services)])
     handler = _json_handler()
@@ -125,7 +131,7 @@ def build(
     app.add_route("/v1/sales/{sale}", Sale(services))
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(services))
-    app.add_route("/metrics", MetricsResource())
+    app.add_route("/metrics", MetricsResource(settings.metrics_port))  # 404 but on the metrics port
     app.add_route("/openapi.json", OpenApi(settings))
     if settings.strategies_enabled:
         buy = StrategyBuy(services)

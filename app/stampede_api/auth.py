@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import falcon.asgi
 import jwt
 
+from stampede.identifiers import BUYER_ID_RULE, is_buyer_id
 from stampede.settings import ApiSettings
 from stampede.tokens import SCOPE_BUY
 
@@ -70,8 +71,10 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise unauthorized(f"invalid token: {exc}") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 256:
-            raise unauthorized("invalid token: bad subject")
+        if not is_buyer_id(sub):
+            # The subject becomes Redis keys and ledger rows: a NUL, a lone surrogate or a control
+            # character there would break the micro-batch this buyer shares with others.
+            raise unauthorized(f"invalid token: the subject must be {BUYER_ID_RULE}")
         iat, exp = claims.get("iat"), claims.get("exp")
         if not isinstance(iat, int | float) or not isinstance(exp, int | float) or exp - iat > self._max_ttl:
             raise unauthorized("invalid token: lifetime too long")

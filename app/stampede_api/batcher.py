@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stampede import errors, metrics
-from stampede.names import sale_keys
 from stampede.stock import StockEngine
-from stampede_api.flusher import SingleFlusher
+from stampede_api.flusher import SingleFlusher, fail
 
 log = logging.getLogger("stampede_api.batcher")
 
@@ -96,39 +95,86 @@ class Batcher(SingleFlusher[_Item]):
         if task is not None:
             await asyncio.wait({task}, timeout=30)
 
+    def _abandon(self, batch: list[_Item], exc: BaseException) -> None:
+        for item in batch:
+            self.inflight.pop(getattr(item.reservation, "reservation_id", ""), None)
+        super()._abandon(batch, exc)
+
     async def _flush(self, batch: list[_Item]) -> None:
         if self._fault_exit_after and self._submitted >= self._fault_exit_after:
             log.error("fault injection: exiting between reserve and ledger write", extra={"batch": len(batch)})
             os._exit(70)
         t0 = time.perf_counter()
-        failure: BaseException | None = None
-        try:
-            await self._ledger.record_batch([i.reservation for i in batch])
-        except asyncio.CancelledError:
-            failure = errors.DependencyUnavailable("postgresql", "write cancelled")
-        except Exception as exc:  # any failure means nothing of the batch was committed
-            failure = exc
+        failure = await self._write(batch)
         metrics.API_BATCH_SIZE.observe(len(batch))
         metrics.API_BATCH_SECONDS.observe(time.perf_counter() - t0)
         if failure is None:
-            for item in batch:
-                self.inflight.pop(item.reservation.reservation_id, None)
-                if not item.future.done():
-                    item.future.set_result(None)
+            self._answer(batch, None)
             return
+        if not isinstance(failure, errors.DependencyUnavailable) and len(batch) > 1:
+            # Not the database's fault but something in the batch (a row PostgreSQL refuses, a value that
+            # cannot be encoded): write the halves apart, so only the entry at fault fails, alone.
+            log.warning(
+                "ledger refused a batch; writing its halves apart",
+                extra={"batch": len(batch), "error": str(failure), "request_id": batch[0].request_id},
+            )
+            await self._bisect(batch)
+            return
+        await self._fail(batch, failure)
+
+    async def _bisect(self, batch: list[_Item]) -> None:
+        for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+            failure = await self._write(half)
+            if failure is None:
+                self._answer(half, None)
+            elif isinstance(failure, errors.DependencyUnavailable) or len(half) == 1:
+                await self._fail(half, failure)
+            else:
+                await self._bisect(half)
+
+    async def _write(self, batch: list[_Item]) -> BaseException | None:
+        """One ledger transaction for the batch; the failure, if any (then nothing was committed)."""
+        try:
+            await self._ledger.record_batch([i.reservation for i in batch])
+        except asyncio.CancelledError:
+            return errors.DependencyUnavailable("postgresql", "write cancelled")
+        except Exception as exc:
+            return exc
+        return None
+
+    def _answer(self, batch: list[_Item], exc: BaseException | None) -> None:
+        for item in batch:
+            self.inflight.pop(getattr(item.reservation, "reservation_id", ""), None)
+            if item.future.done():
+                continue
+            if exc is None:
+                item.future.set_result(None)
+            else:
+                fail(item.future, exc)
+
+    async def _fail(self, batch: list[_Item], failure: BaseException) -> None:
         log.error(
             "ledger batch write failed; releasing the batch",
             exc_info=failure if not isinstance(failure, errors.DependencyUnavailable) else None,
             extra={"batch": len(batch), "error": str(failure), "request_id": batch[0].request_id},
         )
-        await self._release(batch)
-        for item in batch:
-            metrics.API_DEFER_FAILURES.labels(item.reservation.sale).inc()
-            self.inflight.pop(item.reservation.reservation_id, None)
-            if not item.future.done():
-                item.future.set_exception(errors.DependencyUnavailable("postgresql", str(failure)))
-                # Retrieved here so an abandoned future (client gone) never logs "never retrieved".
-                item.future.exception()
+        try:
+            await self._release(batch)
+            for item in batch:
+                metrics.API_DEFER_FAILURES.labels(item.reservation.sale).inc()
+        except Exception:
+            # A malformed entry (a bug) must not keep its buyer, or the rest of the batch, waiting.
+            log.exception(
+                "releasing a failed batch broke; its waiters are answered anyway", extra={"batch": len(batch)}
+            )
+        if isinstance(failure, errors.DependencyUnavailable):
+            answer: errors.StampedeError = errors.DependencyUnavailable("postgresql", str(failure))
+        elif isinstance(failure, errors.InvalidArgument):
+            # One reservation the ledger refuses on its own: its buyer hears why, without internals.
+            answer = errors.InvalidArgument("reservation", "refused by the ledger")
+        else:
+            answer = errors.DependencyUnavailable("postgresql", f"{type(failure).__name__} writing the batch")
+        self._answer(batch, answer)
 
     async def _release(self, batch: Sequence[_Item]) -> None:
         """Gives the units back and forgets the idempotency keys (so a retry is a fresh attempt)."""
@@ -137,11 +183,14 @@ class Batcher(SingleFlusher[_Item]):
             by_sale[item.reservation.sale].append(item)
         for sale, items in by_sale.items():
             ids = [i.reservation.reservation_id for i in items]
+            forget = {
+                i.reservation.reservation_id: (i.reservation.user, i.idempotency_key)
+                for i in items
+                if i.idempotency_key
+            }
             try:
-                await self._stock.release(sale, ids)
-                keyed = [f"{i.reservation.user}\0{i.idempotency_key}" for i in items if i.idempotency_key]
-                if keyed:
-                    await self._stock.client.hdel(sale_keys(sale).idempotency, *keyed)
+                # One script: the units back and the keys forgotten together, or neither.
+                await self._stock.release(sale, ids, forget=forget)
             except Exception as exc:
                 # The reconciler releases reservations that have no ledger row after its grace period.
                 log.error(

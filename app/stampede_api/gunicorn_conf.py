@@ -5,7 +5,8 @@ pod. Workers are ``uvicorn-worker``'s UvicornWorker on uvloop and httptools with
 each worker opens its own Redis and PostgreSQL pools at startup, after the fork; the master opens
 nothing. ``reuse_port`` gives every worker its own accept queue, so the kernel spreads connections
 instead of one worker winning them all. Prometheus multiprocess mode gets a fresh directory per master
-and drops the files of dead workers.
+and drops the files of dead workers; gunicorn binds ``STAMPEDE_METRICS_PORT`` beside the buyers' address and
+only there is ``/metrics`` answered.
 """
 
 from __future__ import annotations
@@ -18,17 +19,28 @@ from typing import Any
 from uvicorn_worker import UvicornWorker
 
 from stampede.settings import ApiSettings, load
+from stampede_api import http_protocol
 
 _settings = load(ApiSettings)
 
 
+# The request-head bounds of the protocol below; workers are forked from this process, so they inherit them.
+http_protocol.LIMITS.update(
+    max_header_bytes=_settings.max_header_bytes,
+    header_timeout_s=_settings.header_timeout_s,
+    idle_timeout_s=_settings.idle_timeout_s,
+)
+
+
 class StampedeWorker(UvicornWorker):
-    """uvloop + httptools, lifespan required (a worker whose pools cannot open does not serve),
-    proxy headers ignored (the client IP is decided by the app's trusted-hops setting)."""
+    """uvloop + httptools with bounded request heads (``stampede_api.http_protocol``: 431 past
+    ``STAMPEDE_MAX_HEADER_BYTES``, 408 past ``STAMPEDE_HEADER_TIMEOUT_S``), lifespan required (a worker
+    whose pools cannot open does not serve), proxy headers ignored (the client IP is decided by the app's
+    client-IP header and trusted-hops settings)."""
 
     CONFIG_KWARGS = {  # noqa: RUF012
         "loop": "uvloop",
-        "http": "httptools",
+        "http": "stampede_api.http_protocol:BoundedHttpToolsProtocol",
         "lifespan": "on",
         "proxy_headers": False,
         "server_header": False,
@@ -40,7 +52,8 @@ class StampedeAccessLogWorker(StampedeWorker):
     CONFIG_KWARGS = {**StampedeWorker.CONFIG_KWARGS, "access_log": True}  # noqa: RUF012
 
 
-bind = [_settings.bind]
+# The buyers' address, and the metrics port (answered by the same workers; /metrics is 404 elsewhere).
+bind = [_settings.bind] + ([f"{_settings.metrics_host}:{_settings.metrics_port}"] if _settings.metrics_port else [])
 workers = _settings.workers
 worker_class = StampedeAccessLogWorker if _settings.access_log else StampedeWorker
 reuse_port = True
@@ -55,6 +68,9 @@ accesslog = "-" if _settings.access_log else None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = "stampede-api"
+# gunicorn's control socket (default $XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl) is a path shared by every
+# gunicorn of the user: another master could reach this one's controls, or this one take over theirs. Off.
+control_socket_disable = True
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stampede-api-metrics-")

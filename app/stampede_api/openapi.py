@@ -126,6 +126,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                     "401": _error("missing or invalid token"),
                     "403": _error("token without the buy scope"),
                     "404": _error("no such reservation for this buyer"),
+                    "429": _error("too many polls by this buyer", retry_after=True),
                     **_common_errors(),
                 },
             }
@@ -137,7 +138,9 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                 "parameters": [sale_param],
                 "responses": {
                     "200": _ok("the sale", _ref("Sale")),
+                    "400": _error("the trusted proxy's client-address header holds no IP address"),
                     "404": _error("unknown sale"),
+                    "429": _error("too many reads from this client address", retry_after=True),
                     **_common_errors(),
                 },
             }
@@ -156,18 +159,6 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                 "responses": {
                     "200": _ok("ready", _ref("Status")),
                     "503": _error("not ready", retry_after=True),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics of every worker process",
-                "responses": {
-                    "200": {
-                        "description": "text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
                 },
             }
         },

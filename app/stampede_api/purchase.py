@@ -69,13 +69,17 @@ class Purchase:
     reason: str | None = None
 
 
-def _pending_reservation(sale: str, user: str, reservation_id: str, quantity: int) -> PendingReservation:
+def _pending_reservation(r: Reservation) -> PendingReservation:
+    """The ledger row of a fresh reservation, stamped with the Redis time ``reserve.lua`` recorded (the
+    pending set's score), never this host's clock: after a rebuild that stamp orders Redis's pending set."""
+    if r.reserved_at_ms is None:
+        raise errors.ScriptError("reserve.lua answered ok without its reserve time")
     return PendingReservation(
-        reservation_id=reservation_id,
-        sale=sale,
-        user=user,
-        quantity=quantity,
-        reserved_at_ms=int(time.time() * 1000),
+        reservation_id=r.reservation_id,
+        sale=r.sale,
+        user=r.user,
+        quantity=r.quantity,
+        reserved_at_ms=r.reserved_at_ms,
     )
 
 
@@ -124,7 +128,7 @@ async def buy(
         )
     try:
         await batcher.submit(
-            _pending_reservation(sale, user, r.reservation_id, quantity),
+            _pending_reservation(r),
             idempotency_key=idempotency_key,
             request_id=request_id,
         )

@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors
 from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call, script_source
-from stampede_api.flusher import SingleFlusher
+from stampede_api.flusher import SingleFlusher, fail
 
 
 @dataclass(slots=True)
@@ -99,49 +99,54 @@ class ReserveCoalescer(SingleFlusher[_Call]):
             raise
 
     async def _flush(self, batch: list[_Call]) -> None:
+        # Each call is encoded on its own: one that cannot be (a bug let a bad string through) is answered
+        # alone, and its neighbours still go to Redis.
+        packed: list[tuple[_Call, bytes]] = []
+        for call in batch:
+            try:
+                packed.append((call, self._pack(call)))
+            except (UnicodeError, TypeError, ValueError):
+                fail(call.future, errors.InvalidArgument("request", "cannot be sent to the stock engine"))
+        if not packed:
+            return
         try:
-            results = await self._send(batch)
+            results = await self._send([p for _, p in packed])
             if any(isinstance(r, NoScriptError) for r in results):
                 # Redis lost its script cache (restart, SCRIPT FLUSH): NOSCRIPT means nothing ran.
                 await self._client.script_load(self._script.script)
-                redo = [c for c, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
+                redo = [p for (_, p), r in zip(packed, results, strict=True) if isinstance(r, NoScriptError)]
                 again = iter(await self._send(redo))
                 results = [next(again) if isinstance(r, NoScriptError) else r for r in results]
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             failure = errors.DependencyUnavailable("redis", str(exc))
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(failure)
-                    call.future.exception()  # retrieved: a waiter that left must not warn
+            for call, _ in packed:
+                fail(call.future, failure)
             return
         except asyncio.CancelledError:
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(errors.DependencyUnavailable("redis", "cancelled"))
-                    call.future.exception()
+            for call, _ in packed:
+                fail(call.future, errors.DependencyUnavailable("redis", "cancelled"))
             raise
-        for call, result in zip(batch, results, strict=True):
+        for (call, _), result in zip(packed, results, strict=True):
             if call.future.done():
                 continue
             if isinstance(result, ResponseError):
-                call.future.set_exception(errors.ScriptError(f"reserve.lua: {result}"))
-                call.future.exception()
+                fail(call.future, errors.ScriptError(f"reserve.lua: {result}"))
             else:
                 call.future.set_result(result)
 
-    async def _send(self, batch: list[_Call]) -> list[Any]:
+    def _pack(self, call: _Call) -> bytes:
+        c = call.call
+        return _resp(("EVALSHA", self._script.sha, len(c.keys), *c.keys, *c.args))
+
+    async def _send(self, commands: list[bytes]) -> list[Any]:
         """One write of every EVALSHA, then one reply per call (an error reply is returned, not raised)."""
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._client.connection_pool.get_connection()
-        sha = self._script.sha
         try:
-            await conn.send_packed_command(
-                b"".join([_resp(("EVALSHA", sha, len(c.call.keys), *c.call.keys, *c.call.args)) for c in batch]),
-                check_health=False,
-            )
+            await conn.send_packed_command(b"".join(commands), check_health=False)
             out: list[Any] = []
-            for _ in batch:
+            for _ in commands:
                 try:
                     out.append(await conn.read_response())
                 except ResponseError as exc:

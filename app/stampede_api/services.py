@@ -15,6 +15,7 @@ from stampede.stock import StockEngine
 
 from .auth import Authenticator
 from .batcher import Batcher
+from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
 
 
@@ -22,11 +23,13 @@ from .reserver import ReserveCoalescer
 class Services:
     settings: ApiSettings
     auth: Authenticator
+    read_limiter: ReadLimiter
     stock: StockEngine | None = None
     ledger: Any = None  # stampede.ledger.Ledger (or a test double with the same methods)
     batcher: Batcher | None = None
     reserver: ReserveCoalescer | None = None
-    strategies: Any = None  # strategies.Backends when enabled
+    strategies: Any = None  # {"v1": Strategy, …} when enabled
+    strategy_pool: Any = None  # the strategies' own PostgreSQL pool, opened (and closed) by the lifespan
     owned: list[str] = field(default_factory=list)  # what startup opened and shutdown must close
 
     def require(self) -> tuple[StockEngine, Any, Batcher]:

@@ -10,10 +10,12 @@ import argparse
 import asyncio
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from .errors import StampedeError
 from .names import DEFAULT_NAMESPACE, SALE_ID_SEPARATOR, check_sale, sale_id
+from .redact import scrub
 from .settings import Common, SettingsError, load
 
 Handler = Callable[[argparse.Namespace], int]
@@ -114,7 +116,8 @@ def _migrate(ns: argparse.Namespace) -> int:
     from .errors import StampedeError
     from .migrate import migrate
 
-    url = ns.database_url or load(Common).database_url
+    # Validated (and so reported without its password) like the variable, whichever way it came.
+    url = load(Common, **({"database_url": ns.database_url} if ns.database_url else {})).database_url
     try:
         result = asyncio.run(migrate(url))
     except StampedeError as exc:
@@ -183,13 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_args(p)
         p.set_defaults(fn=fn)
     ns = parser.parse_args(argv)
+    # Messages are scrubbed: a driver's error may quote a connection URL, password included.
     try:
         return int(ns.fn(ns))
     except SettingsError as exc:
-        print(f"stampede: configuration error: {exc}", file=sys.stderr)
+        print(f"stampede: configuration error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     except StampedeError as exc:
-        print(f"stampede {ns.cmd}: {exc}", file=sys.stderr)
+        print(f"stampede {ns.cmd}: {scrub(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception:  # a bug or a driver's refusal: the traceback, scrubbed
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
         return 1
 
 

@@ -41,6 +41,9 @@ def tool(root: Path, name: str) -> str:
     ).stdout.strip()
 
 
+K6_THRESHOLDS_FAILED = 99  # k6's exit code when a threshold of the script failed
+
+
 def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, object]:
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     return {
@@ -191,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             step(8, "kubectl get flashsales")
             subprocess.run([kubectl, "get", CRD_PLURAL, sale], env=kube_env, check=False)
             print(f"    k6 report: {run_dir / (sale + '-k6.html')}; logs: {run_dir}/*.log")
+            if k6.returncode == K6_THRESHOLDS_FAILED:
+                print("    k6: thresholds failed (exit 99): the run does not pass, whatever the audit says")
+            elif k6.returncode != 0:
+                print(f"    k6: exited {k6.returncode}")
             step(9, "done" if verdict == 0 and k6.returncode == 0 else "done, with violations (see above)")
-            return verdict or (1 if k6.returncode not in (0, 99) else 0)
+            # A failed k6 threshold is a failed run: a spike that bought nothing must not pass on a clean audit.
+            return verdict or (0 if k6.returncode == 0 else 1)
         finally:
             stack.stop_all()
 

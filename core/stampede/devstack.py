@@ -160,7 +160,15 @@ class LocalStack:
         return self.start(
             name,
             [str(BIN / "gunicorn"), "-c", "python:stampede_api.gunicorn_conf", "stampede_api.asgi:app"],
-            {"STAMPEDE_BIND": f"127.0.0.1:{port}", "STAMPEDE_WORKERS": str(workers), **(env or {})},
+            {
+                "STAMPEDE_BIND": f"127.0.0.1:{port}",
+                "STAMPEDE_WORKERS": str(workers),
+                # A metrics port of its own: gunicorn binds with SO_REUSEPORT, so two local APIs on the
+                # default port would share it silently.
+                "STAMPEDE_METRICS_HOST": "127.0.0.1",
+                "STAMPEDE_METRICS_PORT": str(free_port()),
+                **(env or {}),
+            },
             ready_url=f"http://127.0.0.1:{port}/readyz",
         )
 

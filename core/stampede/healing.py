@@ -62,7 +62,13 @@ class LedgerEntry:
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One sale as seen by one reconcile pass. Read the ledger (rows, then jobs) before Redis: a reservation
-    made in between then shows as a young Redis reservation without a row, which the grace period covers."""
+    made in between then shows as a young Redis reservation without a row, which the grace period covers.
+
+    An observation is either complete (every row and every Redis reservation of the sale: only when Redis
+    lost the sale and must be rebuilt) or partial: only the reservations where something can be wrong,
+    each seen on both sides (its ledger row and its Redis record, either absent when it really is), with the
+    sale's counts as aggregates in ``tally`` and ``in_flight``. ``decide`` treats both alike; ``measure_drift``
+    takes the counts from the aggregates when they are given."""
 
     sale: str
     now_ms: int  # Redis clock, the one reservations are stamped with
@@ -71,6 +77,8 @@ class Observation:
     redis: Mapping[str, ReservationRecord]
     ledger: Mapping[str, LedgerEntry]
     jobs: Mapping[int, str]  # job id -> status; a job id absent here has vanished
+    tally: Tally | None = None  # the ledger's units by status; None: count ``ledger`` (a complete observation)
+    in_flight: int | None = None  # young pending reservations in Redis; None: count them in ``redis``
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,19 +231,22 @@ def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confir
     healthy); ``plan`` is ``decide(obs)``, ``redis_pending`` / ``redis_confirmed`` the snapshot's counters.
 
     Reservations the plan cannot explain always count. The counters are compared with the ledger only when
-    the sale is quiet (nothing pending in the ledger, no young Redis reservation awaiting its ledger write):
+    the sale is quiet (nothing pending in the ledger, no young Redis reservation awaiting its ledger write;
+    from the observation's aggregates when it has them):
     while reservations are being settled, the ledger and Redis are read at two instants and differ by
     whatever was settled in between, which is not drift."""
-    t = tally(obs.ledger.values())
+    t = obs.tally if obs.tally is not None else tally(obs.ledger.values())
     if not obs.redis_present:
         return t.pending + t.confirmed
     unexplained = sum(u.units for u in plan.unexplained)
     cutoff = obs.now_ms - obs.grace_ms
-    in_flight = sum(
-        rec.quantity
-        for rid, rec in obs.redis.items()
-        if rid not in obs.ledger and rec.state == STATE_PENDING and rec.reserved_at_ms > cutoff
-    )
+    in_flight = obs.in_flight
+    if in_flight is None:
+        in_flight = sum(
+            rec.quantity
+            for rid, rec in obs.redis.items()
+            if rid not in obs.ledger and rec.state == STATE_PENDING and rec.reserved_at_ms > cutoff
+        )
     if t.pending or in_flight:
         return unexplained
     return max(unexplained, abs(redis_confirmed - t.confirmed) + abs(redis_pending - t.pending))

@@ -30,6 +30,7 @@ import psycopg
 import psycopg_pool
 
 from . import audit, errors, sqlfiles
+from .healing import Tally
 from .names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from .settings import Common
 
@@ -238,6 +239,47 @@ class Ledger:
             for status, units in await cur.fetchall():
                 out[status] = int(units)
         return out
+
+    async def tally(self, sale: str) -> Tally:
+        """Units of the sale by status, without reading its settled rows: pending through the partial
+        index of pending rows, confirmed and compensated from the totals every settling statement keeps
+        (migration 0010). ``counts`` reads the rows themselves: the audit's independent view."""
+        return (await self.suspects(sale, cutoff_ms=0, limit=0))[0]
+
+    async def suspects(self, sale: str, *, cutoff_ms: int, limit: int) -> tuple[Tally, list[tuple[Any, ...]]]:
+        """The sale's counts (as ``tally``) and, in the same snapshot, up to ``limit`` of its pending rows
+        reserved at or before ``cutoff_ms`` (Redis clock) whose job will not settle them, oldest first: what
+        the reconciler looks at. Rows are (reservation_id, user, quantity, status, job_id, reserved_at_ms,
+        reason, job_status, settled_age_ms)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                self._q["tally_and_suspects"], {"sale": sale, "cutoff_ms": cutoff_ms, "limit": limit}
+            )
+            got = await cur.fetchall()
+        tally = Tally(int(got[0][0]), int(got[0][1]), int(got[0][2]))
+        return tally, [row[3:] for row in got if row[3] is not None]
+
+    async def import_settled(
+        self, sale: str, reservations: Sequence[PendingReservation], status: str, reason: str | None = None
+    ) -> int:
+        """Benchmark and test data only: records reservations that are already final (``confirmed``, or
+        ``compensated`` with a reason) with the sale's totals, in one statement. Returns rows written."""
+        if status not in (CONFIRMED, COMPENSATED):
+            raise errors.InvalidArgument("status", "only settled rows are imported")
+        params = {
+            "sale": sale,
+            "status": status,
+            "reason": reason,
+            "ids": [r.reservation_id for r in reservations],
+            "users": [r.user for r in reservations],
+            "quantities": [r.quantity for r in reservations],
+            "reserved_at_ms": [r.reserved_at_ms for r in reservations],
+        }
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["import_settled"], params)
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def ping(self) -> None:
         async with self._conn() as conn:

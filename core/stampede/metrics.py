@@ -145,4 +145,36 @@ OPERATOR_STOCK = Gauge(
     ["sale", "state"],
 )
 
-__all__ = ["NAMESPACE", "Counter", "Gauge", "Histogram"]
+SALE_LABELLED = (
+    API_RESERVATIONS,
+    API_STOCK_REMAINING,
+    API_DEFER_FAILURES,
+    OPERATOR_DRIFT,
+    OPERATOR_HEALED,
+    OPERATOR_COMPENSATIONS,
+    OPERATOR_RECONCILE_SECONDS,
+    OPERATOR_RECONCILE_ERRORS,
+    OPERATOR_STOCK,
+)
+
+
+def forget_sale(sale: str) -> int:
+    """Removes every series labelled with ``sale`` from this process's metrics (a deleted sale must not be
+    scraped for ever, nor keep its label children in memory). Returns the series removed."""
+    removed = 0
+    for metric in SALE_LABELLED:
+        names = metric._labelnames  # prometheus-client keeps the label order only here
+        for family in metric.collect():
+            seen = set()
+            for sample in family.samples:
+                if sample.labels.get("sale") != sale:
+                    continue
+                values = tuple(sample.labels[n] for n in names)
+                if values not in seen:
+                    seen.add(values)
+                    metric.remove(*values)
+                    removed += 1
+    return removed
+
+
+__all__ = ["NAMESPACE", "SALE_LABELLED", "Counter", "Gauge", "Histogram", "forget_sale"]

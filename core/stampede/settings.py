@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
 from .names import DEFAULT_NAMESPACE, SALE_NAME_RE
+from .redact import redact_url, scrub
 
 PREFIX = "STAMPEDE_"
 
@@ -46,7 +48,7 @@ def _parse(name: str, raw: str, typ: Any) -> Any:
             return tuple(p.strip() for p in raw.split(",") if p.strip())
         return raw
     except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+        raise SettingsError(f"{name}={scrub(raw)!r}: {scrub(str(exc))}") from None
 
 
 def load(cls: type[T], env: Mapping[str, str] | None = None, **overrides: Any) -> T:
@@ -71,6 +73,26 @@ def load(cls: type[T], env: Mapping[str, str] | None = None, **overrides: Any) -
 def describe(cls: type[Any]) -> list[tuple[str, Any, str]]:
     """(variable, default, doc) for every setting of ``cls``: the source of the documented tables."""
     return [(PREFIX + f.name.upper(), f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]
+
+
+def _url_problem(var: str, url: str) -> str | None:
+    """What the client library would refuse in ``url`` when it first connects, found at start-up instead
+    (its own message may quote the whole URL: the caller scrubs it)."""
+    try:
+        if var == "STAMPEDE_DATABASE_URL":
+            from psycopg.conninfo import conninfo_to_dict
+
+            conninfo_to_dict(url)
+        else:
+            from redis.connection import parse_url
+
+            parse_url(url)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 def _positive(name: str, value: float) -> None:
@@ -105,8 +127,12 @@ class Common:
             ("STAMPEDE_REDIS_URL", self.redis_url, ("redis://", "rediss://", "unix://")),
             ("STAMPEDE_DATABASE_URL", self.database_url, ("postgresql://", "postgres://")),
         ):
+            # Every message about a URL shows it without its password.
             if not url.startswith(schemes):
-                raise SettingsError(f"{var}={url!r}: expected a URL starting with {' or '.join(schemes)}")
+                raise SettingsError(f"{var}={redact_url(url)!r}: expected a URL starting with {' or '.join(schemes)}")
+            problem = _url_problem(var, url)
+            if problem:
+                raise SettingsError(f"{var}={redact_url(url)!r}: {scrub(problem)}")
 
 
 @dataclass(frozen=True)
@@ -182,7 +208,26 @@ class ApiSettings(Common):
         "namespace whose FlashSales this API serves: /v1/sales/<name> is sale <namespace>/<name> (the operator "
         "sets it; empty: sales are addressed by their bare id, single-tenant)",
     )
-    trusted_proxy_hops: int = setting(0, "X-Forwarded-For hops to trust for the client IP (0: use the peer)")
+    trusted_proxy_hops: int = setting(
+        0,
+        "proxies in front of the API that append to the client-IP header; the address that many entries from "
+        "the right is the client's (0: the TCP peer, the header is ignored)",
+    )
+    client_ip_header: str = setting(
+        "X-Forwarded-For", "the header the trusted proxies append the client address to (X-Forwarded-For or Forwarded)"
+    )
+    metrics_port: int = setting(
+        9101, "port of the Prometheus /metrics of all worker processes, apart from buyers (0: none)"
+    )
+    metrics_host: str = setting("0.0.0.0", "address the /metrics port listens on")
+    max_header_bytes: int = setting(16384, "largest request line plus headers accepted (431 above)")
+    header_timeout_s: float = setting(10.0, "seconds a client gets to send a whole request head (then 408/closed)")
+    idle_timeout_s: float = setting(60.0, "seconds a new connection may stay without sending a byte (then closed)")
+    readiness_cache_ms: int = setting(1000, "how long one /readyz check of Redis and PostgreSQL is reused")
+    public_read_rate: float = setting(
+        10.0, "reads per second per client of GET /v1/sales/{sale} and per buyer of polls"
+    )
+    public_read_burst: int = setting(20, "burst of those reads before 429")
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
     access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")
     fault_exit_after_reserves: int = setting(
@@ -199,6 +244,16 @@ class ApiSettings(Common):
             raise SettingsError("STAMPEDE_RETRY_AFTER_S must be >= 1")
         if self.sale_namespace and not SALE_NAME_RE.match(self.sale_namespace):
             raise SettingsError("STAMPEDE_SALE_NAMESPACE must be a Kubernetes namespace name (or empty)")
+        for name in ("max_header_bytes", "header_timeout_s", "idle_timeout_s", "public_read_rate", "public_read_burst"):
+            _positive(name, getattr(self, name))
+        if self.trusted_proxy_hops < 0:
+            raise SettingsError("STAMPEDE_TRUSTED_PROXY_HOPS must be >= 0")
+        if not _HEADER_NAME.fullmatch(self.client_ip_header):
+            raise SettingsError("STAMPEDE_CLIENT_IP_HEADER must be an HTTP header name")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError("STAMPEDE_METRICS_PORT must be a port number (0: none)")
+        if self.readiness_cache_ms < 0:
+            raise SettingsError("STAMPEDE_READINESS_CACHE_MS must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -218,6 +273,16 @@ class OperatorSettings(Common):
     worker_image: str = setting("stampede-worker:latest", "image of the sale's worker Deployment")
     image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of the sale's pods")
     api_port: int = setting(8000, "port the API container listens on (and the Service targets)")
+    api_metrics_port: int = setting(
+        9101, "port of the API pods' /metrics (container port `metrics`, not in the Service)"
+    )
+    api_trusted_proxy_hops: int = setting(
+        0,
+        "proxies in front of the sales' API pods that append the client address (a FlashSale's spec.api may override)",
+    )
+    api_client_ip_header: str = setting(
+        "X-Forwarded-For", "the header those proxies append to (a FlashSale's spec.api may override)"
+    )
     worker_metrics_port: int = setting(9102, "port of the worker's /metrics and /healthz endpoint in its pods")
     peering_name: str = setting("stampede", "kopf peering object the replicas elect their leader in")
     peering_priority: int = setting(0, "this replica's priority; 0: derived from the pod name so replicas differ")
@@ -230,8 +295,18 @@ class OperatorSettings(Common):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("api_port", "worker_metrics_port", "peering_lifetime_s", "delete_drain_timeout_s"):
+        for name in (
+            "api_port",
+            "api_metrics_port",
+            "worker_metrics_port",
+            "peering_lifetime_s",
+            "delete_drain_timeout_s",
+        ):
             _positive(name, getattr(self, name))
+        if self.api_trusted_proxy_hops < 0:
+            raise SettingsError("STAMPEDE_API_TRUSTED_PROXY_HOPS must be >= 0")
+        if not _HEADER_NAME.fullmatch(self.api_client_ip_header):
+            raise SettingsError("STAMPEDE_API_CLIENT_IP_HEADER must be an HTTP header name")
         _positive("reconcile_batch_max", self.reconcile_batch_max)
         _positive("drift_confirmations", self.drift_confirmations)
         if not 0 <= self.operator_metrics_port <= 65535:

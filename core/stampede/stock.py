@@ -10,7 +10,7 @@ raw Redis string.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -21,11 +21,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from . import errors
+from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock")
+SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
 
 
 @cache
@@ -75,6 +77,7 @@ class Reservation:
     state: str
     replay: bool
     remaining: int | None  # units left after this reservation; None on a replay
+    reserved_at_ms: int | None = None  # Redis time the script stamped it with; None on a replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,33 @@ class Snapshot:
         return self.total == self.remaining + self.pending + self.confirmed
 
 
+def _snapshot(sale: str, flat: Sequence[Any]) -> Snapshot:
+    """snapshot.lua's answer ({field, value, ...} of the meta hash and the set sizes) as a Snapshot."""
+    d = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return Snapshot(
+        sale=sale,
+        total=int(d["total"]),
+        remaining=int(d["remaining"]),
+        pending=int(d["pending"]),
+        confirmed=int(d["confirmed"]),
+        released=int(d.get("released", 0)),
+        open=d.get("open") == "1",
+        per_user_limit=int(d.get("limit", 1)),
+        pending_count=int(d["pending_count"]),
+        reservations=int(d["reservations"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SuspectView:
+    """What a reconcile pass reads of a sale in Redis (``StockEngine.suspects``)."""
+
+    now_ms: int  # Redis's clock
+    snapshot: Snapshot | None  # None: Redis does not know the sale
+    young: int  # pending reservations younger than the grace period: in flight
+    window: list[tuple[str, int]]  # (id, reserved_at_ms) of older pending reservations, oldest first
+
+
 @dataclass(frozen=True, slots=True)
 class RestoreResult:
     outcome: str  # restored | current (already restored on this Redis run) | lost_lock (another took over)
@@ -116,6 +146,11 @@ class RestoreResult:
     remaining: int
     pending: int
     confirmed: int
+
+
+def idempotency_field(user: str, idempotency_key: str) -> str:
+    """The field of the sale's idempotency hash for a buyer's key, as reserve.lua writes it."""
+    return f"{user}\0{idempotency_key}"
 
 
 def new_reservation_id() -> str:
@@ -131,11 +166,9 @@ def _check_quantity(quantity: object) -> int:
 
 
 def _check_user(user: object) -> str:
-    if not isinstance(user, str) or not user.strip():
-        raise errors.InvalidArgument("user", "must be a non-empty string")
-    if len(user) > 256:
-        raise errors.InvalidArgument("user", "must be at most 256 characters")
-    return user
+    if not is_buyer_id(user):
+        raise errors.InvalidArgument("user", f"must be {BUYER_ID_RULE}")
+    return user  # type: ignore[return-value]  # is_buyer_id proved it is a str
 
 
 def _keys(sale: object) -> SaleKeys:
@@ -154,6 +187,11 @@ def _s(value: Any) -> str:
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
     state, qty, ts, user = raw.split("|", 3)
     return ReservationRecord(reservation_id, state, int(qty), int(ts), user)
+
+
+def format_record(record: ReservationRecord) -> str:
+    """A reservation as the ``res`` hash holds it (what the Lua scripts write)."""
+    return f"{record.state}|{record.quantity}|{record.reserved_at_ms}|{record.user}"
 
 
 _CONFIRM = {
@@ -188,7 +226,9 @@ class ReserveCall:
         code, rid_out, state, number = _s(raw[0]), raw[1], raw[2], int(raw[3])
         sale = self.sale
         if code == "ok":
-            return Reservation(sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number)
+            return Reservation(
+                sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number, int(raw[4])
+            )
         if code == "replay":
             return Reservation(sale, _s(rid_out), self.user, self.quantity, _s(state), True, None)
         if code == "sold_out":
@@ -221,8 +261,8 @@ def reserve_call(
     k = _keys(sale)
     _check_user(user)
     _check_quantity(quantity)
-    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
-        raise errors.InvalidArgument("Idempotency-Key", "must be 1-255 characters")
+    if idempotency_key is not None and not is_idempotency_key(idempotency_key):
+        raise errors.InvalidArgument("Idempotency-Key", f"must be {IDEMPOTENCY_KEY_RULE}")
     rid = reservation_id or new_reservation_id()
     keys = [
         k.meta,
@@ -409,14 +449,23 @@ class StockEngine:
         codes = await self._run("confirm", [k.meta, k.reservations, k.pending], ids)
         return {rid: _CONFIRM[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
-    async def release(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]:
+    async def release(
+        self, sale: str, reservation_ids: Iterable[str], *, forget: Mapping[str, tuple[str, str]] | None = None
+    ) -> dict[str, Outcome]:
         """pending -> released for each id, returning stock; idempotent, never releases a confirmed
-        reservation."""
+        reservation. ``forget`` maps a released id to its (buyer, idempotency key): in the same atomic step
+        that key is forgotten (while it still names that reservation), so a retry reserves afresh and a
+        lost connection can never leave the units released but the key pointing at them."""
         ids = list(reservation_ids)
         if not ids:
             return {}
         k = _keys(sale)
-        codes = await self._run("release", [k.meta, k.reservations, k.pending, k.holds], ids)
+        keys = [k.meta, k.reservations, k.pending, k.holds]
+        args = ids
+        if forget is not None:
+            keys.append(k.idempotency)
+            args = ids + [idempotency_field(*forget[rid]) if rid in forget else "" for rid in ids]
+        codes = await self._run("release", keys, args)
         return {rid: _RELEASE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
     # --- reading ----------------------------------------------------------------------------------
@@ -426,19 +475,7 @@ class StockEngine:
         flat = await self._run("snapshot", [k.meta, k.pending, k.reservations], [])
         if not flat:
             raise errors.SaleNotFound(sale)
-        d = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return Snapshot(
-            sale=sale,
-            total=int(d["total"]),
-            remaining=int(d["remaining"]),
-            pending=int(d["pending"]),
-            confirmed=int(d["confirmed"]),
-            released=int(d.get("released", 0)),
-            open=d.get("open") == "1",
-            per_user_limit=int(d.get("limit", 1)),
-            pending_count=int(d["pending_count"]),
-            reservations=int(d["reservations"]),
-        )
+        return _snapshot(sale, flat)
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
         raw = await self.client.hget(_keys(sale).reservations, reservation_id)
@@ -450,6 +487,70 @@ class StockEngine:
         async for rid, raw in self.client.hscan_iter(_keys(sale).reservations, count=1000):
             out.append(parse_record(_s(rid), _s(raw)))
         return out
+
+    async def records(self, sale: str, reservation_ids: Sequence[str]) -> dict[str, ReservationRecord]:
+        """The listed reservations Redis holds (one HMGET); an id Redis does not hold is absent."""
+        ids = list(reservation_ids)
+        if not ids:
+            return {}
+        raws = await self._read(self.client.hmget(_keys(sale).reservations, ids))
+        return {rid: parse_record(rid, _s(raw)) for rid, raw in zip(ids, raws, strict=True) if raw is not None}
+
+    async def scan_reservations(self, sale: str, count: int = 5000) -> AsyncIterator[list[ReservationRecord]]:
+        """Every reservation of the sale in chunks of about ``count`` (HSCAN: Redis is never blocked, and
+        the caller holds one chunk at a time)."""
+        key, cursor = _keys(sale).reservations, 0
+        while True:
+            cursor, chunk = await self._read(self.client.hscan(key, cursor, count=count))
+            yield [parse_record(_s(rid), _s(raw)) for rid, raw in chunk.items()]
+            if cursor == 0:
+                return
+
+    async def suspects(self, sale: str, grace_ms: int, after: tuple[int, str] | None, limit: int) -> SuspectView:
+        """What a reconcile pass reads of the sale, in one atomic step (``suspects.lua``): the clock, the
+        counters (None: Redis does not know the sale), the pending reservations younger than ``grace_ms``
+        (counted) and up to ``limit`` older ones (id, reserved_at_ms), in the set's order (time, then id),
+        after the entry ``after`` = (reserved_at_ms, id) (None: from the oldest)."""
+        k = _keys(sale)
+        score, member = ("", "") if after is None else (str(after[0]), after[1])
+        now, young, window, flat = await self._run(
+            "suspects", [k.meta, k.pending, k.reservations], [grace_ms, score, member, limit]
+        )
+        pairs = [(_s(window[i]), int(float(_s(window[i + 1])))) for i in range(0, len(window), 2)]
+        return SuspectView(int(now), _snapshot(sale, flat) if flat else None, int(young), pairs)
+
+    async def _read(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+
+    async def import_settled(self, sale: str, records: Sequence[ReservationRecord]) -> None:
+        """Benchmark and test data only: writes reservations that are already settled (``confirmed`` or
+        ``released``) into a seeded sale with the counters they imply (remaining, confirmed, released, the
+        buyers' holdings), pipelined, so a sale of a million settled reservations is made in seconds. Not
+        atomic and not for a sale that is taking reservations."""
+        k = _keys(sale)
+        confirmed = released = 0
+        holds: dict[str, int] = {}
+        pipe = self.client.pipeline(transaction=False)
+        for r in records:
+            if r.state == STATE_CONFIRMED:
+                confirmed += r.quantity
+                holds[r.user] = holds.get(r.user, 0) + r.quantity
+            elif r.state == STATE_RELEASED:
+                released += r.quantity
+            else:
+                raise errors.InvalidArgument("state", f"only settled reservations are imported, not {r.state!r}")
+        mapping: dict[FieldT, EncodableT] = {r.reservation_id: format_record(r) for r in records}
+        if mapping:
+            pipe.hset(k.reservations, mapping=mapping)
+        for user, units in holds.items():
+            pipe.hincrby(k.holds, user, units)
+        pipe.hincrby(k.meta, "remaining", -confirmed)
+        pipe.hincrby(k.meta, "confirmed", confirmed)
+        pipe.hincrby(k.meta, "released", released)
+        await self._read(pipe.execute())
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
@@ -475,6 +576,9 @@ __all__ = [
     "SeedResult",
     "Snapshot",
     "StockEngine",
+    "SuspectView",
+    "format_record",
+    "idempotency_field",
     "new_reservation_id",
     "reserve_call",
     "script_source",

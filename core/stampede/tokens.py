@@ -14,6 +14,8 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 
+from .identifiers import BUYER_ID_RULE, is_buyer_id
+
 SCOPE_BUY = "buy"
 DEFAULT_TTL_S = 900
 
@@ -33,8 +35,8 @@ def mint(
     now: int | None = None,
 ) -> str:
     """An HS256 token for buyer ``subject`` valid ``ttl_s`` seconds from ``now`` (default: the clock)."""
-    if not subject:
-        raise ValueError("subject must be non-empty")
+    if not is_buyer_id(subject):
+        raise ValueError(f"subject must be {BUYER_ID_RULE} (the API refuses any other)")
     if ttl_s <= 0:
         raise ValueError("ttl_s must be > 0")
     iat = int(time.time()) if now is None else now

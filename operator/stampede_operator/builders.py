@@ -9,6 +9,7 @@ handlers turn into ``Ready=False`` and an Event instead of a crash.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from stampede.stock import SaleConfig
 
 # A Service name is a DNS-1035 label: a letter first, at most 63 characters.
 MAX_COMPONENT_NAME = 63
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 class InvalidSpec(ValueError):
@@ -51,6 +53,8 @@ class SaleSpec:
     ip_rate: int = 50
     ip_burst: int = 100
     namespace: str = ""
+    trusted_proxy_hops: int | None = None  # None: the operator's STAMPEDE_API_TRUSTED_PROXY_HOPS
+    client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
 
     @property
     def id(self) -> str:
@@ -134,7 +138,20 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         ip_rate=_int(ip, "rate", 50, "spec.rateLimit.perIp", 1),
         ip_burst=_int(ip, "burst", 100, "spec.rateLimit.perIp", 1),
         namespace=namespace,
+        trusted_proxy_hops=None
+        if api.get("trustedProxyHops") is None
+        else _int(api, "trustedProxyHops", 0, "spec.api", 0),
+        client_ip_header=_header(api),
     )
+
+
+def _header(api: Mapping[str, Any]) -> str | None:
+    value = api.get("clientIpHeader")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not HEADER_NAME_RE.fullmatch(value):
+        raise InvalidSpec("InvalidSpec", f"spec.api.clientIpHeader must be an HTTP header name, got {value!r}")
+    return value
 
 
 # --- manifests -------------------------------------------------------------------------------------
@@ -255,14 +272,27 @@ def build_api_deployment(
         "name": component,
         "image": settings.api_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "ports": [{"name": "http", "containerPort": settings.api_port}],
+        # Two ports: buyers (the Service targets `http`) and metrics (scraped from the pod, never in the Service).
+        "ports": [
+            {"name": "http", "containerPort": settings.api_port},
+            {"name": "metrics", "containerPort": settings.api_metrics_port},
+        ],
         "envFrom": None,  # null: a patch removes the envFrom of Deployments written before per-key secrets
         "env": [
             *_secret_env(settings, API_SECRET_KEYS),
             {"name": "STAMPEDE_BIND", "value": f"0.0.0.0:{settings.api_port}"},
             # The API addresses the sales of its own namespace: /v1/sales/<name> is <namespace>/<name>.
             {"name": "STAMPEDE_SALE_NAMESPACE", "value": namespace},
+            {"name": "STAMPEDE_METRICS_PORT", "value": str(settings.api_metrics_port)},
             {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"},
+            # Who the client is: the header the ingress appends to and how many proxies append to it.
+            {
+                "name": "STAMPEDE_TRUSTED_PROXY_HOPS",
+                "value": str(
+                    settings.api_trusted_proxy_hops if spec.trusted_proxy_hops is None else spec.trusted_proxy_hops
+                ),
+            },
+            {"name": "STAMPEDE_CLIENT_IP_HEADER", "value": spec.client_ip_header or settings.api_client_ip_header},
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "readinessProbe": _http_probe("/readyz", "http", 5, 3),

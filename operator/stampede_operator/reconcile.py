@@ -1,10 +1,22 @@
-"""One reconcile pass of one sale: observe the ledger, the queue and Redis, run the healing plan that
-``stampede.healing.decide`` makes of them, observe again and measure what is still unexplained.
+"""One reconcile pass of one sale: observe the ledger, the queue and Redis where something can be wrong, run
+the healing plan that ``stampede.healing.decide`` makes of it, observe again and measure what is still
+unexplained.
 
-This module holds the I/O around the pure decisions; it knows nothing of kopf. It reads the ledger before
-Redis (see ``healing.Observation``), applies actions in the plan's order, and counts every unit it heals
-in the metrics. Errors from Redis or PostgreSQL propagate as ``DependencyUnavailable`` for the caller to
-retry later.
+A pass costs what changed, not the sale's size (ARCHITECTURE.md §2 step 4). It reads:
+
+- the counts, as aggregates: the ledger's units by status (``Ledger.tally``: the pending rows through
+  their partial index, the settled totals kept by the settling statements) and Redis's counters;
+- the single reservations where something can be wrong: pending ledger rows older than the grace period
+  whose job will not settle them, and the pending Redis reservations older than the grace period (the
+  time-ordered set of pending ids, read a window at a time from a cursor kept between passes, so a long
+  backlog is walked through rather than re-read) — each seen on both sides, its ledger row and its Redis
+  record;
+- only when the counts of a quiet sale disagree, the sale's settled rows and Redis reservations, streamed
+  in chunks, to name the reservations behind the difference; once per distinct disagreement.
+
+A sale whose keys Redis lost is rebuilt from the ledger (``rebuild_pass``, the one path that reads every
+row). This module holds the I/O around the pure decisions; it knows nothing of kopf. Errors from Redis or
+PostgreSQL propagate as ``DependencyUnavailable`` for the caller to retry later.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +40,13 @@ from stampede.stock import Snapshot, StockEngine
 from .builders import SaleSpec
 
 log = logging.getLogger(__name__)
+
+# Reservations one pass looks at on each side (the oldest first); the rest wait for the next pass.
+SCAN_MAX = 5000
+# Rows per chunk when the reconciler streams a sale to name the reservations behind a disagreement.
+EXPLAIN_CHUNK = 5000
+# Reservations named per disagreement (the drift counts them all; the report shows a sample).
+EXPLAIN_KEEP = 100
 
 
 def _q() -> dict[str, str]:
@@ -46,6 +66,20 @@ class Outcome:
     seconds: float = 0.0
 
 
+@dataclass
+class PassState:
+    """What a sale's passes carry from one to the next (kept in the sale's memo by the caller).
+
+    ``redis_after``: the (reserved_at_ms, id) of the pending-set entry the next pass resumes after (None:
+    from the oldest). A pass reads at most ``scan_max`` old pending reservations; when it read fewer, the
+    next one starts over.
+    ``explained``: the counts of the last disagreement the reconciler streamed the sale for, and the
+    reservations it named, reused while those counts stay the same."""
+
+    redis_after: tuple[int, str] | None = None
+    explained: tuple[tuple[int, ...], int, list[healing.Unexplained]] | None = None
+
+
 async def _fetch(pool: psycopg_pool.AsyncConnectionPool, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     try:
         async with pool.connection() as conn:
@@ -55,20 +89,25 @@ async def _fetch(pool: psycopg_pool.AsyncConnectionPool, query: str, params: dic
         raise errors.DependencyUnavailable("postgres", str(exc)) from exc
 
 
+def _entries(rows: Sequence[tuple[Any, ...]], jobs: dict[int, str]) -> dict[str, LedgerEntry]:
+    """Ledger rows (healing.sql's row shape) as entries; the status of each job they point at goes to
+    ``jobs`` (a vanished job stays absent)."""
+    out: dict[str, LedgerEntry] = {}
+    for rid, user, qty, status, job, ts, reason, job_status, age in rows:
+        job_id = None if job is None else int(job)
+        out[rid] = LedgerEntry(rid, user, int(qty), status, job_id, int(ts), reason, None if age is None else int(age))
+        if job_id is not None and job_status is not None:
+            jobs[job_id] = str(job_status)
+    return out
+
+
 async def ledger_rows_and_jobs(
     pool: psycopg_pool.AsyncConnectionPool, sale: str
 ) -> tuple[dict[str, LedgerEntry], dict[int, str]]:
-    """The sale's ledger rows, and the status of every job they point at (a vanished job is absent),
-    read in one snapshot."""
-    rows: dict[str, LedgerEntry] = {}
+    """Every ledger row of the sale, and the status of every job they point at, read in one snapshot.
+    Only a rebuild needs this: it writes every row back into Redis."""
     jobs: dict[int, str] = {}
-    for rid, user, qty, status, job, ts, reason, job_status, age in await _fetch(
-        pool, _q()["sale_rows"], {"sale": sale}
-    ):
-        job_id = None if job is None else int(job)
-        rows[rid] = LedgerEntry(rid, user, int(qty), status, job_id, int(ts), reason, None if age is None else int(age))
-        if job is not None and job_status is not None:
-            jobs[int(job)] = str(job_status)
+    rows = _entries(await _fetch(pool, _q()["sale_rows"], {"sale": sale}), jobs)
     return rows, jobs
 
 
@@ -76,17 +115,63 @@ async def ledger_rows(pool: psycopg_pool.AsyncConnectionPool, sale: str) -> dict
     return (await ledger_rows_and_jobs(pool, sale))[0]
 
 
-async def observe(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -> tuple[Observation, Snapshot | None]:
-    """The ledger (rows, then their jobs), then Redis (snapshot, reservations, clock)."""
+@dataclass(frozen=True, slots=True)
+class View:
+    """One partial observation and what came with it."""
+
+    obs: Observation
+    snapshot: Snapshot | None
+    next_after: tuple[int, str] | None  # where the next pass resumes the pending set
+
+
+async def observe(
+    ledger: Ledger,
+    stock: StockEngine,
+    sale: str,
+    grace_s: int,
+    *,
+    after: tuple[int, str] | None = None,
+    scan_max: int = SCAN_MAX,
+) -> View:
+    """The sale where something can be wrong, in two round trips when it is quiet: Redis (clock, counters,
+    the young pending count, a window of the old pending set: one script), then the ledger (its counts and
+    its suspect pending rows with their jobs' statuses: one statement); then, only if there
+    are suspects, each on its other side. The cutoff comes from Redis's clock, the one reservations are
+    stamped with. Each suspect is seen on both sides whatever the order: a Redis reservation whose ledger
+    row appears after Redis was read is older than the grace period, so its writer is gone; a row settled in
+    between is fresh and left to its writer (``healing.decide``)."""
+    grace_ms = grace_s * 1000
+    red = await stock.suspects(sale, grace_ms, after, scan_max)
+    cutoff = red.now_ms - grace_ms
+    jobs: dict[int, str] = {}
+    tally, suspects = await ledger.suspects(sale, cutoff_ms=cutoff, limit=scan_max)
+    rows = _entries(suspects, jobs)
+    if red.snapshot is None:
+        return View(Observation(sale, red.now_ms, grace_ms, False, {}, rows, jobs, tally, 0), None, None)
+    window = red.window
+    next_after = (window[-1][1], window[-1][0]) if len(window) >= scan_max else None
+    unseen = [rid for rid, _ in window if rid not in rows]
+    if unseen:
+        rows.update(_entries(await _fetch(ledger.pool, _q()["rows_by_id"], {"sale": sale, "ids": unseen}), jobs))
+    ids = rows.keys() | {rid for rid, _ in window}
+    redis = await stock.records(sale, sorted(ids)) if ids else {}
+    # An old Redis reservation its settler has just moved in the ledger is in flight too: Redis follows.
+    fresh = sum(
+        1
+        for rid, _ in window
+        if (row := rows.get(rid)) is not None
+        and row.status != healing.PENDING
+        and row.settled_age_ms is not None
+        and row.settled_age_ms < grace_ms
+    )
+    obs = Observation(sale, red.now_ms, grace_ms, True, redis, rows, jobs, tally, red.young + fresh)
+    return View(obs, red.snapshot, next_after)
+
+
+async def observe_lost(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -> Observation:
+    """A sale whose keys Redis lost: every row of the ledger (what the rebuild writes back) and its jobs."""
     rows, jobs = await ledger_rows_and_jobs(ledger.pool, sale)
-    try:
-        snap: Snapshot | None = await stock.snapshot(sale)
-    except errors.SaleNotFound:
-        snap = None
-    redis = {r.reservation_id: r for r in await stock.reservations(sale)} if snap is not None else {}
-    now_ms = await stock.now_ms()
-    obs = Observation(sale, now_ms, grace_s * 1000, snap is not None, redis, rows, jobs)
-    return obs, snap
+    return Observation(sale, await stock.now_ms(), grace_s * 1000, False, {}, rows, jobs)
 
 
 async def apply(
@@ -164,51 +249,125 @@ def batch_payload_for(sale: str, ids: list[str]) -> dict[str, Any]:
     return payload
 
 
-async def reconcile_once(
+async def explain(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -> tuple[int, list[healing.Unexplained]]:
+    """Names the reservations behind a disagreement of a quiet sale's counts: streams the settled rows
+    (server-side cursor) against their Redis records, then the Redis reservations against the ledger, one
+    chunk at a time, with the same rules as every pass (``healing.decide`` on each chunk). Returns the units
+    it could not explain and up to ``EXPLAIN_KEEP`` of the reservations. Memory stays one chunk."""
+    now_ms = await stock.now_ms()
+    units, kept = 0, list[healing.Unexplained]()
+
+    def take(plan: Plan) -> None:
+        nonlocal units
+        for u in plan.unexplained:
+            units += u.units
+            if len(kept) < EXPLAIN_KEEP:
+                kept.append(u)
+
+    async for chunk in _settled_chunks(ledger, sale):
+        records = await stock.records(sale, list(chunk))
+        take(healing.decide(Observation(sale, now_ms, grace_s * 1000, True, records, chunk, {})))
+    async for recs in stock.scan_reservations(sale, EXPLAIN_CHUNK):
+        ids = [r.reservation_id for r in recs]
+        known = {r[0] for r in await _fetch(ledger.pool, _q()["recorded_ids"], {"ids": ids})}
+        unrecorded = {r.reservation_id: r for r in recs if r.reservation_id not in known}
+        if unrecorded:
+            take(healing.decide(Observation(sale, now_ms, grace_s * 1000, True, unrecorded, {}, {})))
+    kept.sort(key=lambda u: u.reservation_id)
+    return units, kept
+
+
+async def _settled_chunks(ledger: Ledger, sale: str) -> AsyncIterator[dict[str, LedgerEntry]]:
+    try:
+        async with ledger.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(name="stampede_explain")
+            await cur.execute(_q()["settled_rows"], {"sale": sale})
+            while rows := await cur.fetchmany(EXPLAIN_CHUNK):
+                yield _entries(rows, {})
+            await cur.close()
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+        raise errors.DependencyUnavailable("postgres", str(exc)) from exc
+
+
+async def rebuild_pass(
     ledger: Ledger, stock: StockEngine, spec: SaleSpec, *, open_: bool, batch_max: int = 1000
+) -> dict[str, int]:
+    """Redis lost the sale: rebuild it from the ledger, with the ledger-driven healing of its pending rows
+    (the one path that reads every row of the sale). Returns what it healed."""
+    obs = await observe_lost(ledger, stock, spec.id, spec.grace_s)
+    plan = healing.decide(obs, batch_max=batch_max)
+    return await apply(ledger, stock, spec, obs, plan, open_=open_)
+
+
+async def reconcile_once(
+    ledger: Ledger,
+    stock: StockEngine,
+    spec: SaleSpec,
+    *,
+    open_: bool,
+    batch_max: int = 1000,
+    state: PassState | None = None,
+    scan_max: int = SCAN_MAX,
 ) -> Outcome:
-    """Restore the sale first if Redis lost it (no key, or another Redis run_id than it was restored under:
-    a restart or failover may have lost its tail), then observe, heal, observe again; the second
-    observation gives the counts and the drift."""
+    """Observe where something can be wrong, heal, observe again; the second observation gives the counts
+    and the drift. ``state`` carries the pending-set cursor and the last explained disagreement from one
+    pass of the sale to the next (a fresh one: start from the oldest, explain anew)."""
     started = time.monotonic()
+    state = state if state is not None else PassState()
+    sale = spec.id
     healed: dict[str, int] = {}
-    why = await restore.lost(stock, spec.id)
+    why = await restore.lost(stock, sale)  # no key, or another Redis run_id: a restart may have lost its tail
     if why is not None:
-        restored = await restore.restore_sale(ledger, stock, spec.id, reason=why)
+        restored = await restore.restore_sale(ledger, stock, sale, reason=why)
         if restored.outcome == restore.RESTORED:
             healed["rebuild"] = 1
-            metrics.OPERATOR_HEALED.labels(spec.id, "rebuild").inc()
-    obs, _ = await observe(ledger, stock, spec.id, spec.grace_s)
-    plan = healing.decide(obs, batch_max=batch_max)
-    if plan.actions:
-        for kind, n in (await apply(ledger, stock, spec, obs, plan, open_=open_)).items():
+            metrics.OPERATOR_HEALED.labels(sale, "rebuild").inc()
+    view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
+    if view.snapshot is None:  # Redis lost the sale
+        for kind, n in (await rebuild_pass(ledger, stock, spec, open_=open_, batch_max=batch_max)).items():
             healed[kind] = healed.get(kind, 0) + n
-        obs, snap = await observe(ledger, stock, spec.id, spec.grace_s)
-        plan = healing.decide(obs, batch_max=batch_max)
-    else:
-        try:
-            snap = await stock.snapshot(spec.id)
-        except errors.SaleNotFound:
-            snap = None
+        state.redis_after = None
+        view = await observe(ledger, stock, sale, spec.grace_s, scan_max=scan_max)
+    plan = healing.decide(view.obs, batch_max=batch_max)
+    next_after = view.next_after
+    if plan.actions:
+        for kind, n in (await apply(ledger, stock, spec, view.obs, plan, open_=open_)).items():
+            healed[kind] = healed.get(kind, 0) + n
+        view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
+        plan = healing.decide(view.obs, batch_max=batch_max)
+    state.redis_after = next_after
+    obs, snap = view.obs, view.snapshot
+    tally = obs.tally if obs.tally is not None else healing.tally(obs.ledger.values())
+    unexplained = list(plan.unexplained)
     if snap is None:
         drift = healing.measure_drift(obs, plan, 0, 0)
     else:
         drift = healing.measure_drift(obs, plan, snap.pending, snap.confirmed)
         if not snap.balanced:
             drift += abs(snap.total - (snap.remaining + snap.pending + snap.confirmed))
+        if drift > sum(u.units for u in plan.unexplained):
+            # The counts disagree beyond what the suspects say: name the reservations behind it, once per
+            # distinct disagreement (the sale's counts are its key).
+            key = (tally.pending, tally.confirmed, tally.compensated, snap.pending, snap.confirmed, snap.remaining)
+            if state.explained is None or state.explained[0] != key:
+                units, named = await explain(ledger, stock, sale, spec.grace_s)
+                state.explained = (key, units, named)
+            _, units, named = state.explained
+            seen = {u.reservation_id for u in unexplained}
+            unexplained += [u for u in named if u.reservation_id not in seen]
+            drift = max(drift, units)
     seconds = time.monotonic() - started
-    metrics.OPERATOR_RECONCILE_SECONDS.labels(spec.id).observe(seconds)
-    metrics.OPERATOR_DRIFT.labels(spec.id).set(drift)
-    tally = healing.tally(obs.ledger.values())
+    metrics.OPERATOR_RECONCILE_SECONDS.labels(sale).observe(seconds)
+    metrics.OPERATOR_DRIFT.labels(sale).set(drift)
     if snap is not None:
-        for state, units in (
+        for state_, units in (
             ("remaining", snap.remaining),
             ("reserved", snap.pending),
             ("confirmed", snap.confirmed),
             ("compensated", tally.compensated),
         ):
-            metrics.OPERATOR_STOCK.labels(spec.id, state).set(units)
-    return Outcome(snap, tally, drift, healed, plan.unexplained, seconds)
+            metrics.OPERATOR_STOCK.labels(sale, state_).set(units)
+    return Outcome(snap, tally, drift, healed, unexplained, seconds)
 
 
 async def phase_counts(ledger: Ledger, stock: StockEngine, spec: SaleSpec) -> tuple[Snapshot | None, int, int]:
@@ -230,4 +389,5 @@ async def unfinished_jobs(ledger: Ledger, sale: str) -> int:
 
 
 async def pending_ids(ledger: Ledger, sale: str) -> list[str]:
-    return [r.reservation_id for r in (await ledger_rows(ledger.pool, sale)).values() if r.status == healing.PENDING]
+    """The sale's pending reservations (through the partial index: what is pending, not the sale)."""
+    return [str(r[0]) for r in await _fetch(ledger.pool, _q()["pending_ids"], {"sale": sale})]

@@ -190,6 +190,25 @@ def test_chart_defaults_match_operator_settings_defaults(render: Render) -> None
     assert values["worker"]["metricsPort"] == defaults.worker_metrics_port
     assert values["worker"]["metricsPort"] == settings.WorkerSettings().worker_metrics_port
     assert values["operator"]["metricsPort"] == defaults.operator_metrics_port
+    assert values["api"]["metricsPort"] == defaults.api_metrics_port == settings.ApiSettings.metrics_port
+    assert values["api"]["trustedProxyHops"] == defaults.api_trusted_proxy_hops
+    assert values["api"]["clientIpHeader"] == defaults.api_client_ip_header
+
+
+def test_the_proxy_in_front_of_the_sales_reaches_the_operator(render: Render) -> None:
+    env = _env(_operator_container(render(set=["api.trustedProxyHops=1", "api.clientIpHeader=Forwarded"])))
+    assert env["STAMPEDE_API_TRUSTED_PROXY_HOPS"] == "1"
+    assert env["STAMPEDE_API_CLIENT_IP_HEADER"] == "Forwarded"
+
+
+def test_sale_metrics_are_scraped_apart_from_the_buyers(render: Render) -> None:
+    r = render("charts/stampede/ci/production-values.yaml", namespace="shop")
+    assert r.get("PodMonitor", "stampede-api")["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    policy = r.get("NetworkPolicy", "stampede-api")
+    buyers, *others = policy["spec"]["ingress"]
+    assert [p["port"] for p in buyers["ports"]] == [8000]
+    metrics_rules = [rule for rule in others if [p["port"] for p in rule["ports"]] == [9101]]
+    assert len(metrics_rules) == 1
 
 
 @pytest.mark.parametrize(

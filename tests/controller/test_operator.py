@@ -575,6 +575,16 @@ async def test_metrics_are_exported(
     body = await eventually(scrape)
     assert "stampede_operator_drift_units{sale=" in body
     assert "# HELP stampede_operator_healed_total" in body
+    assert f'stampede_operator_stock_units{{sale="{op_namespace}/{sale}"' in body
+    # A deleted sale leaves no series behind (it once kept all but drift for ever).
+    control_plane.kubectl("delete", "fs", sale, "-n", op_namespace, "--wait=false", check=True)
+
+    def forgotten() -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
+            left = [line for line in rsp.read().decode().splitlines() if f'sale="{op_namespace}/{sale}"' in line]
+        assert left == [], left[:5]
+
+    await eventually(forgotten)
 
 
 async def test_a_deployment_of_an_older_version_loses_its_envfrom(

@@ -85,11 +85,35 @@ def test_api_deployment_by_value() -> None:
     assert c["envFrom"] is None  # removes an older envFrom on patch
     assert secret_keys(c) == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET"}
     assert {"name": "STAMPEDE_SALE_NAMESPACE", "value": "shop"} in c["env"]
-    assert c["ports"] == [{"name": "http", "containerPort": SETTINGS.api_port}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": SETTINGS.api_port},
+        {"name": "metrics", "containerPort": SETTINGS.api_metrics_port},
+    ]
     assert {p: c[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe", "startupProbe")} == {
         "readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz",
     }  # fmt: skip
     assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
+
+
+def _api_env(api: dict[str, Any], settings: Any = SETTINGS) -> dict[str, str]:
+    d = builders.build_api_deployment(builders.parse_spec("drop", spec(api=api)), "shop", settings)
+    (c,) = d["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}  # secrets come by valueFrom
+
+
+def test_api_pods_learn_the_proxy_header_and_hops_from_the_operator_or_the_sale() -> None:
+    env = _api_env({})
+    assert (env["STAMPEDE_TRUSTED_PROXY_HOPS"], env["STAMPEDE_CLIENT_IP_HEADER"]) == ("0", "X-Forwarded-For")
+    assert env["STAMPEDE_METRICS_PORT"] == str(SETTINGS.api_metrics_port)
+    behind = load(OperatorSettings, env={}, api_trusted_proxy_hops=1, api_client_ip_header="Forwarded")
+    env = _api_env({}, behind)
+    assert (env["STAMPEDE_TRUSTED_PROXY_HOPS"], env["STAMPEDE_CLIENT_IP_HEADER"]) == ("1", "Forwarded")
+    env = _api_env({"trustedProxyHops": 2, "clientIpHeader": "X-Real-Chain"}, behind)
+    assert (env["STAMPEDE_TRUSTED_PROXY_HOPS"], env["STAMPEDE_CLIENT_IP_HEADER"]) == ("2", "X-Real-Chain")
+    env = _api_env({"trustedProxyHops": 0}, behind)
+    assert env["STAMPEDE_TRUSTED_PROXY_HOPS"] == "0"
+    with pytest.raises(builders.InvalidSpec):
+        builders.parse_spec("drop", spec(api={"clientIpHeader": "X-Bad: header"}))
 
 
 def test_worker_deployment_carries_the_concurrency() -> None:

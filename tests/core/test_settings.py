@@ -33,3 +33,68 @@ def test_every_setting_is_documented() -> None:
     for var, _default, doc in describe(Common):
         assert var.startswith("STAMPEDE_")
         assert doc, f"{var} has no documentation"
+
+
+PASSWORD = "S3cr3t-PW"
+
+
+@pytest.mark.parametrize(
+    ("var", "url"),
+    [
+        ("STAMPEDE_DATABASE_URL", f"postgresql+psycopg://u:{PASSWORD}@db/x"),
+        ("STAMPEDE_DATABASE_URL", f"postgresql://u:{PASSWORD}@db/x?bogus=1"),
+        ("STAMPEDE_DATABASE_URL", f"postgresql://u:{PASSWORD}@[::1/x"),
+        ("STAMPEDE_REDIS_URL", f"http://:{PASSWORD}@h:1/0"),
+        ("STAMPEDE_REDIS_URL", f"redis://:{PASSWORD}@h:port/0"),
+    ],
+)
+def test_configuration_errors_never_print_a_password(var: str, url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(Common, {var: url})
+    message = str(caught.value)
+    assert var in message
+    assert PASSWORD not in message
+    assert ":***@" in message
+
+
+@pytest.mark.parametrize(
+    ("env", "args"),
+    [
+        ({"STAMPEDE_DATABASE_URL": f"postgresql+psycopg://u:{PASSWORD}@db/x"}, ["migrate"]),
+        ({"STAMPEDE_DATABASE_URL": f"postgresql://u:{PASSWORD}@db/x?bogus=1"}, ["migrate"]),
+        ({}, ["migrate", "--database-url", f"postgresql://u:{PASSWORD}@[::1/x"]),
+        ({"STAMPEDE_REDIS_URL": f"redis://:{PASSWORD}@h:port/0"}, ["audit", "--sale", "x", "--wait", "0"]),
+    ],
+)
+def test_the_cli_never_prints_a_password(env: dict[str, str], args: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STAMPEDE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stampede.cli", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert PASSWORD not in proc.stdout + proc.stderr, proc.stderr
+    assert "***" in proc.stderr
+
+
+def test_log_lines_never_carry_a_password() -> None:
+    import logging
+
+    from stampede.logs import JsonFormatter, PlainFormatter
+
+    try:
+        raise ValueError(f'bad URI: "postgresql://u:{PASSWORD}@db/x"')
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord(
+            "t", logging.ERROR, __file__, 1, "connecting to %s", (f"redis://:{PASSWORD}@r:6379/0",), sys.exc_info()
+        )
+    record.url = f"postgresql://app:{PASSWORD}@db/x"
+    for formatter in (JsonFormatter(), PlainFormatter("%(message)s")):
+        line = formatter.format(record)
+        assert PASSWORD not in line, line
+        assert ":***@" in line

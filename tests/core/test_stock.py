@@ -263,3 +263,28 @@ async def test_pending_older_than_uses_redis_clock(stock: StockEngine, sale: str
     assert await stock.pending_older_than(sale, now - 60_000) == []
     await stock.confirm(sale, [r.reservation_id])
     assert await stock.pending_older_than(sale, now) == []
+
+
+async def test_suspects_reads_the_pending_set_a_window_at_a_time(stock: StockEngine, sale: str) -> None:
+    await open_sale(stock, sale, total=20)
+    ids = [(await stock.reserve(sale, f"u{i}")).reservation_id for i in range(9)]  # many share a millisecond
+    await asyncio.sleep(2.0)
+    young = await stock.reserve(sale, "young")
+    view = await stock.suspects(sale, 0, None, 100)
+    assert view.snapshot is not None and (view.snapshot.pending, view.young) == (10, 0)
+    rec = await stock.reservation(sale, young.reservation_id)
+    assert rec is not None
+    grace = await stock.now_ms() - rec.reserved_at_ms + 1000  # the nine are old, the last one is young
+    seen: list[str] = []
+    after = None
+    while True:
+        view = await stock.suspects(sale, grace, after, 2)
+        assert view.young == 1  # younger than the grace period: counted, never listed
+        seen += [rid for rid, _ in view.window]
+        if len(view.window) < 2:
+            break
+        after = (view.window[-1][1], view.window[-1][0])
+        if len(seen) == 4:
+            await stock.confirm(sale, [after[1]])  # the cursor's entry leaves the set: the walk goes on after it
+    assert len(seen) == len(set(seen)) and set(seen) == set(ids)
+    assert (await stock.suspects(f"{sale}-none", 0, None, 10)).snapshot is None

@@ -31,3 +31,19 @@ def test_demo_sale_ends_with_a_clean_audit(services: dict[str, str], control_pla
     assert "drift 0" in out, out
     for n in range(1, 10):
         assert f"[{n}/9]" in out, out
+
+
+@pytest.mark.timeout(420)
+def test_demo_fails_when_a_k6_threshold_fails(services: dict[str, str], control_plane: object) -> None:
+    """k6 exits 99 when a threshold fails (here the spike's p95 bound, set unreachably low): that run fails,
+    even though its audit is clean."""
+    env = {**os.environ, **services, "P95_MS": "0.001"}
+    res = subprocess.run(
+        [sys.executable, "-m", "stampede.demo", "--scenario", "spike", "--stock", "50", "--buyers", "500",
+         "--peak", "30", "--stage-seconds", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert "CLEAN" in out, out  # the audit itself passes ...
+    assert "thresholds failed" in out, out
+    assert res.returncode != 0, out  # ... and the run fails all the same

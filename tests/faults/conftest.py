@@ -93,6 +93,7 @@ class Outcome:
     retry_after_missing: int = 0
     server_errors: int = 0
     transport_errors: int = 0
+    transport_error_kinds: dict[str, int] = field(default_factory=dict)  # exception name -> count
 
     @property
     def requests(self) -> int:
@@ -195,8 +196,10 @@ class SaleRun:
                     try:
                         r = await client.post(url, json={"quantity": 1},
                                               headers={"Authorization": f"Bearer {tokens[i % users]}"})
-                    except httpx.TransportError:
+                    except httpx.TransportError as exc:
                         out.transport_errors += 1
+                        kind = type(exc).__name__
+                        out.transport_error_kinds[kind] = out.transport_error_kinds.get(kind, 0) + 1
                         await asyncio.sleep(0.05)
                         return
                 out.statuses[r.status_code] = out.statuses.get(r.status_code, 0) + 1

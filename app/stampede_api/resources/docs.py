@@ -16,3 +16,5 @@ class OpenApi:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._body
+
+    on_head = on_get

@@ -8,7 +8,6 @@ buyer: another buyer gets 404, as for an id that does not exist.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -16,23 +15,15 @@ import falcon
 import falcon.asgi
 
 from stampede import errors
+from stampede.identifiers import IDEMPOTENCY_KEY_RULE, is_idempotency_key
 from stampede.names import SALE_NAME_RE, sale_id, split_sale_id
 from stampede_api.body import int_member, read_object
+from stampede_api.client_ip import client_ip
 from stampede_api.errors import bad_request
 from stampede_api.purchase import Purchase, buy
 from stampede_api.services import Services
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _BUY_MEMBERS = frozenset({"quantity"})
-
-
-def client_ip(req: falcon.asgi.Request, trusted_hops: int) -> str | None:
-    """The peer address, or with ``trusted_hops`` proxies in front the address they vouch for."""
-    if trusted_hops > 0:
-        route = req.access_route
-        if route:
-            return route[max(0, len(route) - 1 - trusted_hops)]
-    return req.remote_addr
 
 
 def purchase_body(p: Purchase) -> dict[str, Any]:
@@ -58,8 +49,8 @@ class SaleReservations:
             raise errors.SaleNotFound(sale[:64])
         sale = sale_id(settings.sale_namespace, sale)
         key = req.get_header("Idempotency-Key")
-        if key is not None and not _IDEMPOTENCY_KEY.match(key):
-            raise bad_request("Idempotency-Key", "must be 1-255 visible ASCII characters")
+        if key is not None and not is_idempotency_key(key):
+            raise bad_request("Idempotency-Key", f"must be {IDEMPOTENCY_KEY_RULE}")
         body = await read_object(req, settings.max_body_bytes, _BUY_MEMBERS)
         quantity = int_member(body, "quantity", default=1, lo=1, hi=settings.max_quantity)
         stock, ledger, batcher = self.s.require()
@@ -71,7 +62,7 @@ class SaleReservations:
             user=buyer.id,
             quantity=quantity,
             idempotency_key=key,
-            client_ip=client_ip(req, settings.trusted_proxy_hops),
+            client_ip=client_ip(req, settings.client_ip_header, settings.trusted_proxy_hops),
             request_id=req.context.request_id,
             replay_wait_ms=settings.replay_wait_ms,
             retry_after_s=settings.retry_after_s,
@@ -96,6 +87,7 @@ class ReservationItem:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, reservation_id: str) -> None:
         buyer = self.s.auth.buyer(req)
+        self.s.read_limiter.check(buyer.id)
         try:
             rid = str(uuid.UUID(reservation_id))
         except ValueError:
@@ -121,3 +113,5 @@ class ReservationItem:
         if row.reason:
             out["reason"] = row.reason
         resp.media = out
+
+    on_head = on_get

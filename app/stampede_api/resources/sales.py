@@ -4,6 +4,9 @@ The phase uses the FlashSale's vocabulary, read from Redis alone: ``Live`` (open
 ``SoldOut``, ``Scheduled`` (not open, nothing reserved yet) or ``Ended`` (closed after taking
 reservations). The operator's FlashSale status stays the authority on the lifecycle (windows, drift).
 A sale Redis lost but the ledger knows answers 503 with Retry-After while it is restored, never 404.
+
+Anyone may read it, without a token, so each client address has a token bucket of reads in the process
+(429 with Retry-After past it): a flood from one address costs no Redis round trip beyond its bucket.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import falcon.asgi
 from stampede import errors, metrics, restore
 from stampede.names import SALE_NAME_RE, sale_id
 from stampede.stock import Snapshot
+from stampede_api.client_ip import client_ip
 from stampede_api.services import Services
 
 
@@ -29,6 +33,8 @@ class Sale:
         self.s = services
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sale: str) -> None:
+        settings = self.s.settings
+        self.s.read_limiter.check(client_ip(req, settings.client_ip_header, settings.trusted_proxy_hops) or "unknown")
         if not SALE_NAME_RE.match(sale):
             raise errors.SaleNotFound(sale[:64])
         stock, ledger, _ = self.s.require()
@@ -49,3 +55,5 @@ class Sale:
             "released": snap.released,
             "per_user_limit": snap.per_user_limit,
         }
+
+    on_head = on_get

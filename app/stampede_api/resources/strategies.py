@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import falcon.asgi
 
+from stampede.identifiers import BUYER_ID_RULE, is_buyer_id
 from stampede.names import SALE_NAME_RE
 from stampede_api.body import read_object, str_member
+from stampede_api.client_ip import client_ip
 from stampede_api.errors import ApiError, bad_request
 from stampede_api.services import Services
-
-from .reservations import client_ip
 
 _MEMBERS = frozenset({"productId", "userId"})
 
@@ -35,10 +35,12 @@ class StrategyBuy:
         if not SALE_NAME_RE.match(product):
             raise bad_request("productId", "must be a lowercase name (letters, digits, '-')")
         user = str_member(body, "userId")
+        if not is_buyer_id(user):
+            raise bad_request("userId", f"must be {BUYER_ID_RULE}")
         result = await strategy.buy(  # type: ignore[attr-defined]
             product,
             user,
-            client_ip=client_ip(req, self.s.settings.trusted_proxy_hops),
+            client_ip=client_ip(req, self.s.settings.client_ip_header, self.s.settings.trusted_proxy_hops),
             request_id=req.context.request_id,
         )
         resp.status = result.status
@@ -50,3 +52,5 @@ class StrategyBuy:
         if not product or not SALE_NAME_RE.match(product):
             raise bad_request("productId", "is required: a lowercase name (letters, digits, '-')")
         resp.media = await strategy.stats(product)  # type: ignore[attr-defined]
+
+    on_head_stats = on_get_stats

@@ -97,7 +97,8 @@ SELECT 1 FROM stampede_sales WHERE sale = %(sale)s AND deleted_at IS NULL;
 -- a reason) in one statement, and answers the final status of every listed reservation the ledger
 -- holds, with whether this statement moved it. The outer SELECT sees the rows as they were before the
 -- UPDATE (one snapshot), hence the CASE. A NULL sale matches any sale (compensation by id). A settle job
--- stamps its id on the rows it moves (`job_id`; NULL keeps the row's job).
+-- stamps its id on the rows it moves (`job_id`; NULL keeps the row's job). The units it moved are added to
+-- the sale's settled totals by the same statement.
 WITH want AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(sales)s::text[], %(outcomes)s::text[], %(reasons)s::text[])
                   AS w(id, sale, outcome, reason)
@@ -109,7 +110,19 @@ WITH want AS (
      WHERE l.reservation_id = w.id
        AND l.status = 'pending'
        AND (w.sale IS NULL OR l.sale = w.sale)
-    RETURNING l.reservation_id, extract(epoch FROM now() - l.created_at)::float8 AS lag_s
+    RETURNING l.reservation_id, l.sale, l.quantity, l.status,
+              extract(epoch FROM now() - l.created_at)::float8 AS lag_s
+), counted AS (
+    -- The sale's settled totals move in the same statement as its rows (migration 0010).
+    INSERT INTO stampede_sale_totals AS t (sale, shard, confirmed, compensated)
+    SELECT m.sale, (pg_backend_pid() %% 8)::smallint,
+           coalesce(sum(m.quantity) FILTER (WHERE m.status = 'confirmed'), 0),
+           coalesce(sum(m.quantity) FILTER (WHERE m.status = 'compensated'), 0)
+      FROM moved m
+     GROUP BY m.sale
+     ORDER BY m.sale
+    ON CONFLICT (sale, shard) DO UPDATE
+       SET confirmed = t.confirmed + EXCLUDED.confirmed, compensated = t.compensated + EXCLUDED.compensated
 )
 SELECT l.reservation_id::text, l.sale, l.quantity,
        CASE WHEN m.reservation_id IS NULL THEN l.status ELSE w.outcome END AS status,
@@ -140,3 +153,55 @@ ON CONFLICT (reservation_id) DO NOTHING;
 SELECT reservation_id::text, sale, quantity, status
   FROM stampede_ledger
  WHERE reservation_id = ANY(%(ids)s::uuid[]);
+
+-- name: tally_and_suspects
+-- Units of a sale by status without reading its settled rows (pending through the partial index of pending
+-- rows, confirmed/compensated from the totals the settling statements keep), and its suspect pending rows:
+-- reserved before the cutoff (Redis clock) and whose job will not settle them (vanished, finished, failed,
+-- cancelled or aborted), oldest first, at most `limit`, with what healing needs (healing.sql's row shape).
+-- One statement, one snapshot; every row carries the counts, and a sale without suspects gives one row whose
+-- row columns are NULL.
+WITH counts AS (
+    SELECT (SELECT coalesce(sum(quantity), 0) FROM stampede_ledger
+             WHERE sale = %(sale)s AND status = 'pending')::bigint AS pending,
+           coalesce(sum(confirmed), 0)::bigint AS confirmed,
+           coalesce(sum(compensated), 0)::bigint AS compensated
+      FROM stampede_sale_totals
+     WHERE sale = %(sale)s
+), suspects AS (
+    SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
+           j.status::text AS job_status, NULL::bigint AS settled_age_ms
+      FROM stampede_ledger l
+      LEFT JOIN procrastinate_jobs j ON j.id = l.job_id
+     WHERE l.sale = %(sale)s AND l.status = 'pending' AND l.reserved_at_ms <= %(cutoff_ms)s
+       AND (j.id IS NULL OR j.status::text NOT IN ('todo', 'doing', 'aborting'))
+     ORDER BY l.reserved_at_ms
+     LIMIT %(limit)s
+)
+SELECT c.pending, c.confirmed, c.compensated, s.*
+  FROM counts c
+  LEFT JOIN suspects s ON true
+ ORDER BY s.reserved_at_ms;
+
+-- name: import_settled
+-- Benchmark and test data only: rows that are already final, written in one statement together with their
+-- sale's totals (the same bookkeeping Ledger.settle does), so a sale of a million settled reservations can
+-- be made in seconds.
+WITH ins AS (
+    INSERT INTO stampede_ledger (reservation_id, sale, user_id, quantity, reserved_at_ms, status, reason,
+                                 settled_at)
+    SELECT r.id, %(sale)s, r.user_id, r.quantity, r.reserved_at_ms, %(status)s, %(reason)s, now()
+      FROM unnest(%(ids)s::uuid[], %(users)s::text[], %(quantities)s::int[], %(reserved_at_ms)s::bigint[])
+           AS r(id, user_id, quantity, reserved_at_ms)
+    ON CONFLICT (reservation_id) DO NOTHING
+    RETURNING quantity
+), counted AS (
+    INSERT INTO stampede_sale_totals AS t (sale, shard, confirmed, compensated)
+    SELECT %(sale)s, (pg_backend_pid() %% 8)::smallint,
+           CASE WHEN %(status)s = 'confirmed' THEN coalesce(sum(quantity), 0) ELSE 0 END,
+           CASE WHEN %(status)s = 'compensated' THEN coalesce(sum(quantity), 0) ELSE 0 END
+      FROM ins
+    ON CONFLICT (sale, shard) DO UPDATE
+       SET confirmed = t.confirmed + EXCLUDED.confirmed, compensated = t.compensated + EXCLUDED.compensated
+)
+SELECT count(*) FROM ins;
