@@ -94,8 +94,8 @@ async def open_sale(
     """Seeds the sale in Redis and mirrors it in the ledger, as the operator does."""
     await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, **rates), open=is_open)  # type: ignore[arg-type]
     await ledger.ensure_sale(
-        sale, sku=f"SKU-{sale}", stock=total, per_user_limit=limit, window_start=None, window_end=None
-    )
+        sale, sku=f"SKU-{sale}", stock=total, per_user_limit=limit, window_start=None, window_end=None, **rates
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
