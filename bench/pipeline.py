@@ -10,8 +10,8 @@ workers already running (warm-up, then measured with ``wrk -t1 -c64``). Measured
                         measured load, whenever they settled
   drain_s               end of the load to an empty pending backlog
   hello_rps             the hello route, same wrk settings
-  oversold, lost        the audit of ARCHITECTURE.md §3 after the drain (202s counted by the API's own
-                        metrics; every one must have its ledger row, settled)
+  oversold, lost        the audit of the invariants (docs/architecture.md) after the drain (202s counted by the
+                        API's own metrics; every one must have its ledger row, settled)
 
 ``--code DIR`` runs the API and the workers from another checkout of the project (its ``core``, ``app`` and
 ``worker`` folders, its own migrations, on a database of its own) with this venv, for A/B runs against an
@@ -266,7 +266,7 @@ def main() -> int:
         "settings": {k: getattr(ns, k) for k in ("duration", "connections", "threads", "workers", "settle_workers")},
     }
 
-    hello = apibench.Server("stampede_api.hello:app", run_env, workdir, "hello")
+    hello = apibench.Server("hello:app", run_env, workdir, "hello")
     try:
         hello.wait("/hello")
         print(f"==> hello: Falcon ASGI under the same gunicorn settings ({ns.workers} workers)", flush=True)

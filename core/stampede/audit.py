@@ -1,4 +1,4 @@
-"""The integrity audit of ARCHITECTURE.md §3, as a pure function.
+"""The integrity audit of the invariants in docs/architecture.md, as a pure function.
 
 Tests, the k6 runs, the demo and the reconciler all judge a sale with this one function, so "correct"
 means the same thing everywhere. It takes what clients were told (the accepted reservation ids), the

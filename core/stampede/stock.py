@@ -27,7 +27,7 @@ from . import errors
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild", "suspects")
+SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
 
 
 @cache
@@ -140,8 +140,8 @@ class SuspectView:
 
 
 @dataclass(frozen=True, slots=True)
-class RebuildResult:
-    outcome: str  # rebuilt | exists
+class RestoreResult:
+    outcome: str  # restored | current (already restored on this Redis run) | lost_lock (another took over)
     total: int
     remaining: int
     pending: int
@@ -312,6 +312,7 @@ class StockEngine:
         if not isinstance(config.per_user_limit, int) or config.per_user_limit < 1:
             raise errors.InvalidArgument("perUserLimit", "must be an integer >= 1")
         gate = "" if open is None else ("1" if open else "0")
+        run_id = await self.run_id()
         code, total, remaining, sold = await self._run(
             "seed",
             [k.meta],
@@ -323,6 +324,7 @@ class StockEngine:
                 config.buyer_burst,
                 config.ip_rate,
                 config.ip_burst,
+                run_id,
             ],
         )
         code = _s(code)
@@ -339,15 +341,53 @@ class StockEngine:
             raise errors.SaleNotFound(sale)
         return prev == "1"
 
-    async def rebuild(
-        self, sale: str, config: SaleConfig, open: bool, records: Iterable[ReservationRecord]
-    ) -> RebuildResult:
-        """Recreates the sale's counters and reservations from ``records`` (the ledger's view, with
-        compensated rows as ``released``) in one atomic step, only if the sale's keys are gone: a sale that
-        exists is left alone (outcome ``exists``). Raises RestockBelowSold if the records hold more than
-        ``config.total``."""
+    async def run_id(self) -> str:
+        """The Redis server's ``run_id``: it changes with every restart (and differs on a failover), so a
+        sale restored under another run_id may have lost what that run held."""
+        try:
+            info = await self.client.info("server")
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+        return str(info.get("run_id", ""))
+
+    async def restored_run(self, sale: str) -> str | None:
+        """The run_id the sale was last restored under ('' if never), or None if Redis does not know it."""
+        try:
+            meta_total, run = await self.client.hmget(_keys(sale).meta, ["total", "run"])
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+        if meta_total is None:
+            return None
+        return "" if run is None else _s(run)
+
+    async def lock_restore(self, sale: str, token: str, ttl_ms: int) -> bool:
+        """Takes the sale's restore lock for ``ttl_ms`` unless another holds it: one restore at a time."""
+        try:
+            return bool(await self.client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+
+    async def unlock_restore(self, sale: str, token: str) -> bool:
+        """Gives the restore lock back if it still holds ``token``."""
+        return bool(await self._run("unlock", [_keys(sale).restore_lock], [token]))
+
+    async def restore(
+        self,
+        sale: str,
+        token: str,
+        run_id: str,
+        config: SaleConfig,
+        open: bool,
+        records: Iterable[ReservationRecord],
+    ) -> RestoreResult:
+        """Sets the sale's counters and reservations from ``records`` (the ledger's view, compensated rows
+        as ``released``) merged with what Redis still holds, atomically, under the restore lock ``token``
+        (see ``lua/restore.lua``). ``config`` and ``open`` apply only if the sale's meta is gone. Raises
+        RestockBelowSold if the merged reservations hold more than the total."""
         k = _keys(sale)
         args: list[Any] = [
+            token,
+            run_id,
             config.total,
             config.per_user_limit,
             "1" if open else "0",
@@ -358,17 +398,17 @@ class StockEngine:
         ]
         for r in records:
             if r.state not in (STATE_PENDING, STATE_CONFIRMED, STATE_RELEASED):
-                raise errors.InvalidArgument("state", f"cannot rebuild a reservation in state {r.state!r}")
+                raise errors.InvalidArgument("state", f"cannot restore a reservation in state {r.state!r}")
             args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
         code, total, remaining, pending, confirmed = await self._run(
-            "rebuild", [k.meta, k.reservations, k.pending, k.holds], args
+            "restore", [k.meta, k.reservations, k.pending, k.holds, k.restore_lock], args
         )
         code = _s(code)
         if code == "below_sold":
-            raise errors.RestockBelowSold(sale, config.total, int(pending) + int(confirmed))
+            raise errors.RestockBelowSold(sale, int(total), int(pending) + int(confirmed))
         if code == "bad_args":
-            raise errors.ScriptError("rebuild.lua refused arguments that passed validation")
-        return RebuildResult(code, int(total), int(remaining), int(pending), int(confirmed))
+            raise errors.ScriptError("restore.lua refused arguments that passed validation")
+        return RestoreResult(code, int(total), int(remaining), int(pending), int(confirmed))
 
     async def delete(self, sale: str) -> int:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
@@ -528,10 +568,10 @@ __all__ = [
     "STATE_PENDING",
     "STATE_RELEASED",
     "Outcome",
-    "RebuildResult",
     "Reservation",
     "ReservationRecord",
     "ReserveCall",
+    "RestoreResult",
     "SaleConfig",
     "SeedResult",
     "Snapshot",

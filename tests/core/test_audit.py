@@ -1,4 +1,4 @@
-"""The audit is pure: each invariant of ARCHITECTURE.md §3 has a case that breaks it."""
+"""The audit is pure: each invariant of docs/architecture.md has a case that breaks it."""
 
 from __future__ import annotations
 

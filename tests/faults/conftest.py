@@ -23,14 +23,14 @@ import httpx
 import pytest
 
 from stampede.audit import AuditReport
-from stampede.devstack import LocalStack
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
 from stampede.names import sale_id
-from stampede.sale_audit import audit_sale
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 from stampede.tokens import mint
+from stampede_dev.devstack import LocalStack
+from stampede_dev.sale_audit import audit_sale
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "hack" / "services.sh"
@@ -43,8 +43,9 @@ class FaultServices:
     dir: Path
     env: dict[str, str]
 
-    def do(self, *args: str) -> None:
-        subprocess.run([str(SERVICES), *args], env={**os.environ, "STAMPEDE_SERVICES_DIR": str(self.dir)},
+    def do(self, *args: str, env: dict[str, str] | None = None) -> None:
+        subprocess.run([str(SERVICES), *args],
+                       env={**os.environ, "STAMPEDE_SERVICES_DIR": str(self.dir), **(env or {})},
                        check=True, capture_output=True)
 
     def kill_postgres(self) -> int:
@@ -88,6 +89,7 @@ class Outcome:
 
     statuses: dict[int, int] = field(default_factory=dict)
     accepted: list[str] = field(default_factory=list)
+    answered: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), HTTP status) each
     retry_after_missing: int = 0
     server_errors: int = 0
     transport_errors: int = 0
@@ -156,7 +158,7 @@ class SaleRun:
         self.stack.operator(self.kubeconfig, name=name, namespace=self.namespace, priority=priority, env=self.env)
 
     def start_api(self, env: dict[str, str] | None = None) -> None:
-        from stampede.devstack import free_port
+        from stampede_dev.devstack import free_port
 
         self.api_port = self.api_port or free_port()
         self.stack.api(port=self.api_port, workers=2, env={**self.env, **(env or {})})
@@ -201,6 +203,7 @@ class SaleRun:
                         await asyncio.sleep(0.05)
                         return
                 out.statuses[r.status_code] = out.statuses.get(r.status_code, 0) + 1
+                out.answered.append((time.monotonic(), r.status_code))
                 if r.status_code == 202:
                     out.accepted.append(r.json()["reservation_id"])
                 elif r.status_code in (429, 503) and "retry-after" not in r.headers:
@@ -244,11 +247,11 @@ class SaleRun:
     def logs(self) -> str:
         return "\n".join(f"--- {n} ---\n{p.tail(15)}" for n, p in self.stack.procs.items())
 
-    def record(self, fault: str, outcome: Outcome, report: AuditReport, heal_s: float) -> str:
+    def record(self, fault: str, outcome: Outcome, report: AuditReport, heal_s: float, extra: str = "") -> str:
         line = (f"{fault:<28} requests {outcome.requests:>5}  accepted {len(outcome.accepted):>4}  "
                 f"confirmed {report.confirmed_units:>4}  compensated {report.returned_units:>3}  "
                 f"oversold {report.oversold}  lost {report.lost}  drift {report.drift}  "
-                f"healed in {heal_s:5.1f}s  (HTTP {dict(sorted(outcome.statuses.items()))})")
+                f"healed in {heal_s:5.1f}s  (HTTP {dict(sorted(outcome.statuses.items()))}){extra}")
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         with REPORT.open("a") as f:
             f.write(line + "\n")

@@ -1,6 +1,6 @@
 """Fixtures for the settle worker against the project's real Redis and PostgreSQL: one pool, Ledger and
 procrastinate App per test session, a way to run an in-process worker until the queue is drained, and
-helpers to make reservations and judge a sale with the audit of ARCHITECTURE.md §3."""
+helpers to make reservations and judge a sale with the audit of the invariants (docs/architecture.md)."""
 
 from __future__ import annotations
 

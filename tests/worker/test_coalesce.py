@@ -1,6 +1,6 @@
 """Coalesced settling against the real Redis and PostgreSQL: many writers recording micro-batches at once
 while workers settle, the queue never holds more than one waiting job per shard of the sale, jobs carry
-many batches each, and the audit of ARCHITECTURE.md §3 holds at the end."""
+many batches each, and the audit of the invariants (docs/architecture.md) holds at the end."""
 
 from __future__ import annotations
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from stampede.audit import audit, counts_from
-from stampede.devstack import free_port
 from stampede.ledger import CONFIRMED, PENDING, Ledger, PendingReservation
 from stampede.migrate import migrate
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
+from stampede_dev.devstack import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.faults, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
