@@ -4,7 +4,7 @@
 -- name: record_batch
 -- One statement, so one round trip and its own transaction: the batch's pending rows, each sale's rows
 -- joining the waiting settle job of its (sale, shard) or a new one (function of migration 0003). A
--- reservation id already present keeps its first row and is not in `inserted` (migration 0004). One row per
+-- reservation id already present keeps its first row and is not in `inserted` (migration 0005). One row per
 -- sale of the batch: (sale, job id, ids inserted pending).
 SELECT job_sale, job, inserted
   FROM stampede_record_batch(%(queue)s, %(task)s, %(shard)s, %(ids)s::uuid[], %(sales)s::text[],
