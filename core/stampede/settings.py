@@ -195,6 +195,9 @@ class ApiSettings(Common):
     jwt_audience: str = setting("stampede-api", "expected `aud` of buyer tokens")
     jwt_leeway_s: int = setting(5, "clock skew tolerated on `exp`/`iat`, seconds")
     jwt_max_ttl_s: int = setting(3600, "tokens living longer than this (exp - iat) are refused")
+    token_cache_entries: int = setting(
+        16384, "verified tokens each worker process remembers, least recently used first out (~0.5 KB each; 0: off)"
+    )
     max_body_bytes: int = setting(4096, "largest request body accepted (413 above)")
     max_quantity: int = setting(100, "largest quantity one request may ask for (the per-user limit still applies)")
     retry_after_s: int = setting(1, "Retry-After seconds sent with 503 answers")
@@ -242,6 +245,8 @@ class ApiSettings(Common):
             _positive(name, getattr(self, name))
         if self.retry_after_s < 1:
             raise SettingsError("STAMPEDE_RETRY_AFTER_S must be >= 1")
+        if self.token_cache_entries < 0:
+            raise SettingsError("STAMPEDE_TOKEN_CACHE_ENTRIES must be >= 0 (0: no cache)")
         if self.sale_namespace and not SALE_NAME_RE.match(self.sale_namespace):
             raise SettingsError("STAMPEDE_SALE_NAMESPACE must be a Kubernetes namespace name (or empty)")
         for name in ("max_header_bytes", "header_timeout_s", "idle_timeout_s", "public_read_rate", "public_read_burst"):

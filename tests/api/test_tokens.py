@@ -59,3 +59,28 @@ def test_api_settings_demand_a_secret():
         load(ApiSettings, env={"STAMPEDE_JWT_SECRET": "short"})
     s = load(ApiSettings, env={"STAMPEDE_JWT_SECRET": SECRET, "STAMPEDE_WORKERS": "4"})
     assert s.workers == 4 and s.strategies_enabled is False
+
+
+def test_token_cache_is_bounded_and_least_recently_used(monkeypatch):
+    auth = Authenticator(settings(token_cache_entries=2))
+    decoded: list[str] = []
+    real = auth._decode
+
+    def counting(token: str):  # counts full verifications; the cache is what spares them
+        decoded.append(token)
+        return real(token)
+
+    monkeypatch.setattr(auth, "_decode", counting)
+    a, b, c = (tokens.mint(SECRET, u, ttl_s=60) for u in ("a", "b", "c"))
+    for tok in (a, b, a, c):  # c evicts b, the least recently used, not a
+        auth.verify(tok)
+    assert decoded == [a, b, c]
+    assert auth.verify(a).id == "a" and auth.verify(c).id == "c" and len(decoded) == 3
+    assert auth.verify(b).id == "b" and decoded[-1] == b
+    for n in range(50):
+        auth.verify(tokens.mint(SECRET, f"u{n}", ttl_s=60))
+    assert len(auth._verified) == 2
+    off = Authenticator(settings(token_cache_entries=0))
+    assert off.verify(a).id == "a" and len(off._verified) == 0
+    with pytest.raises(SettingsError, match="STAMPEDE_TOKEN_CACHE_ENTRIES"):
+        settings(token_cache_entries=-1)
