@@ -290,6 +290,19 @@ async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: R
     await asyncio.gather(*(one(s) for s in {*confirm, *release}))
 
 
+def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], job_id: int | None) -> None:
+    """Counts and logs each reservation this step moved to compensated, with the reason it was given."""
+    reasons = {w.reservation_id: w.reason for w in wanted}
+    for r in rows:
+        if r.moved and r.status == COMPENSATED:
+            reason = reasons.get(r.reservation_id) or REASON_ERROR
+            metrics.WORKER_COMPENSATED.labels(reason).inc()
+            log.warning(
+                "reservation compensated",
+                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
+            )
+
+
 def _account(rows: Sequence[Settled], report: Report) -> None:
     for r in rows:
         if not r.moved:
@@ -322,17 +335,10 @@ async def _settle(
         fresh = {r.reservation_id: r for r in await ledger.current(unmoved)}
         rows = [fresh.get(r.reservation_id, r) if r.status == PENDING else r for r in rows]
     _account(rows, report)
-    reasons = {w.reservation_id: w.reason for w in wanted}
-    for r in rows:
-        if r.moved and r.status == COMPENSATED:
-            reason = reasons.get(r.reservation_id) or REASON_ERROR
-            metrics.WORKER_COMPENSATED.labels(reason).inc()
-            log.warning(
-                "reservation compensated",
-                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
-            )
-        elif r.status == PENDING:
-            report.problems.append(f"{r.reservation_id}: payload sale does not match the ledger's {r.sale!r}")
+    _count_compensated(rows, wanted, job_id)
+    report.problems.extend(
+        f"{r.reservation_id}: payload sale does not match the ledger's {r.sale!r}" for r in rows if r.status == PENDING
+    )
     # A sale Redis does not know is bad input, not a buyer's bad luck: its reservations were compensated
     # above, each on its own, and the job is then failed so the bad producer shows up (settle_batch).
     unknown = sorted({sale for sale, state in states.values() if state == REASON_UNKNOWN_SALE})
@@ -358,16 +364,8 @@ async def _settle_chunk(
         raise SaleLost(sale)  # restored outside this claim's transaction, which this rolls back
     wanted = decide(batch, states)
     rows = await ledger.settle(wanted, attempt=attempt, job_id=job_id, claim=claim)
-    reasons = {w.reservation_id: w.reason for w in wanted}
     _account(rows, report)
-    for r in rows:
-        if r.moved and r.status == COMPENSATED:
-            reason = reasons.get(r.reservation_id) or REASON_ERROR
-            metrics.WORKER_COMPENSATED.labels(reason).inc()
-            log.warning(
-                "reservation compensated",
-                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
-            )
+    _count_compensated(rows, wanted, job_id)
     if any(state == REASON_UNKNOWN_SALE for _, state in states.values()):
         problem = f"sales unknown to Redis: {sale}"
         if problem not in report.problems:
