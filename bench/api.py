@@ -80,6 +80,8 @@ class Server:
                 **os.environ,
                 **env,
                 "STAMPEDE_BIND": f"127.0.0.1:{self.port}",
+                # Benchmark sales are seeded under bare ids (single-tenant), not <namespace>/<name>.
+                "STAMPEDE_SALE_NAMESPACE": "",
                 "STAMPEDE_METRICS_HOST": "127.0.0.1",
                 "STAMPEDE_METRICS_PORT": str(self.metrics_port),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),

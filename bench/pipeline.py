@@ -311,6 +311,9 @@ def main() -> int:
     result["load_after"] = os.getloadavg()
     statuses = {s: after[s] - before.get(s, 0) for s in after if after[s] - before.get(s, 0)}
     result.update({k: r[k] for k in ("rps", "p50_ms", "p99_ms", "requests", "non2xx", "ok")})
+    # wrk's rate counts every answer; the figure is durable 202s, so anything else comes off it (on stock 10M
+    # every buy should be a 202: a refusal here means the run measured something other than the buy path).
+    result["rps"] = round(r["ok"] / r["duration_s"], 1) if r["duration_s"] else 0.0
     result["socket_errors"] = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
     result["statuses"] = statuses
     result.update(lag_and_jobs(prep["db"], start, end))
@@ -324,6 +327,7 @@ def main() -> int:
         "lag_p99_ms": result["lag_p99_ms"] <= TARGETS["lag_p99_ms"],
         "drain_s": result["drain_s"] <= TARGETS["drain_s"],
         "audit": not report["violations"],
+        "every_answer_202": r["non2xx"] == 0 and r["ok"] > 0,
     }
 
     print(
