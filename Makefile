@@ -85,7 +85,7 @@ operator: migrate cluster-up ## run the operator (kopf, with leader election) on
 .PHONY: lint
 lint: setup ## ruff, mypy --strict on the core and the tooling, import contracts
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check core dev
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

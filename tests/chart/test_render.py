@@ -315,6 +315,7 @@ def _sale_containers(builders: Any, spec: Any, s: Any, component: str) -> list[d
 
 def test_data_stores_admit_the_sale_pods(render: Render) -> None:
     from stampede_operator import builders
+
     r = render("charts/stampede/ci/kind-values.yaml", namespace="shop")
     for store in ("redis", "postgresql"):
         policy = r.get("NetworkPolicy", f"stampede-{store}")
@@ -336,6 +337,7 @@ def test_data_stores_admit_the_sale_pods(render: Render) -> None:
 
 def test_helm_test_pod_runs_k6_smoke_then_the_audit(render: Render) -> None:
     from stampede import names
+
     r = render("charts/stampede/ci/kind-values.yaml", namespace="shop")
     pod = r.get("Pod", "stampede-test-smoke")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"

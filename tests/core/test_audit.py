@@ -67,12 +67,26 @@ def test_mid_sale_audit_allows_pending() -> None:
 
 
 def test_acknowledged_count_without_ids() -> None:
-    ok = audit("s", stock=5, per_user_limit=1, accepted=(), acknowledged=2,
-               rows=rows(("a", "u1", 1, "confirmed"), ("b", "u2", 1, "compensated"), ("c", "u3", 1, "confirmed")))
+    ok = audit(
+        "s",
+        stock=5,
+        per_user_limit=1,
+        accepted=(),
+        acknowledged=2,
+        rows=rows(("a", "u1", 1, "confirmed"), ("b", "u2", 1, "compensated"), ("c", "u3", 1, "confirmed")),
+    )
     assert ok.ok
     assert ok.accepted == 2
-    lost = audit("s", stock=5, per_user_limit=1, accepted=(), acknowledged=4,
-                 rows=rows(("a", "u1", 1, "confirmed"),))
+    lost = audit(
+        "s",
+        stock=5,
+        per_user_limit=1,
+        accepted=(),
+        acknowledged=4,
+        rows=rows(
+            ("a", "u1", 1, "confirmed"),
+        ),
+    )
     assert lost.lost == 3
     assert not lost.ok
 

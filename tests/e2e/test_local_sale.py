@@ -12,8 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow,
-              pytest.mark.xdist_group("e2e")]
+pytestmark = [
+    pytest.mark.k8s,
+    pytest.mark.redis,
+    pytest.mark.postgres,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("e2e"),
+]
 
 
 @pytest.mark.timeout(420)
@@ -21,7 +26,12 @@ def test_demo_sale_ends_with_a_clean_audit(services: dict[str, str], control_pla
     env = {**os.environ, **services}
     res = subprocess.run(
         [sys.executable, "-m", "stampede_dev.demo", "--scenario", "smoke", "--stock", "300", "--buyers", "2000"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out

@@ -16,8 +16,13 @@ from collections import Counter
 import psycopg
 import pytest
 
-pytestmark = [pytest.mark.faults, pytest.mark.k8s, pytest.mark.slow, pytest.mark.xdist_group("faults"),
-              pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.k8s,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("faults"),
+    pytest.mark.timeout(300),
+]
 
 
 def start_all(run, api_env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None) -> None:
@@ -140,19 +145,32 @@ async def test_redis_killed_mid_sale(sale_run, aof: bool) -> None:
     back_s = next((t for t, code in after if code == 202), None)
     refused = sum(1 for _, code in after if code == 503)
     with psycopg.connect(sale_run.services.env["STAMPEDE_DATABASE_URL"]) as conn:
-        reasons = dict(conn.execute(
-            "SELECT reason, count(*) FROM stampede_ledger WHERE sale = %s AND status = 'compensated' GROUP BY reason",
-            (sale_run.sale_id,)).fetchall())
+        reasons = dict(
+            conn.execute(
+                "SELECT reason, count(*) FROM stampede_ledger"
+                " WHERE sale = %s AND status = 'compensated' GROUP BY reason",
+                (sale_run.sale_id,),
+            ).fetchall()
+        )
         (orders_compensated,) = conn.execute(
             "SELECT count(*) FROM stampede_ledger WHERE reservation_id = ANY(%s::uuid[]) AND status = 'compensated'",
-            (outcome.accepted,)).fetchone() or (0,)
+            (outcome.accepted,),
+        ).fetchone() or (0,)
     fault_name = f"Redis SIGKILL ({'AOF everysec' if aof else 'no persistence'})"
     back = "never" if back_s is None else f"{back_s * 1000:.0f} ms"
-    check(sale_run, fault_name, outcome, report, heal,
-          extra=f"  buying again {back} after Redis answered, 503 after that {refused}, compensations {reasons}")
+    check(
+        sale_run,
+        fault_name,
+        outcome,
+        report,
+        heal,
+        extra=f"  buying again {back} after Redis answered, 503 after that {refused}, compensations {reasons}",
+    )
     buckets = [Counter(c for t, c in after if i / 10 <= t < (i + 1) / 10) for i in range(12)]
-    print("answers per 100 ms from Redis's first PONG:",
-          " | ".join(",".join(f"{code}x{n}" for code, n in sorted(b.items())) or "-" for b in buckets))
+    print(
+        "answers per 100 ms from Redis's first PONG:",
+        " | ".join(",".join(f"{code}x{n}" for code, n in sorted(b.items())) or "-" for b in buckets),
+    )
     assert back_s is not None, "no buy succeeded after Redis came back"
     assert orders_compensated == 0, reasons  # losing Redis never cancels an accepted order
     assert not {"unknown_sale", "not_in_redis", "retries_exhausted", "settle_error", "job_failed"} & set(reasons)
@@ -179,8 +197,9 @@ async def test_operator_leader_killed(sale_run) -> None:
     from stampede_operator.peering import build_peering_crds, build_peering_object
 
     docs = [*build_peering_crds(), build_peering_object(load(OperatorSettings), sale_run.namespace)]
-    applied = sale_run.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-                               input="\n".join(json.dumps(d) for d in docs))
+    applied = sale_run.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input="\n".join(json.dumps(d) for d in docs)
+    )
     assert applied.returncode == 0, applied.stderr
     sale_run.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
     # A short peering lifetime so the standby declares the dead leader gone within seconds.
@@ -223,7 +242,6 @@ async def test_operator_leader_killed(sale_run) -> None:
     report, heal = await sale_run.settle_and_audit(outcome, timeout=120)
     heal = time.time() - killed_at
     check(sale_run, "operator leader SIGKILL", outcome, report, heal)
-
 
 
 async def test_network_delay_and_cuts_between_api_and_redis(sale_run, chaos_proxy) -> None:
