@@ -11,27 +11,47 @@
 
 ARG PYTHON_IMAGE=docker.io/library/python:3.12.11-slim-bookworm
 
-# --- build: one virtualenv per component, from the project's pyproject.toml -------------------------------------
+# --- build: one virtualenv per component, from its lock file in requirements/ ----------------------------------
+# Each component's dependencies install from requirements/<component>.txt (exact versions, every file checked
+# against its sha256; `make lock` writes them from pyproject.toml), then the project itself with --no-deps and the
+# locked setuptools, so nothing is resolved at build time. The lock layer comes before the sources: a change
+# of code reuses the cached dependency layer.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements ./requirements
+
+FROM build AS deps-api
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --require-hashes -r requirements/api.txt
+
+FROM build AS deps-worker
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --require-hashes -r requirements/worker.txt
+
+FROM build AS deps-operator
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --require-hashes -r requirements/operator.txt
+
+FROM build AS sources
+COPY pyproject.toml README.md LICENSE ./
 COPY lua ./lua
 COPY core ./core
 COPY app ./app
 COPY worker ./worker
 COPY operator ./operator
+COPY dev ./dev
 
-FROM build AS build-api
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[api]"
+FROM deps-api AS build-api
+COPY --from=sources /src /src
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
-FROM build AS build-worker
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[worker]"
+FROM deps-worker AS build-worker
+COPY --from=sources /src /src
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
-FROM build AS build-operator
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[operator]"
+FROM deps-operator AS build-operator
+COPY --from=sources /src /src
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
 # --- runtime: the slim base, a non-root user, the component's virtualenv -----------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

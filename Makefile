@@ -8,16 +8,17 @@ PYTEST_WORKERS ?= 2
 
 ##@ Main
 .PHONY: help
-help: ## show this help
-	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n\033[1m%s\033[0m\n", substr($$0, 5)} \
-	  /^[a-zA-Z0-9_.-]+:.*##/ {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+help: ## show this help (colours only on a terminal)
+	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then b=$$'\033[1m' c=$$'\033[36m' r=$$'\033[0m'; else b= c= r=; fi; \
+	  awk -v b="$$b" -v c="$$c" -v r="$$r" 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s%s%s\n", b, substr($$0, 5), r} \
+	  /^[a-zA-Z0-9_.-]+:.*##/ {printf "  %s%-16s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: demo
 demo: setup tools services-up cluster-up ## run a local flash sale end to end and print its integrity audit
-	@$(SERVICES_ENV); $(PY) -m stampede.demo $(DEMO_ARGS)
+	@$(SERVICES_ENV); $(PY) -m stampede_dev.demo $(DEMO_ARGS)
 
 .PHONY: burst
-burst: setup services-up ## race 1,000 buyers against the stock engine alone and print the audit
+burst: setup services-up ## race 1,000 reserves by 300 buyers for 100 units against the stock engine alone, then audit
 	@$(SERVICES_ENV); $(VENV)/bin/stampede burst --sale burst --stock 100 --buyers 300 --attempts 1000
 
 .PHONY: demo-down
@@ -34,11 +35,15 @@ test: setup tools ## set everything up on a fresh machine and run the whole suit
 
 ##@ Setup
 .PHONY: setup
-setup: ## create .venv with every component and the dev tools (re-runs only when pyproject.toml changes)
+setup: ## create .venv from the lock file requirements/dev.txt (re-runs only when it or pyproject.toml changes)
 	@hack/venv.sh
 
+.PHONY: lock
+lock: ## regenerate the lock files requirements/*.txt from pyproject.toml (UPGRADE=1 moves every pin)
+	@hack/lock.sh
+
 .PHONY: tools
-tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint) into .tools (cached)
+tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) into .tools (cached)
 	@hack/tools.sh all
 
 .PHONY: cluster-up cluster-down
@@ -78,15 +83,15 @@ operator: migrate cluster-up ## run the operator (kopf, with leader election) on
 
 ##@ Quality
 .PHONY: lint
-lint: setup ## ruff, mypy --strict on the core, import contracts
+lint: setup ## ruff, mypy --strict on the core and the tooling, import contracts
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check core
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 .PHONY: fmt
 fmt: setup ## format and auto-fix
-	$(VENV)/bin/ruff format core app worker operator tests
+	$(VENV)/bin/ruff format core dev app worker operator tests
 	$(VENV)/bin/ruff check --fix .
 
 ##@ Run
@@ -95,9 +100,9 @@ DEV_JWT_SECRET ?= stampede-local-dev-secret-change-me-0123456789
 
 .PHONY: serve
 serve: setup services-up ## run the buy API under gunicorn on 127.0.0.1:8000 (strategies on; STAMPEDE_* override)
-	@$(SERVICES_ENV); $(VENV)/bin/stampede migrate >/dev/null && \
-	  export STAMPEDE_JWT_SECRET=$${STAMPEDE_JWT_SECRET:-$(DEV_JWT_SECRET)} \
+	@$(SERVICES_ENV); export STAMPEDE_JWT_SECRET=$${STAMPEDE_JWT_SECRET:-$(DEV_JWT_SECRET)} \
 	    STAMPEDE_STRATEGIES_ENABLED=$${STAMPEDE_STRATEGIES_ENABLED:-true}; \
+	  $(VENV)/bin/stampede migrate $$([ "$$STAMPEDE_STRATEGIES_ENABLED" = true ] && echo --with-strategies) >/dev/null || exit 1; \
 	  echo "==> token for buyer-1: $$($(VENV)/bin/stampede mint-token buyer-1)"; \
 	  exec $(VENV)/bin/gunicorn -c python:stampede_api.gunicorn_conf stampede_api.asgi:app
 
@@ -160,12 +165,27 @@ KIND ?= go run sigs.k8s.io/kind@$(KIND_VERSION)
 KIND_NAMESPACE ?= stampede
 CHART := charts/stampede
 
+# IMAGE_CACHE_DIR=DIR builds with buildx, reading layers from DIR/<component> and writing them to DIR.new/<component>
+# (the kind workflow keeps DIR between runs, so an unchanged lock file reuses the dependency layers).
+IMAGE_CACHE_DIR ?=
+
 .PHONY: images
 images: ## build the api, worker and operator images from the Dockerfile (needs Docker; IMAGE_TAG, IMAGE_REGISTRY)
 	@for c in $(IMAGE_COMPONENTS); do \
 	  echo "==> building $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG)"; \
-	  $(DOCKER) build --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) . || exit 1; \
+	  if [ -n "$(IMAGE_CACHE_DIR)" ]; then \
+	    $(DOCKER) buildx build --load --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) \
+	      --cache-from type=local,src=$(IMAGE_CACHE_DIR)/$$c \
+	      --cache-to type=local,dest=$(IMAGE_CACHE_DIR).new/$$c,mode=max . || exit 1; \
+	  else \
+	    $(DOCKER) build --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) . || exit 1; \
+	  fi; \
 	done
+
+.PHONY: chart-docs
+chart-docs: ## regenerate charts/stampede/README.md from values.yaml comments (helm-docs; the suite checks it)
+	@"$$(hack/tools.sh path helm-docs)" --chart-search-root $(CHART) --template-files README.md.gotmpl \
+	  --sort-values-order file --skip-version-footer --log-level warning
 
 .PHONY: chart-crds
 chart-crds: ## copy crds/flashsale.yaml into the chart (tests/chart checks they are equal; files/k6 links to k6/)

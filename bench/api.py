@@ -3,7 +3,7 @@ served under the same gunicorn settings in the same run, so every figure is also
 framework, server and machine give before any Redis or PostgreSQL work.
 
 Scenarios (one run, side by side):
-  hello      POST to a Falcon ASGI route that only answers 202 (same path, headers and body)
+  hello      POST to a Falcon ASGI route that only answers 202 (bench/hello.py; same path, headers and body)
   stock-10m  stock 10,000,000: every request is accepted, so every answer waits for a durable ledger commit
   sell-out   stock 5,000 and 100k+ distinct buyers: most requests are refused (sold out) after the first 5,000
 
@@ -33,12 +33,13 @@ import psycopg
 
 from stampede import tokens
 from stampede.audit import audit, counts_from
-from stampede.devstack import free_port
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
 from stampede.settings import ApiSettings, load
 from stampede.stock import SaleConfig, StockEngine
+from stampede_dev.devstack import free_port
 
+HERE = Path(__file__).resolve().parent
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SECRET = "bench-secret-" + "b" * 32
@@ -73,11 +74,14 @@ class Server:
         metrics_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(logdir / f"{name}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "python:stampede_api.gunicorn_conf", app],
+            # The hello app is bench/hello.py, found through --pythonpath; the API is the installed package.
+            [str(BIN / "gunicorn"), "-c", "python:stampede_api.gunicorn_conf", "--pythonpath", str(HERE), app],
             env={
                 **os.environ,
                 **env,
                 "STAMPEDE_BIND": f"127.0.0.1:{self.port}",
+                # Benchmark sales are seeded under bare ids (single-tenant), not <namespace>/<name>.
+                "STAMPEDE_SALE_NAMESPACE": "",
                 "STAMPEDE_METRICS_HOST": "127.0.0.1",
                 "STAMPEDE_METRICS_PORT": str(self.metrics_port),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
@@ -370,7 +374,7 @@ def main() -> int:
         },
     }
     route = "/v1/sales/{sale}/reservations"
-    hello = Server("stampede_api.hello:app", run_env, workdir, "hello")
+    hello = Server("hello:app", run_env, workdir, "hello")
     try:
         hello.wait("/hello")
         print(f"==> hello: Falcon ASGI under the same gunicorn settings ({ns.workers} workers)", flush=True)

@@ -10,8 +10,8 @@ workers already running (warm-up, then measured with ``wrk -t1 -c64``). Measured
                         measured load, whenever they settled
   drain_s               end of the load to an empty pending backlog
   hello_rps             the hello route, same wrk settings
-  oversold, lost        the audit of ARCHITECTURE.md §3 after the drain (202s counted by the API's own
-                        metrics; every one must have its ledger row, settled)
+  oversold, lost        the audit of the invariants (docs/architecture.md) after the drain (202s counted by the
+                        API's own metrics; every one must have its ledger row, settled)
 
 ``--code DIR`` runs the API and the workers from another checkout of the project (its ``core``, ``app`` and
 ``worker`` folders, its own migrations, on a database of its own) with this venv, for A/B runs against an
@@ -266,7 +266,7 @@ def main() -> int:
         "settings": {k: getattr(ns, k) for k in ("duration", "connections", "threads", "workers", "settle_workers")},
     }
 
-    hello = apibench.Server("stampede_api.hello:app", run_env, workdir, "hello")
+    hello = apibench.Server("hello:app", run_env, workdir, "hello")
     try:
         hello.wait("/hello")
         print(f"==> hello: Falcon ASGI under the same gunicorn settings ({ns.workers} workers)", flush=True)
@@ -311,6 +311,9 @@ def main() -> int:
     result["load_after"] = os.getloadavg()
     statuses = {s: after[s] - before.get(s, 0) for s in after if after[s] - before.get(s, 0)}
     result.update({k: r[k] for k in ("rps", "p50_ms", "p99_ms", "requests", "non2xx", "ok")})
+    # wrk's rate counts every answer; the figure is durable 202s, so anything else comes off it (on stock 10M
+    # every buy should be a 202: a refusal here means the run measured something other than the buy path).
+    result["rps"] = round(r["ok"] / r["duration_s"], 1) if r["duration_s"] else 0.0
     result["socket_errors"] = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
     result["statuses"] = statuses
     result.update(lag_and_jobs(prep["db"], start, end))
@@ -324,6 +327,7 @@ def main() -> int:
         "lag_p99_ms": result["lag_p99_ms"] <= TARGETS["lag_p99_ms"],
         "drain_s": result["drain_s"] <= TARGETS["drain_s"],
         "audit": not report["violations"],
+        "every_answer_202": r["non2xx"] == 0 and r["ok"] > 0,
     }
 
     print(

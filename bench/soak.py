@@ -36,14 +36,14 @@ from typing import Any
 import psycopg
 import redis
 
-from stampede.demo import flashsale
-from stampede.devstack import LocalStack, Process, free_port
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
 from stampede.names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id, sale_keys
-from stampede.sale_audit import audit_sale, k6_accepted
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
+from stampede_dev.demo import flashsale
+from stampede_dev.devstack import LocalStack, Process, free_port
+from stampede_dev.sale_audit import audit_sale, k6_accepted
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {

@@ -23,12 +23,13 @@ from typing import Any
 import psycopg
 
 from stampede import sqlfiles
-from stampede.devstack import LocalStack, free_port
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
-from stampede.sale_audit import lag, wait_settled
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
+from stampede_api.strategies.schema import migration_files as strategy_migrations
+from stampede_dev.devstack import LocalStack, free_port
+from stampede_dev.sale_audit import lag, wait_settled
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("v1", "v2", "v3", "v4", "prod")
@@ -177,7 +178,7 @@ def main() -> None:
     ns = ap.parse_args()
 
     settings = load(Common)
-    asyncio.run(migrate(settings.database_url))
+    asyncio.run(migrate(settings.database_url, extra=strategy_migrations()))
     run_dir = ROOT / ".run" / "bench"
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 import psycopg
 
 from stampede import sqlfiles
-from stampede.ledger import Ledger, PendingReservation, batch_payload
+from stampede.ledger import Ledger, PendingReservation, RecordedBatch, batch_payload
 from stampede.migrate import migrate
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from stampede.queue import build_app, open_app
@@ -201,7 +201,7 @@ async def lag(
     batches = [res[i : i + BATCH] for i in range(0, len(res), BATCH)]
     interval = BATCH / rate
     t0 = time.perf_counter()
-    pending: set[asyncio.Task[int]] = set()
+    pending: set[asyncio.Task[RecordedBatch]] = set()
     for k, b in enumerate(batches):
         delay = t0 + k * interval - time.perf_counter()
         if delay > 0:

@@ -21,6 +21,8 @@
 # 107-byte socket path limit, and no socket directory must be shared between users.
 #
 #   hack/services.sh restart-redis | stop-postgres | start-postgres   (faults: one service at a time)
+#   hack/services.sh kill-redis | start-redis   (SIGKILL, then a start on the same port; with
+#   STAMPEDE_REDIS_APPENDONLY=yes Redis keeps an append-only file, fsync every second, as the chart does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -152,7 +154,8 @@ start_redis() {
   mkdir -p "$dir"
   if redis_alive; then return 0; fi
   redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$dir" \
-    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save "" --appendonly no \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save "" \
+    --appendonly "${STAMPEDE_REDIS_APPENDONLY:-no}" --appendfsync everysec \
     --maxclients 10000 --protected-mode yes >/dev/null 9>&-
   for _ in $(seq 100); do
     redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
@@ -281,6 +284,15 @@ case "${1:-}" in
   restart-redis)
     stop_pid "$RUN/redis/redis.pid" redis redis-server
     start_redis "$(port_of STAMPEDE_REDIS_PORT)" ;;
+  kill-redis)
+    if redis_alive; then
+      pid=$(head -n1 "$RUN/redis/redis.pid")
+      kill -KILL "$pid"
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      rm -f "$RUN/redis/redis.pid"
+      log "redis killed"
+    fi ;;
+  start-redis) start_redis "$(port_of STAMPEDE_REDIS_PORT)" ;;
   stop-postgres)
     if pg_alive; then
       as_pg "$(pg_bindir)/pg_ctl" -D "$PG_HOME/data" -m fast -w stop >/dev/null
@@ -290,5 +302,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env|restart-redis|stop-postgres|start-postgres" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|restart-redis|kill-redis|start-redis|stop-postgres|start-postgres" >&2
+     exit 2 ;;
 esac

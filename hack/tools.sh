@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the project's pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint) from the Go module proxy.
+# Build the project's pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) from the
+# Go module proxy.
 #
 # Binaries are cached by version in the git-ignored folder .tools/ at the repository root:
 #   .tools/bin/kube-apiserver-v1.33.13   the build of that version
@@ -7,7 +8,7 @@
 # A tool whose versioned binary exists is not built again, so a second run returns in seconds.
 #
 # Usage:
-#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|all   build what is missing
+#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|all   build what is missing
 #   hack/tools.sh path NAME                 print the binary's path (building it first if missing)
 #   hack/tools.sh generate kubernetes|etcd  regenerate a tools module's go.mod/go.sum from the pins
 #   hack/tools.sh versions                  print the pinned versions
@@ -28,7 +29,7 @@ source "$TOOLS_MOD_DIR/versions.env"
 
 TOOLS_DIR="${STAMPEDE_TOOLS_DIR:-$ROOT/.tools}"
 BIN_DIR="$TOOLS_DIR/bin"
-TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint)
+TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs)
 HEARTBEAT_PID=""
 TMP_PATHS=()
 
@@ -77,6 +78,7 @@ version_of() {
     k6) printf '%s\n' "$K6_VERSION" ;;
     helm) printf '%s\n' "$HELM_VERSION" ;;
     actionlint) printf '%s\n' "$ACTIONLINT_VERSION" ;;
+    helm-docs) printf '%s\n' "$HELM_DOCS_VERSION" ;;
     *) die "unknown tool '$1' (expected one of: ${TOOLS[*]})" ;;
     esac
 }
@@ -231,6 +233,14 @@ build_actionlint() { # OUT
     mv "$gobin/actionlint" "$1"
 }
 
+build_helm_docs() { # OUT
+    local gobin
+    mktemp_tracked -d
+    gobin="$REPLY"
+    GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"
+    mv "$gobin/helm-docs" "$1"
+}
+
 build_helm() { # OUT
     # Like helm's own Makefile: stamp the version, and the Kubernetes version of its client libraries as the
     # default .Capabilities.KubeVersion of `helm template`/`helm lint`.
@@ -262,6 +272,7 @@ build() { # NAME OUT
     k6) build_k6 "$out" ;;
     helm) build_helm "$out" ;;
     actionlint) build_actionlint "$out" ;;
+    helm-docs) build_helm_docs "$out" ;;
     esac
 }
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project with every component and the dev tools.
-# Re-runs only when pyproject.toml changes (a stamp keyed by its hash), so later calls take a second.
+# Creates .venv and installs the project with every component and the dev tools, from the lock file
+# requirements/dev.txt (every package at one version, each file checked against its sha256; `make lock`
+# regenerates it from pyproject.toml), then the project itself, editable, without resolving anything again.
+# Re-runs only when pyproject.toml or the lock changes (a stamp keyed by their hash), so later calls take a second.
 # PYTHON names the interpreter; by default the first of python3, python3.13, python3.12, python3.11 that is 3.11+.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "error: $*" >&2; exit 1; }
+LOCK=requirements/dev.txt
 
-stamp=.venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.stamp-$(cat pyproject.toml "$LOCK" | sha256sum | cut -c1-16)
 if [ -f "$stamp" ]; then exit 0; fi
 
 new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
@@ -40,9 +43,16 @@ if [ ! -x .venv/bin/python ]; then
     fi
   fi
 fi
-echo "==> installing stampede and its dependencies into .venv"
+echo "==> installing the locked dependencies ($LOCK) into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[api,operator,dev]"
+.venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
+echo "==> installing stampede (editable)"
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+if ! .venv/bin/python -m pip check >/dev/null; then
+  .venv/bin/python -m pip check || true
+  echo "venv.sh: pyproject.toml asks for what $LOCK does not hold: run \`make lock\`, then \`make setup\`" >&2
+  exit 1
+fi
 rm -f .venv/.stamp-*
 touch "$stamp"
 echo "==> .venv ready"

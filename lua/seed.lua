@@ -2,7 +2,8 @@
 -- Never clobbers live counts: pending/confirmed stay, remaining moves by the delta only, and a total
 -- below what is already sold is refused.
 -- KEYS: meta
--- ARGV: total, per_user_limit, open ('1', '0', or '' to keep), buyer_rate, buyer_burst, ip_rate, ip_burst
+-- ARGV: total, per_user_limit, open ('1', '0', or '' to keep), buyer_rate, buyer_burst, ip_rate, ip_burst,
+--       run_id (of this Redis run: a sale created now holds everything this run took for it)
 -- Returns {code, total, remaining, sold}: created | restocked | unchanged | below_sold | bad_args
 local meta = KEYS[1]
 local total, limit, open = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -13,7 +14,7 @@ local cfg = {'limit', limit, 'buyer_rate', ARGV[4], 'buyer_burst', ARGV[5], 'ip_
 local cur = redis.call('HMGET', meta, 'total', 'remaining', 'pending', 'confirmed')
 if cur[1] == false then
   redis.call('HSET', meta, 'total', total, 'remaining', total, 'pending', 0, 'confirmed', 0, 'released', 0,
-    'open', open == '1' and '1' or '0', unpack(cfg))
+    'open', open == '1' and '1' or '0', 'run', ARGV[8] or '', unpack(cfg))
   return {'created', total, total, 0}
 end
 local ctotal, remaining = tonumber(cur[1]), tonumber(cur[2])

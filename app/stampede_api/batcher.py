@@ -10,6 +10,13 @@ lets a 2-core box commit thousands of reservations a second.
 If the write fails, the batch's units go back to Redis at once (``release.lua``), their idempotency
 keys are forgotten so a retry with the same key reserves afresh, and every waiter gets
 ``DependencyUnavailable`` (503 with Retry-After). If even the release fails, the reconciler heals it.
+
+A write that waited on PostgreSQL longer than the reconciler's grace period can lose a race: the
+reconciler saw some of the batch's reservations in Redis with no ledger row, recorded them
+``lost_before_ack`` and gave their stock back. The write then commits around those rows (it keeps the
+first row of an id) and reports which ids it inserted; only those get their 202. The others get 503 with
+Retry-After like a failed write and their idempotency keys are forgotten; the release is a no-op for
+their units (``already``), which the reconciler gave back.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ log = logging.getLogger("stampede_api.batcher")
 
 
 class BatchWriter(Protocol):
-    async def record_batch(self, reservations: Sequence[Any]) -> int: ...
+    async def record_batch(self, reservations: Sequence[Any]) -> Any: ...  # stampede.ledger.RecordedBatch
 
 
 @dataclass(slots=True)
@@ -108,8 +115,8 @@ class Batcher(SingleFlusher[_Item]):
         failure = await self._write(batch)
         metrics.API_BATCH_SIZE.observe(len(batch))
         metrics.API_BATCH_SECONDS.observe(time.perf_counter() - t0)
-        if failure is None:
-            self._answer(batch, None)
+        if not isinstance(failure, BaseException):
+            await self._acknowledge(batch, failure)
             return
         if not isinstance(failure, errors.DependencyUnavailable) and len(batch) > 1:
             # Not the database's fault but something in the batch (a row PostgreSQL refuses, a value that
@@ -125,22 +132,46 @@ class Batcher(SingleFlusher[_Item]):
     async def _bisect(self, batch: list[_Item]) -> None:
         for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
             failure = await self._write(half)
-            if failure is None:
-                self._answer(half, None)
+            if not isinstance(failure, BaseException):
+                await self._acknowledge(half, failure)
             elif isinstance(failure, errors.DependencyUnavailable) or len(half) == 1:
                 await self._fail(half, failure)
             else:
                 await self._bisect(half)
 
-    async def _write(self, batch: list[_Item]) -> BaseException | None:
-        """One ledger transaction for the batch; the failure, if any (then nothing was committed)."""
+    async def _write(self, batch: list[_Item]) -> frozenset[str] | BaseException:
+        """One ledger transaction for the batch: the ids it inserted, or the failure (then nothing was
+        committed)."""
         try:
-            await self._ledger.record_batch([i.reservation for i in batch])
+            written = await self._ledger.record_batch([i.reservation for i in batch])
         except asyncio.CancelledError:
             return errors.DependencyUnavailable("postgresql", "write cancelled")
         except Exception as exc:
             return exc
-        return None
+        inserted: frozenset[str] = written.inserted
+        return inserted
+
+    async def _acknowledge(self, batch: list[_Item], inserted: frozenset[str]) -> None:
+        """202 for the ids this write inserted; 503 for the ones the reconciler recorded lost first."""
+        lost = [i for i in batch if i.reservation.reservation_id not in inserted]
+        if not lost:
+            self._answer(batch, None)
+            return
+        self._answer([i for i in batch if i.reservation.reservation_id in inserted], None)
+        for item in lost:
+            log.warning(
+                "reservation recorded lost before this write committed; not acknowledged",
+                extra={
+                    "sale": item.reservation.sale,
+                    "reservation_id": item.reservation.reservation_id,
+                    "request_id": item.request_id,
+                },
+            )
+        try:
+            await self._release(lost)  # forgets the keys; the units are already back ("already")
+        except Exception:
+            log.exception("forgetting the keys of lost reservations broke", extra={"batch": len(lost)})
+        self._answer(lost, errors.DependencyUnavailable("postgresql", "the ledger write came after the reconciler"))
 
     def _answer(self, batch: list[_Item], exc: BaseException | None) -> None:
         for item in batch:

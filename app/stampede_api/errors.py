@@ -103,6 +103,9 @@ def map_domain(exc: errors.StampedeError, retry_after_s: int) -> ApiError:
         field, message = exc.field, exc.message
     elif isinstance(exc, errors.RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_ms / 1000)))
+    elif isinstance(exc, errors.SaleRestoring):
+        headers["Retry-After"] = str(exc.retry_after_s)  # a restore takes milliseconds: come back soon
+        message = "the sale is being restored, retry in a second"
     elif isinstance(exc, errors.DependencyUnavailable):
         headers["Retry-After"] = str(retry_after_s)
         message = "temporarily unavailable, retry later"  # never name internals to a buyer

@@ -36,7 +36,11 @@ def _ok(description: str, schema: dict[str, Any], headers: dict[str, Any] | None
 def _common_errors() -> dict[str, Any]:
     return {
         "500": _error("an unexpected error (logged with the request id; no details are returned)"),
-        "503": _error("Redis or PostgreSQL unavailable; retry after Retry-After", retry_after=True),
+        "503": _error(
+            "Redis or PostgreSQL unavailable, or the sale being restored from the ledger after Redis lost it "
+            "(`sale_restoring`); retry after Retry-After",
+            retry_after=True,
+        ),
     }
 
 

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stampede import errors, metrics
+from stampede import errors, metrics, restore
 from stampede.ledger import PendingReservation
 from stampede.names import STATE_RELEASED
-from stampede.stock import Reservation
+from stampede.stock import Reservation, StockEngine
 
 from .batcher import Batcher
 from .errors import ApiError
@@ -49,8 +49,6 @@ def _set_remaining(sale: str, remaining: int) -> None:
 
 class LedgerReader(Protocol):
     async def get_reservation(self, reservation_id: str) -> Any: ...
-
-    async def sale_exists(self, sale: str) -> bool: ...
 
 
 class Reserver(Protocol):
@@ -98,17 +96,21 @@ async def buy(
     request_id: str | None,
     replay_wait_ms: int,
     retry_after_s: int,
+    engine: StockEngine,
 ) -> Purchase:
-    """Reserves and records durably, or raises a domain error / ApiError that says why not."""
+    """Reserves and records durably, or raises a domain error / ApiError that says why not. ``engine`` is
+    the process's stock engine (``stock`` may be its reserve coalescer), used to restore a lost sale."""
     try:
         r = await stock.reserve(sale, user, quantity, idempotency_key=idempotency_key, client_ip=client_ip)
     except errors.SaleNotFound:
-        # Redis restarted or failed over: the ledger still knows the sale and the reconciler is
-        # rebuilding its counters. That is "try again shortly", not "no such sale".
-        if await ledger.sale_exists(sale):
+        # Redis restarted or failed over: if the ledger still knows the sale, this request starts its
+        # restore (or finds it running) and the buyer retries in a second; otherwise it is a 404.
+        try:
+            await restore.sale_lost(ledger, engine, sale)
+        except errors.SaleRestoring:
             _count(sale, "unavailable")
-            raise errors.DependencyUnavailable("redis", f"sale {sale!r} is being restored") from None
-        raise  # no sale label for a sale that does not exist (bounded metric cardinality)
+            raise
+        # no sale label for a sale that does not exist (bounded metric cardinality)
     except errors.StampedeError as exc:
         _count(sale, _outcome(exc))
         raise

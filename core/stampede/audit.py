@@ -1,4 +1,4 @@
-"""The integrity audit of ARCHITECTURE.md §3, as a pure function.
+"""The integrity audit of the invariants in docs/architecture.md, as a pure function.
 
 Tests, the k6 runs, the demo and the reconciler all judge a sale with this one function, so "correct"
 means the same thing everywhere. It takes what clients were told (the accepted reservation ids), the
@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from .names import REASON_LOST_BEFORE_ACK
 
 # Final states: a reservation ends as an order or as stock given back.
 CONFIRMED = "confirmed"
@@ -27,6 +29,7 @@ class Row:
     user: str
     quantity: int
     status: str
+    reason: str | None = None  # why a returned reservation was given back (ledger records only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,18 @@ def audit(
     if lost_ids:
         sample = ", ".join(sorted(lost_ids)[:3])
         violations.append(f"{lost} acknowledged reservations have no record (e.g. {sample})")
+    # `lost_before_ack` says no 202 was sent: the reconciler gave the stock back because the ledger never
+    # heard of the reservation. A 202 for such an id is a buyer holding an acknowledgement of a cancelled
+    # reservation (the ledger write lost the race against the reconciler and still answered 202).
+    acked = set(accepted_ids)
+    cancelled_acked = sorted(
+        r.reservation_id for r in row_list if r.reason == REASON_LOST_BEFORE_ACK and r.reservation_id in acked
+    )
+    if cancelled_acked:
+        violations.append(
+            f"{len(cancelled_acked)} acknowledged reservations were recorded {REASON_LOST_BEFORE_ACK} "
+            f"(e.g. {', '.join(cancelled_acked[:3])})"
+        )
     if acknowledged is not None and acknowledged > len(ids):
         lost = max(lost, acknowledged - len(ids))
         violations.append(f"{acknowledged} reservations acknowledged but only {len(ids)} recorded")

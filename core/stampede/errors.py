@@ -98,6 +98,17 @@ class DependencyUnavailable(StampedeError):
         self.dependency = dependency
 
 
+class SaleRestoring(DependencyUnavailable):
+    """Redis lost the sale's counters and they are being restored from the ledger: retry in a second."""
+
+    code = "sale_restoring"
+    retry_after_s = 1
+
+    def __init__(self, sale: str) -> None:
+        super().__init__("redis", f"sale {sale!r} is being restored from the ledger")
+        self.sale = sale
+
+
 class ScriptError(StampedeError):
     """A Lua script failed in a way its contract does not describe (a bug, not a buyer's mistake)."""
 

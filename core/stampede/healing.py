@@ -1,5 +1,6 @@
-"""What the reconciler must do to make Redis agree with the ledger (ARCHITECTURE.md §2 step 4), decided as
-a pure function of what it observed, so every rule is tested by value without Redis, PostgreSQL or a cluster.
+"""What the reconciler must do to make Redis agree with the ledger (docs/architecture.md, "The reconciler"),
+decided as a pure function of what it observed, so every rule is tested by value without Redis, PostgreSQL or a
+cluster.
 
 The ledger decides. From one ``Observation`` of a sale (the Redis reservations, the ledger rows with their
 job ids, the statuses of those jobs, the time and the grace period), ``decide`` returns the healing actions

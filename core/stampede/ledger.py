@@ -1,10 +1,10 @@
-"""The ledger: PostgreSQL rows that decide every reservation's outcome (ARCHITECTURE.md §2).
+"""The ledger: PostgreSQL rows that decide every reservation's outcome (docs/architecture.md, "Order of truth").
 
 ``record_batch`` is the durable write behind every 202: in ONE statement (hence one transaction and one
 round trip) it inserts the batch's ``pending`` rows into one shard of their sale and stamps them with the
 settle job of that (sale, shard): the one already waiting, or a new one deferred through procrastinate's
 own SQL function. Either rows and job both exist or neither does, and a sale never has more than one job
-waiting per shard, however many batches arrive (settling is coalesced, ARCHITECTURE.md §2).
+waiting per shard, however many batches arrive (docs/architecture.md, "Coalesced settling").
 
 A settle job takes the shard's pending rows in chunks with ``claim`` (``FOR UPDATE SKIP LOCKED`` inside a
 transaction, so a job killed mid-chunk leaves its rows pending and unlocked) and moves them with
@@ -17,7 +17,9 @@ procrastinate worker) and never shared across processes.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +57,16 @@ class PendingReservation:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedBatch:
+    """What ``record_batch`` wrote. ``inserted`` holds the ids recorded ``pending`` by this write; an id of the
+    batch that is missing from it already had a row (the reconciler recorded it ``lost_before_ack`` and gave
+    its stock back while the write waited), so its request must not be answered 202."""
+
+    job: int  # the settle job of the first reservation's sale
+    inserted: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerRow:
     reservation_id: str
     sale: str
@@ -66,6 +78,24 @@ class LedgerRow:
     attempts: int
     created_at: datetime
     settled_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSource:
+    """What the ledger holds of a sale for restoring it in Redis: its spec as the operator mirrored it,
+    whether it was deleted, and every reservation (``rows`` as (id, user, quantity, status, reserved_at_ms))."""
+
+    sale: str
+    stock: int
+    per_user_limit: int
+    window_start: datetime | None
+    window_end: datetime | None
+    buyer_rate: float
+    buyer_burst: int
+    ip_rate: float
+    ip_burst: int
+    deleted: bool
+    rows: list[tuple[str, str, int, str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +199,11 @@ class Ledger:
 
     # --- the API's write --------------------------------------------------------------------------
 
-    async def record_batch(self, reservations: Sequence[PendingReservation]) -> int:
+    async def record_batch(self, reservations: Sequence[PendingReservation]) -> RecordedBatch:
         """Records the batch ``pending`` in one shard, joined to that shard's waiting settle job,
-        atomically. Returns the job of the first reservation's sale (a batch of several sales joins one job
-        per sale). A reservation id already in the ledger keeps its first row."""
+        atomically, in one statement. Returns the job of the first reservation's sale (a batch of several
+        sales joins one job per sale) and the ids it inserted. A reservation id already in the ledger keeps
+        its first row and is not among the inserted ids."""
         if not reservations:
             raise errors.InvalidArgument("reservations", "a batch holds at least one reservation")
         self._shard = (self._shard + 1) % self.settle_shards
@@ -189,10 +220,12 @@ class Ledger:
         try:
             async with self._conn() as conn:
                 cur = await conn.execute(self._q["record_batch"], params)
-                jobs = dict(await cur.fetchall())
+                result = await cur.fetchall()
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             raise errors.InvalidArgument("reservations", f"refused by the ledger: {exc}") from exc
-        return int(jobs[reservations[0].sale])
+        jobs = {sale: int(job) for sale, job, _ in result}
+        inserted = frozenset(rid for _, _, ids in result for rid in ids)
+        return RecordedBatch(jobs[reservations[0].sale], inserted)
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -209,7 +242,10 @@ class Ledger:
         """Every reservation of the sale, as the audit reads them."""
         async with self._conn() as conn:
             cur = await conn.execute(self._q["rows"], {"sale": sale})
-            return [audit.Row(rid, user, int(qty), status) for rid, user, qty, status in await cur.fetchall()]
+            return [
+                audit.Row(rid, user, int(qty), status, reason)
+                for rid, user, qty, status, reason in await cur.fetchall()
+            ]
 
     async def counts(self, sale: str) -> dict[str, int]:
         """Units by status, every status present (0 when none)."""
@@ -268,7 +304,8 @@ class Ledger:
     # --- sales ------------------------------------------------------------------------------------
 
     async def sale_exists(self, sale: str) -> bool:
-        """Whether the ledger knows the sale: when Redis does not, its counters are lost, not absent."""
+        """Whether the ledger knows the sale (and it was not deleted): when Redis does not, its counters
+        are lost, not absent."""
         async with self._conn() as conn:
             cur = await conn.execute(self._q["sale_exists"], {"sale": sale})
             return await cur.fetchone() is not None
@@ -282,8 +319,13 @@ class Ledger:
         per_user_limit: int,
         window_start: datetime | None,
         window_end: datetime | None,
+        buyer_rate: float = 0.0,
+        buyer_burst: int = 0,
+        ip_rate: float = 0.0,
+        ip_burst: int = 0,
     ) -> None:
-        """Creates or updates the sale's mirror row (a no-op write when nothing changed)."""
+        """Creates or updates the sale's mirror row (a no-op write when nothing changed). It holds all a
+        restore needs to put the sale back in Redis, rate limits included."""
         async with self._conn() as conn:
             await conn.execute(
                 self._q["ensure_sale"],
@@ -294,8 +336,56 @@ class Ledger:
                     "per_user_limit": per_user_limit,
                     "window_start": window_start,
                     "window_end": window_end,
+                    "buyer_rate": buyer_rate,
+                    "buyer_burst": buyer_burst,
+                    "ip_rate": ip_rate,
+                    "ip_burst": ip_burst,
                 },
             )
+
+    async def mark_sale_deleted(self, sale: str) -> None:
+        """Records that the FlashSale is being deleted, so no process restores it in Redis again."""
+        async with self._conn() as conn:
+            await conn.execute(self._q["mark_sale_deleted"], {"sale": sale})
+
+    async def restore_source(self, sale: str, *, settle_writes_s: float = 1.0) -> RestoreSource | None:
+        """The sale's row and all its reservations, read in one snapshot; None if the ledger does not know
+        the sale. It first waits (at most ``settle_writes_s``) until the writes in progress when it was
+        called have ended: a reservation the lost Redis accepted whose row is being committed right now must
+        be counted, or its unit would be sold a second time."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["write_horizon"])
+            horizon = await cur.fetchone()
+            deadline = time.monotonic() + settle_writes_s
+            while horizon is not None and time.monotonic() < deadline:
+                cur = await conn.execute(self._q["writes_before"], {"horizon": horizon[0]})
+                done = await cur.fetchone()
+                if done is not None and done[0]:
+                    break
+                await asyncio.sleep(0.005)
+            cur = await conn.execute(self._q["restore_source"], {"sale": sale})
+            found = await cur.fetchall()
+        if not found:
+            return None
+        stock, limit, start, end, brate, bburst, irate, iburst, deleted = found[0][:9]
+        rows = [
+            (str(rid), str(user), int(qty), str(status), int(ts))
+            for *_, rid, user, qty, status, ts in found
+            if rid is not None
+        ]
+        return RestoreSource(
+            sale,
+            int(stock),
+            int(limit),
+            start,
+            end,
+            float(brate),
+            int(bburst),
+            float(irate),
+            int(iburst),
+            bool(deleted),
+            rows,
+        )
 
     # --- settling (the worker, the reconciler) ----------------------------------------------------
 
@@ -381,6 +471,7 @@ __all__ = [
     "Ledger",
     "LedgerRow",
     "PendingReservation",
+    "RestoreSource",
     "Settled",
     "Settlement",
     "batch_payload",

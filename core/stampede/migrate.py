@@ -6,6 +6,9 @@ recorded or neither. procrastinate's own schema is applied first by the same com
 ``procrastinate-<version>``. Everything runs under one PostgreSQL advisory lock, so several pods starting
 at once serialise: the first applies, the others wait and then find nothing to do. A recorded migration
 whose file changed since is refused, never re-applied.
+
+A component may bring migrations of its own that not every database needs (the API's demonstration
+strategies): the caller passes them as ``extra``, they apply after the core's, by the same rules.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -46,13 +50,18 @@ def procrastinate_version() -> str:
     return importlib.metadata.version("procrastinate")
 
 
-def plan() -> list[tuple[str, str]]:
-    """(name, sql) of every migration in the order it applies: procrastinate's schema, then ours."""
-    return [(f"procrastinate-{procrastinate_version()}", SchemaManager.get_schema()), *sqlfiles.migration_files()]
+def plan(extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """(name, sql) of every migration in the order it applies: procrastinate's schema, ours, then ``extra``."""
+    core = [(f"procrastinate-{procrastinate_version()}", SchemaManager.get_schema()), *sqlfiles.migration_files()]
+    names = {name for name, _ in core}
+    clash = [name for name, _ in extra if name in names]
+    if clash:
+        raise MigrationError(f"extra migrations reuse the names of core ones: {', '.join(clash)}")
+    return [*core, *sorted(extra)]
 
 
-async def migrate(database_url: str) -> MigrationResult:
-    """Applies what is missing; idempotent and safe to run concurrently."""
+async def migrate(database_url: str, *, extra: Sequence[tuple[str, str]] = ()) -> MigrationResult:
+    """Applies what is missing (the core's migrations, then ``extra``); idempotent and safe to run concurrently."""
     q = sqlfiles.queries("migrate.sql")
     result = MigrationResult()
     try:
@@ -65,7 +74,7 @@ async def migrate(database_url: str) -> MigrationResult:
             await conn.execute(q["create_version_table"])
             cur = await conn.execute(q["applied"])
             applied = {name: checksum for name, checksum in await cur.fetchall()}
-            for name, text in plan():
+            for name, text in plan(extra):
                 checksum = _checksum(text)
                 if name in applied:
                     if applied[name] != checksum and not name.startswith("procrastinate-"):

@@ -109,7 +109,8 @@ class SaleKeys:
 
     @property
     def meta(self) -> str:
-        """Hash of counters and config: total, remaining, pending, confirmed, released, open, limit…"""
+        """Hash of counters and config: total, remaining, pending, confirmed, released, open, limit…, and
+        ``run``: the Redis run_id the sale was last restored under."""
         return f"{self.base}:meta"
 
     @property
@@ -145,6 +146,11 @@ class SaleKeys:
         """Hash 'user\\0idempotency-key' -> reservation id."""
         return f"{self.base}:idem"
 
+    @property
+    def restore_lock(self) -> str:
+        """String holding the token of the one process restoring the sale from the ledger (expires)."""
+        return f"{self.base}:restore"
+
     def buyer_bucket(self, user: str) -> str:
         return f"{self.base}:rl:u:{user}"
 
@@ -154,7 +160,15 @@ class SaleKeys:
     def all_static(self) -> tuple[str, ...]:
         """Every fixed key of the sale (rate-limit buckets expire by themselves; the settled store's
         buckets are counted in :attr:`settled`)."""
-        return (self.meta, self.reservations, self.pending, self.holds, self.idempotency, self.settled)
+        return (
+            self.meta,
+            self.reservations,
+            self.pending,
+            self.holds,
+            self.idempotency,
+            self.settled,
+            self.restore_lock,
+        )
 
 
 def sale_keys(sale: str) -> SaleKeys:

@@ -21,14 +21,26 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.typing import EncodableT, FieldT
 
 from . import errors
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "rebuild", "records", "suspects")
+SCRIPTS = (
+    "reserve",
+    "confirm",
+    "release",
+    "seed",
+    "gate",
+    "snapshot",
+    "restore",
+    "unlock",
+    "records",
+    "suspects",
+    "import",
+)
 _INCLUDE = "--#include "
+IMPORT_CHUNK = 2000  # reservations per import.lua call: Redis stays responsive between calls
 
 
 @cache
@@ -147,8 +159,8 @@ class SuspectView:
 
 
 @dataclass(frozen=True, slots=True)
-class RebuildResult:
-    outcome: str  # rebuilt | exists
+class RestoreResult:
+    outcome: str  # restored | current (already restored on this Redis run) | lost_lock (another took over)
     total: int
     remaining: int
     pending: int
@@ -323,6 +335,7 @@ class StockEngine:
         if not isinstance(config.per_user_limit, int) or config.per_user_limit < 1:
             raise errors.InvalidArgument("perUserLimit", "must be an integer >= 1")
         gate = "" if open is None else ("1" if open else "0")
+        run_id = await self.run_id()
         code, total, remaining, sold = await self._run(
             "seed",
             [k.meta],
@@ -334,6 +347,7 @@ class StockEngine:
                 config.buyer_burst,
                 config.ip_rate,
                 config.ip_burst,
+                run_id,
             ],
         )
         code = _s(code)
@@ -350,15 +364,54 @@ class StockEngine:
             raise errors.SaleNotFound(sale)
         return prev == "1"
 
-    async def rebuild(
-        self, sale: str, config: SaleConfig, open: bool, records: Iterable[ReservationRecord]
-    ) -> RebuildResult:
-        """Recreates the sale's counters and reservations from ``records`` (the ledger's view, with
-        compensated rows as ``released``) in one atomic step, only if the sale's keys are gone: a sale that
-        exists is left alone (outcome ``exists``). Raises RestockBelowSold if the records hold more than
-        ``config.total``."""
+    async def run_id(self) -> str:
+        """The Redis server's ``run_id``: it changes with every restart (and differs on a failover), so a
+        sale restored under another run_id may have lost what that run held."""
+        try:
+            info = await self.client.info("server")
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+        return str(info.get("run_id", ""))
+
+    async def restored_run(self, sale: str) -> str | None:
+        """The run_id the sale was last restored under ('' if never), or None if Redis does not know it."""
+        try:
+            meta_total, run = await self.client.hmget(_keys(sale).meta, ["total", "run"])
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+        if meta_total is None:
+            return None
+        return "" if run is None else _s(run)
+
+    async def lock_restore(self, sale: str, token: str, ttl_ms: int) -> bool:
+        """Takes the sale's restore lock for ``ttl_ms`` unless another holds it: one restore at a time."""
+        try:
+            return bool(await self.client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+
+    async def unlock_restore(self, sale: str, token: str) -> bool:
+        """Gives the restore lock back if it still holds ``token``."""
+        return bool(await self._run("unlock", [_keys(sale).restore_lock], [token]))
+
+    async def restore(
+        self,
+        sale: str,
+        token: str,
+        run_id: str,
+        config: SaleConfig,
+        open: bool,
+        records: Iterable[ReservationRecord],
+    ) -> RestoreResult:
+        """Sets the sale's counters and reservations from ``records`` (the ledger's view, compensated rows
+        as ``released``) merged with what Redis still holds, atomically, under the restore lock ``token``
+        (see ``lua/restore.lua``): pending reservations as full records, settled ones into the compact
+        settled store. ``config`` and ``open`` apply only if the sale's meta is gone. Raises
+        RestockBelowSold if the merged reservations hold more than the total."""
         k = _keys(sale)
         args: list[Any] = [
+            token,
+            run_id,
             config.total,
             config.per_user_limit,
             "1" if open else "0",
@@ -369,17 +422,17 @@ class StockEngine:
         ]
         for r in records:
             if r.state not in (STATE_PENDING, STATE_CONFIRMED, STATE_RELEASED):
-                raise errors.InvalidArgument("state", f"cannot rebuild a reservation in state {r.state!r}")
+                raise errors.InvalidArgument("state", f"cannot restore a reservation in state {r.state!r}")
             args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
         code, total, remaining, pending, confirmed = await self._run(
-            "rebuild", [k.meta, k.reservations, k.pending, k.holds, k.settled], args
+            "restore", [k.meta, k.reservations, k.pending, k.holds, k.restore_lock, k.settled], args
         )
         code = _s(code)
         if code == "below_sold":
-            raise errors.RestockBelowSold(sale, config.total, int(pending) + int(confirmed))
+            raise errors.RestockBelowSold(sale, int(total), int(pending) + int(confirmed))
         if code == "bad_args":
-            raise errors.ScriptError("rebuild.lua refused arguments that passed validation")
-        return RebuildResult(code, int(total), int(remaining), int(pending), int(confirmed))
+            raise errors.ScriptError("restore.lua refused arguments that passed validation")
+        return RestoreResult(code, int(total), int(remaining), int(pending), int(confirmed))
 
     async def delete(self, sale: str) -> int:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
@@ -547,30 +600,19 @@ class StockEngine:
 
     async def import_settled(self, sale: str, records: Sequence[ReservationRecord]) -> None:
         """Benchmark and test data only: writes reservations that are already settled (``confirmed`` or
-        ``released``) into a seeded sale with the counters they imply (remaining, confirmed, released, the
-        buyers' holdings), pipelined, so a sale of a million settled reservations is made in seconds. Not
-        atomic and not for a sale that is taking reservations."""
+        ``released``) into a seeded sale's compact settled store with the counters they imply (remaining,
+        confirmed, released, the buyers' holdings), a few thousand per script call (``lua/import.lua``), so a
+        sale of a million settled reservations is made in seconds. Not for a sale that is taking
+        reservations."""
         k = _keys(sale)
-        confirmed = released = 0
-        holds: dict[str, int] = {}
-        pipe = self.client.pipeline(transaction=False)
+        args: list[Any] = []
         for r in records:
-            if r.state == STATE_CONFIRMED:
-                confirmed += r.quantity
-                holds[r.user] = holds.get(r.user, 0) + r.quantity
-            elif r.state == STATE_RELEASED:
-                released += r.quantity
-            else:
+            if r.state not in (STATE_CONFIRMED, STATE_RELEASED):
                 raise errors.InvalidArgument("state", f"only settled reservations are imported, not {r.state!r}")
-        mapping: dict[FieldT, EncodableT] = {r.reservation_id: format_record(r) for r in records}
-        if mapping:
-            pipe.hset(k.reservations, mapping=mapping)
-        for user, units in holds.items():
-            pipe.hincrby(k.holds, user, units)
-        pipe.hincrby(k.meta, "remaining", -confirmed)
-        pipe.hincrby(k.meta, "confirmed", confirmed)
-        pipe.hincrby(k.meta, "released", released)
-        await self._read(pipe.execute())
+            qty = _check_quantity(r.quantity)
+            args += [r.reservation_id, qty if r.state == STATE_CONFIRMED else -qty, _check_user(r.user)]
+        for start in range(0, len(args), 3 * IMPORT_CHUNK):
+            await self._run("import", [k.meta, k.holds, k.settled], args[start : start + 3 * IMPORT_CHUNK])
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
@@ -588,10 +630,10 @@ __all__ = [
     "STATE_PENDING",
     "STATE_RELEASED",
     "Outcome",
-    "RebuildResult",
     "Reservation",
     "ReservationRecord",
     "ReserveCall",
+    "RestoreResult",
     "SaleConfig",
     "SeedResult",
     "Snapshot",

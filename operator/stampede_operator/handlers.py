@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import random
@@ -31,7 +30,7 @@ import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from stampede import errors, healing, metrics, names
+from stampede import errors, healing, metrics, names, restore
 from stampede.ledger import Ledger
 from stampede.settings import OperatorSettings
 from stampede.stock import SeedResult, StockEngine
@@ -225,25 +224,17 @@ async def seed_or_rebuild(
 ) -> tuple[SeedResult | None, errors.RestockBelowSold | None, int]:
     """Seeds the sale or restocks it by delta; returns (seed result, refusal, units in Redis).
 
-    When Redis does not know the sale (``known`` False) but the ledger holds reservations of it, Redis lost
-    it: seeding afresh would sell again what is sold, so the sale is rebuilt from the ledger first (atomic,
-    and a no-op if it reappeared meanwhile), then seeded as usual. If even the rebuild is refused (the
-    ledger holds more than the spec's stock), the sale is rebuilt at what is sold and closed."""
+    When Redis does not know the sale (``known`` False) but the ledger does, Redis lost it: seeding afresh
+    would sell again what is sold, so the sale is restored from the ledger first (``stampede.restore``:
+    atomic, one at a time), then seeded as usual, which restocks by delta to the spec."""
     name = sale.id
-    rows = {} if known else await reconcile.ledger_rows(deps.ledger.pool, name)
     try:
-        if rows:
-            await deps.stock.rebuild(name, sale.sale_config, phase.open, healing.rebuild_records(rows.values()))
-            log.warning("rebuilt the sale in Redis from the ledger", extra={"sale": name})
+        if not known and (await restore.restore_sale(deps.ledger, deps.stock, name)).outcome == restore.BUSY:
+            raise errors.SaleRestoring(name)  # another process restores it right now: retry shortly
         seeded = await deps.stock.seed(name, sale.sale_config, open=phase.open)
         return seeded, None, seeded.total
     except errors.RestockBelowSold as refused:
-        try:
-            return None, refused, (await deps.stock.snapshot(name)).total
-        except errors.SaleNotFound:
-            config = dataclasses.replace(sale.sale_config, total=refused.sold)
-            await deps.stock.rebuild(name, config, False, healing.rebuild_records(rows.values()))
-            return None, refused, refused.sold
+        return None, refused, (await deps.stock.snapshot(name)).total
 
 
 def _now() -> datetime:
@@ -270,13 +261,9 @@ async def ensure(
     extra = {"sale": sale.id}
     try:
         async with memo.lock:
-            try:
-                snap = await deps.stock.snapshot(sale.id)
-                remaining, reserved = snap.remaining, snap.pending
-            except errors.SaleNotFound:
-                remaining = reserved = None
+            snap, remaining, reserved = await reconcile.phase_counts(deps.ledger, deps.stock, sale)
             phase = phase_for(_now(), sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
-            seeded, refused, total = await seed_or_rebuild(deps, sale, phase, known=remaining is not None)
+            seeded, refused, total = await seed_or_rebuild(deps, sale, phase, known=snap is not None)
             await deps.ledger.ensure_sale(
                 sale.id,
                 sku=sale.sku,
@@ -284,6 +271,10 @@ async def ensure(
                 per_user_limit=sale.per_user_limit,
                 window_start=sale.window_start,
                 window_end=sale.window_end,
+                buyer_rate=float(sale.buyer_rate),
+                buyer_burst=sale.buyer_burst,
+                ip_rate=float(sale.ip_rate),
+                ip_burst=sale.ip_burst,
             )
             await ensure_workloads(deps, sale, namespace, body)
 
@@ -342,12 +333,8 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
                 return interval
             if not memo.ensured:
                 return ENSURE_WAIT_S  # create/resume has not seeded the sale yet: nothing to reconcile
-            try:
-                snap = await deps.stock.snapshot(sale_id)
-                remaining, reserved = snap.remaining, snap.pending
-            except errors.SaleNotFound:
-                snap = None
-                remaining = reserved = None
+            # While Redis lost the sale, the phase follows the ledger (the reconciler restores it below).
+            snap, remaining, reserved = await reconcile.phase_counts(deps.ledger, deps.stock, sale)
             now = _now()
             phase = phase_for(now, sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
             if snap is not None and snap.open != phase.open:
@@ -478,6 +465,7 @@ async def finalize(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, emi
     try:
         async with memo.lock:
             memo.deleting = True
+            await deps.ledger.mark_sale_deleted(sale_id)  # from now on nobody restores it in Redis
             with contextlib.suppress(errors.SaleNotFound):
                 await deps.stock.set_open(sale_id, False)
             deadline = time.monotonic() + deps.settings.delete_drain_timeout_s

@@ -2,7 +2,7 @@
 the healing plan that ``stampede.healing.decide`` makes of it, observe again and measure what is still
 unexplained.
 
-A pass costs what changed, not the sale's size (ARCHITECTURE.md §2 step 4). It reads:
+A pass costs what changed, not the sale's size (docs/architecture.md, "Incremental reconciler"). It reads:
 
 - the counts, as aggregates: the ledger's units by status (``Ledger.tally``: the pending rows through
   their partial index, the settled totals kept by the settling statements) and Redis's counters;
@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from stampede import errors, healing, metrics, sqlfiles
+from stampede import errors, healing, metrics, restore, sqlfiles
 from stampede.healing import LedgerEntry, Observation, Plan
 from stampede.ledger import Ledger, batch_payload
 from stampede.names import QUEUE_SETTLE, REASON_LOST_BEFORE_ACK, TASK_SETTLE_BATCH
@@ -197,9 +197,8 @@ async def apply(
         ids = list(action.reservation_ids)
         extra = {"sale": sale, "action": action.kind, "reservations": len(ids)}
         if action.kind == "rebuild":
-            result = await stock.rebuild(sale, spec.sale_config, open_, healing.rebuild_records(obs.ledger.values()))
-            log.warning("rebuilt the sale in Redis from the ledger", extra={**extra, "outcome": result.outcome})
-            count("rebuild", 1 if result.outcome == "rebuilt" else 0)
+            result = await restore.restore_sale(ledger, stock, sale)
+            count("rebuild", 1 if result.outcome == restore.RESTORED else 0)
         elif action.kind == "compensate_lost":
             recs = [obs.redis[i] for i in ids]
             won_rows = await _fetch(
@@ -324,9 +323,16 @@ async def reconcile_once(
     state = state if state is not None else PassState()
     sale = spec.id
     healed: dict[str, int] = {}
+    why = await restore.lost(stock, sale)  # no key, or another Redis run_id: a restart may have lost its tail
+    if why is not None:
+        restored = await restore.restore_sale(ledger, stock, sale, reason=why)
+        if restored.outcome == restore.RESTORED:
+            healed["rebuild"] = 1
+            metrics.OPERATOR_HEALED.labels(sale, "rebuild").inc()
     view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
     if view.snapshot is None:  # Redis lost the sale
-        healed = await rebuild_pass(ledger, stock, spec, open_=open_, batch_max=batch_max)
+        for kind, n in (await rebuild_pass(ledger, stock, spec, open_=open_, batch_max=batch_max)).items():
+            healed[kind] = healed.get(kind, 0) + n
         state.redis_after = None
         view = await observe(ledger, stock, sale, spec.grace_s, scan_max=scan_max)
     plan = healing.decide(view.obs, batch_max=batch_max)
@@ -369,6 +375,18 @@ async def reconcile_once(
         ):
             metrics.OPERATOR_STOCK.labels(sale, state_).set(units)
     return Outcome(snap, tally, drift, healed, unexplained, seconds)
+
+
+async def phase_counts(ledger: Ledger, stock: StockEngine, spec: SaleSpec) -> tuple[Snapshot | None, int, int]:
+    """The sale's snapshot, and the remaining and reserved units its phase is decided on: Redis's, or while
+    Redis lost the sale, the ledger's (so a sold-out sale stays SoldOut while it is restored, no flapping)."""
+    try:
+        snap = await stock.snapshot(spec.id)
+    except errors.SaleNotFound:
+        counts = await ledger.counts(spec.id)
+        reserved = counts[healing.PENDING]
+        return None, spec.stock - reserved - counts[healing.CONFIRMED], reserved
+    return snap, snap.remaining, snap.pending
 
 
 async def unfinished_jobs(ledger: Ledger, sale: str) -> int:

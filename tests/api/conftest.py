@@ -19,7 +19,19 @@ SECRET = "test-secret-" + "s" * 32
 
 
 @pytest.fixture(scope="session")
-def api_settings(redis_url: str, migrated_database_url: str) -> ApiSettings:
+def strategies_database_url(migrated_database_url: str) -> str:
+    """The migrated database plus the strategies' tables (`stampede migrate --with-strategies`)."""
+    import asyncio
+
+    from stampede.migrate import migrate
+    from stampede_api.strategies.schema import migration_files
+
+    asyncio.run(migrate(migrated_database_url, extra=migration_files()))
+    return migrated_database_url
+
+
+@pytest.fixture(scope="session")
+def api_settings(redis_url: str, strategies_database_url: str) -> ApiSettings:
     """Settings of the app under test: this worker's Redis db and migrated database (ledger, queue and
     strategy tables), strategies mounted. Sales are addressed by their bare id (no namespace), so a test
     seeds and reads a sale under the name it buys from; test_namespaces.py covers namespaced APIs."""
@@ -27,7 +39,7 @@ def api_settings(redis_url: str, migrated_database_url: str) -> ApiSettings:
         ApiSettings,
         env={},
         redis_url=redis_url,
-        database_url=migrated_database_url,
+        database_url=strategies_database_url,
         jwt_secret=SECRET,
         strategies_enabled=True,
         sale_namespace="",
@@ -82,8 +94,8 @@ async def open_sale(
     """Seeds the sale in Redis and mirrors it in the ledger, as the operator does."""
     await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, **rates), open=is_open)  # type: ignore[arg-type]
     await ledger.ensure_sale(
-        sale, sku=f"SKU-{sale}", stock=total, per_user_limit=limit, window_start=None, window_end=None
-    )
+        sale, sku=f"SKU-{sale}", stock=total, per_user_limit=limit, window_start=None, window_end=None, **rates
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """End to end over real HTTP: gunicorn (uvicorn workers) serving the API and a settle worker, on loopback.
 
-A spike of concurrent buyers against a small stock, then the audit of ARCHITECTURE.md §3 on the ledger;
-the four strategies raced the same way (v1 oversells, v2-v4 do not); schemathesis against /openapi.json.
+A spike of concurrent buyers against a small stock, then the audit of the invariants (docs/architecture.md) on the
+ledger; the four strategies raced the same way (v1 oversells, v2-v4 do not); schemathesis against /openapi.json.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import pytest
 
 from stampede import tokens
 from stampede.audit import audit, counts_from
-from stampede.devstack import free_port
 from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede_api.strategies import open_pool, setup_product
+from stampede_dev.devstack import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -176,7 +176,7 @@ async def test_k6_buys_with_minted_tokens_and_never_the_secret(server, opener, l
              "RATE": "40", "DURATION": "3s", "SUMMARY_PATH": str(summary), "K6_NO_USAGE_REPORT": "true"},
     )  # fmt: skip
     assert k6.returncode == 0, k6.stdout[-2000:] + k6.stderr[-2000:]  # thresholds: no 401, some accepted
-    from stampede.sale_audit import k6_accepted
+    from stampede_dev.sale_audit import k6_accepted
 
     accepted = k6_accepted(summary)
     assert accepted > 0

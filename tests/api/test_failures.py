@@ -114,14 +114,39 @@ async def test_ready_when_both_answer(client):
     assert r.status_code == 200 and r.json["checks"] == {"redis": "ok", "postgresql": "ok"}
 
 
-async def test_sale_lost_from_redis_is_503_not_404(client, opener, headers, sale, stock):
-    """Redis restarted without persistence: the ledger still knows the sale, so buyers are told to retry
-    while the reconciler rebuilds its counters; a sale the ledger never heard of stays a 404."""
+async def test_sale_lost_from_redis_is_503_not_404_until_restored(client, opener, headers, sale, stock):
+    """Redis restarted without persistence: the ledger still knows the sale, so reads and buys answer 503
+    with Retry-After: 1 while the first of them restores it from the ledger, and buying resumes with the
+    reservations the ledger holds counted; a sale the ledger never heard of stays a 404."""
+    path = f"/v1/sales/{sale}/reservations"
     await opener(sale, total=3, limit=1)
+    first = await client.simulate_post(path, json={"quantity": 1}, headers=headers("al"))
+    assert first.status_code == 202, first.text
+
+    async def restored() -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + 10
+        while (got := await client.simulate_get(f"/v1/sales/{sale}")).status_code == 503:
+            assert asyncio.get_running_loop().time() < deadline, got.text
+            await asyncio.sleep(0.01)
+        assert got.status_code == 200, got.text
+        return dict(got.json)
+
     await stock.delete(sale)
-    r = await client.simulate_post(f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers=headers("al"))
-    assert r.status_code == 503, r.text
-    assert int(r.headers["retry-after"]) >= 1
-    unknown = await client.simulate_post("/v1/sales/no-such-sale/reservations", json={"quantity": 1},
-                                         headers=headers("al"))
-    assert unknown.status_code == 404, unknown.text
+    read = await client.simulate_get(f"/v1/sales/{sale}")
+    await restored()
+    await stock.delete(sale)
+    buy = await client.simulate_post(path, json={"quantity": 1}, headers=headers("bo"))
+    for r in (read, buy):
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert r.json["error"]["code"] == "sale_restoring"
+    sale_now = await restored()
+    assert (sale_now["remaining"], sale_now["pending"], sale_now["phase"]) == (2, 1, "Live")
+    again = await client.simulate_post(path, json={"quantity": 1}, headers=headers("al"))
+    assert again.status_code == 409 and again.json["error"]["code"] == "limit_reached"  # al's unit came back
+    bo = await client.simulate_post(path, json={"quantity": 1}, headers=headers("bo"))
+    assert bo.status_code == 202, bo.text
+    unknown_buy = await client.simulate_post("/v1/sales/no-such-sale/reservations", json={"quantity": 1},
+                                             headers=headers("al"))  # fmt: skip
+    unknown_read = await client.simulate_get("/v1/sales/no-such-sale")
+    assert (unknown_buy.status_code, unknown_read.status_code) == (404, 404), unknown_buy.text

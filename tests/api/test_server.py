@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stampede.devstack import free_port
 from stampede.settings import ApiSettings
+from stampede_dev.devstack import free_port
 
 from .test_e2e import ROOT, SECRET, _stop
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from stampede import cli, tokens
+from stampede import tokens
 from stampede.settings import ApiSettings, SettingsError, load
 from stampede_api.auth import Authenticator
 from stampede_api.errors import ApiError
+from stampede_dev import cli
 
 SECRET = "k" * 40
 

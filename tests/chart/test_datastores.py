@@ -27,10 +27,10 @@ from falcon import testing
 from stampede import tokens
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
-from stampede.sale_audit import audit_sale
 from stampede.settings import ApiSettings, load
 from stampede.stock import SaleConfig, StockEngine
 from stampede_api.app import build
+from stampede_dev.sale_audit import audit_sale
 
 if TYPE_CHECKING:
     from tests.chart.conftest import Render

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stampede import audit, errors
-from stampede.devstack import free_port
 from stampede.ledger import Ledger, PendingReservation
 from stampede.names import sale_id, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
+from stampede_dev.devstack import free_port
 
 if TYPE_CHECKING:
     from tests.controller.conftest import ControlPlane, OperatorProcess
@@ -332,7 +332,7 @@ async def test_reconciler_redefers_a_deleted_job(
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
     batch = await reserve(stock, sid, 3)
-    job_id = await ledger.record_batch(batch)
+    job_id = (await ledger.record_batch(batch)).job
     await sql(ledger, "DELETE FROM procrastinate_jobs WHERE id = %s", job_id)
 
     async def redeferred() -> None:
@@ -384,7 +384,7 @@ async def test_reconciler_compensates_a_failed_job(
     create_sale(cp, ns, sale, stock=10)
     await eventually(status_where(cp, ns, sale, phase="Live"))
     batch = await reserve(stock, sid, 2)
-    job_id = await ledger.record_batch(batch)
+    job_id = (await ledger.record_batch(batch)).job
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", job_id)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", job_id)
     await eventually(status_where(cp, ns, sale, confirmed=0, reserved=0, remaining=10, compensated=2, drift=0))
@@ -422,6 +422,75 @@ async def test_reconciler_rebuilds_a_flushed_redis(
     await run_worker(sid)
     await eventually(status_where(cp, ns, sale, confirmed=5, reserved=0, remaining=5, drift=0))
     await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in settled + waiting])
+
+
+async def test_sold_out_sale_stays_sold_out_while_redis_is_restored(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any],
+) -> None:  # fmt: skip
+    """While Redis lost the sale the phase follows the ledger: a sold-out sale stays SoldOut (no
+    SoldOut -> Live -> SoldOut), and comes back closed."""
+    cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
+    create_sale(cp, ns, sale, stock=2, grace=600)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    batch = await reserve(stock, sid, 2)
+    await ledger.record_batch(batch)
+    await run_worker(sid)
+    await eventually(status_where(cp, ns, sale, phase="SoldOut", remaining=0, confirmed=2))
+    await stock.delete(sid)  # Redis lost it
+    phases: set[str] = set()
+
+    async def restored_closed() -> None:
+        phases.add(get_fs(cp, ns, sale)["status"]["phase"])
+        try:
+            snap = await stock.snapshot(sid)
+        except errors.SaleNotFound:
+            raise AssertionError("not restored yet") from None
+        assert (snap.remaining, snap.confirmed, snap.open) == (0, 2, False)
+
+    await eventually(restored_closed)
+    for _ in range(3):  # a few more reconcile ticks
+        await asyncio.sleep(1)
+        phases.add(get_fs(cp, ns, sale)["status"]["phase"])
+    assert phases == {"SoldOut"}
+    assert event_reasons(cp, ns, sale).count("PhaseChanged") == 1  # Live -> SoldOut, once
+    await audit_clean(stock, ledger, sid, 2, [r.reservation_id for r in batch])
+
+
+async def test_reconciler_restores_a_sale_after_a_redis_restart_that_kept_its_keys(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any],
+) -> None:  # fmt: skip
+    """Redis restarted from an append-only file that lost its last write: the sale's keys are there, its
+    last reservation is not, and Redis's run_id changed. The reconciler notices the new run_id and restores
+    the reservation from the ledger, so it is confirmed, not compensated."""
+    cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
+    create_sale(cp, ns, sale, stock=10, grace=600)
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    batch = await reserve(stock, sid, 3)
+    await ledger.record_batch(batch)
+    lost = batch[-1]
+    k = sale_keys(sid)
+    async with stock.client.pipeline(transaction=True) as pipe:
+        pipe.hdel(k.reservations, lost.reservation_id)
+        pipe.zrem(k.pending, lost.reservation_id)
+        pipe.hdel(k.holds, lost.user)
+        pipe.hincrby(k.meta, "pending", -1)
+        pipe.hincrby(k.meta, "remaining", 1)
+        pipe.hset(k.meta, "run", "an-earlier-run")
+        await pipe.execute()
+
+    async def restored() -> None:
+        assert await stock.reservation(sid, lost.reservation_id) is not None
+        snap = await stock.snapshot(sid)
+        assert (snap.remaining, snap.pending) == (7, 3)
+
+    await eventually(restored)
+    await run_worker(sid)
+    await eventually(status_where(cp, ns, sale, confirmed=3, reserved=0, remaining=7, drift=0))
+    await audit_clean(stock, ledger, sid, 10, [r.reservation_id for r in batch])
 
 
 async def test_spec_change_after_redis_lost_the_sale_rebuilds_instead_of_reseeding(

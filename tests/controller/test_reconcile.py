@@ -112,15 +112,15 @@ async def make_every_healing_case(
     lost = await reserve(stock, sale, 2)  # Redis took them; the API died before the ledger write
     cases["compensate_lost"] = [r.reservation_id for r in lost]
     failed = await reserve_as(stock, sale, "failed", 2)
-    job = await ledger.record_batch(failed)
+    job = (await ledger.record_batch(failed)).job
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", job)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", job)
     cases["compensate"] = [r.reservation_id for r in failed]
     vanished = await reserve_as(stock, sale, "vanished", 1)
-    job = await ledger.record_batch(vanished)
+    job = (await ledger.record_batch(vanished)).job
     await sql(ledger, "DELETE FROM procrastinate_jobs WHERE id = %s", job)
     done = await reserve_as(stock, sale, "done", 1)
-    job = await ledger.record_batch(done)
+    job = (await ledger.record_batch(done)).job
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", job)
     await sql(ledger, "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = %s", job)
     cases["redefer"] = [r.reservation_id for r in vanished + done]

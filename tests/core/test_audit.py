@@ -1,4 +1,4 @@
-"""The audit is pure: each invariant of ARCHITECTURE.md §3 has a case that breaks it."""
+"""The audit is pure: each invariant of docs/architecture.md has a case that breaks it."""
 
 from __future__ import annotations
 
@@ -67,11 +67,45 @@ def test_mid_sale_audit_allows_pending() -> None:
 
 
 def test_acknowledged_count_without_ids() -> None:
-    ok = audit("s", stock=5, per_user_limit=1, accepted=(), acknowledged=2,
-               rows=rows(("a", "u1", 1, "confirmed"), ("b", "u2", 1, "compensated"), ("c", "u3", 1, "confirmed")))
+    ok = audit(
+        "s",
+        stock=5,
+        per_user_limit=1,
+        accepted=(),
+        acknowledged=2,
+        rows=rows(("a", "u1", 1, "confirmed"), ("b", "u2", 1, "compensated"), ("c", "u3", 1, "confirmed")),
+    )
     assert ok.ok
     assert ok.accepted == 2
-    lost = audit("s", stock=5, per_user_limit=1, accepted=(), acknowledged=4,
-                 rows=rows(("a", "u1", 1, "confirmed"),))
+    lost = audit(
+        "s",
+        stock=5,
+        per_user_limit=1,
+        accepted=(),
+        acknowledged=4,
+        rows=rows(
+            ("a", "u1", 1, "confirmed"),
+        ),
+    )
     assert lost.lost == 3
     assert not lost.ok
+
+
+def test_acknowledged_but_recorded_lost_before_ack_is_a_violation() -> None:
+    """`lost_before_ack` means no 202 was sent; a 202'd id with that record is a cancelled acknowledgement."""
+    recorded = [
+        Row("a", "u1", 1, "confirmed"),
+        Row("b", "u2", 1, "compensated", "lost_before_ack"),
+        Row("c", "u3", 1, "compensated", "lost_before_ack"),
+    ]
+    redis = RedisCounts(total=3, remaining=2, pending=0, confirmed=1)
+    # b was never acknowledged: the reconciler's healing of a crash before the 202 is clean.
+    clean = audit("s", stock=3, per_user_limit=1, accepted=["a"], rows=recorded, redis=redis)
+    assert clean.ok, clean.render()
+    # c got a 202 and was then given back as never acknowledged: a broken promise.
+    broken = audit("s", stock=3, per_user_limit=1, accepted=["a", "c"], rows=recorded, redis=redis)
+    assert broken.violations == ["1 acknowledged reservations were recorded lost_before_ack (e.g. c)"]
+    # Any other reason of giving back (a settle job that failed) after a 202 is the normal compensation path.
+    paid_back = [Row("a", "u1", 1, "compensated", "job_failed")]
+    ok = audit("s", stock=1, per_user_limit=1, accepted=["a"], rows=paid_back)
+    assert ok.ok, ok.render()

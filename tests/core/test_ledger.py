@@ -43,7 +43,7 @@ async def _job(ledger: Ledger, job_id: int) -> tuple[str, str, str, dict[str, ob
 async def test_record_batch_writes_rows_and_one_job_per_sale(ledger: Ledger, sale: str) -> None:
     other = sale + "-x"
     batch = _batch(sale, 5) + _batch(other, 2)
-    job_id = await ledger.record_batch(batch)
+    job_id = (await ledger.record_batch(batch)).job
     queue, task, status, args = await _job(ledger, job_id)
     assert (queue, task, status) == (QUEUE_SETTLE, TASK_SETTLE_BATCH, "todo")
     assert args["v"] == 2 and args["sale"] == sale and 0 <= args["shard"] < ledger.settle_shards
@@ -68,7 +68,7 @@ async def test_record_batch_writes_rows_and_one_job_per_sale(ledger: Ledger, sal
 
 async def test_batches_join_the_waiting_job_of_their_shard(ledger: Ledger, sale: str) -> None:
     """However many batches arrive, a sale has at most one job waiting per shard."""
-    jobs = [await ledger.record_batch(_batch(sale, 3)) for _ in range(5 * ledger.settle_shards)]
+    jobs = [(await ledger.record_batch(_batch(sale, 3))).job for _ in range(5 * ledger.settle_shards)]
     assert len(set(jobs)) == ledger.settle_shards
     async with ledger.pool.connection() as conn:
         cur = await conn.execute(
@@ -80,11 +80,16 @@ async def test_batches_join_the_waiting_job_of_their_shard(ledger: Ledger, sale:
 async def test_a_reservation_never_gets_a_second_row(ledger: Ledger, sale: str) -> None:
     batch = _batch(sale, 3)
     first = await ledger.record_batch(batch)
+    assert first.inserted == {r.reservation_id for r in batch}
+    fresh = _batch(sale, 1)
     for _ in range(ledger.settle_shards):  # whichever shard the repeat lands in
-        await ledger.record_batch([*batch, batch[0]])
-    assert len(await ledger.rows(sale)) == 3
+        again = await ledger.record_batch([*batch, batch[0], *fresh])
+        # Only a new id counts as inserted: the writer must not acknowledge the ids another row holds.
+        assert again.inserted == {fresh[0].reservation_id}
+        fresh = _batch(sale, 1)
+    assert len(await ledger.rows(sale)) == 3 + ledger.settle_shards
     row = await ledger.get_reservation(batch[0].reservation_id)
-    assert row is not None and row.job_id == first  # the first write stays
+    assert row is not None and row.job_id == first.job  # the first write stays
 
 
 async def test_record_batch_is_all_or_nothing(ledger: Ledger, sale: str) -> None:

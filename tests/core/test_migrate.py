@@ -42,7 +42,7 @@ def test_concurrent_cli_processes(fresh_database_url: str) -> None:
     env = {**os.environ, "STAMPEDE_DATABASE_URL": fresh_database_url}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "stampede.cli", "migrate"], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "stampede_dev.cli", "migrate"], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
         )
         for _ in range(3)
     ]

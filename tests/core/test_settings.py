@@ -73,7 +73,11 @@ def test_the_cli_never_prints_a_password(env: dict[str, str], args: list[str]) -
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STAMPEDE_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "stampede.cli", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "stampede_dev.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert PASSWORD not in proc.stdout + proc.stderr, proc.stderr

@@ -2,7 +2,7 @@
 thousands of reservations made and settled by racing OS processes (enough to split the settled store's
 buckets many times while confirms and releases are in flight) keep exact counters, idempotent replays,
 confirm/release idempotence, per-buyer holdings and a clean audit; the store stays in Redis's compact
-encoding; a rebuild from the ledger's view gives the same records."""
+encoding; a restore from the ledger's view gives the same records."""
 
 from __future__ import annotations
 
@@ -191,14 +191,19 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     )
     assert report.ok, report.render()
 
-    # A rebuild from the ledger's view (every row, with its buyer and time) restores the same sale.
+    # A restore from the ledger's view (every row, with its buyer and time) after Redis lost the sale
+    # writes the same sale back, settled rows into the compact store.
     ledger_view = [ReservationRecord(rid, r.state, r.quantity, 1, made[rid][0]) for rid, r in records.items()]
     await stock.delete(sale)
     assert await stock.client.exists(k.settled, k.bucket(k.settled, 0), k.holds) == 0
-    rebuilt = await stock.rebuild(sale, SaleConfig(total=STOCK, per_user_limit=LIMIT), True, ledger_view)
-    assert rebuilt.outcome == "rebuilt"
+    assert await stock.lock_restore(sale, "token", 60_000)
+    config = SaleConfig(total=STOCK, per_user_limit=LIMIT)
+    restored = await stock.restore(sale, "token", "run", config, True, ledger_view)
+    assert restored.outcome == "restored"
+    assert await stock.client.hlen(k.reservations) == 0
     after = {r.reservation_id: (r.state, r.quantity) for r in await stock.reservations(sale)}
     assert after == {rid: (r.state, r.quantity) for rid, r in records.items()}
+    assert await stock.holdings(sale) == dict(held)
     snap2 = await stock.snapshot(sale)
     assert (snap2.remaining, snap2.confirmed, snap2.pending, snap2.reservations) == (
         snap.remaining,

@@ -4,11 +4,13 @@ see them there, or a reservation settled in Redis would look missing to the reco
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from stampede import errors
-from stampede.names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED
-from stampede.stock import Outcome, SaleConfig, StockEngine
+from stampede.names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, sale_keys
+from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
 
 pytestmark = pytest.mark.redis
 
@@ -68,3 +70,34 @@ async def test_reads_by_id_scan_and_suspects_see_the_compact_store(stock: StockE
     view = await stock.suspects(sale, grace_ms=0, after=None, limit=1000)
     assert view.snapshot is not None and view.snapshot.reservations == 90
     assert sorted(rid for rid, _ in view.window) == sorted(made[70:])
+
+
+async def test_imported_settled_reservations_land_in_the_compact_store(stock: StockEngine, sale: str) -> None:
+    """The benchmark import writes what the settling scripts would: compact entries, counters, holdings;
+    importing the same reservations again counts nothing twice."""
+    await stock.seed(sale, SaleConfig(total=10_000, per_user_limit=10), open=True)
+    records = [
+        ReservationRecord(str(uuid.uuid4()), STATE_CONFIRMED if i % 5 else STATE_RELEASED, 1 + i % 2, 1, f"b{i % 7}")
+        for i in range(4500)  # more than one script call, and many bucket splits
+    ]
+    await stock.import_settled(sale, records)
+    await stock.import_settled(sale, records[:100])
+    confirmed = sum(r.quantity for r in records if r.state == STATE_CONFIRMED)
+    released = sum(r.quantity for r in records if r.state == STATE_RELEASED)
+    snap = await stock.snapshot(sale)
+    assert (snap.remaining, snap.confirmed, snap.released, snap.pending, snap.reservations) == (
+        10_000 - confirmed, confirmed, released, 0, 4500,
+    )  # fmt: skip
+    k = sale_keys(sale)
+    assert await stock.client.hlen(k.reservations) == 0
+    held: dict[str, int] = {}
+    for r in records:
+        if r.state == STATE_CONFIRMED:
+            held[r.user] = held.get(r.user, 0) + r.quantity
+    assert await stock.holdings(sale) == held
+    sample = [r.reservation_id for r in records[:50]]
+    assert await stock.confirm(sale, sample) == {
+        r.reservation_id: Outcome.ALREADY if r.state == STATE_CONFIRMED else Outcome.RELEASED for r in records[:50]
+    }
+    with pytest.raises(errors.InvalidArgument):
+        await stock.import_settled(sale, [ReservationRecord(str(uuid.uuid4()), STATE_PENDING, 1, 1, "b")])

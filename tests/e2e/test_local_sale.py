@@ -12,16 +12,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow,
-              pytest.mark.xdist_group("e2e")]
+pytestmark = [
+    pytest.mark.k8s,
+    pytest.mark.redis,
+    pytest.mark.postgres,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("e2e"),
+]
 
 
 @pytest.mark.timeout(420)
 def test_demo_sale_ends_with_a_clean_audit(services: dict[str, str], control_plane: object) -> None:
     env = {**os.environ, **services}
     res = subprocess.run(
-        [sys.executable, "-m", "stampede.demo", "--scenario", "smoke", "--stock", "300", "--buyers", "2000"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,
+        [sys.executable, "-m", "stampede_dev.demo", "--scenario", "smoke", "--stock", "300", "--buyers", "2000"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -39,7 +49,7 @@ def test_demo_fails_when_a_k6_threshold_fails(services: dict[str, str], control_
     even though its audit is clean."""
     env = {**os.environ, **services, "P95_MS": "0.001"}
     res = subprocess.run(
-        [sys.executable, "-m", "stampede.demo", "--scenario", "spike", "--stock", "50", "--buyers", "500",
+        [sys.executable, "-m", "stampede_dev.demo", "--scenario", "spike", "--stock", "50", "--buyers", "500",
          "--peak", "30", "--stage-seconds", "1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False,
     )  # fmt: skip

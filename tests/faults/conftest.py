@@ -23,14 +23,14 @@ import httpx
 import pytest
 
 from stampede.audit import AuditReport
-from stampede.devstack import LocalStack
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
 from stampede.names import sale_id
-from stampede.sale_audit import audit_sale
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 from stampede.tokens import mint
+from stampede_dev.devstack import LocalStack
+from stampede_dev.sale_audit import audit_sale
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "hack" / "services.sh"
@@ -43,9 +43,13 @@ class FaultServices:
     dir: Path
     env: dict[str, str]
 
-    def do(self, *args: str) -> None:
-        subprocess.run([str(SERVICES), *args], env={**os.environ, "STAMPEDE_SERVICES_DIR": str(self.dir)},
-                       check=True, capture_output=True)
+    def do(self, *args: str, env: dict[str, str] | None = None) -> None:
+        subprocess.run(
+            [str(SERVICES), *args],
+            env={**os.environ, "STAMPEDE_SERVICES_DIR": str(self.dir), **(env or {})},
+            check=True,
+            capture_output=True,
+        )
 
     def kill_postgres(self) -> int:
         """SIGKILL to the postmaster and every backend at once, as when its container is OOM-killed: no
@@ -88,6 +92,7 @@ class Outcome:
 
     statuses: dict[int, int] = field(default_factory=dict)
     accepted: list[str] = field(default_factory=list)
+    answered: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), HTTP status) each
     retry_after_missing: int = 0
     server_errors: int = 0
     transport_errors: int = 0
@@ -123,13 +128,16 @@ class SaleRun:
         now = time.time()
         iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
         manifest = {
-            "apiVersion": "stampede.dev/v1alpha1", "kind": "FlashSale",
+            "apiVersion": "stampede.dev/v1alpha1",
+            "kind": "FlashSale",
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": {
                 "product": {"sku": "FAULT-1", "name": "Fault", "price": "1.00", "currency": "USD"},
-                "stock": self.stock_units, "perUserLimit": self.limit,
+                "stock": self.stock_units,
+                "perUserLimit": self.limit,
                 "window": {"start": iso(now - 5), "end": iso(now + 1800)},
-                "api": {"replicas": 1}, "workers": {"replicas": 1, "concurrency": 8},
+                "api": {"replicas": 1},
+                "workers": {"replicas": 1, "concurrency": 8},
                 "reconcile": {"intervalSeconds": 2, "graceSeconds": 3},
                 # Every buyer here comes from 127.0.0.1: the per-IP bucket must not be what refuses them.
                 "rateLimit": {"perIp": {"rate": 1_000_000, "burst": 1_000_000}},
@@ -156,19 +164,27 @@ class SaleRun:
         self.stack.operator(self.kubeconfig, name=name, namespace=self.namespace, priority=priority, env=self.env)
 
     def start_api(self, env: dict[str, str] | None = None) -> None:
-        from stampede.devstack import free_port
+        from stampede_dev.devstack import free_port
 
         self.api_port = self.api_port or free_port()
         self.stack.api(port=self.api_port, workers=2, env={**self.env, **(env or {})})
 
     def start_worker(self, env: dict[str, str] | None = None) -> None:
-        self.stack.worker(concurrency=8, env={**self.env, "STAMPEDE_WORKER_HEARTBEAT_S": "1",
-                                               "STAMPEDE_WORKER_STALLED_S": "3", **(env or {})})
+        self.stack.worker(
+            concurrency=8,
+            env={**self.env, "STAMPEDE_WORKER_HEARTBEAT_S": "1", "STAMPEDE_WORKER_STALLED_S": "3", **(env or {})},
+        )
 
     # --- load -------------------------------------------------------------------------------------
     async def buyers(
-        self, *, users: int = 600, requests: int = 3000, concurrency: int = 200, rate: float = 250,
-        fault_at: float = 0.3, fault: Callable[[], Awaitable[None]] | None = None,
+        self,
+        *,
+        users: int = 600,
+        requests: int = 3000,
+        concurrency: int = 200,
+        rate: float = 250,
+        fault_at: float = 0.3,
+        fault: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
         """``requests`` buys from ``users`` distinct buyers arriving at ``rate`` per second, at most
         ``concurrency`` in flight, so the sale lasts long enough for ``fault`` to land mid-sale: it runs
@@ -181,7 +197,6 @@ class SaleRun:
         url = f"http://127.0.0.1:{self.api_port}/v1/sales/{self.name}/reservations"
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-
             t0 = time.monotonic()
 
             async def one(i: int) -> None:
@@ -192,8 +207,9 @@ class SaleRun:
                     if fault is not None and fault_task is None and sent >= requests * fault_at:
                         fault_task = asyncio.create_task(fault())
                     try:
-                        r = await client.post(url, json={"quantity": 1},
-                                              headers={"Authorization": f"Bearer {tokens[i % users]}"})
+                        r = await client.post(
+                            url, json={"quantity": 1}, headers={"Authorization": f"Bearer {tokens[i % users]}"}
+                        )
                     except httpx.TransportError as exc:
                         out.transport_errors += 1
                         kind = type(exc).__name__
@@ -201,6 +217,7 @@ class SaleRun:
                         await asyncio.sleep(0.05)
                         return
                 out.statuses[r.status_code] = out.statuses.get(r.status_code, 0) + 1
+                out.answered.append((time.monotonic(), r.status_code))
                 if r.status_code == 202:
                     out.accepted.append(r.json()["reservation_id"])
                 elif r.status_code in (429, 503) and "retry-after" not in r.headers:
@@ -224,8 +241,9 @@ class SaleRun:
         try:
             while True:
                 try:
-                    report, _lag, _ = await audit_sale(ledger, stock, self.sale_id, accepted=outcome.accepted,
-                                                       settle_timeout=1)
+                    report, _lag, _ = await audit_sale(
+                        ledger, stock, self.sale_id, accepted=outcome.accepted, settle_timeout=1
+                    )
                 except Exception as exc:  # Redis keys not rebuilt yet, a restarting dependency, …
                     report = None
                     last_error = repr(exc)
@@ -234,8 +252,10 @@ class SaleRun:
                     return report, time.monotonic() - started
                 if time.monotonic() - started > timeout:
                     detail = report.render() if report is not None else last_error
-                    raise AssertionError(f"did not heal in {timeout}s (status drift {drift}):\n{detail}\n"
-                                         f"status: {self.status()}\n{self.logs()}")
+                    raise AssertionError(
+                        f"did not heal in {timeout}s (status drift {drift}):\n{detail}\n"
+                        f"status: {self.status()}\n{self.logs()}"
+                    )
                 await asyncio.sleep(1)
         finally:
             await stock.close()
@@ -244,11 +264,13 @@ class SaleRun:
     def logs(self) -> str:
         return "\n".join(f"--- {n} ---\n{p.tail(15)}" for n, p in self.stack.procs.items())
 
-    def record(self, fault: str, outcome: Outcome, report: AuditReport, heal_s: float) -> str:
-        line = (f"{fault:<28} requests {outcome.requests:>5}  accepted {len(outcome.accepted):>4}  "
-                f"confirmed {report.confirmed_units:>4}  compensated {report.returned_units:>3}  "
-                f"oversold {report.oversold}  lost {report.lost}  drift {report.drift}  "
-                f"healed in {heal_s:5.1f}s  (HTTP {dict(sorted(outcome.statuses.items()))})")
+    def record(self, fault: str, outcome: Outcome, report: AuditReport, heal_s: float, extra: str = "") -> str:
+        line = (
+            f"{fault:<28} requests {outcome.requests:>5}  accepted {len(outcome.accepted):>4}  "
+            f"confirmed {report.confirmed_units:>4}  compensated {report.returned_units:>3}  "
+            f"oversold {report.oversold}  lost {report.lost}  drift {report.drift}  "
+            f"healed in {heal_s:5.1f}s  (HTTP {dict(sorted(outcome.statuses.items()))}){extra}"
+        )
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         with REPORT.open("a") as f:
             f.write(line + "\n")
@@ -324,18 +346,29 @@ class ChaosProxy:
 
 
 @pytest.fixture
-def sale_run(fault_services: FaultServices, control_plane: Any, flashsale_crd: str,
-             request: pytest.FixtureRequest) -> Iterator[SaleRun]:
+def sale_run(
+    fault_services: FaultServices, control_plane: Any, flashsale_crd: str, request: pytest.FixtureRequest
+) -> Iterator[SaleRun]:
     ns = f"f-{uuid.uuid4().hex[:8]}"
     assert control_plane.kubectl("create", "namespace", ns).returncode == 0
     run_dir = ROOT / ".run" / "faults" / request.node.name
-    env = {**fault_services.env, "STAMPEDE_JWT_SECRET": SECRET, "STAMPEDE_LOG_LEVEL": "INFO",
-           "STAMPEDE_SALE_NAMESPACE": ns}
+    env = {
+        **fault_services.env,
+        "STAMPEDE_JWT_SECRET": SECRET,
+        "STAMPEDE_LOG_LEVEL": "INFO",
+        "STAMPEDE_SALE_NAMESPACE": ns,
+    }
     with LocalStack(run_dir, env) as stack:
         run = SaleRun(
-            name=f"sale-{uuid.uuid4().hex[:6]}", namespace=ns, stock_units=1000, limit=2,
-            services=fault_services, stack=stack, kubectl=control_plane.kubectl,
-            kubeconfig=control_plane.kubeconfig, env=env,
+            name=f"sale-{uuid.uuid4().hex[:6]}",
+            namespace=ns,
+            stock_units=1000,
+            limit=2,
+            services=fault_services,
+            stack=stack,
+            kubectl=control_plane.kubectl,
+            kubeconfig=control_plane.kubeconfig,
+            env=env,
         )
         yield run
     control_plane.kubectl("delete", "namespace", ns, "--wait=false")

@@ -18,8 +18,13 @@ import pytest
 from .conftest import SECRET
 from .test_faults import check, start_all
 
-pytestmark = [pytest.mark.faults, pytest.mark.k8s, pytest.mark.slow, pytest.mark.xdist_group("faults"),
-              pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.k8s,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("faults"),
+    pytest.mark.timeout(300),
+]
 
 # The default. A few seconds less and, on this shared 2-core box at a load of 20, the buyers' own client
 # (starved of CPU) sometimes sent its first byte later than that after connecting: honest connections cut.
@@ -89,19 +94,41 @@ async def hostile_burst(port: int, sale: str) -> Counter[str]:
         tasks = []
         for i in range(20):
             # Subjects that once hung (lone surrogate) or failed (NUL) the buyers batched with them.
-            tasks.append(post("surrogate-sub", json={"quantity": 1},
-                              headers={"Authorization": f"Bearer {_token(f'x{i}' + chr(0xD800))}"}))
-            tasks.append(post("nul-sub", json={"quantity": 1},
-                              headers={"Authorization": f"Bearer {_token(f'n{i}' + chr(0))}"}))
-            tasks.append(post("duplicate-json", content=b'{"quantity":1,"quantity":2}',
-                              headers={"Authorization": f"Bearer {_token(f'dup-{i}')}",
-                                       "Content-Type": "application/json"}))
-            tasks.append(post("forwarded-spoof", json={"quantity": 1},
-                              headers={"Authorization": f"Bearer {_token(f'spoof-{i}')}",
-                                       "Forwarded": f"for=203.0.113.{i}", "X-Forwarded-For": f"198.51.100.{i}"}))
-            tasks.append(post("bad-idempotency-key", json={"quantity": 1},
-                              headers={"Authorization": f"Bearer {_token(f'key-{i}')}",
-                                       "Idempotency-Key": "caf\u00e9".encode()}))
+            tasks.append(
+                post(
+                    "surrogate-sub",
+                    json={"quantity": 1},
+                    headers={"Authorization": f"Bearer {_token(f'x{i}' + chr(0xD800))}"},
+                )
+            )
+            tasks.append(
+                post("nul-sub", json={"quantity": 1}, headers={"Authorization": f"Bearer {_token(f'n{i}' + chr(0))}"})
+            )
+            tasks.append(
+                post(
+                    "duplicate-json",
+                    content=b'{"quantity":1,"quantity":2}',
+                    headers={"Authorization": f"Bearer {_token(f'dup-{i}')}", "Content-Type": "application/json"},
+                )
+            )
+            tasks.append(
+                post(
+                    "forwarded-spoof",
+                    json={"quantity": 1},
+                    headers={
+                        "Authorization": f"Bearer {_token(f'spoof-{i}')}",
+                        "Forwarded": f"for=203.0.113.{i}",
+                        "X-Forwarded-For": f"198.51.100.{i}",
+                    },
+                )
+            )
+            tasks.append(
+                post(
+                    "bad-idempotency-key",
+                    json={"quantity": 1},
+                    headers={"Authorization": f"Bearer {_token(f'key-{i}')}", "Idempotency-Key": "caf\u00e9".encode()},
+                )
+            )
             tasks.append(get("public-read", f"/v1/sales/{sale}"))
             tasks.append(get("readyz", "/readyz"))
             tasks.append(get("metrics-on-buyer-port", "/metrics"))
@@ -116,10 +143,17 @@ async def hostile_burst(port: int, sale: str) -> Counter[str]:
         head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
         raws = [
             asyncio.to_thread(raw, "huge-header", head + b"a" * (32 * 1024 * 1024)),
-            asyncio.to_thread(raw, "big-buy-header",
-                              b"POST " + buy.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (8 * 1024 * 1024)),
-            *(asyncio.to_thread(raw, "trickled-head", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: abcdefghij",
-                                trickle_s=0.5) for _ in range(3)),
+            asyncio.to_thread(
+                raw,
+                "big-buy-header",
+                b"POST " + buy.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (8 * 1024 * 1024),
+            ),
+            *(
+                asyncio.to_thread(
+                    raw, "trickled-head", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: abcdefghij", trickle_s=0.5
+                )
+                for _ in range(3)
+            ),
             asyncio.to_thread(raw, "silent-connection", b""),
         ]
         await asyncio.gather(*tasks, *raws)
@@ -129,8 +163,12 @@ async def hostile_burst(port: int, sale: str) -> Counter[str]:
 async def test_hostile_burst_during_a_live_sale(sale_run) -> None:
     # Public reads at 1/s (burst 5) per address and process: 200 reads cannot all pass, however slowly this
     # shared box serves them. The honest buyers never read.
-    api_env = {"STAMPEDE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "STAMPEDE_IDLE_TIMEOUT_S": "15",
-               "STAMPEDE_PUBLIC_READ_RATE": "1", "STAMPEDE_PUBLIC_READ_BURST": "5"}
+    api_env = {
+        "STAMPEDE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "STAMPEDE_IDLE_TIMEOUT_S": "15",
+        "STAMPEDE_PUBLIC_READ_RATE": "1",
+        "STAMPEDE_PUBLIC_READ_BURST": "5",
+    }
     start_all(sale_run, api_env=api_env)
     hostile: Counter[str] = Counter()
 

@@ -1,6 +1,6 @@
 """Fixtures for the settle worker against the project's real Redis and PostgreSQL: one pool, Ledger and
 procrastinate App per test session, a way to run an in-process worker until the queue is drained, and
-helpers to make reservations and judge a sale with the audit of ARCHITECTURE.md §3."""
+helpers to make reservations and judge a sale with the audit of the invariants (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,8 @@ class Harness:
         return out
 
     async def record(self, reservations: Sequence[PendingReservation], batch: int = 100) -> list[int]:
-        return [await self.ledger.record_batch(reservations[i : i + batch]) for i in range(0, len(reservations), batch)]
+        chunks = [reservations[i : i + batch] for i in range(0, len(reservations), batch)]
+        return [(await self.ledger.record_batch(chunk)).job for chunk in chunks]
 
     async def idle(self) -> bool:
         depth = await queue.queue_depth(self.pool)

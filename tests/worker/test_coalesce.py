@@ -1,6 +1,6 @@
 """Coalesced settling against the real Redis and PostgreSQL: many writers recording micro-batches at once
 while workers settle, the queue never holds more than one waiting job per shard of the sale, jobs carry
-many batches each, and the audit of ARCHITECTURE.md §3 holds at the end."""
+many batches each, and the audit of the invariants (docs/architecture.md) holds at the end."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ async def test_a_claim_takes_at_most_its_limit_and_the_job_drains_the_shard(harn
     n = 250
     res = await harness.reservations(sale, n)
     lg = Ledger(harness.pool, settle_shards=1)
-    jobs = {await lg.record_batch(res[i : i + 25]) for i in range(0, n, 25)}
+    jobs = {(await lg.record_batch(res[i : i + 25])).job for i in range(0, n, 25)}
     assert len(jobs) == 1  # every batch joined the one waiting job of the only shard
     [job] = jobs
     report = await settle.settle_shard(

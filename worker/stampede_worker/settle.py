@@ -4,7 +4,7 @@ A job names either one shard of one sale (payload v2, what the API's writes defe
 the shard's pending rows in chunks until a chunk comes back short) or a list of reservation ids (payload
 v1, what the reconciler re-defers: ``settle_batch``). Either way each chunk is settled the same way.
 
-The ledger decides, Redis follows (ARCHITECTURE.md §2). For a batch this means:
+The ledger decides, Redis follows (docs/architecture.md, "Order of truth"). For a batch this means:
 
 1. read each reservation's state in Redis (one pipeline for the batch): a reservation Redis released or
    does not know cannot be honoured, so it is compensated on its own, never taking its neighbours along;
@@ -15,8 +15,9 @@ The ledger decides, Redis follows (ARCHITECTURE.md §2). For a batch this means:
    and 3 is exactly what heals it, and stock is never returned twice).
 
 A reservation Redis released or does not hold is compensated and the job succeeds (all decided); a
-payload that names no real reservations, a sale that is not a sale name or a sale Redis does not know is
-bad input: what it holds is settled (compensated), then the job fails with a clear log line.
+payload that names no real reservations, a sale that is not a sale name or a sale neither Redis nor the
+ledger knows is bad input: what it holds is settled (compensated), then the job fails with a clear log
+line. A sale the ledger knows but Redis lost is restored first (``stampede.restore``), never compensated.
 
 Errors are sorted into transient (Redis or PostgreSQL unreachable, serialization failure: raise
 ``Transient`` so procrastinate retries with backoff) and everything else (a refused script, a bug:
@@ -37,7 +38,7 @@ import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stampede import errors, metrics
+from stampede import errors, metrics, restore
 from stampede.ledger import (
     COMPENSATED,
     CONFIRMED,
@@ -73,6 +74,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 class Transient(Exception):
     """A failure worth retrying: the job is retried later, nothing was decided wrongly."""
+
+
+class SaleLost(Exception):
+    """Redis does not know a sale the ledger knows: it lost it (restart, failover). The claim is rolled back,
+    the sale restored from the ledger, and the rows claimed again: never compensated for that."""
 
 
 class SettleFailed(Exception):
@@ -194,6 +200,34 @@ async def redis_states(stock: StockEngine, by_sale: Mapping[str, Sequence[str]])
     return out
 
 
+async def restore_lost_sales(
+    by_sale: Mapping[str, Sequence[str]],
+    states: dict[str, tuple[str, str | None]],
+    *,
+    ledger: Ledger,
+    stock: StockEngine,
+) -> dict[str, tuple[str, str | None]]:
+    """A sale Redis does not know but the ledger does was lost by Redis (restart, failover), not removed:
+    it is restored from the ledger (or the restore this process runs is joined) and its reservations are
+    read again, so its pending rows are confirmed. While another process restores it the batch is retried
+    later (``SaleRestoring`` is transient). Only a sale the ledger does not know, or that was deleted,
+    stays ``unknown_sale`` and is compensated."""
+    unknown = sorted({sale for sale, state in states.values() if state == REASON_UNKNOWN_SALE})
+    again: dict[str, Sequence[str]] = {}
+    for sale in unknown:
+        result = await restore.restore_sale(ledger, stock, sale)
+        if result.outcome == restore.BUSY:
+            raise errors.SaleRestoring(sale)
+        if result.outcome != restore.GONE:
+            again[sale] = by_sale[sale]
+    if not again:
+        return states
+    fresh = await redis_states(stock, again)
+    if any(state == REASON_UNKNOWN_SALE for _, state in fresh.values()):
+        raise errors.SaleRestoring(next(sale for sale, state in fresh.values() if state == REASON_UNKNOWN_SALE))
+    return {**states, **fresh}
+
+
 def decide(batch: Batch, states: Mapping[str, tuple[str, str | None]]) -> list[Settlement]:
     """The wanted outcome of every reservation of the batch from what Redis holds."""
     wanted: list[Settlement] = []
@@ -248,6 +282,19 @@ async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: R
     await asyncio.gather(*(one(s) for s in {*confirm, *release}))
 
 
+def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], job_id: int | None) -> None:
+    """Counts and logs each reservation this step moved to compensated, with the reason it was given."""
+    reasons = {w.reservation_id: w.reason for w in wanted}
+    for r in rows:
+        if r.moved and r.status == COMPENSATED:
+            reason = reasons.get(r.reservation_id) or REASON_ERROR
+            metrics.WORKER_COMPENSATED.labels(reason).inc()
+            log.warning(
+                "reservation compensated",
+                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
+            )
+
+
 def _account(rows: Sequence[Settled], report: Report) -> None:
     for r in rows:
         if not r.moved:
@@ -270,6 +317,7 @@ async def _settle(
 ) -> Report:
     report = Report(problems=list(batch.problems))
     states = await redis_states(stock, batch.by_sale) if batch.by_sale else {}
+    states = await restore_lost_sales(batch.by_sale, states, ledger=ledger, stock=stock)
     wanted = decide(batch, states)
     rows = await ledger.settle(wanted, attempt=attempt)
     unmoved = [r.reservation_id for r in rows if r.status == PENDING]
@@ -279,17 +327,10 @@ async def _settle(
         fresh = {r.reservation_id: r for r in await ledger.current(unmoved)}
         rows = [fresh.get(r.reservation_id, r) if r.status == PENDING else r for r in rows]
     _account(rows, report)
-    reasons = {w.reservation_id: w.reason for w in wanted}
-    for r in rows:
-        if r.moved and r.status == COMPENSATED:
-            reason = reasons.get(r.reservation_id) or REASON_ERROR
-            metrics.WORKER_COMPENSATED.labels(reason).inc()
-            log.warning(
-                "reservation compensated",
-                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
-            )
-        elif r.status == PENDING:
-            report.problems.append(f"{r.reservation_id}: payload sale does not match the ledger's {r.sale!r}")
+    _count_compensated(rows, wanted, job_id)
+    report.problems.extend(
+        f"{r.reservation_id}: payload sale does not match the ledger's {r.sale!r}" for r in rows if r.status == PENDING
+    )
     # A sale Redis does not know is bad input, not a buyer's bad luck: its reservations were compensated
     # above, each on its own, and the job is then failed so the bad producer shows up (settle_batch).
     unknown = sorted({sale for sale, state in states.values() if state == REASON_UNKNOWN_SALE})
@@ -311,18 +352,12 @@ async def _settle_chunk(
     """Decides the claimed rows from their Redis state and moves them on the claim's transaction."""
     batch = Batch(by_sale={sale: [r.reservation_id for r in claim.rows]})
     states = await redis_states(stock, batch.by_sale)
+    if any(state == REASON_UNKNOWN_SALE for _, state in states.values()) and await ledger.sale_exists(sale):
+        raise SaleLost(sale)  # restored outside this claim's transaction, which this rolls back
     wanted = decide(batch, states)
     rows = await ledger.settle(wanted, attempt=attempt, job_id=job_id, claim=claim)
-    reasons = {w.reservation_id: w.reason for w in wanted}
     _account(rows, report)
-    for r in rows:
-        if r.moved and r.status == COMPENSATED:
-            reason = reasons.get(r.reservation_id) or REASON_ERROR
-            metrics.WORKER_COMPENSATED.labels(reason).inc()
-            log.warning(
-                "reservation compensated",
-                extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
-            )
+    _count_compensated(rows, wanted, job_id)
     if any(state == REASON_UNKNOWN_SALE for _, state in states.values()):
         problem = f"sales unknown to Redis: {sale}"
         if problem not in report.problems:
@@ -362,6 +397,7 @@ async def settle_shard(
         # Nothing decided yet: whatever the attempt, the job is worth running again (the reconciler
         # replays outcomes and re-defers rows if it never does).
         raise Transient(f"{type(exc).__name__}: {exc}") from exc
+    restored = False
     while True:
         claimed: list[str] = []
         try:
@@ -374,6 +410,15 @@ async def settle_shard(
                 rows = await _settle_chunk(
                     claim, sale, report, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id
                 )
+        except SaleLost:
+            try:
+                result = await restore.restore_sale(ledger, stock, sale)
+            except TRANSIENT_ERRORS as exc:
+                raise Transient(f"{type(exc).__name__}: {exc}") from exc
+            if restored or result.outcome == restore.BUSY:
+                raise Transient(f"sale {sale!r} is being restored") from None  # retried with backoff
+            restored = True
+            continue
         except TRANSIENT_ERRORS as exc:
             if not final:
                 raise Transient(f"{type(exc).__name__}: {exc}") from exc

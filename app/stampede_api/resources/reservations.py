@@ -66,6 +66,7 @@ class SaleReservations:
             request_id=req.context.request_id,
             replay_wait_ms=settings.replay_wait_ms,
             retry_after_s=settings.retry_after_s,
+            engine=stock,
         )
         resp.media = purchase_body(p)
         resp.location = f"/v1/reservations/{p.reservation_id}"

@@ -3,6 +3,7 @@
 The phase uses the FlashSale's vocabulary, read from Redis alone: ``Live`` (open, units left),
 ``SoldOut``, ``Scheduled`` (not open, nothing reserved yet) or ``Ended`` (closed after taking
 reservations). The operator's FlashSale status stays the authority on the lifecycle (windows, drift).
+A sale Redis lost but the ledger knows answers 503 with Retry-After while it is restored, never 404.
 
 Anyone may read it, without a token, so each client address has a token bucket of reads in the process
 (429 with Retry-After past it): a flood from one address costs no Redis round trip beyond its bucket.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import falcon.asgi
 
-from stampede import errors, metrics
+from stampede import errors, metrics, restore
 from stampede.names import SALE_NAME_RE, sale_id
 from stampede.stock import Snapshot
 from stampede_api.client_ip import client_ip
@@ -36,8 +37,12 @@ class Sale:
         self.s.read_limiter.check(client_ip(req, settings.client_ip_header, settings.trusted_proxy_hops) or "unknown")
         if not SALE_NAME_RE.match(sale):
             raise errors.SaleNotFound(sale[:64])
-        stock, _, _ = self.s.require()
-        snap = await stock.snapshot(sale_id(self.s.settings.sale_namespace, sale))
+        stock, ledger, _ = self.s.require()
+        sid = sale_id(self.s.settings.sale_namespace, sale)
+        try:
+            snap = await stock.snapshot(sid)
+        except errors.SaleNotFound:
+            await restore.sale_lost(ledger, stock, sid)  # 503 while it is restored; 404 if the ledger agrees
         metrics.API_STOCK_REMAINING.labels(snap.sale).set(snap.remaining)
         resp.media = {
             "sale": sale,

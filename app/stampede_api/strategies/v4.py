@@ -28,6 +28,7 @@ class RedisDurableBatch(Strategy):
             request_id=request_id,
             replay_wait_ms=self.b.replay_wait_ms,
             retry_after_s=self.b.retry_after_s,
+            engine=self.b.stock,
         )
         metrics.API_STRATEGY_ACCEPTED.labels(self.name).inc()
         return BuyResult(202, {"reservation_id": p.reservation_id, "status": p.status, "productId": product})

@@ -130,12 +130,13 @@ The ACL rules of Stampede's user in the bundled Redis, one argument each: only k
 key name: reserve.lua is handed "" as the per-IP bucket when a caller has no client address, and never touches it),
 no Pub/Sub channels, and only the commands Stampede sends: EVALSHA and SCRIPT LOAD/EXISTS (redis-py loads a script
 on NOSCRIPT), the commands its Lua scripts call (ACLs apply inside scripts too), SCAN/DEL (deleting a sale),
-HGET/HSCAN/HDEL/ZRANGEBYSCORE/TIME (reads and healing), PING (readiness), SELECT (a database other than 0). redis-py's
-CLIENT SETINFO on connect is refused and ignored by redis-py.
+HGET/HSCAN/HDEL/ZRANGEBYSCORE/TIME (reads and healing), SET/GET (the per-sale restore lock), INFO (the server's
+run_id, which tells a restarted Redis), PING (readiness), SELECT (a database other than 0). redis-py's CLIENT SETINFO
+on connect is refused and ignored by redis-py.
 */}}
 {{- define "stampede.redis.aclRules" -}}
 {{- $rules := list "resetkeys" "~stampede:*" "~" "resetchannels" "-@all" -}}
-{{- range list "evalsha" "script|load" "script|exists" "ping" "select" "time" "scan" "del" "exists" "hget" "hset" "hdel" "hexists" "hgetall" "hincrby" "hlen" "hmget" "hscan" "pexpire" "zadd" "zcard" "zrem" "zrangebyscore" -}}
+{{- range list "evalsha" "script|load" "script|exists" "ping" "select" "time" "scan" "del" "exists" "hget" "hset" "hdel" "hexists" "hgetall" "hincrby" "hlen" "hmget" "hscan" "pexpire" "zadd" "zcard" "zcount" "zrange" "zrank" "zrem" "zrangebyscore" "get" "set" "info" -}}
 {{- $rules = append $rules (printf "+%s" .) -}}
 {{- end -}}
 {{- toJson $rules -}}

@@ -4,8 +4,9 @@
 -- name: record_batch
 -- One statement, so one round trip and its own transaction: the batch's pending rows, each sale's rows
 -- joining the waiting settle job of its (sale, shard) or a new one (function of migration 0003). A
--- reservation id already present keeps its first row. One row per sale of the batch: (sale, job id).
-SELECT job_sale, job
+-- reservation id already present keeps its first row and is not in `inserted` (migration 0005). One row per
+-- sale of the batch: (sale, job id, ids inserted pending).
+SELECT job_sale, job, inserted
   FROM stampede_record_batch(%(queue)s, %(task)s, %(shard)s, %(ids)s::uuid[], %(sales)s::text[],
                              %(users)s::text[], %(quantities)s::int[], %(reserved_at_ms)s::bigint[]);
 
@@ -36,18 +37,47 @@ SELECT reservation_id::text, sale, user_id, quantity, status, reason, job_id, at
  WHERE reservation_id = %(reservation_id)s::uuid;
 
 -- name: ensure_sale
-INSERT INTO stampede_sales (sale, sku, stock, per_user_limit, window_start, window_end)
-VALUES (%(sale)s, %(sku)s, %(stock)s, %(per_user_limit)s, %(window_start)s, %(window_end)s)
+-- A sale created again under a deleted one's name is a live sale again (deleted_at cleared).
+INSERT INTO stampede_sales (sale, sku, stock, per_user_limit, window_start, window_end,
+                            buyer_rate, buyer_burst, ip_rate, ip_burst)
+VALUES (%(sale)s, %(sku)s, %(stock)s, %(per_user_limit)s, %(window_start)s, %(window_end)s,
+        %(buyer_rate)s, %(buyer_burst)s, %(ip_rate)s, %(ip_burst)s)
 ON CONFLICT (sale) DO UPDATE
    SET sku = EXCLUDED.sku, stock = EXCLUDED.stock, per_user_limit = EXCLUDED.per_user_limit,
-       window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, updated_at = now()
+       window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
+       buyer_rate = EXCLUDED.buyer_rate, buyer_burst = EXCLUDED.buyer_burst,
+       ip_rate = EXCLUDED.ip_rate, ip_burst = EXCLUDED.ip_burst, deleted_at = NULL, updated_at = now()
  WHERE (stampede_sales.sku, stampede_sales.stock, stampede_sales.per_user_limit,
-        stampede_sales.window_start, stampede_sales.window_end)
+        stampede_sales.window_start, stampede_sales.window_end, stampede_sales.buyer_rate,
+        stampede_sales.buyer_burst, stampede_sales.ip_rate, stampede_sales.ip_burst, stampede_sales.deleted_at)
        IS DISTINCT FROM
-       (EXCLUDED.sku, EXCLUDED.stock, EXCLUDED.per_user_limit, EXCLUDED.window_start, EXCLUDED.window_end);
+       (EXCLUDED.sku, EXCLUDED.stock, EXCLUDED.per_user_limit, EXCLUDED.window_start, EXCLUDED.window_end,
+        EXCLUDED.buyer_rate, EXCLUDED.buyer_burst, EXCLUDED.ip_rate, EXCLUDED.ip_burst, NULL::timestamptz);
+
+-- name: mark_sale_deleted
+-- The FlashSale is being deleted: from now on nobody restores it in Redis.
+UPDATE stampede_sales SET deleted_at = now(), updated_at = now() WHERE sale = %(sale)s AND deleted_at IS NULL;
+
+-- name: write_horizon
+-- The first transaction id not yet started: every ledger write in progress now has a smaller one.
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+
+-- name: writes_before
+-- Whether every transaction that started before the horizon has ended (committed or not).
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint >= %(horizon)s;
+
+-- name: restore_source
+-- What restoring the sale in Redis needs, in one statement (one snapshot): the sale's row, then one row per
+-- reservation (NULL reservation columns when it has none). No row at all: the ledger does not know the sale.
+SELECT s.stock, s.per_user_limit, s.window_start, s.window_end, s.buyer_rate, s.buyer_burst, s.ip_rate,
+       s.ip_burst, s.deleted_at IS NOT NULL AS deleted,
+       l.reservation_id::text, l.user_id, l.quantity, l.status, l.reserved_at_ms
+  FROM stampede_sales s
+  LEFT JOIN stampede_ledger l ON l.sale = s.sale
+ WHERE s.sale = %(sale)s;
 
 -- name: rows
-SELECT reservation_id::text, user_id, quantity, status
+SELECT reservation_id::text, user_id, quantity, status, reason
   FROM stampede_ledger
  WHERE sale = %(sale)s;
 
@@ -61,7 +91,7 @@ SELECT status, sum(quantity)::bigint AS units
 SELECT 1;
 
 -- name: sale_exists
-SELECT 1 FROM stampede_sales WHERE sale = %(sale)s;
+SELECT 1 FROM stampede_sales WHERE sale = %(sale)s AND deleted_at IS NULL;
 
 -- name: settle
 -- Moves every listed reservation that is still pending to its outcome (confirmed, or compensated with

@@ -1,22 +1,25 @@
-"""The ``stampede`` command: operator-free chores around a sale (burst, audit, migrate, tokens).
+"""The ``stampede`` command: chores around a sale that need no running process (migrate, audit, tokens, burst).
 
 Each subcommand is a small function registered with ``@command``; they read the same settings as the
-processes, so ``STAMPEDE_REDIS_URL`` / ``STAMPEDE_DATABASE_URL`` point every one of them.
+processes, so ``STAMPEDE_REDIS_URL`` / ``STAMPEDE_DATABASE_URL`` point every one of them. The images run two of
+them (``migrate`` in the operator's init container, ``audit`` in ``helm test``), so this module imports only the
+standard library and the core at load time, and each subcommand imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from .errors import StampedeError
-from .names import DEFAULT_NAMESPACE, SALE_ID_SEPARATOR, check_sale, sale_id
-from .redact import scrub
-from .settings import Common, SettingsError, load
+from stampede.errors import StampedeError
+from stampede.names import DEFAULT_NAMESPACE, SALE_ID_SEPARATOR, check_sale, sale_id
+from stampede.redact import scrub
+from stampede.settings import Common, SettingsError, load
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -86,8 +89,8 @@ def _mint_token_args(p: argparse.ArgumentParser) -> None:
 
 @command("mint-token", "mint HS256 buyer tokens with STAMPEDE_JWT_SECRET (dev, tests, k6)", _mint_token_args)
 def _mint_token(ns: argparse.Namespace) -> int:
-    from .settings import ApiSettings
-    from .tokens import mint, mint_many
+    from stampede.settings import ApiSettings
+    from stampede.tokens import mint, mint_many
 
     s = load(ApiSettings)
     out = sys.stdout if ns.out == "-" else open(ns.out, "w", encoding="utf-8")  # noqa: SIM115
@@ -109,17 +112,33 @@ def _mint_token(ns: argparse.Namespace) -> int:
 
 def _migrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", default=None, help="PostgreSQL URL (default: STAMPEDE_DATABASE_URL)")
+    p.add_argument(
+        "--with-strategies",
+        action="store_true",
+        help="also create the tables of the demonstration strategies (/api/v1..v4/buy); never in production",
+    )
 
 
 @command("migrate", "apply the ledger and queue schema (idempotent, safe from several pods at once)", _migrate_args)
 def _migrate(ns: argparse.Namespace) -> int:
-    from .errors import StampedeError
-    from .migrate import migrate
+    from stampede.migrate import migrate
 
     # Validated (and so reported without its password) like the variable, whichever way it came.
     url = load(Common, **({"database_url": ns.database_url} if ns.database_url else {})).database_url
+    extra: list[tuple[str, str]] = []
+    if ns.with_strategies:
+        # Only here: the API's strategies are a demonstration, so their tables exist only where asked for.
+        try:
+            from stampede_api.strategies.schema import migration_files
+        except ImportError as exc:
+            print(
+                f"stampede migrate: --with-strategies needs the API's dependencies (the api extra): {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        extra = migration_files()
     try:
-        result = asyncio.run(migrate(url))
+        result = asyncio.run(migrate(url, extra=extra))
     except StampedeError as exc:
         print(f"stampede migrate: {exc}", file=sys.stderr)
         return 1
@@ -145,9 +164,10 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
 def _audit(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .ledger import Ledger
+    from stampede.ledger import Ledger
+    from stampede.stock import StockEngine
+
     from .sale_audit import audit_sale, k6_accepted
-    from .stock import StockEngine
 
     settings = load(Common)
     try:
@@ -178,14 +198,46 @@ def _audit(ns: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stampede", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+DESCRIPTION = """\
+Chores around a Stampede flash sale. None of them needs a running API, worker or operator: each talks to
+Redis and PostgreSQL itself, at the addresses in STAMPEDE_REDIS_URL and STAMPEDE_DATABASE_URL."""
+
+EPILOG = """\
+examples:
+  stampede migrate                          bring the database to the schema of this version
+  stampede audit --sale sneaker-drop        wait for the sale to settle, then check it (exit 1 on a violation)
+  STAMPEDE_JWT_SECRET=... stampede mint-token buyer-42
+  stampede burst --stock 100 --buyers 300   race buyers against the stock engine alone
+
+Run `stampede COMMAND --help` for a command's options."""
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject's ``version``)."""
+    try:
+        return importlib.metadata.version("stampede")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="stampede",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = top.add_subparsers(dest="cmd", required=True, metavar="COMMAND", title="commands")
     for name, (help_text, add_args, fn) in sorted(_COMMANDS.items()):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         add_args(p)
         p.set_defaults(fn=fn)
-    ns = parser.parse_args(argv)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
     # Messages are scrubbed: a driver's error may quote a connection URL, password included.
     try:
         return int(ns.fn(ns))

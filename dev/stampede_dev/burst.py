@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from . import errors
-from .audit import AuditReport, Row, audit, counts_from
-from .stock import SaleConfig, StockEngine
+from stampede import errors
+from stampede.audit import AuditReport, Row, audit, counts_from
+from stampede.stock import SaleConfig, StockEngine
 
 
 @dataclass(frozen=True)

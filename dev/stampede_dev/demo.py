@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from stampede.ledger import Ledger
+from stampede.migrate import migrate
+from stampede.names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id
+from stampede.settings import Common, load
+from stampede.stock import StockEngine
+
 from .devstack import LocalStack, free_port
-from .ledger import Ledger
-from .migrate import migrate
-from .names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id
 from .sale_audit import audit_sale, k6_accepted
-from .settings import Common, load
-from .stock import StockEngine
 
 STEPS = 9
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .audit import AuditReport, audit, counts_from
-from .ledger import Ledger
-from .sqlfiles import queries
-from .stock import StockEngine
+from stampede.audit import AuditReport, audit, counts_from
+from stampede.ledger import Ledger
+from stampede.sqlfiles import queries
+from stampede.stock import StockEngine
 
 Q = queries("audit.sql")
 
