@@ -13,7 +13,9 @@ Redis bytes per settled reservation (the ``used_memory`` delta over the run, and
 compaction (a baseline from the same run), and writes:
 
 - ``.run/bench/soak.json``: the summary figures, ``.run/bench/soak-series.json``: every sample;
-- ``bench/results/soak-<date>.png``: the series; a line in ``bench/results/soak.md``.
+- ``bench/results/soak-<date>-<HHMM>.png``: the series; ``bench/results/soak-<date>-<HHMM>.md``: the summary and
+  the py-spy profiles (one API worker, the operator, the settle worker, over the last stretch of the load);
+  a line in ``bench/results/soak.md``.
 
 Nothing is asserted: the figures are set beside the issue's targets and the load average of the machine.
 """
@@ -35,6 +37,9 @@ from typing import Any
 
 import psycopg
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import api as apibench  # py-spy machinery
 
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
@@ -264,6 +269,46 @@ def chart(samples: list[dict[str, Any]], intervals: dict[int, dict[str, float]],
     fig.savefig(path, dpi=110)
 
 
+# --- the record of a run -------------------------------------------------------------------------------------
+
+
+def rss_per_minute(samples: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """role -> {minute: the largest RSS sampled in it}, the series that shows growth or a flat line."""
+    out: dict[str, dict[int, float]] = {}
+    for s in samples:
+        for role, mb in s["rss_mb"].items():
+            minute = int(s["t"] // 60)
+            per = out.setdefault(role, {})
+            per[minute] = max(per.get(minute, 0.0), mb)
+    return out
+
+
+def run_record(result: dict[str, Any], sale: str, rate: int, minutes: float, png: str) -> str:
+    """The committed record of one run: its summary as written to ``.run/bench/soak.json`` and the profiles."""
+    lines = [
+        f"# make bench-soak: {rate} req/s for {minutes:g} min (sale {sale})",
+        "",
+        f"Load average {result['loadavg_start']} → {result['loadavg_end']} on {result['machine_cores']} cores. "
+        f"Chart: [{png}]({png}). `.run/bench/soak.json` of the run:",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=1),
+        "```",
+    ]
+    for role, top in result.get("profile", {}).items():
+        lines += [
+            "",
+            f"## py-spy: {role}, {result['profile_seconds']} s near the end of the load",
+            "",
+            "| leaf frame | share of samples |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| `{frame[:120]}` | {pct}% |" for frame, pct in top.get("self", [])]
+        lines += ["", "| on the stack (inclusive) | share of samples |", "| --- | ---: |"]
+        lines += [f"| `{frame[:120]}` | {pct}% |" for frame, pct in top.get("inclusive", [])]
+    return "\n".join(lines) + "\n"
+
+
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
@@ -276,6 +321,12 @@ def main() -> int:
     ap.add_argument("--worker-processes", type=int, default=1)
     ap.add_argument("--api-workers", type=int, default=2)
     ap.add_argument("--k6", default=os.environ.get("K6", ""), help="k6 binary (default: the pinned one)")
+    ap.add_argument(
+        "--profile-seconds",
+        type=int,
+        default=45,
+        help="py-spy one API worker, the operator and the settle worker this long near the end of the load (0: no)",
+    )
     ns = ap.parse_args()
 
     settings = load(Common)
@@ -364,7 +415,17 @@ def main() -> int:
         started = time.monotonic()
         sampler.sample(0.0)
         next_at = started + ns.interval
+        profile_s = min(ns.profile_seconds, max(0, seconds - 10))
+        profile_at = started + seconds - profile_s - 5  # the last stretch of the load, when the sale is largest
+        spies: dict[str, tuple[subprocess.Popen[bytes] | None, Path]] = {}
         while proc.poll() is None:
+            if profile_s > 0 and not spies and time.monotonic() >= profile_at:
+                roles = process_roles(stack.procs)
+                for role in ("api-worker-0", "operator", "worker-0"):
+                    if role in roles:
+                        out = run_dir / f"soak-profile-{role}.txt"
+                        out.unlink(missing_ok=True)
+                        spies[role] = (apibench.profile(roles[role], profile_s, out), out)
             time.sleep(max(0.0, min(1.0, next_at - time.monotonic())))
             if time.monotonic() >= next_at:
                 s = sampler.sample(time.monotonic() - started)
@@ -380,6 +441,11 @@ def main() -> int:
                 next_at += ns.interval
         sampler.sample(time.monotonic() - started)
         k6_rc = proc.returncode
+        profiles: dict[str, Any] = {}
+        for role, (spy, out) in spies.items():
+            if spy is not None:
+                spy.wait(120)
+                profiles[role] = apibench.top_of_profile(out, 12)
 
         async def judge() -> tuple[Any, Any, float]:
             ledger = await Ledger.open(settings)
@@ -438,15 +504,21 @@ def main() -> int:
         "loadavg_start": load_start,
         "loadavg_end": load_end,
         "machine_cores": os.cpu_count(),
+        "rss_mb_per_minute": rss_per_minute(samples),
+        "profile_seconds": profile_s if profiles else 0,
+        "profile": profiles,
     }
     (run_dir / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     (run_dir / "soak-series.json").write_text(
         json.dumps({"interval_s": ns.interval, "samples": samples, "latency_per_interval": per_interval}, indent=1)
     )
     date = dt.date.today().isoformat()
+    stamp = f"{date}-{time.strftime('%H%M')}"
     out_dir = ROOT / "bench" / "results"
-    png = out_dir / f"soak-{date}.png"
+    png = out_dir / f"soak-{stamp}.png"
     chart(samples, per_interval, ns.interval, png)
+    details = out_dir / f"soak-{stamp}.md"
+    details.write_text(run_record(result, sale, ns.rate, ns.minutes, png.name))
     first, last = result["p99_ms_first_minute"], result["p99_ms_last_minute"]
     drift = f"{last / first:.2f}" if first and last else "n/a"
     line = (
@@ -456,7 +528,7 @@ def main() -> int:
         f"| {result['redis_bytes_per_reservation']} (store {result['redis_settled_store_bytes_per_reservation']}; "
         f"full records {result['redis_full_record_bytes_per_reservation_baseline']}) "
         f"| {result['backlog_max']} | {'clean' if report.ok else 'VIOLATIONS'} | {load_start} → {load_end} "
-        f"| [{png.name}]({png.name}) |"
+        f"| [{png.name}]({png.name}), [run]({details.name}) |"
     )
     md = out_dir / "soak.md"
     if not md.exists():
@@ -488,7 +560,14 @@ def main() -> int:
         f"  backlog max: {result['backlog_max']} (target ≤ {ns.rate})"
         f"{'' if result['backlog_max'] <= ns.rate else '  MISSED'}"
     )
-    print(f"==> written .run/bench/soak.json, {png.relative_to(ROOT)} and a line in {md.relative_to(ROOT)}")
+    for role, top in profiles.items():
+        print(f"==> py-spy, {role}, {profile_s} s near the end of the load: leaf frames (share of samples)")
+        for frame, pct in top.get("self", [])[:10]:
+            print(f"  {pct:5.1f}%  {frame[:140]}")
+    print(
+        f"==> written .run/bench/soak.json, {png.relative_to(ROOT)}, {details.relative_to(ROOT)} "
+        f"and a line in {md.relative_to(ROOT)}"
+    )
     return 0 if report.ok else 1
 
 
