@@ -469,10 +469,10 @@ async def finalize(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, emi
             with contextlib.suppress(errors.SaleNotFound):
                 await deps.stock.set_open(sale_id, False)
             deadline = time.monotonic() + deps.settings.delete_drain_timeout_s
-            while (left := await reconcile.unfinished_jobs(deps.ledger, sale_id)) and time.monotonic() < deadline:
+            while (left := await deps.ledger.unfinished_jobs(sale_id)) and time.monotonic() < deadline:
                 log.info("waiting for the sale's jobs to drain", extra={**extra, "jobs": left})
                 await asyncio.sleep(1.0)
-            pending = await reconcile.pending_ids(deps.ledger, sale_id)
+            pending = await deps.ledger.pending_ids(sale_id)
             if pending:
                 won = await healing.compensate(deps.ledger, deps.stock, sale_id, pending, names.REASON_SALE_DELETED)
                 metrics.OPERATOR_COMPENSATIONS.labels(sale_id, names.REASON_SALE_DELETED).inc(len(won))

@@ -15,6 +15,7 @@ from stampede import errors
 from stampede.ledger import COMPENSATED, CONFIRMED, PENDING, Ledger, PendingReservation, Settlement
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from stampede.settings import Common, load
+from tests.stores import ledger_pool
 
 pytestmark = pytest.mark.postgres
 
@@ -31,7 +32,7 @@ def _batch(sale: str, n: int, qty: int = 1) -> list[PendingReservation]:
 
 
 async def _job(ledger: Ledger, job_id: int) -> tuple[str, str, str, dict[str, object]]:
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(
             "SELECT queue_name, task_name, status::text, args FROM procrastinate_jobs WHERE id = %s", (job_id,)
         )
@@ -70,7 +71,7 @@ async def test_batches_join_the_waiting_job_of_their_shard(ledger: Ledger, sale:
     """However many batches arrive, a sale has at most one job waiting per shard."""
     jobs = [(await ledger.record_batch(_batch(sale, 3))).job for _ in range(5 * ledger.settle_shards)]
     assert len(set(jobs)) == ledger.settle_shards
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(
             "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND args->>'sale' = %s", (sale,)
         )
@@ -93,7 +94,7 @@ async def test_a_reservation_never_gets_a_second_row(ledger: Ledger, sale: str) 
 
 
 async def test_record_batch_is_all_or_nothing(ledger: Ledger, sale: str) -> None:
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         before = (await (await conn.execute("SELECT count(*) FROM procrastinate_jobs")).fetchone() or [0])[0]
     bad = [*_batch(sale, 3), PendingReservation(str(uuid.uuid4()), sale, "u", 0, 1)]  # quantity 0
     with pytest.raises(errors.InvalidArgument):
@@ -102,7 +103,7 @@ async def test_record_batch_is_all_or_nothing(ledger: Ledger, sale: str) -> None
         await ledger.record_batch([PendingReservation("not-a-uuid", sale, "u", 1, 1)])
     with pytest.raises(errors.InvalidArgument):
         await ledger.record_batch([])
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         after = (await (await conn.execute("SELECT count(*) FROM procrastinate_jobs")).fetchone() or [0])[0]
     assert after == before
     assert await ledger.rows(sale) == []
@@ -129,7 +130,7 @@ async def test_status_moves_only_out_of_pending(ledger: Ledger, sale: str) -> No
         (b.reservation_id, COMPENSATED, False),
     }
     # Even a hand-written UPDATE or DELETE is refused by the schema.
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         for stmt in (
             "UPDATE stampede_ledger SET status = 'compensated', reason = 'x' WHERE reservation_id = %s",
             "UPDATE stampede_ledger SET status = 'pending', settled_at = NULL WHERE reservation_id = %s",
@@ -154,7 +155,7 @@ async def test_ensure_sale_upserts(ledger: Ledger, sale: str) -> None:
     end = datetime(2026, 11, 27, 11, tzinfo=UTC)
     await ledger.ensure_sale(sale, sku="SNKR-1", stock=10, per_user_limit=1, window_start=start, window_end=end)
     await ledger.ensure_sale(sale, sku="SNKR-1", stock=12, per_user_limit=2, window_start=None, window_end=None)
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(
             "SELECT stock, per_user_limit, window_start FROM stampede_sales WHERE sale = %s", (sale,)
         )

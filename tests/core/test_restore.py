@@ -19,6 +19,7 @@ from stampede.ledger import COMPENSATED, CONFIRMED, Ledger, PendingReservation, 
 from stampede.names import sale_keys
 from stampede.settings import Common, load
 from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
+from tests.stores import redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -70,12 +71,12 @@ async def test_pending_rows_come_back_reserved_and_then_confirm(ledger: Ledger, 
     )  # fmt: skip
     assert snap.balanced and snap.per_user_limit == 2
     assert await restore.lost(stock, sale) is None
-    raw = await stock.client.hmget(sale_keys(sale).meta, ["buyer_rate", "buyer_burst"])
+    raw = await redis_client(stock).hmget(sale_keys(sale).meta, ["buyer_rate", "buyer_burst"])
     assert [float(v) for v in raw] == [2.0, 3.0]  # the rate limits came back from the ledger too
     with pytest.raises(errors.LimitReached):
         await stock.reserve(sale, "x")  # the holds came back: x holds 2 of 2
     assert (await stock.confirm(sale, [a.reservation_id]))[a.reservation_id] == Outcome.CONFIRMED
-    assert await stock.client.exists(sale_keys(sale).restore_lock) == 0
+    assert await redis_client(stock).exists(sale_keys(sale).restore_lock) == 0
     # Restoring again under the same Redis run does nothing.
     assert (await restore.restore_sale(ledger, stock, sale)).outcome == restore.CURRENT
     assert (await stock.snapshot(sale)).confirmed == 3
@@ -103,7 +104,7 @@ async def test_unknown_or_deleted_sale_is_never_brought_back(ledger: Ledger, sto
     await mirror(ledger, sale, stock=3)
     await ledger.mark_sale_deleted(sale)
     assert (await restore.restore_sale(ledger, stock, sale)).outcome == restore.GONE
-    assert await stock.client.exists(*sale_keys(sale).all_static()) == 0  # not even its lock is left
+    assert await redis_client(stock).exists(*sale_keys(sale).all_static()) == 0  # not even its lock is left
     with pytest.raises(errors.SaleNotFound):
         await restore.sale_lost(ledger, stock, sale)
     await mirror(ledger, sale, stock=3)  # created again under the same name: a live sale again
@@ -152,8 +153,8 @@ async def test_a_redis_that_lost_nothing_is_left_as_it_was(ledger: Ledger, stock
     await stock.release(sale, [taken[1].reservation_id])
     before = await stock.snapshot(sale)
     records = {r.reservation_id: r.state for r in await stock.reservations(sale)}
-    holds = await stock.client.hgetall(sale_keys(sale).holds)
-    await stock.client.hset(sale_keys(sale).meta, "run", "an-earlier-run")  # a restart that kept everything
+    holds = await redis_client(stock).hgetall(sale_keys(sale).holds)
+    await redis_client(stock).hset(sale_keys(sale).meta, "run", "an-earlier-run")  # a restart that kept everything
     assert await restore.lost(stock, sale) == restore.RESTARTED
 
     assert (await restore.restore_sale(ledger, stock, sale, reason=restore.RESTARTED)).outcome == restore.RESTORED
@@ -164,7 +165,7 @@ async def test_a_redis_that_lost_nothing_is_left_as_it_was(ledger: Ledger, stock
     )  # fmt: skip
     # The reservation whose ledger write is still in flight (taken[5]) is kept, so is every state.
     assert {r.reservation_id: r.state for r in await stock.reservations(sale)} == records
-    assert await stock.client.hgetall(sale_keys(sale).holds) == holds
+    assert await redis_client(stock).hgetall(sale_keys(sale).holds) == holds
 
 
 async def test_a_redis_that_lost_its_tail_gets_it_back_from_the_ledger(
@@ -177,7 +178,7 @@ async def test_a_redis_that_lost_its_tail_gets_it_back_from_the_ledger(
     kept = await stock.reserve(sale, "a")
     lost_rows = [pending(sale, "b", 2), pending(sale, "a")]
     await ledger.record_batch([PendingReservation(kept.reservation_id, sale, "a", 1, 0), *lost_rows])
-    await stock.client.hset(sale_keys(sale).meta, "run", "an-earlier-run")
+    await redis_client(stock).hset(sale_keys(sale).meta, "run", "an-earlier-run")
 
     await restore.restore_sale(ledger, stock, sale, reason=restore.RESTARTED)
 

@@ -22,6 +22,7 @@ from stampede.migrate import migrate
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
 from stampede_dev.devstack import free_port
+from tests.stores import ledger_pool
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.faults, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     torn_ledger = (await own_ledger.counts(sale))[CONFIRMED]
     torn_redis = (await stock.snapshot(sale)).confirmed
     assert 0 < torn_ledger < n and torn_redis < torn_ledger, (torn_ledger, torn_redis)
-    async with own_ledger.pool.connection() as conn:
+    async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'")
         doing = (await cur.fetchone() or [0])[0]
     assert doing > 0, "the kill left no job running: it did not hit mid-settle"
@@ -133,7 +134,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     report = audit(sale, stock=n, per_user_limit=1, accepted=accepted, rows=rows, redis=counts_from(snap))
     assert report.ok, report.render()
     assert (report.confirmed_units, snap.confirmed, snap.remaining, snap.released) == (n, n, 0, 0)
-    async with own_ledger.pool.connection() as conn:
+    async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
         jobs = dict(await cur.fetchall())
     # 20 batches written before any worker ran joined one waiting job per shard: settling is coalesced.
@@ -162,7 +163,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     finally:
         if proc.poll() is None:
             proc.kill()
-    async with own_ledger.pool.connection() as conn:
+    async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
         jobs = dict(await cur.fetchall())
     # The jobs it had started finished (none left 'doing'); the rest wait for the next worker.
@@ -199,7 +200,7 @@ async def test_sigkill_mid_claim_loses_nothing(
     async def claims_open() -> int:
         # Claims holding rows locked, waiting on their worker (read without taking any lock: a locking
         # probe would make the claims skip the rows it holds).
-        async with own_ledger.pool.connection() as conn:
+        async with ledger_pool(own_ledger).connection() as conn:
             cur = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND state = 'idle in transaction' AND query LIKE '%%FOR UPDATE SKIP LOCKED%%'"
@@ -239,7 +240,7 @@ async def test_sigkill_mid_claim_loses_nothing(
         while True:
             counts = await own_ledger.counts(sale)
             snap = await stock.snapshot(sale)
-            async with own_ledger.pool.connection() as conn:
+            async with ledger_pool(own_ledger).connection() as conn:
                 cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
                 jobs = dict(await cur.fetchall())
             # Settled, and the killed job itself recovered (stalled) and run again to success.

@@ -14,6 +14,7 @@ from stampede import errors
 from stampede.ledger import COMPENSATED, CONFIRMED, Ledger, Settled, Settlement, batch_payload
 from stampede.stock import Outcome, StockEngine
 from stampede_worker import settle
+from tests.stores import ledger_pool, redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -52,7 +53,7 @@ class FlakyStock(StockEngine):
     """Redis that drops the first ``failures`` confirm calls, after the ledger already moved."""
 
     def __init__(self, base: StockEngine, failures: int) -> None:
-        super().__init__(base.client)
+        super().__init__(redis_client(base))
         self.failures = failures
         self.calls = 0
 
@@ -84,7 +85,7 @@ class BrokenLedger(Ledger):
     """A ledger whose confirm path fails: permanently (a bug) or transiently (always unreachable)."""
 
     def __init__(self, base: Ledger, error: Exception) -> None:
-        super().__init__(base.pool)
+        super().__init__(ledger_pool(base))
         self.error = error
 
     async def settle(self, settlements: Sequence[Settlement], *, attempt: int, **kw: Any) -> list[Settled]:

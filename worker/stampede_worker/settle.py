@@ -50,7 +50,7 @@ from stampede.ledger import (
     Settlement,
 )
 from stampede.names import STATE_RELEASED, sale_keys
-from stampede.stock import Outcome, StockEngine, parse_record
+from stampede.stock import Outcome, StockEngine
 
 log = logging.getLogger(__name__)
 
@@ -184,27 +184,10 @@ def parse_payload(payload: Mapping[str, Any]) -> Batch:
 async def redis_states(stock: StockEngine, by_sale: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, str | None]]:
     """{sale: ...} -> {reservation_id: (sale, Redis state or None)}; a sale Redis does not know maps
     every id to (sale, 'unknown_sale'). One pipelined round trip for the whole batch."""
-    sales = list(by_sale)
-    try:
-        pipe = stock.client.pipeline(transaction=False)
-        for sale in sales:
-            keys = sale_keys(sale)
-            pipe.exists(keys.meta)
-            pipe.hmget(keys.reservations, list(by_sale[sale]))
-        answers = await pipe.execute()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise errors.DependencyUnavailable("redis", str(exc)) from exc
     out: dict[str, tuple[str, str | None]] = {}
-    for n, sale in enumerate(sales):
-        exists, records = answers[2 * n], answers[2 * n + 1]
-        for rid, raw in zip(by_sale[sale], records, strict=True):
-            if not exists:
-                out[rid] = (sale, REASON_UNKNOWN_SALE)
-            elif raw is None:
-                out[rid] = (sale, None)
-            else:
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                out[rid] = (sale, parse_record(rid, text).state)
+    for sale, states in (await stock.states(by_sale)).items():
+        for rid in by_sale[sale]:
+            out[rid] = (sale, REASON_UNKNOWN_SALE if states is None else states[rid])
     return out
 
 

@@ -37,7 +37,7 @@ class Readyz:
     async def _ping_all(self) -> dict[str, str]:
         assert self.s.stock is not None and self.s.ledger is not None
         checks: dict[str, str] = {}
-        for name, ping in (("redis", self.s.stock.client.ping()), ("postgresql", self.s.ledger.ping())):
+        for name, ping in (("redis", self.s.stock.ping()), ("postgresql", self.s.ledger.ping())):
             try:
                 await asyncio.wait_for(ping, _PING_TIMEOUT_S)
                 checks[name] = "ok"
