@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors
 from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call
+from stampede.vocabulary import Dependency
 from stampede_api.flusher import SingleFlusher, fail
 
 
@@ -103,13 +104,13 @@ class ReserveCoalescer(SingleFlusher[_Call]):
                 again = iter(await self._send(redo))
                 results = [next(again) if isinstance(r, NoScriptError) else r for r in results]
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            failure = errors.DependencyUnavailable("redis", str(exc))
+            failure = errors.DependencyUnavailable(Dependency.REDIS, str(exc))
             for call, _ in packed:
                 fail(call.future, failure)
             return
         except asyncio.CancelledError:
             for call, _ in packed:
-                fail(call.future, errors.DependencyUnavailable("redis", "cancelled"))
+                fail(call.future, errors.DependencyUnavailable(Dependency.REDIS, "cancelled"))
             raise
         for (call, _), result in zip(packed, results, strict=True):
             if call.future.done():

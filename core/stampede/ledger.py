@@ -31,14 +31,12 @@ import procrastinate
 import psycopg
 import psycopg_pool
 
-from . import audit, errors, queue, sqlfiles
+from . import audit, errors, pgerrors, queue, sqlfiles
+from .domain import Settled, Settlement
 from .healing import LedgerEntry, Tally
 from .names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from .settings import Common
-
-CONFIRMED = "confirmed"
-COMPENSATED = "compensated"
-PENDING = "pending"
+from .vocabulary import Reason, Status
 
 # Versions of the settle_batch job payload; the worker refuses (and compensates) versions it does not know.
 # v1 lists reservation ids by sale (the reconciler's re-deferrals); v2 names one shard of one sale, whose
@@ -88,7 +86,7 @@ class LedgerRow:
     sale: str
     user: str
     quantity: int
-    status: str  # 'pending' | 'confirmed' | 'compensated'
+    status: Status
     reason: str | None
     job_id: int | None
     attempts: int
@@ -112,28 +110,6 @@ class RestoreSource:
     ip_burst: int
     deleted: bool
     rows: list[tuple[str, str, int, str, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """The wanted outcome of one reservation, handed to ``Ledger.settle``."""
-
-    reservation_id: str
-    sale: str | None  # None: match the row whatever its sale (compensation by id)
-    outcome: str  # 'confirmed' | 'compensated'
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """A reservation's status after ``Ledger.settle``: ``moved`` says whether this call decided it."""
-
-    reservation_id: str
-    sale: str
-    quantity: int
-    status: str
-    moved: bool
-    lag_s: float | None  # ledger write -> settled, for the rows this call moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +137,6 @@ def batch_payload(reservations: Sequence[PendingReservation]) -> dict[str, Any]:
     for r in reservations:
         sales.setdefault(r.sale, []).append(r.reservation_id)
     return {"v": PAYLOAD_VERSION, "sales": sales}
-
-
-def _unavailable(exc: BaseException) -> errors.DependencyUnavailable:
-    return errors.DependencyUnavailable("postgres", f"{type(exc).__name__}: {exc}")
 
 
 class Ledger:
@@ -195,9 +167,9 @@ class Ledger:
         )
         try:
             await pool.open(wait=True, timeout=settings.db_timeout_s)
-        except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
+        except pgerrors.UNAVAILABLE as exc:
             await pool.close()
-            raise _unavailable(exc) from exc
+            raise pgerrors.unavailable(exc) from exc
         return cls(pool, settle_shards=settings.settle_shards)
 
     async def close(self) -> None:
@@ -209,15 +181,11 @@ class Ledger:
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection; connection trouble becomes DependencyUnavailable('postgres'). SQL errors
+        """A pooled connection; connection trouble becomes DependencyUnavailable (``pgerrors``). SQL errors
         that are not about the connection (a violated constraint: a bug) pass through unchanged."""
-        try:
+        with pgerrors.mapped():
             async with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-            # OperationalError covers a lost connection and TransactionRollback (serialization failure,
-            # deadlock): all worth retrying.
-            raise _unavailable(exc) from exc
 
     # --- the API's write --------------------------------------------------------------------------
 
@@ -258,7 +226,10 @@ class Ledger:
                 row = await cur.fetchone()
         except psycopg.errors.InvalidTextRepresentation:
             return None  # not a uuid: no such reservation
-        return None if row is None else LedgerRow(*row)
+        if row is None:
+            return None
+        rid, sale, user, qty, status, reason, job_id, attempts, created, settled = row
+        return LedgerRow(rid, sale, user, qty, Status(status), reason, job_id, attempts, created, settled)
 
     async def rows(self, sale: str) -> list[audit.Row]:
         """Every reservation of the sale, as the audit reads them."""
@@ -271,7 +242,7 @@ class Ledger:
 
     async def counts(self, sale: str) -> dict[str, int]:
         """Units by status, every status present (0 when none)."""
-        out = {PENDING: 0, CONFIRMED: 0, COMPENSATED: 0}
+        out = {status.value: 0 for status in Status}
         async with self._conn() as conn:
             cur = await conn.execute(self._q["counts"], {"sale": sale})
             for status, units in await cur.fetchall():
@@ -298,11 +269,11 @@ class Ledger:
         return tally, [row[3:] for row in got if row[3] is not None]
 
     async def import_settled(
-        self, sale: str, reservations: Sequence[PendingReservation], status: str, reason: str | None = None
+        self, sale: str, reservations: Sequence[PendingReservation], status: Status, reason: Reason | None = None
     ) -> int:
         """Benchmark and test data only: records reservations that are already final (``confirmed``, or
         ``compensated`` with a reason) with the sale's totals, in one statement. Returns rows written."""
-        if status not in (CONFIRMED, COMPENSATED):
+        if status not in (Status.CONFIRMED, Status.COMPENSATED):
             raise errors.InvalidArgument("status", "only settled rows are imported")
         params = {
             "sale": sale,
@@ -441,7 +412,10 @@ class Ledger:
             async with self._conn() as conn:
                 cur = await conn.execute(self._q["settle"], params)
                 rows = await cur.fetchall()
-        return [Settled(rid, sale, int(qty), status, bool(moved), lag) for rid, sale, qty, status, moved, lag in rows]
+        return [
+            Settled(rid, sale, int(qty), Status(status), bool(moved), lag)
+            for rid, sale, qty, status, moved, lag in rows
+        ]
 
     async def settle_barrier(self, sale: str, shard: int) -> None:
         """Waits until every writer that joined a waiting settle job of (sale, shard) has committed: a
@@ -464,7 +438,7 @@ class Ledger:
         async with self._conn() as conn:
             cur = await conn.execute(self._q["settled_of_job"], {"job_id": job_id})
             rows = await cur.fetchall()
-        return [Settled(rid, sale, int(qty), status, False, None) for rid, sale, qty, status in rows]
+        return [Settled(rid, sale, int(qty), Status(status), False, None) for rid, sale, qty, status in rows]
 
     async def current(self, reservation_ids: Sequence[str]) -> list[Settled]:
         """The status of each listed reservation now (``moved`` False): what another writer decided."""
@@ -473,7 +447,7 @@ class Ledger:
         async with self._conn() as conn:
             cur = await conn.execute(self._q["current"], {"ids": list(reservation_ids)})
             rows = await cur.fetchall()
-        return [Settled(rid, sale, int(qty), status, False, None) for rid, sale, qty, status in rows]
+        return [Settled(rid, sale, int(qty), Status(status), False, None) for rid, sale, qty, status in rows]
 
     async def pending_of_job(self, job_id: int) -> list[tuple[str, str, int]]:
         """(reservation_id, sale, quantity) of the job's rows still pending: what a failed job left."""
@@ -523,7 +497,7 @@ class Ledger:
         """Which of the listed reservations the ledger holds."""
         return {str(r[0]) for r in await self._fetch(self._hq["recorded_ids"], {"ids": list(reservation_ids)})}
 
-    async def record_lost(self, sale: str, records: Sequence[LostReservation], reason: str) -> list[str]:
+    async def record_lost(self, sale: str, records: Sequence[LostReservation], reason: Reason) -> list[str]:
         """Records Redis reservations the ledger never heard of as ``compensated`` with ``reason`` (the API
         died before its durable write, so no 202 was sent), with the sale's totals, in one statement. Returns
         the ids this call recorded: only those may be released in Redis (a row written meanwhile keeps its
@@ -605,18 +579,17 @@ def entries(rows: Iterable[Sequence[Any]], jobs: dict[int, str]) -> dict[str, Le
     out: dict[str, LedgerEntry] = {}
     for rid, user, qty, status, job, ts, reason, job_status, age in rows:
         job_id = None if job is None else int(job)
-        out[rid] = LedgerEntry(rid, user, int(qty), status, job_id, int(ts), reason, None if age is None else int(age))
+        out[rid] = LedgerEntry(
+            rid, user, int(qty), Status(status), job_id, int(ts), reason, None if age is None else int(age)
+        )
         if job_id is not None and job_status is not None:
             jobs[job_id] = str(job_status)
     return out
 
 
 __all__ = [
-    "COMPENSATED",
-    "CONFIRMED",
     "PAYLOAD_SHARD_VERSION",
     "PAYLOAD_VERSION",
-    "PENDING",
     "Claim",
     "Claimed",
     "Ledger",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -25,8 +24,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from . import errors
+from .domain import Outcome, ReservationRecord
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
-from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
+from .names import SaleKeys, sale_keys
+from .vocabulary import Dependency, RedisState
 
 SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
 
@@ -35,16 +36,6 @@ SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua`` as shipped inside the package."""
     return (resources.files("stampede") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
-class Outcome(StrEnum):
-    """Per-reservation answer of confirm/release."""
-
-    CONFIRMED = "confirmed"  # moved pending -> confirmed by this call
-    RELEASED = "released"  # moved pending -> released by this call (confirm: already released)
-    ALREADY = "already"  # already in the requested state: an idempotent repeat
-    REFUSED_CONFIRMED = "refused_confirmed"  # release of a confirmed reservation: never
-    UNKNOWN = "unknown"  # Redis has no such reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +66,10 @@ class Reservation:
     reservation_id: str
     user: str
     quantity: int
-    state: str
+    state: RedisState
     replay: bool
     remaining: int | None  # units left after this reservation; None on a replay
     reserved_at_ms: int | None = None  # Redis time the script stamped it with; None on a replay
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationRecord:
-    """A reservation as Redis holds it."""
-
-    reservation_id: str
-    state: str
-    quantity: int
-    reserved_at_ms: int
-    user: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +167,7 @@ def _s(value: Any) -> str:
 
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
     state, qty, ts, user = raw.split("|", 3)
-    return ReservationRecord(reservation_id, state, int(qty), int(ts), user)
+    return ReservationRecord(reservation_id, RedisState(state), int(qty), int(ts), user)
 
 
 def format_record(record: ReservationRecord) -> str:
@@ -228,10 +208,10 @@ class ReserveCall:
         sale = self.sale
         if code == "ok":
             return Reservation(
-                sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number, int(raw[4])
+                sale, self.reservation_id, self.user, self.quantity, RedisState.PENDING, False, number, int(raw[4])
             )
         if code == "replay":
-            return Reservation(sale, _s(rid_out), self.user, self.quantity, _s(state), True, None)
+            return Reservation(sale, _s(rid_out), self.user, self.quantity, RedisState(_s(state)), True, None)
         if code == "sold_out":
             raise errors.SoldOut(sale, number)
         if code == "limit":
@@ -310,7 +290,7 @@ class StockEngine:
         try:
             return await self._scripts[name](keys=list(keys), args=list(args))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         except ResponseError as exc:
             raise errors.ScriptError(f"{name}.lua: {exc}") from exc
 
@@ -360,7 +340,7 @@ class StockEngine:
         try:
             info = await self._client.info("server")
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         return str(info.get("run_id", ""))
 
     async def restored_run(self, sale: str) -> str | None:
@@ -368,7 +348,7 @@ class StockEngine:
         try:
             meta_total, run = await self._client.hmget(_keys(sale).meta, ["total", "run"])
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         if meta_total is None:
             return None
         return "" if run is None else _s(run)
@@ -378,7 +358,7 @@ class StockEngine:
         try:
             return bool(await self._client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def unlock_restore(self, sale: str, token: str) -> bool:
         """Gives the restore lock back if it still holds ``token``."""
@@ -410,7 +390,7 @@ class StockEngine:
             config.ip_burst,
         ]
         for r in records:
-            if r.state not in (STATE_PENDING, STATE_CONFIRMED, STATE_RELEASED):
+            if r.state not in (RedisState.PENDING, RedisState.CONFIRMED, RedisState.RELEASED):
                 raise errors.InvalidArgument("state", f"cannot restore a reservation in state {r.state!r}")
             args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
         code, total, remaining, pending, confirmed = await self._run(
@@ -559,7 +539,7 @@ class StockEngine:
         try:
             return await call
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def import_settled(self, sale: str, records: Sequence[ReservationRecord]) -> None:
         """Benchmark and test data only: writes reservations that are already settled (``confirmed`` or
@@ -571,10 +551,10 @@ class StockEngine:
         holds: dict[str, int] = {}
         pipe = self._client.pipeline(transaction=False)
         for r in records:
-            if r.state == STATE_CONFIRMED:
+            if r.state == RedisState.CONFIRMED:
                 confirmed += r.quantity
                 holds[r.user] = holds.get(r.user, 0) + r.quantity
-            elif r.state == STATE_RELEASED:
+            elif r.state == RedisState.RELEASED:
                 released += r.quantity
             else:
                 raise errors.InvalidArgument("state", f"only settled reservations are imported, not {r.state!r}")
@@ -659,9 +639,6 @@ class ReservePipe:
 
 
 __all__ = [
-    "STATE_CONFIRMED",
-    "STATE_PENDING",
-    "STATE_RELEASED",
     "Outcome",
     "Reservation",
     "ReservationRecord",

@@ -25,11 +25,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from stampede import errors, healing, metrics, restore
+from stampede import compensation, domain, errors, healing, metrics, restore
 from stampede.healing import Observation, Plan
 from stampede.ledger import Ledger, entries
-from stampede.names import REASON_LOST_BEFORE_ACK
 from stampede.stock import Snapshot, StockEngine
+from stampede.vocabulary import Reason, Status
 
 from .builders import SaleSpec
 
@@ -116,7 +116,7 @@ async def observe(
         1
         for rid, _ in window
         if (row := rows.get(rid)) is not None
-        and row.status != healing.PENDING
+        and row.status != Status.PENDING
         and row.settled_age_ms is not None
         and row.settled_age_ms < grace_ms
     )
@@ -149,7 +149,7 @@ async def apply(
             result = await restore.restore_sale(ledger, stock, sale)
             count("rebuild", 1 if result.outcome == restore.RESTORED else 0)
         elif action.kind == "compensate_lost":
-            won = await ledger.record_lost(sale, [obs.redis[i] for i in ids], action.reason or REASON_LOST_BEFORE_ACK)
+            won = await ledger.record_lost(sale, [obs.redis[i] for i in ids], action.reason or Reason.LOST_BEFORE_ACK)
             if won:
                 await stock.release(sale, won)
             for rid in won:
@@ -157,11 +157,11 @@ async def apply(
                     "released a reservation the ledger never recorded",
                     extra={"sale": sale, "reservation_id": rid, "reason": action.reason},
                 )
-            metrics.OPERATOR_COMPENSATIONS.labels(sale, action.reason or REASON_LOST_BEFORE_ACK).inc(len(won))
+            metrics.OPERATOR_COMPENSATIONS.labels(sale, action.reason or Reason.LOST_BEFORE_ACK).inc(len(won))
             count(action.kind, len(won))
         elif action.kind == "compensate":
-            reason = action.reason or healing.COMPENSATED
-            won = await healing.compensate(ledger, stock, sale, ids, reason)
+            reason = action.reason or Reason.JOB_FAILED
+            won = (await compensation.compensate(ledger, stock, ids, reason, sale=sale)).won
             for rid in won:
                 log.warning("compensated a reservation", extra={"sale": sale, "reservation_id": rid, "reason": reason})
             metrics.OPERATOR_COMPENSATIONS.labels(sale, reason).inc(len(won))
@@ -172,10 +172,10 @@ async def apply(
             count(action.kind, n)
         elif action.kind == "replay_confirm":
             outcomes = await stock.confirm(sale, ids)
-            count(action.kind, sum(1 for o in outcomes.values() if o.value == "confirmed"))
+            count(action.kind, sum(1 for o in outcomes.values() if o is domain.Outcome.CONFIRMED))
         elif action.kind == "replay_release":
             outcomes = await stock.release(sale, ids)
-            count(action.kind, sum(1 for o in outcomes.values() if o.value == "released"))
+            count(action.kind, sum(1 for o in outcomes.values() if o is domain.Outcome.RELEASED))
     return healed
 
 
@@ -296,6 +296,6 @@ async def phase_counts(ledger: Ledger, stock: StockEngine, spec: SaleSpec) -> tu
         snap = await stock.snapshot(spec.id)
     except errors.SaleNotFound:
         counts = await ledger.counts(spec.id)
-        reserved = counts[healing.PENDING]
-        return None, spec.stock - reserved - counts[healing.CONFIRMED], reserved
+        reserved = counts[Status.PENDING]
+        return None, spec.stock - reserved - counts[Status.CONFIRMED], reserved
     return snap, snap.remaining, snap.pending

@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stampede import audit
-from stampede.ledger import Ledger, PendingReservation, Settlement
+from stampede.domain import Settlement
+from stampede.ledger import Ledger, PendingReservation
 from stampede.settings import Common, load
 from stampede.stock import ReservationRecord, StockEngine
 from stampede_operator import builders, reconcile

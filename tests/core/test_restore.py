@@ -15,10 +15,12 @@ import pytest
 
 from stampede import errors, restore
 from stampede.audit import Row, audit, counts_from
-from stampede.ledger import COMPENSATED, CONFIRMED, Ledger, PendingReservation, Settlement
+from stampede.domain import Settlement
+from stampede.ledger import Ledger, PendingReservation
 from stampede.names import sale_keys
 from stampede.settings import Common, load
 from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
+from stampede.vocabulary import Status
 from tests.stores import redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -55,7 +57,10 @@ async def test_pending_rows_come_back_reserved_and_then_confirm(ledger: Ledger, 
     a, b, c = pending(sale, "x", 2), pending(sale, "y"), pending(sale, "z")
     await ledger.record_batch([a, b, c])
     await ledger.settle(
-        [Settlement(b.reservation_id, sale, CONFIRMED), Settlement(c.reservation_id, sale, COMPENSATED, "limit")],
+        [
+            Settlement(b.reservation_id, sale, Status.CONFIRMED),
+            Settlement(c.reservation_id, sale, Status.COMPENSATED, "limit"),
+        ],
         attempt=1,
     )
     assert await restore.lost(stock, sale) == restore.MISSING
@@ -88,7 +93,7 @@ async def test_a_sold_out_sale_comes_back_closed_and_a_window_is_kept(
     await mirror(ledger, sale, stock=2)
     rows = [pending(sale, "a"), pending(sale, "b")]
     await ledger.record_batch(rows)
-    await ledger.settle([Settlement(r.reservation_id, sale, CONFIRMED) for r in rows], attempt=1)
+    await ledger.settle([Settlement(r.reservation_id, sale, Status.CONFIRMED) for r in rows], attempt=1)
     assert (await restore.restore_sale(ledger, stock, sale)).remaining == 0
     assert not (await stock.snapshot(sale)).open  # SoldOut keeps its gate closed: no flapping to Live
 
@@ -147,9 +152,9 @@ async def test_a_redis_that_lost_nothing_is_left_as_it_was(ledger: Ledger, stock
     await stock.seed(sale, SaleConfig(total=10, per_user_limit=3), open=True)
     taken = [await stock.reserve(sale, f"u{i % 3}") for i in range(6)]
     await ledger.record_batch([PendingReservation(r.reservation_id, sale, r.user, 1, 0) for r in taken[:5]])
-    await ledger.settle([Settlement(taken[0].reservation_id, sale, CONFIRMED)], attempt=1)
+    await ledger.settle([Settlement(taken[0].reservation_id, sale, Status.CONFIRMED)], attempt=1)
     await stock.confirm(sale, [taken[0].reservation_id])
-    await ledger.settle([Settlement(taken[1].reservation_id, sale, COMPENSATED, "limit")], attempt=1)
+    await ledger.settle([Settlement(taken[1].reservation_id, sale, Status.COMPENSATED, "limit")], attempt=1)
     await stock.release(sale, [taken[1].reservation_id])
     before = await stock.snapshot(sale)
     records = {r.reservation_id: r.state for r in await stock.reservations(sale)}

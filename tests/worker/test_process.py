@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from stampede.audit import audit, counts_from
-from stampede.ledger import CONFIRMED, PENDING, Ledger, PendingReservation
+from stampede.ledger import Ledger, PendingReservation
 from stampede.migrate import migrate
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import Status
 from stampede_dev.devstack import free_port
 from tests.stores import ledger_pool
 
@@ -91,7 +92,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     )
     try:
         deadline = time.monotonic() + 30
-        while (await own_ledger.counts(sale))[CONFIRMED] == 0:
+        while (await own_ledger.counts(sale))[Status.CONFIRMED] == 0:
             assert first.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the first worker settled nothing"
             await asyncio.sleep(0.02)
@@ -100,7 +101,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     finally:
         if first.poll() is None:
             first.kill()
-    torn_ledger = (await own_ledger.counts(sale))[CONFIRMED]
+    torn_ledger = (await own_ledger.counts(sale))[Status.CONFIRMED]
     torn_redis = (await stock.snapshot(sale)).confirmed
     assert 0 < torn_ledger < n and torn_redis < torn_ledger, (torn_ledger, torn_redis)
     async with ledger_pool(own_ledger).connection() as conn:
@@ -114,7 +115,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
         while True:
             counts = await own_ledger.counts(sale)
             snap = await stock.snapshot(sale)
-            if counts[PENDING] == 0 and snap.pending == 0:
+            if counts[Status.PENDING] == 0 and snap.pending == 0:
                 break
             assert second.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, f"not settled in time: {counts}, redis pending {snap.pending}"
@@ -155,7 +156,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     proc = _start(redis_url, fresh_database_url, free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
     try:
         deadline = time.monotonic() + 30
-        while (counts := await own_ledger.counts(sale))[CONFIRMED] == 0:
+        while (counts := await own_ledger.counts(sale))[Status.CONFIRMED] == 0:
             assert proc.poll() is None and time.monotonic() < deadline, (counts, log.read_text()[-3000:])
             await asyncio.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -170,7 +171,10 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     assert "doing" not in jobs and jobs.get("succeeded", 0) >= 1, jobs
     counts = await own_ledger.counts(sale)
     snap = await stock.snapshot(sale)
-    assert (snap.confirmed, snap.pending) == (counts[CONFIRMED], counts[PENDING])  # Redis agrees, no drift
+    assert (snap.confirmed, snap.pending) == (
+        counts[Status.CONFIRMED],
+        counts[Status.PENDING],
+    )  # Redis agrees, no drift
     rows = await own_ledger.rows(sale)
     report = audit(
         sale,
@@ -226,7 +230,7 @@ async def test_sigkill_mid_claim_loses_nothing(
             first.kill()
     # Killed mid-claim: nothing was decided, and PostgreSQL gives the rows back as soon as it sees the
     # connection go.
-    assert (await own_ledger.counts(sale))[PENDING] == n
+    assert (await own_ledger.counts(sale))[Status.PENDING] == n
     snap = await stock.snapshot(sale)
     assert (snap.pending, snap.confirmed) == (n, 0)
     deadline = time.monotonic() + 10
@@ -244,7 +248,7 @@ async def test_sigkill_mid_claim_loses_nothing(
                 cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
                 jobs = dict(await cur.fetchall())
             # Settled, and the killed job itself recovered (stalled) and run again to success.
-            if counts[PENDING] == 0 and snap.pending == 0 and set(jobs) == {"succeeded"}:
+            if counts[Status.PENDING] == 0 and snap.pending == 0 and set(jobs) == {"succeeded"}:
                 break
             assert second.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, (counts, jobs, snap.pending, log.read_text()[-6000:])
