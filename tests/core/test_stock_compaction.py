@@ -17,6 +17,7 @@ from stampede import errors
 from stampede.audit import Row, audit, counts_from
 from stampede.names import sale_keys
 from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
+from tests.stores import redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -148,12 +149,12 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     snap = await stock.snapshot(sale)
     assert snap.balanced and snap.pending == 0 and snap.pending_count == 0
     assert snap.reservations == len(made)
-    assert await stock.client.hlen(k.reservations) == 0
-    buckets = int(await stock.client.hget(k.settled, "buckets"))
+    assert await redis_client(stock).hlen(k.reservations) == 0
+    buckets = int(await redis_client(stock).hget(k.settled, "buckets"))
     assert buckets >= len(made) // 64  # split as it grew
-    sizes = [await stock.client.hlen(k.bucket(k.settled, i)) for i in range(buckets)]
+    sizes = [await redis_client(stock).hlen(k.bucket(k.settled, i)) for i in range(buckets)]
     assert sum(sizes) == len(made)
-    encodings = {await stock.client.object("encoding", k.bucket(k.settled, i)) for i in range(buckets)}
+    encodings = {await redis_client(stock).object("encoding", k.bucket(k.settled, i)) for i in range(buckets)}
     assert encodings == {b"listpack"}
 
     # What later steps need, for every settled reservation.
@@ -195,12 +196,12 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     # writes the same sale back, settled rows into the compact store.
     ledger_view = [ReservationRecord(rid, r.state, r.quantity, 1, made[rid][0]) for rid, r in records.items()]
     await stock.delete(sale)
-    assert await stock.client.exists(k.settled, k.bucket(k.settled, 0), k.holds) == 0
+    assert await redis_client(stock).exists(k.settled, k.bucket(k.settled, 0), k.holds) == 0
     assert await stock.lock_restore(sale, "token", 60_000)
     config = SaleConfig(total=STOCK, per_user_limit=LIMIT)
     restored = await stock.restore(sale, "token", "run", config, True, ledger_view)
     assert restored.outcome == "restored"
-    assert await stock.client.hlen(k.reservations) == 0
+    assert await redis_client(stock).hlen(k.reservations) == 0
     after = {r.reservation_id: (r.state, r.quantity) for r in await stock.reservations(sale)}
     assert after == {rid: (r.state, r.quantity) for rid, r in records.items()}
     assert await stock.holdings(sale) == dict(held)

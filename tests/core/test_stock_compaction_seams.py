@@ -9,8 +9,10 @@ import uuid
 import pytest
 
 from stampede import errors
-from stampede.names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, sale_keys
+from stampede.names import sale_keys
 from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
+from stampede.vocabulary import RedisState
+from tests.stores import redis_client
 
 pytestmark = pytest.mark.redis
 
@@ -24,9 +26,9 @@ async def test_replay_of_a_settled_key_returns_the_same_reservation(stock: Stock
     assert await stock.release(sale, [gone.reservation_id]) == {gone.reservation_id: Outcome.RELEASED}
 
     again = await stock.reserve(sale, "alice", 2, idempotency_key="k-confirm")
-    assert (again.reservation_id, again.state, again.replay) == (kept.reservation_id, STATE_CONFIRMED, True)
+    assert (again.reservation_id, again.state, again.replay) == (kept.reservation_id, RedisState.CONFIRMED, True)
     again = await stock.reserve(sale, "alice", 1, idempotency_key="k-release")
-    assert (again.reservation_id, again.state, again.replay) == (gone.reservation_id, STATE_RELEASED, True)
+    assert (again.reservation_id, again.state, again.replay) == (gone.reservation_id, RedisState.RELEASED, True)
     with pytest.raises(errors.IdempotencyConflict):
         await stock.reserve(sale, "alice", 3, idempotency_key="k-confirm")
     snap = await stock.snapshot(sale)
@@ -59,13 +61,13 @@ async def test_reads_by_id_scan_and_suspects_see_the_compact_store(stock: StockE
     await stock.confirm(sale, made[:40])
     await stock.release(sale, made[40:70])
     found = await stock.records(sale, [*made, "not-a-reservation"])
-    assert found is not None and found["not-a-reservation"] is None
-    states = [found[rid].state for rid in made]  # type: ignore[union-attr]
-    assert states == [STATE_CONFIRMED] * 40 + [STATE_RELEASED] * 30 + [STATE_PENDING] * 20
+    assert "not-a-reservation" not in found
+    states = [found[rid].state for rid in made]
+    assert states == [RedisState.CONFIRMED] * 40 + [RedisState.RELEASED] * 30 + [RedisState.PENDING] * 20
 
     scanned = [r for chunk in [c async for c in stock.scan_reservations(sale, count=16)] for r in chunk]
     assert sorted(r.reservation_id for r in scanned) == sorted(made)
-    assert {r.reservation_id: r.state for r in scanned} == {rid: found[rid].state for rid in made}  # type: ignore[union-attr]
+    assert {r.reservation_id: r.state for r in scanned} == {rid: found[rid].state for rid in made}
 
     view = await stock.suspects(sale, grace_ms=0, after=None, limit=1000)
     assert view.snapshot is not None and view.snapshot.reservations == 90
@@ -77,27 +79,29 @@ async def test_imported_settled_reservations_land_in_the_compact_store(stock: St
     importing the same reservations again counts nothing twice."""
     await stock.seed(sale, SaleConfig(total=10_000, per_user_limit=10), open=True)
     records = [
-        ReservationRecord(str(uuid.uuid4()), STATE_CONFIRMED if i % 5 else STATE_RELEASED, 1 + i % 2, 1, f"b{i % 7}")
+        ReservationRecord(
+            str(uuid.uuid4()), RedisState.CONFIRMED if i % 5 else RedisState.RELEASED, 1 + i % 2, 1, f"b{i % 7}"
+        )
         for i in range(4500)  # more than one script call, and many bucket splits
     ]
     await stock.import_settled(sale, records)
     await stock.import_settled(sale, records[:100])
-    confirmed = sum(r.quantity for r in records if r.state == STATE_CONFIRMED)
-    released = sum(r.quantity for r in records if r.state == STATE_RELEASED)
+    confirmed = sum(r.quantity for r in records if r.state == RedisState.CONFIRMED)
+    released = sum(r.quantity for r in records if r.state == RedisState.RELEASED)
     snap = await stock.snapshot(sale)
     assert (snap.remaining, snap.confirmed, snap.released, snap.pending, snap.reservations) == (
         10_000 - confirmed, confirmed, released, 0, 4500,
     )  # fmt: skip
     k = sale_keys(sale)
-    assert await stock.client.hlen(k.reservations) == 0
+    assert await redis_client(stock).hlen(k.reservations) == 0
     held: dict[str, int] = {}
     for r in records:
-        if r.state == STATE_CONFIRMED:
+        if r.state == RedisState.CONFIRMED:
             held[r.user] = held.get(r.user, 0) + r.quantity
     assert await stock.holdings(sale) == held
     sample = [r.reservation_id for r in records[:50]]
     assert await stock.confirm(sale, sample) == {
-        r.reservation_id: Outcome.ALREADY if r.state == STATE_CONFIRMED else Outcome.RELEASED for r in records[:50]
+        r.reservation_id: Outcome.ALREADY if r.state == RedisState.CONFIRMED else Outcome.RELEASED for r in records[:50]
     }
     with pytest.raises(errors.InvalidArgument):
-        await stock.import_settled(sale, [ReservationRecord(str(uuid.uuid4()), STATE_PENDING, 1, 1, "b")])
+        await stock.import_settled(sale, [ReservationRecord(str(uuid.uuid4()), RedisState.PENDING, 1, 1, "b")])
