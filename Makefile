@@ -143,36 +143,25 @@ bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/1
 	@$(SERVICES_ENV); $(PY) bench/worker.py $(BENCH_ARGS)
 
 ##@ Kubernetes
-# Images are stampede-{api,worker,operator}:$(IMAGE_TAG), prefixed by IMAGE_REGISTRY/ when set (the chart's
-# image.registry and image.tag). kind is the pinned KIND_VERSION, run from the Go module proxy (KIND=kind to use
-# the one on PATH instead).
+# A real one-node cluster on this machine (hack/k8s.sh: the Kubernetes components, containerd and CoreDNS run in
+# a network and mount namespace of their own; needs root) and the images the chart runs, built here from Debian's
+# packages with no registry (hack/images.sh): stampede-{api,worker,operator,redis,postgresql,k6}:$(IMAGE_TAG).
 IMAGE_TAG ?= dev
-IMAGE_REGISTRY ?=
-IMAGE_PREFIX = $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/)
-IMAGE_COMPONENTS := api worker operator
-DOCKER ?= docker
-KIND_VERSION ?= v0.30.0
-KIND_CLUSTER ?= stampede
-KIND ?= go run sigs.k8s.io/kind@$(KIND_VERSION)
-KIND_NAMESPACE ?= stampede
 CHART := charts/stampede
 
-# IMAGE_CACHE_DIR=DIR builds with buildx, reading layers from DIR/<component> and writing them to DIR.new/<component>
-# (the kind workflow keeps DIR between runs, so an unchanged lock file reuses the dependency layers).
-IMAGE_CACHE_DIR ?=
-
-.PHONY: images
-images: ## build the api, worker and operator images from the Dockerfile (needs Docker; IMAGE_TAG, IMAGE_REGISTRY)
-	@for c in $(IMAGE_COMPONENTS); do \
-	  echo "==> building $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG)"; \
-	  if [ -n "$(IMAGE_CACHE_DIR)" ]; then \
-	    $(DOCKER) buildx build --load --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) \
-	      --cache-from type=local,src=$(IMAGE_CACHE_DIR)/$$c \
-	      --cache-to type=local,dest=$(IMAGE_CACHE_DIR).new/$$c,mode=max . || exit 1; \
-	  else \
-	    $(DOCKER) build --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) . || exit 1; \
-	  fi; \
-	done
+.PHONY: k8s-up k8s-down images test-k8s
+k8s-up: tools ## start the real cluster (kubelet, containerd, scheduler, controller-manager, kube-proxy, CoreDNS)
+	@hack/tools.sh node
+	@hack/k8s.sh up >/dev/null
+k8s-down: ## stop it and remove everything it made (processes, namespaces, mounts, cgroups, iptables rules, state)
+	@hack/k8s.sh down
+	@hack/images.sh down
+images: ## build every image from a debootstrap base (cached); load them into the cluster when it runs
+	@if hack/k8s.sh status >/dev/null 2>&1; then IMAGE_TAG=$(IMAGE_TAG) hack/images.sh load; \
+	  else IMAGE_TAG=$(IMAGE_TAG) hack/images.sh build; fi
+test-k8s: k8s-up ## on the real cluster: helm install, a live sale, helm test, a spike, operator killed, API pod deleted
+	@$(MAKE) --no-print-directory images
+	@IMAGE_TAG=$(IMAGE_TAG) hack/test-k8s.sh
 
 .PHONY: chart-docs
 chart-docs: ## regenerate charts/stampede/README.md from values.yaml comments (helm-docs; the suite checks it)
@@ -187,19 +176,6 @@ chart-crds: ## copy crds/flashsale.yaml into the chart (tests/chart checks they 
 chart-lint: ## helm lint the chart with its default values and with each ci/*-values.yaml
 	@helm="$$(hack/tools.sh path helm)" && "$$helm" lint --strict $(CHART) && \
 	  for f in $(CHART)/ci/*-values.yaml; do "$$helm" lint --strict $(CHART) -f "$$f" || exit 1; done
-
-.PHONY: kind-up kind-down
-kind-up: images ## kind cluster (hack/kind/cluster.yaml) with the images loaded and the chart installed (needs Docker)
-	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
-	  $(KIND) create cluster --name $(KIND_CLUSTER) --config hack/kind/cluster.yaml --wait 120s
-	@for c in $(IMAGE_COMPONENTS); do \
-	  $(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) || exit 1; \
-	done
-	"$$(hack/tools.sh path helm)" upgrade --install stampede $(CHART) --kube-context kind-$(KIND_CLUSTER) \
-	  --namespace $(KIND_NAMESPACE) --create-namespace -f $(CHART)/ci/kind-values.yaml \
-	  --set image.tag=$(IMAGE_TAG) --set image.registry=$(IMAGE_REGISTRY) --wait --timeout 10m
-kind-down: ## delete the kind cluster
-	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: clean
 clean: ## stop the control plane and services, remove local state (.run and PostgreSQL's data); keeps .venv, .tools
