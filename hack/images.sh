@@ -5,7 +5,8 @@
 #
 # Usage:
 #   hack/images.sh build   build them all (cached: an unchanged input reuses its layers)
-#   hack/images.sh save    build, then write them to one archive; prints its path
+#   hack/images.sh save    build, then write them to one archive (kept; reused while nothing they are built from
+#                          changes); prints its path
 #   hack/images.sh load    build, save and import them into hack/k8s.sh's cluster (its containerd)
 #   hack/images.sh sizes   print each image's size
 #   hack/images.sh down    stop the private dockerd (build, save and load stop it when they finish)
@@ -194,12 +195,33 @@ all_tags() {
     for c in "${COMPONENTS[@]}" "${THIRD_PARTY[@]}"; do printf 'stampede-%s:%s\n' "$c" "$TAG"; done
 }
 
+# A digest of everything the images are built from: an unchanged digest reuses the saved archive, no daemon.
+inputs_digest() {
+    {
+        printf '%s %s %s\n' "$TAG" "$SUITE" "$MIRROR"
+        sha256sum "$("$ROOT/hack/tools.sh" path k6)" | cut -d' ' -f1
+        cd "$ROOT"
+        find Dockerfile .dockerignore pyproject.toml README.md LICENSE requirements lua core app worker operator dev \
+            hack/images hack/images.sh -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' \
+            -print0 | sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -c1-16
+}
+
 cmd_save() {
+    local digest out="$CACHE/images-$TAG.tar"
+    digest="$(inputs_digest)"
+    if [[ -f "$out" && "$(cat "$out.digest" 2>/dev/null)" == "$digest" ]]; then
+        log "images unchanged since ${out#"$ROOT"/} was saved: reusing it"
+        printf '%s\n' "$out"
+        return
+    fi
     cmd_build
-    local out="$RUN_DIR/images-$TAG.tar"
     log "saving the images to ${out#"$ROOT"/}"
+    rm -f "$out.digest"
     # shellcheck disable=SC2046 # one tag a word
-    docker_cmd save -o "$out" $(all_tags) || die "docker save failed"
+    docker_cmd save -o "$out.tmp" $(all_tags) || die "docker save failed"
+    mv -f "$out.tmp" "$out"
+    printf '%s\n' "$digest" >"$out.digest"
     printf '%s\n' "$out"
 }
 
@@ -227,7 +249,6 @@ main() {
         cmd_down
         log "loading them into the cluster's containerd"
         "$ROOT/hack/k8s.sh" load "$tar"
-        rm -f "$tar"
         ;;
     sizes)
         trap cmd_down EXIT

@@ -191,6 +191,9 @@ state = "$RUN_DIR/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   disable_apparmor = true
+  # Lowering a process's OOM score needs CAP_SYS_RESOURCE, which a sandboxed host may not grant: containers get no
+  # lower score than containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -255,6 +258,7 @@ clientConnection: {kubeconfig: $KUBECONFIG_PATH}
 hostnameOverride: $NODE_NAME
 mode: iptables
 clusterCIDR: $CLUSTER_CIDR
+nodePortAddresses: [$NODE_IP/32]
 bindAddress: $NODE_IP
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249

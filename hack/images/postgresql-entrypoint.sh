@@ -11,6 +11,8 @@ if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     export POSTGRES_USER POSTGRES_DB
     mkdir -p "$PGDATA"
     chmod 700 "$PGDATA"
+    # A first start that fails half way leaves no data directory, so the next start initialises it again.
+    trap 'pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1; rm -rf "$PGDATA"' EXIT
     pwfile="$(mktemp)"
     printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
     initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256 >/dev/null
@@ -19,8 +21,8 @@ if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     printf 'host all all all scram-sha-256\n' >>"$PGDATA/pg_hba.conf"
     pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
     if [ "$POSTGRES_DB" != postgres ]; then
-        psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname postgres \
-            -v db="$POSTGRES_DB" -c 'CREATE DATABASE :"db"' >/dev/null
+        echo 'CREATE DATABASE :"db";' | psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" \
+            --dbname postgres -v db="$POSTGRES_DB" >/dev/null
     fi
     for f in /docker-entrypoint-initdb.d/*; do
         case "$f" in
@@ -29,6 +31,7 @@ if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
         esac
     done
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+    trap - EXIT
     echo "database initialised in $PGDATA"
 fi
 exec "$@"
