@@ -5,8 +5,8 @@
 #
 # Usage:
 #   hack/images.sh build   build them all (cached: an unchanged input reuses its layers)
-#   hack/images.sh save    build, then write them to one archive (kept; reused while nothing they are built from
-#                          changes); prints its path
+#   hack/images.sh save    build, then write each to an archive named by its image id (kept; reused while
+#                          nothing they are built from changes); prints their paths
 #   hack/images.sh load    build, save and import them into hack/k8s.sh's cluster (its containerd)
 #   hack/images.sh sizes   print each image's size
 #   hack/images.sh down    stop the private dockerd (build, save and load stop it when they finish)
@@ -207,22 +207,33 @@ inputs_digest() {
     } | sha256sum | cut -c1-16
 }
 
+# Save each image to its own archive named by its image id ($CACHE/stampede-<name>-<id>.tar, kept: an image that
+# did not change is not saved again, and hack/k8s.sh imports an archive once per cluster). The list of archives of
+# a build is kept under the digest of its inputs: an unchanged digest reuses them with no daemon at all.
 cmd_save() {
-    local digest out="$CACHE/images-$TAG.tar"
+    local digest list="$CACHE/images-$TAG.list" tag id name out archives=()
     digest="$(inputs_digest)"
-    if [[ -f "$out" && "$(cat "$out.digest" 2>/dev/null)" == "$digest" ]]; then
-        log "images unchanged since ${out#"$ROOT"/} was saved: reusing it"
-        printf '%s\n' "$out"
+    if [[ -f "$list" && "$(head -n1 "$list")" == "$digest" ]] && tail -n +2 "$list" | xargs -r ls >/dev/null 2>&1; then
+        log "images unchanged since they were saved: reusing the archives"
+        tail -n +2 "$list"
         return
     fi
     cmd_build
-    log "saving the images to ${out#"$ROOT"/}"
-    rm -f "$out.digest"
-    # shellcheck disable=SC2046 # one tag a word
-    docker_cmd save -o "$out.tmp" $(all_tags) || die "docker save failed"
-    mv -f "$out.tmp" "$out"
-    printf '%s\n' "$digest" >"$out.digest"
-    printf '%s\n' "$out"
+    while read -r tag; do
+        id="$(docker_cmd image inspect -f '{{.Id}}' "$tag")"
+        name="${tag%%:*}"
+        out="$CACHE/$name-$TAG-${id#sha256:}.tar"
+        out="${out:0:${#out}-52}.tar" # the id's first 12 hex digits
+        if [[ ! -f "$out" ]]; then
+            log "saving $tag to ${out#"$ROOT"/}"
+            rm -f "$CACHE/$name-$TAG-"*.tar
+            docker_cmd save -o "$out.tmp" "$tag" || die "docker save $tag failed"
+            mv -f "$out.tmp" "$out"
+        fi
+        archives+=("$out")
+    done < <(all_tags)
+    printf '%s\n' "$digest" "${archives[@]}" >"$list"
+    printf '%s\n' "${archives[@]}"
 }
 
 cmd_sizes() {
@@ -244,11 +255,10 @@ main() {
         ;;
     load)
         trap cmd_down EXIT
-        local tar
-        tar="$(cmd_save)"
+        local tars
+        mapfile -t tars < <(cmd_save)
         cmd_down
-        log "loading them into the cluster's containerd"
-        "$ROOT/hack/k8s.sh" load "$tar"
+        "$ROOT/hack/k8s.sh" load "${tars[@]}"
         ;;
     sizes)
         trap cmd_down EXIT

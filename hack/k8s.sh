@@ -8,7 +8,7 @@
 #   hack/k8s.sh down      stop every process of it and remove what it made: namespaces, cgroups, state
 #   hack/k8s.sh status    exit 0 when up and the node is Ready
 #   hack/k8s.sh exec CMD  run CMD in the cluster's network namespace with KUBECONFIG set (kubectl, helm, ...)
-#   hack/k8s.sh load TAR  import an image archive (`docker save` or OCI) into the node's containerd
+#   hack/k8s.sh load TAR... import image archives (`docker save` or OCI) into the node's containerd, each once
 #   hack/k8s.sh leftovers print anything of this cluster still present (processes, cgroups); exit 1 if any
 #
 # Isolation. One holder process (`unshare --net --mount`) owns a network namespace and a mount namespace; every
@@ -404,7 +404,7 @@ wait_until() { # NAME DEADLINE_MS CHECK...
 kubectl_ns() { in_net env KUBECONFIG="$KUBECONFIG_PATH" "$KUBECTL" "$@"; }
 etcd_healthy() { in_net curl -fsS --max-time 2 http://127.0.0.1:2379/health | grep -q '"health":"true"'; }
 apiserver_ready() { [[ "$(kubectl_ns get --raw /readyz 2>/dev/null)" == ok ]]; }
-containerd_ready() { [[ -S "$CONTAINERD_SOCK" ]] && ctr --address "$CONTAINERD_SOCK" version; }
+containerd_ready() { [[ -S "$CONTAINERD_SOCK" ]] && in_ns ctr --address "$CONTAINERD_SOCK" version; }
 node_ready() {
     [[ "$(kubectl_ns get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
@@ -482,7 +482,7 @@ cmd_up() {
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
         --allow-privileged=true --profiling=false
     wait_until containerd "$deadline" containerd_ready
-    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$pause" >/dev/null ||
+    in_ns ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$pause" >/dev/null ||
         fail_start containerd "importing the pause image failed"
     wait_until kube-apiserver "$deadline" apiserver_ready
 
@@ -596,11 +596,16 @@ cmd_exec() {
 }
 
 cmd_load() {
-    [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster is not running (hack/k8s.sh up)"
-    local tar
+    HOLDER="$(holder_pid)" || die "the cluster is not running (hack/k8s.sh up)"
+    local tar done_dir="$RUN_DIR/containerd/imported"
+    mkdir -p "$done_dir"
     for tar in "$@"; do
-        ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack "$tar" >/dev/null ||
+        # An archive is named by its content (hack/images.sh): imported once per cluster.
+        [[ -f "$done_dir/$(basename "$tar")" ]] && continue
+        log "importing $(basename "$tar") into the cluster's containerd"
+        in_ns ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack "$(realpath "$tar")" >/dev/null ||
             die "importing $tar failed"
+        touch "$done_dir/$(basename "$tar")"
     done
 }
 

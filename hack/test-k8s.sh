@@ -65,6 +65,19 @@ audit() {
     k exec "deployment/$SALE-worker" -- stampede audit --sale "$NS/$SALE" --wait 120 | tail -n 6
 }
 
+# The network rule, checked on the namespace itself (no packet is sent to find out): its only links are loopback,
+# the pods' bridge and their veths, and its default route is unreachable, so nothing in it can reach an address
+# outside the cluster.
+links="$("$ROOT/hack/k8s.sh" exec ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -vE '^(lo|cni0|veth[0-9a-f]+)$' || true)"
+[[ -z "$links" ]] || {
+    log "the cluster's network namespace has a link out: $links"
+    exit 1
+}
+"$ROOT/hack/k8s.sh" exec ip route show default | grep -qx 'unreachable default' || {
+    log "the cluster's network namespace has a default route"
+    exit 1
+}
+
 step "helm install (bundled Redis and PostgreSQL, images $TAG)"
 h upgrade --install "$RELEASE" "$ROOT/charts/stampede" --namespace "$NS" --create-namespace \
     -f "$ROOT/charts/stampede/ci/kind-values.yaml" -f "$ROOT/hack/k8s/values.yaml" \

@@ -11,6 +11,7 @@ RUN groupadd --system --gid 999 postgres \
     && mkdir -p /docker-entrypoint-initdb.d /var/run/postgresql \
     && chown postgres:postgres /var/run/postgresql
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH \
+    LANG=C.UTF-8 \
     PGDATA=/var/lib/postgresql/data
 COPY postgresql-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER 999:999
