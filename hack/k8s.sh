@@ -90,11 +90,11 @@ cluster_pids() {
         if [[ -n "$mnt" ]]; then
             for dir in /proc/[0-9]*; do
                 pid="${dir#/proc/}"
-                [[ "$(readlink "$dir/ns/mnt" 2>/dev/null)" == "$mnt" ]] && printf '%s\n' "$pid"
+                if [[ "$(readlink "$dir/ns/mnt" 2>/dev/null)" == "$mnt" ]]; then printf '%s\n' "$pid"; fi
             done
         fi
         while read -r dir; do
-            [[ -d "$dir$CGROUP" ]] && find "$dir$CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null
+            if [[ -d "$dir$CGROUP" ]]; then find "$dir$CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null || true; fi
         done < <(cgroup_roots)
     } | sort -un
 }

@@ -111,7 +111,8 @@ sale_live() {
 helm_test() {
     local rc=0
     h test "$RELEASE" -n "$NS" --logs --timeout 10m >"$OUT/helm-test.log" 2>&1 || rc=$?
-    grep -E 'smoke:|thresholds|audit|CLEAN|VIOLATION|Phase' "$OUT/helm-test.log" | tail -n 20 || true
+    k logs "$RELEASE-test-smoke" -c k6 | grep -E '^smoke:|thresholds' || true
+    grep -E 'Phase|audit|CLEAN|VIOLATION' "$OUT/helm-test.log" | tail -n 20 || true
     return "$rc"
 }
 
