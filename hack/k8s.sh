@@ -433,6 +433,7 @@ cmd_up() {
     mkdir -p "$RUN_DIR"
     exec 9>"$RUN_DIR/.lock"
     flock 9
+    KUBECTL="$(tool kubectl)"
     if HOLDER="$(holder_pid)" && node_ready 2>/dev/null; then
         log "cluster already up"
         printf '%s\n' "$KUBECONFIG_PATH"
@@ -441,7 +442,6 @@ cmd_up() {
     [[ -f "$RUN_DIR/holder.pid" ]] && stop_all
     install_packages
     local etcd apiserver cm scheduler kubelet proxy coredns pause
-    KUBECTL="$(tool kubectl)"
     etcd="$(tool etcd)"
     apiserver="$(tool kube-apiserver)"
     cm="$(tool kube-controller-manager)"
