@@ -99,6 +99,44 @@ class RestoreSource:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveLedger:
+    """What the live sale page reads of a sale in the ledger, cheaply (``Ledger.live``): units by status as
+    the reconciler counts them, the age of the oldest pending row, and the sale's mirror row (None where the
+    operator never mirrored the sale)."""
+
+    pending: int
+    confirmed: int
+    compensated: int
+    oldest_pending_s: float | None  # None: nothing pending
+    sku: str | None
+    stock: int | None
+    window_start: datetime | None
+    window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSale:
+    """One sale of the live page's overview, as the operator mirrored it."""
+
+    sale: str
+    sku: str
+    stock: int
+    window_start: datetime | None
+    window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LagStats:
+    """202 -> confirmed lag of a sale's confirmed reservations, seconds (0s when none is confirmed)."""
+
+    n: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """The wanted outcome of one reservation, handed to ``Ledger.settle``."""
 
@@ -162,6 +200,8 @@ class Ledger:
         # Batches of this process go round the shards, starting at a random one so processes spread.
         self._shard = random.randrange(settle_shards)
         self._q = sqlfiles.queries("ledger.sql")
+        self._live = sqlfiles.queries("live.sql")
+        self._audit = sqlfiles.queries("audit.sql")
 
     @classmethod
     async def open(cls, settings: Common) -> Ledger:
@@ -296,6 +336,42 @@ class Ledger:
             row = await cur.fetchone()
         assert row is not None
         return int(row[0])
+
+    async def live(self, sale: str) -> LiveLedger:
+        """The sale as the live page shows it, in one statement that reads no settled row."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._live["live_sale"], {"sale": sale})
+            row = await cur.fetchone()
+        assert row is not None  # the statement always answers one row
+        pending, confirmed, compensated, oldest, sku, stock, start, end = row
+        return LiveLedger(
+            int(pending),
+            int(confirmed),
+            int(compensated),
+            None if oldest is None else max(0.0, float(oldest)),
+            sku,
+            None if stock is None else int(stock),
+            start,
+            end,
+        )
+
+    async def live_sales(self, namespace: str, *, limit: int = 50) -> list[LiveSale]:
+        """The namespace's sales the ledger knows, newest window first (at most ``limit``)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._live["live_sales"], {"namespace": namespace, "limit": limit})
+            return [
+                LiveSale(sale, sku, int(stock), start, end) for sale, sku, stock, start, end in await cur.fetchall()
+            ]
+
+    async def confirmed_lag(self, sale: str) -> LagStats:
+        """202 -> confirmed lag percentiles over every confirmed row of the sale: reads the sale's rows, so
+        callers ask once a sale is settled (the audit, the live page's final figures)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._audit["lag_percentiles"], {"sale": sale})
+            row = await cur.fetchone()
+        if row is None or not row[0]:
+            return LagStats(0, 0.0, 0.0, 0.0, 0.0)
+        return LagStats(int(row[0]), *(float(v) for v in row[1:]))
 
     async def ping(self) -> None:
         async with self._conn() as conn:
@@ -468,8 +544,11 @@ __all__ = [
     "PENDING",
     "Claim",
     "Claimed",
+    "LagStats",
     "Ledger",
     "LedgerRow",
+    "LiveLedger",
+    "LiveSale",
     "PendingReservation",
     "RestoreSource",
     "Settled",

@@ -44,12 +44,8 @@ def k6_accepted(summary_path: Path) -> int:
 
 
 async def lag(ledger: Ledger, sale: str) -> Lag:
-    async with ledger.pool.connection() as conn:
-        cur = await conn.execute(Q["lag_percentiles"], {"sale": sale})
-        row = await cur.fetchone()
-    if row is None or not row[0]:
-        return Lag(0, 0.0, 0.0, 0.0, 0.0)
-    return Lag(int(row[0]), *(float(v) for v in row[1:]))
+    s = await ledger.confirmed_lag(sale)
+    return Lag(s.n, s.p50, s.p95, s.p99, s.max)
 
 
 async def sale_limits(ledger: Ledger, sale: str) -> tuple[int, int] | None:
