@@ -119,6 +119,7 @@ class Feed:
         """Every new sample until ``until`` (monotonic clock); a reader that falls behind skips to the newest."""
         self.readers += 1
         if self._task is None or self._task.done():
+            self.latest = None  # from before the feed went idle: stale, never shown
             self._task = asyncio.create_task(self._run(), name="live feed")
         seen = -1
         try:

@@ -104,7 +104,8 @@
     ctx.clearRect(0, 0, w, h);
     if (history.length < 2) return;
     const css = getComputedStyle(document.documentElement);
-    const x = (i) => pad + ((w - 2 * pad) * i) / (HISTORY - 1);
+    const span = Math.max(history.length, 60); // fills the width as samples arrive, then scrolls
+    const x = (i) => pad + ((w - 2 * pad) * i) / (span - 1);
     const line = (key, max, colour) => {
       ctx.strokeStyle = css.getPropertyValue(colour);
       ctx.lineWidth = 2;
