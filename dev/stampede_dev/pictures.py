@@ -102,8 +102,8 @@ def chromium(root: Path) -> str | None:
 
 
 class PageWatcher(threading.Thread):
-    """Keeps the live page open in a headless Chromium while the sale runs (so its timeline fills), then
-    saves a screenshot once the page shows the sale settled."""
+    """Keeps the live page open in a headless Chromium while the sale runs (so its timeline fills), buys one
+    unit from it as a demo buyer, then saves a screenshot once the page shows the sale settled."""
 
     def __init__(self, executable: str, url: str, path: Path) -> None:
         super().__init__(name="page", daemon=True)
@@ -122,6 +122,8 @@ class PageWatcher(threading.Thread):
                 page.goto(self.url)
                 page.wait_for_selector('#remaining[data-value]:not([data-value=""])', timeout=60_000)
                 self.ready.set()
+                # A demo buyer takes part in the spike from the page, as a person would.
+                page.click("#buy")
                 self._finish.wait()
                 # Settled: nothing pending on either side (the page then shows the final lag figures).
                 page.wait_for_selector('#pending[data-value="0"]', timeout=60_000)

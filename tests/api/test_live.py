@@ -98,6 +98,9 @@ async def test_one_sampler_serves_every_stream_and_stops_when_none_is_left() -> 
     await asyncio.sleep(0.15)
     assert calls == stopped  # nobody reads: nothing samples
     assert feed.readers == 0
+    # A stream opened later sees a fresh sample first, never the one left from before the feed went idle.
+    first = await anext(feed.stream(time.monotonic() + 0.3))
+    assert first["n"] == stopped + 1
 
 
 # --- the routes against the real stores ------------------------------------------------------------------
