@@ -134,6 +134,13 @@ async def test_routes_are_absent_unless_the_page_is_on(client: testing.ASGICondu
     assert (await client.simulate_post("/live/demo-token")).status_code == 404
 
 
+async def test_openapi_lists_the_live_routes_only_when_on(live_client: Any, client: testing.ASGIConductor) -> None:
+    on = (await live_client[0].simulate_get("/openapi.json")).json["paths"]
+    assert {"/live", "/live/events", "/live/sales/{sale}", "/live/sales/{sale}/events", "/live/demo-token"} <= set(on)
+    off = (await client.simulate_get("/openapi.json")).json["paths"]
+    assert not [p for p in off if p.startswith("/live")]
+
+
 async def test_page_assets_and_unknown_names(live_client: Any, stock: StockEngine, sale: str) -> None:
     client, _ = live_client
     await stock.seed(sale, SaleConfig(total=5), open=True)
