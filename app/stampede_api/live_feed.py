@@ -27,6 +27,7 @@ from typing import Any
 from stampede import errors
 from stampede.ledger import Ledger, LiveLedger
 from stampede.stock import Snapshot, StockEngine
+from stampede.vocabulary import Status
 
 log = logging.getLogger("stampede_api.live")
 
@@ -92,7 +93,11 @@ def sale_sample(name: str, snap: Snapshot, redis: dict[str, int], led: LiveLedge
         "stock": snap.total,
         "remaining": snap.remaining,
         "rate": round(rate, 1),
-        "outcomes": {"confirmed": led.confirmed, "pending": led.pending, "compensated": led.compensated},
+        "outcomes": {
+            Status.CONFIRMED.value: led.confirmed,
+            Status.PENDING.value: led.pending,
+            Status.COMPENSATED.value: led.compensated,
+        },
         # The audit's drift: Redis's confirmed and pending units against the ledger's. In flight during a
         # spike (a settle moves the ledger first), 0 once the sale has settled.
         "drift": abs(snap.confirmed - led.confirmed) + abs(snap.pending - led.pending),
@@ -182,8 +187,9 @@ class LiveFeeds:
                 led = await self._ledger.live(sid)
                 out = sale_sample(name, snap, redis, led, prev)
                 if out["settled"] and led.confirmed != prev.lag_for:
-                    lag = await self._ledger.confirmed_lag(sid)
-                    prev.lag_for, prev.lag = led.confirmed, dataclasses.asdict(lag)
+                    n, p50, p95, p99, most = await self._ledger.settle_lag(sid)
+                    prev.lag_for = led.confirmed
+                    prev.lag = {"n": n, "p50": p50, "p95": p95, "p99": p99, "max": most}
                     out["lag"]["confirmed"] = prev.lag
                 return out
 

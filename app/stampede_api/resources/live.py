@@ -58,8 +58,8 @@ class _Live:
         self.s.read_limiter.check(client_ip(req, cfg.client_ip_header, cfg.trusted_proxy_hops) or "unknown")
 
     def _feeds(self) -> LiveFeeds:
-        if self.s.live is None:
-            raise errors.DependencyUnavailable("api", "starting up")
+        self.s.require()  # 503 until the process's startup has run
+        assert self.s.live is not None  # startup makes the feeds whenever these routes exist
         return self.s.live
 
     def _page(self, resp: falcon.asgi.Response, view: str, sale: str = "") -> None:
