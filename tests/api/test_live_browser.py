@@ -139,12 +139,17 @@ async def test_live_page_follows_a_burst_and_matches_the_audit(
 
                 stop = asyncio.Event()
                 watcher = asyncio.create_task(watch(stop))
-                async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                    for wave in range(0, BUYERS, 30):
-                        await asyncio.gather(*(buyer(client, n) for n in range(wave, min(wave + 30, BUYERS))))
-                        await asyncio.sleep(0.4)
-                stop.set()
-                await watcher
+                # Idle connections are dropped well before the server's 5 s keep-alive: one reused the instant
+                # the server closes it is lost (a loaded machine stretches the waves past it).
+                limits = httpx.Limits(keepalive_expiry=1.0)
+                try:
+                    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+                        for wave in range(0, BUYERS, 30):
+                            await asyncio.gather(*(buyer(client, n) for n in range(wave, min(wave + 30, BUYERS))))
+                            await asyncio.sleep(0.4)
+                finally:
+                    stop.set()
+                    await watcher
                 during = seen - {STOCK, STOCK - 1, 0}
                 assert len(during) >= 2, f"the page showed no intermediate stock during the burst: {sorted(seen)}"
 
