@@ -27,7 +27,7 @@ demo-down: ## stop the demo's services and control plane (PostgreSQL's data is d
 	-@hack/services.sh down
 
 .PHONY: test
-test: setup tools ## set everything up on a fresh machine and run the whole suite
+test: setup tools browser ## set everything up on a fresh machine and run the whole suite
 	@hack/services.sh up
 	@hack/cluster.sh up >/dev/null
 	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || rc=$$?; \
@@ -41,6 +41,10 @@ setup: ## create .venv from the lock file requirements/dev.txt (re-runs only whe
 .PHONY: lock
 lock: ## regenerate the lock files requirements/*.txt from pyproject.toml (UPGRADE=1 moves every pin)
 	@hack/lock.sh
+
+.PHONY: browser
+browser: ## install Debian's Chromium for the live page's browser test (hack/chromium.sh; says why when it cannot)
+	@hack/chromium.sh
 
 .PHONY: tools
 tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) into .tools (cached)
@@ -99,11 +103,14 @@ fmt: setup ## format and auto-fix
 DEV_JWT_SECRET ?= stampede-local-dev-secret-change-me-0123456789
 
 .PHONY: serve
-serve: setup services-up ## run the buy API under gunicorn on 127.0.0.1:8000 (strategies on; STAMPEDE_* override)
+serve: setup services-up ## run the buy API under gunicorn on 127.0.0.1:8000 (strategies, live page, demo buyers on)
 	@$(SERVICES_ENV); export STAMPEDE_JWT_SECRET=$${STAMPEDE_JWT_SECRET:-$(DEV_JWT_SECRET)} \
-	    STAMPEDE_STRATEGIES_ENABLED=$${STAMPEDE_STRATEGIES_ENABLED:-true}; \
+	    STAMPEDE_STRATEGIES_ENABLED=$${STAMPEDE_STRATEGIES_ENABLED:-true} \
+	    STAMPEDE_LIVE_PAGE=$${STAMPEDE_LIVE_PAGE:-true} STAMPEDE_ENVIRONMENT=$${STAMPEDE_ENVIRONMENT:-development} \
+	    STAMPEDE_DEMO_BUYERS=$${STAMPEDE_DEMO_BUYERS:-true}; \
 	  $(VENV)/bin/stampede migrate $$([ "$$STAMPEDE_STRATEGIES_ENABLED" = true ] && echo --with-strategies) >/dev/null || exit 1; \
 	  echo "==> token for buyer-1: $$($(VENV)/bin/stampede mint-token buyer-1)"; \
+	  echo "==> live page: http://$${STAMPEDE_BIND:-127.0.0.1:8000}/live"; \
 	  exec $(VENV)/bin/gunicorn -c python:stampede_api.gunicorn_conf stampede_api.asgi:app
 
 .PHONY: api
