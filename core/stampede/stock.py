@@ -528,7 +528,7 @@ class StockEngine:
         """The sale's snapshot and, read in the same atomic step, every counter Redis keeps of it by name
         (``counter_fields``): what the live page lists, so counters of features it does not know still show."""
         k = _keys(sale)
-        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations], [])
+        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations, k.settled], [])
         if not flat:
             raise errors.SaleNotFound(sale)
         return _snapshot(sale, flat), counter_fields(flat)
