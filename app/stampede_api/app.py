@@ -28,6 +28,7 @@ from .reserver import ReserveCoalescer
 from .resources.docs import OpenApi
 from .resources.health import Healthz, Readyz
 from .resources.metrics import Metrics as MetricsResource
+from .resources.queue import Queue
 from .resources.reservations import ReservationItem, SaleReservations
 from .resources.sales import Sale
 from .resources.strategies import StrategyBuy
@@ -129,6 +130,9 @@ def build(
     app.add_route("/v1/sales/{sale}/reservations", SaleReservations(services))
     app.add_route("/v1/reservations/{reservation_id}", ReservationItem(services))
     app.add_route("/v1/sales/{sale}", Sale(services))
+    queue = Queue(services)
+    app.add_route("/v1/sales/{sale}/queue", queue)
+    app.add_route("/v1/sales/{sale}/queue/{ticket}", queue, suffix="ticket")
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(services))
     app.add_route("/metrics", MetricsResource(settings.metrics_port))  # 404 but on the metrics port

@@ -9,6 +9,8 @@ from typing import Any
 
 from stampede.settings import ApiSettings
 
+from . import openapi_queue
+
 SALE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
@@ -82,6 +84,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                         "required": False,
                         "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
                     },
+                    openapi_queue.ADMISSION_HEADER,
                 ],
                 "requestBody": {"required": True, "content": json_body},
                 "responses": {
@@ -100,7 +103,10 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                     ),
                     "400": _error("invalid body, quantity or header (error.field names it)"),
                     "401": _error("missing, malformed, expired or badly signed token"),
-                    "403": _error("token without the buy scope"),
+                    "403": _error(
+                        "token without the buy scope; admission_required / admission_expired: the sale's waiting "
+                        "room is on and no valid Admission-Token of this buyer was shown, or its time is up"
+                    ),
                     "404": _error("unknown sale"),
                     "409": _error(
                         "sold_out, limit_reached, sale_closed, idempotency_conflict or idempotency_in_flight",
@@ -170,6 +176,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
             }
         },
     }
+    paths.update(openapi_queue.paths(settings, sale_param, _ok, _error, _common_errors()))
     if settings.strategies_enabled:
         version = {
             "name": "version",
@@ -286,6 +293,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                         "per_user_limit": {"type": "integer"},
                     },
                 },
+                **openapi_queue.SCHEMAS,
                 "Status": {
                     "type": "object",
                     "required": ["status"],

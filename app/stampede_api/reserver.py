@@ -79,8 +79,16 @@ class ReserveCoalescer(SingleFlusher[_Call]):
         *,
         idempotency_key: str | None = None,
         client_ip: str | None = None,
+        admission_expires_ms: int | None = None,
     ) -> Reservation:
-        rc = reserve_call(sale, user, quantity, idempotency_key=idempotency_key, client_ip=client_ip)
+        rc = reserve_call(
+            sale,
+            user,
+            quantity,
+            idempotency_key=idempotency_key,
+            client_ip=client_ip,
+            admission_expires_ms=admission_expires_ms,
+        )
         if idempotency_key is None and self._sold_out:
             until = self._sold_out.get(sale)
             if until is not None:

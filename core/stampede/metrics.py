@@ -81,7 +81,7 @@ API_LATENCY = Histogram(
 API_RESERVATIONS = Counter(
     "stampede_api_reservations_total",
     "reservation attempts by outcome (accepted, replayed, sold_out, limit_reached, sale_closed, rate_limited, "
-    "idempotency_conflict, unavailable)",
+    "idempotency_conflict, not_admitted, unavailable)",
     ["sale", "outcome"],
 )
 API_STOCK_REMAINING = Gauge(
@@ -144,6 +144,11 @@ OPERATOR_STOCK = Gauge(
     "units of a sale by state as last reconciled (remaining, reserved, confirmed, compensated)",
     ["sale", "state"],
 )
+OPERATOR_QUEUE = Gauge(
+    "stampede_operator_queue_tickets",
+    "tickets of a sale's waiting room as last reconciled (tickets, early, admitted, served, waiting)",
+    ["sale", "state"],
+)
 
 SALE_LABELLED = (
     API_RESERVATIONS,
@@ -155,6 +160,7 @@ SALE_LABELLED = (
     OPERATOR_RECONCILE_SECONDS,
     OPERATOR_RECONCILE_ERRORS,
     OPERATOR_STOCK,
+    OPERATOR_QUEUE,
 )
 
 

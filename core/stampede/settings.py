@@ -231,6 +231,12 @@ class ApiSettings(Common):
         10.0, "reads per second per client of GET /v1/sales/{sale} and per buyer of polls"
     )
     public_read_burst: int = setting(20, "burst of those reads before 429")
+    admission_token_ttl_s: int = setting(
+        120, "waiting room: seconds an admitted buyer's admission token lets them buy (admission is given once)"
+    )
+    queue_poll_interval_ms: int = setting(
+        500, "waiting room: least time between two polls of one ticket (sooner: 429, the place unchanged)"
+    )
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
     access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")
     fault_exit_after_reserves: int = setting(
@@ -249,6 +255,8 @@ class ApiSettings(Common):
             raise SettingsError("STAMPEDE_TOKEN_CACHE_ENTRIES must be >= 0 (0: no cache)")
         if self.sale_namespace and not SALE_NAME_RE.match(self.sale_namespace):
             raise SettingsError("STAMPEDE_SALE_NAMESPACE must be a Kubernetes namespace name (or empty)")
+        for name in ("admission_token_ttl_s", "queue_poll_interval_ms"):
+            _positive(name, getattr(self, name))
         for name in ("max_header_bytes", "header_timeout_s", "idle_timeout_s", "public_read_rate", "public_read_burst"):
             _positive(name, getattr(self, name))
         if self.trusted_proxy_hops < 0:

@@ -26,6 +26,7 @@ from redis.typing import EncodableT, FieldT
 from . import errors
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
 from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
+from .waitroom import WaitingRoom
 
 SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
 
@@ -239,6 +240,10 @@ class ReserveCall:
             raise errors.SaleClosed(sale)
         if code == "unknown_sale":
             raise errors.SaleNotFound(sale)
+        if code == "not_admitted":
+            raise errors.AdmissionRequired(sale)
+        if code == "admission_expired":
+            raise errors.AdmissionExpired(sale)
         if code == "rate_limited":
             raise errors.RateLimited(_s(state), number)
         if code == "idem_conflict":
@@ -256,8 +261,11 @@ def reserve_call(
     idempotency_key: str | None = None,
     reservation_id: str | None = None,
     client_ip: str | None = None,
+    admission_expires_ms: int | None = None,
 ) -> ReserveCall:
-    """Checks a reserve's arguments (InvalidArgument naming the field) and builds its call."""
+    """Checks a reserve's arguments (InvalidArgument naming the field) and builds its call.
+    ``admission_expires_ms`` is the expiry of the buyer's verified admission token (None: none shown); the
+    script refuses a buyer without one while the sale's waiting room is on."""
     k = _keys(sale)
     _check_user(user)
     _check_quantity(quantity)
@@ -272,8 +280,14 @@ def reserve_call(
         k.idempotency,
         k.buyer_bucket(user),
         k.ip_bucket(client_ip) if client_ip else "",
+        k.room_config,
     ]
-    return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or ""])
+    if admission_expires_ms is not None and (
+        isinstance(admission_expires_ms, bool) or not isinstance(admission_expires_ms, int)
+    ):
+        raise errors.InvalidArgument("Admission-Token", "expiry must be an integer")
+    admission = "" if admission_expires_ms is None else admission_expires_ms
+    return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or "", admission])
 
 
 class StockEngine:
@@ -282,6 +296,14 @@ class StockEngine:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
+        self._room: WaitingRoom | None = None
+
+    @property
+    def room(self) -> WaitingRoom:
+        """The sale waiting rooms' adapter over this engine's client (``stampede.waitroom``)."""
+        if self._room is None:
+            self._room = WaitingRoom(self.client, script_source("room"))
+        return self._room
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 64, pool_timeout: float = 5.0) -> StockEngine:
@@ -429,12 +451,20 @@ class StockEngine:
         idempotency_key: str | None = None,
         reservation_id: str | None = None,
         client_ip: str | None = None,
+        admission_expires_ms: int | None = None,
     ) -> Reservation:
         """Takes ``quantity`` units for ``user`` in one atomic step, or raises the domain error that
-        says why not (SaleNotFound, RateLimited, SaleClosed, LimitReached, SoldOut,
-        IdempotencyConflict). A replayed idempotency key returns the original reservation."""
+        says why not (SaleNotFound, RateLimited, SaleClosed, AdmissionRequired, AdmissionExpired,
+        LimitReached, SoldOut, IdempotencyConflict). A replayed idempotency key returns the original
+        reservation."""
         call = reserve_call(
-            sale, user, quantity, idempotency_key=idempotency_key, reservation_id=reservation_id, client_ip=client_ip
+            sale,
+            user,
+            quantity,
+            idempotency_key=idempotency_key,
+            reservation_id=reservation_id,
+            client_ip=client_ip,
+            admission_expires_ms=admission_expires_ms,
         )
         return call.answer(await self._run("reserve", call.keys, call.args))
 

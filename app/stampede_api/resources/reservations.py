@@ -14,7 +14,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from stampede import errors
+from stampede import admission, errors
 from stampede.identifiers import IDEMPOTENCY_KEY_RULE, is_idempotency_key
 from stampede.names import SALE_NAME_RE, sale_id, split_sale_id
 from stampede_api.body import int_member, read_object
@@ -41,6 +41,19 @@ def purchase_body(p: Purchase) -> dict[str, Any]:
 class SaleReservations:
     def __init__(self, services: Services) -> None:
         self.s = services
+        self._admission_key = admission.derive_key(services.settings.jwt_secret)
+
+    def _admission(self, req: falcon.asgi.Request, sale: str, buyer: str) -> int | None:
+        """The expiry of the buyer's admission token (``Admission-Token``), if one is shown; a token that is
+        not this buyer's for this sale, or not signed by this API, is refused at once. Whether the sale asks
+        for one at all, and whether it has expired, ``reserve.lua`` decides in the step that takes the stock."""
+        token = req.get_header("Admission-Token")
+        if token is None:
+            return None
+        try:
+            return admission.verify(self._admission_key, token.strip(), sale=sale, buyer=buyer).expires_ms
+        except admission.InvalidAdmission as exc:
+            raise errors.AdmissionRequired(sale, str(exc)) from None
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sale: str) -> None:
         settings = self.s.settings
@@ -53,6 +66,7 @@ class SaleReservations:
             raise bad_request("Idempotency-Key", f"must be {IDEMPOTENCY_KEY_RULE}")
         body = await read_object(req, settings.max_body_bytes, _BUY_MEMBERS)
         quantity = int_member(body, "quantity", default=1, lo=1, hi=settings.max_quantity)
+        admitted = self._admission(req, sale, buyer.id)
         stock, ledger, batcher = self.s.require()
         p = await buy(
             self.s.reserver or stock,
@@ -67,6 +81,7 @@ class SaleReservations:
             replay_wait_ms=settings.replay_wait_ms,
             retry_after_s=settings.retry_after_s,
             engine=stock,
+            admission_expires_ms=admitted,
         )
         resp.media = purchase_body(p)
         resp.location = f"/v1/reservations/{p.reservation_id}"
