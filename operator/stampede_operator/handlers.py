@@ -35,7 +35,7 @@ from stampede.ledger import Ledger
 from stampede.settings import OperatorSettings
 from stampede.stock import SeedResult, StockEngine
 
-from . import builders, reconcile
+from . import builders, reconcile, waitroom
 from .builders import InvalidSpec, SaleSpec
 from .status import (
     FAILED,
@@ -276,6 +276,7 @@ async def ensure(
                 ip_rate=float(sale.ip_rate),
                 ip_burst=sale.ip_burst,
             )
+            await waitroom.apply(deps.stock, sale)
             await ensure_workloads(deps, sale, namespace, body)
 
             conds: list[tuple[str, str, str, str]] = []
@@ -349,7 +350,9 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
             )
             if outcome.snapshot is not None and outcome.snapshot.open != phase.open:
                 await deps.stock.set_open(sale_id, phase.open)  # a rebuild or a restart may have reset it
-            await _report(deps, memo, sale, namespace, phase, outcome, emit)
+            await waitroom.apply(deps.stock, sale)  # back within a pass if Redis lost it
+            queue = await waitroom.report(deps.stock, sale)
+            await _report(deps, memo, sale, namespace, phase, outcome, emit, queue)
     except errors.DependencyUnavailable as exc:
         metrics.OPERATOR_RECONCILE_ERRORS.labels(sale_id, exc.code).inc()
         memo.status_written = None
@@ -375,7 +378,14 @@ async def _safe_status(deps: Deps, name: str, namespace: str, reason: str, messa
 
 
 async def _report(
-    deps: Deps, memo: SaleMemo, sale: SaleSpec, namespace: str, phase: Phase, outcome: reconcile.Outcome, emit: Emit
+    deps: Deps,
+    memo: SaleMemo,
+    sale: SaleSpec,
+    namespace: str,
+    phase: Phase,
+    outcome: reconcile.Outcome,
+    emit: Emit,
+    queue: Mapping[str, Any] | None = None,
 ) -> None:
     name = sale.name
     extra = {"sale": sale.id}
@@ -393,6 +403,8 @@ async def _report(
     if snap is not None:
         fields["remaining"] = snap.remaining
         fields["stock"] = snap.total
+    if queue is not None:
+        fields["queue"] = dict(queue)
     conds: list[tuple[str, str, str, str]] = []
     if outcome.healed:
         summary = ", ".join(f"{kind} {n}" for kind, n in sorted(outcome.healed.items()))
