@@ -1,5 +1,6 @@
 -- reserve: one atomic step of a buy. Checks, in order: arguments, sale exists, rate limits (buyer and
--- client IP token buckets), idempotent replay, sale open, per-user limit, stock; then takes the stock
+-- client IP token buckets), idempotent replay, sale open, per-user limit, stock, admission by the
+-- waiting room; then takes the stock
 -- and records the pending reservation.
 -- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip[, room_config]
 -- ARGV: reservation_id, user, quantity, idempotency_key ('' = none), admission_expires_ms ('' = none:
@@ -67,14 +68,16 @@ if ikey ~= '' then
 end
 
 if m[2] ~= '1' then return {'closed', '', '', 0} end
+local held = tonumber(redis.call('HGET', holds, user) or '0')
+if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
+if remaining < qty then return {'sold_out', '', '', remaining} end
+-- The waiting room: while it is on, only a buyer it admitted (a token the API verified, unexpired by
+-- Redis's clock) takes stock. After the refusals that say more (closed, limit, sold out).
 if KEYS[8] and KEYS[8] ~= '' and redis.call('HGET', KEYS[8], 'on') == '1' then
   local admission = tonumber(ARGV[5] or '')
   if admission == nil then return {'not_admitted', '', '', 0} end
   if admission <= now then return {'admission_expired', '', '', 0} end
 end
-local held = tonumber(redis.call('HGET', holds, user) or '0')
-if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
-if remaining < qty then return {'sold_out', '', '', remaining} end
 if redis.call('HEXISTS', res, id) == 1 then return {'bad_args', '', 'reservation_id', 0} end
 
 redis.call('HINCRBY', meta, 'remaining', -qty)

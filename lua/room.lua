@@ -18,7 +18,7 @@
 -- join ARGV: buyer, ticket, entropy (integer in [0, 2^52)), token_ttl_ms
 --   -> {'new'|'existing', view...} | {'off'} | {'not_open', ms until open} | {'closed'} | {'sold_out'}
 -- poll ARGV: buyer, ticket, min_interval_ms, token_ttl_ms
---   -> {'ok', view...} | {'off'} | {'unknown_ticket'} | {'too_soon', ms to wait}
+--   -> {'ok', view...} | {'off'} | {'unknown_ticket'} | {'sold_out'} | {'too_soon', ms to wait}
 -- status ARGV: (none) -> {on, tickets, early, admitted (cursor), served, rate, start_ms} | {} when no room
 -- view: ticket, status (waiting_for_start|queued|admitted|expired), rank (-1 before the start), ahead,
 --       wait_ms, admitted_ms (0: not yet), tickets, early
@@ -133,6 +133,8 @@ if op == 'poll' then
   local buyer, ticket, min_interval, ttl_ms = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
   if not min_interval or not ttl_ms then return {'bad_args'} end
   if redis.call('HGET', tickets, ticket) ~= buyer then return {'unknown_ticket'} end
+  local remaining = redis.call('HGET', meta, 'remaining')
+  if remaining and tonumber(remaining) <= 0 then return {'sold_out'} end
   local last = tonumber(redis.call('HGET', polls, ticket) or '')
   if last and now - last < min_interval then return {'too_soon', min_interval - (now - last)} end
   redis.call('HSET', polls, ticket, now)

@@ -77,6 +77,7 @@ def paths(
                     "401": error("missing or invalid token"),
                     "403": error("token without the buy scope"),
                     "404": error("unknown sale, no waiting room, or no such ticket of this buyer"),
+                    "409": error("sold_out: nothing is left to queue for"),
                     "429": error("polled again too soon (the place is unchanged)", retry_after=True),
                     **common_errors,
                 },

@@ -17,7 +17,8 @@ Only this adapter and ``StockEngine`` touch Redis keys; it shares the engine's c
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -71,6 +72,30 @@ class RoomStatus:
     @property
     def waiting(self) -> int:
         return self.tickets - self.admitted
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedTicket:
+    ticket: str
+    buyer: str
+    position: int  # 0-based place in the queue
+    admitted_ms: int  # Redis time of the buyer's first answer as admitted
+
+
+def admission_violations(held_by: Iterable[str], admitted: Iterable[AdmittedTicket]) -> list[str]:
+    """The waiting room's invariants over a sale's records, beside the audit's: every buyer holding units
+    (``held_by``: the user of each pending or confirmed record) was admitted, and no buyer was admitted
+    twice."""
+    out: list[str] = []
+    tickets = list(admitted)
+    per_buyer = Counter(a.buyer for a in tickets)
+    twice = sorted(b for b, n in per_buyer.items() if n > 1)
+    if twice:
+        out.append(f"{len(twice)} buyers admitted more than once (e.g. {', '.join(twice[:3])})")
+    unadmitted = sorted(set(held_by) - per_buyer.keys())
+    if unadmitted:
+        out.append(f"{len(unadmitted)} buyers hold units without an admission (e.g. {', '.join(unadmitted[:3])})")
+    return out
 
 
 def _s(value: Any) -> str:
@@ -191,15 +216,16 @@ class WaitingRoom:
             start_ms=int(start_ms),
         )
 
-    async def admitted(self, sale: str) -> dict[str, tuple[str, int]]:
-        """Every admitted ticket: ticket -> (buyer, admitted_ms). For audits and tests (HSCAN, not atomic)."""
+    async def admitted(self, sale: str) -> list[AdmittedTicket]:
+        """Every admitted ticket in queue order, for audits and tests (several reads: not one instant)."""
         k = sale_keys(sale)
         try:
             admitted = {_s(t): int(ms) async for t, ms in self._client.hscan_iter(k.room_admitted, count=1000)}
             owners = {_s(t): _s(b) async for t, b in self._client.hscan_iter(k.room_tickets, count=1000)}
+            order = [_s(t) for t in await self._client.zrange(k.room_queue, 0, -1)]
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise errors.DependencyUnavailable("redis", str(exc)) from exc
-        return {t: (owners[t], ms) for t, ms in admitted.items()}
+        return [AdmittedTicket(t, owners[t], pos, admitted[t]) for pos, t in enumerate(order) if t in admitted]
 
     @staticmethod
     def _refusal(sale: str, code: str, raw: Sequence[Any]) -> errors.StampedeError:
