@@ -118,7 +118,9 @@ async def _wait_settled(ledger: Ledger, sale: str, seconds: float = 60) -> dict[
 async def test_k6_spike_through_the_waiting_room(
     room_server: str, stock: StockEngine, ledger: Ledger, sale: str, tmp_path: Path
 ) -> None:
-    found = subprocess.run([str(ROOT / "hack" / "tools.sh"), "path", "k6"], capture_output=True, text=True)
+    found = await asyncio.to_thread(
+        subprocess.run, [str(ROOT / "hack" / "tools.sh"), "path", "k6"], capture_output=True, text=True, timeout=180
+    )
     if found.returncode != 0:
         pytest.skip(f"k6 is not built and cannot be (hack/tools.sh): {found.stderr.strip()[-200:]}")
     units, buyers, bots, cheaters, rate = 200, 300, 10, 10, 25.0
