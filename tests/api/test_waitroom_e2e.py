@@ -84,7 +84,7 @@ def room_server(api_settings: ApiSettings, request: pytest.FixtureRequest) -> It
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90  # gunicorn and the worker start slowly on a loaded machine
             while True:
                 try:
                     if httpx.get(base + "/readyz", timeout=1).status_code == 200:
