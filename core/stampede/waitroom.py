@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import errors
 from .identifiers import BUYER_ID_RULE, is_buyer_id
 from .names import check_sale, sale_keys
+from .vocabulary import Dependency
 
 EARLY_SCORES = 2**52  # early scores are drawn from [0, EARLY_SCORES); late ones start there
 
@@ -139,7 +140,7 @@ class WaitingRoom:
         try:
             return await self._script(keys=list(keys), args=list(args))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         except ResponseError as exc:
             raise errors.ScriptError(f"room.lua: {exc}") from exc
 
@@ -169,7 +170,7 @@ class WaitingRoom:
             if await self._client.exists(key):
                 await self._client.hset(key, "on", "0")
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def join(self, sale: str, buyer: str, *, token_ttl_ms: int, ticket: str | None = None) -> QueueView:
         """The buyer's ticket: a new one, or the one the buyer already holds (one per buyer and sale)."""
@@ -224,7 +225,7 @@ class WaitingRoom:
             owners = {_s(t): _s(b) async for t, b in self._client.hscan_iter(k.room_tickets, count=1000)}
             order = [_s(t) for t in await self._client.zrange(k.room_queue, 0, -1)]
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         return [AdmittedTicket(t, owners[t], pos, admitted[t]) for pos, t in enumerate(order) if t in admitted]
 
     @staticmethod

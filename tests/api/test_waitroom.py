@@ -13,10 +13,11 @@ import pytest
 from falcon import testing
 
 from stampede import admission
-from stampede.audit import CONFIRMED, PENDING, audit, counts_from
+from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
+from stampede.vocabulary import Status
 from stampede.waitroom import admission_violations
 from stampede_api.app import build
 
@@ -191,6 +192,6 @@ async def test_a_crowd_sells_out_only_to_admitted_buyers(client, stock, ledger, 
     )
     assert report.ok, report.render()
     assert snap.remaining == 0
-    held_by = [r.user for r in rows if r.status in (CONFIRMED, PENDING)]
+    held_by = [r.user for r in rows if r.status in (Status.CONFIRMED, Status.PENDING)]
     assert admission_violations(held_by, await stock.room.admitted(sale)) == []
     assert not any(u.startswith("cheater-") for u in held_by)

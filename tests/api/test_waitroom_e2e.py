@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stampede.audit import CONFIRMED, PENDING, audit, counts_from
+from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
+from stampede.vocabulary import Status
 from stampede.waitroom import admission_violations
 from stampede_dev.devstack import free_port
 from stampede_dev.sale_audit import k6_accepted
@@ -110,7 +111,7 @@ async def _wait_settled(ledger: Ledger, sale: str, seconds: float = 60) -> dict[
     deadline = time.monotonic() + seconds
     while True:
         counts = await ledger.counts(sale)
-        if counts["pending"] == 0 or time.monotonic() > deadline:
+        if counts[Status.PENDING] == 0 or time.monotonic() > deadline:
             return counts
         await asyncio.sleep(0.25)
 
@@ -171,10 +172,10 @@ async def test_k6_spike_through_the_waiting_room(
         redis=counts_from(snap),
     )
     assert report.ok, report.render()
-    assert counts["confirmed"] == units and snap.remaining == 0  # sold out
+    assert counts[Status.CONFIRMED] == units and snap.remaining == 0  # sold out
 
     admitted = await stock.room.admitted(sale)
-    held_by = [r.user for r in rows if r.status in (CONFIRMED, PENDING)]
+    held_by = [r.user for r in rows if r.status in (Status.CONFIRMED, Status.PENDING)]
     assert admission_violations(held_by, admitted) == []
     assert not any(u.startswith("cheater-") for u in held_by)
     # Nobody, bots included, was admitted before the cursor reached their place (Redis time on both sides).

@@ -12,6 +12,7 @@ import pytest
 from stampede import errors
 from stampede.names import sale_id
 from stampede.stock import StockEngine
+from stampede.vocabulary import RedisState
 from stampede_operator import builders
 from stampede_operator.builders import AdmissionSpec, InvalidSpec
 
@@ -79,7 +80,7 @@ async def test_the_operator_sets_reports_and_removes_the_room(
     assert fs["status"]["queue"]["admitted"] <= 3
     patch_spec(cp, ns, sale, {"admission": None})
     await eventually(lambda: _queue(cp, ns, sale, enabled=False, tickets=3))
-    assert (await stock.reserve(sid, "walk-in")).state == "pending"  # no room: buy directly
+    assert (await stock.reserve(sid, "walk-in")).state == RedisState.PENDING  # no room: buy directly
 
 
 def _queue(cp: ControlPlane, namespace: str, name: str, **expected: Any) -> dict[str, Any]:

@@ -14,7 +14,9 @@ import pytest
 from stampede import errors
 from stampede.names import sale_keys
 from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import RedisState
 from stampede.waitroom import TicketStatus
+from tests.stores import redis_client
 
 pytestmark = pytest.mark.redis
 
@@ -243,9 +245,9 @@ async def test_reserve_requires_an_unexpired_admission_while_the_room_is_on(stoc
         await stock.reserve(sale, "b1")
     with pytest.raises(errors.AdmissionExpired):
         await stock.reserve(sale, "b1", admission_expires_ms=now - 1)
-    assert (await stock.reserve(sale, "b1", admission_expires_ms=now + 60_000)).state == "pending"
+    assert (await stock.reserve(sale, "b1", admission_expires_ms=now + 60_000)).state == RedisState.PENDING
     await stock.room.disable(sale)  # off: buyers buy directly again
-    assert (await stock.reserve(sale, "b2")).state == "pending"
+    assert (await stock.reserve(sale, "b2")).state == RedisState.PENDING
     snap = await stock.snapshot(sale)
     assert snap.balanced and snap.pending == 2
 
@@ -254,4 +256,4 @@ async def test_delete_removes_the_room(stock: StockEngine, sale: str) -> None:
     await _room(stock, sale, start_in_ms=-10, rate=1)
     await stock.room.join(sale, "b", token_ttl_ms=TTL_MS)
     await stock.delete(sale)
-    assert await stock.client.keys(f"{sale_keys(sale).base}*") == []
+    assert await redis_client(stock).keys(f"{sale_keys(sale).base}*") == []
