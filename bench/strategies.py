@@ -264,6 +264,9 @@ def main() -> None:
             "STAMPEDE_JWT_SECRET": secret,
             "STAMPEDE_STRATEGIES_ENABLED": "true",
             "STAMPEDE_LOG_LEVEL": "WARNING",
+            # Benchmark products are bare sale ids: the /v1 path must not qualify them with a namespace (it
+            # answered 404 to every /v1 buy of the production row when it did).
+            "STAMPEDE_SALE_NAMESPACE": "",
         },
     ) as stack:
         print("==> starting the API (gunicorn, 2 workers, strategies on) and a settle worker", flush=True)

@@ -26,6 +26,7 @@ local cfg_key, queue, buyers, tickets, admitted, polls, clock, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local op = ARGV[1]
 local LATE = 4503599627370496 -- 2^52: every early score is below it
+local EPS = 1e-9 -- the cursor is a sum of float steps: a whole number must not floor to one below it
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,7 +47,7 @@ local function cursor_at(c, store)
   if now <= ts then return cursor end
   local n = redis.call('ZCARD', queue)
   cursor = math.min(n, cursor + (now - ts) * c.rate / 1000)
-  if store then redis.call('HSET', clock, 'cursor', tostring(cursor), 'ts', now) end
+  if store then redis.call('HSET', clock, 'cursor', string.format('%.17g', cursor), 'ts', now) end
   return cursor
 end
 
@@ -57,7 +58,7 @@ local function view(c, ticket, cursor, ttl_ms)
     return {ticket, 'waiting_for_start', -1, -1, c.start_ms - now, 0, n, early}
   end
   local rank = redis.call('ZRANK', queue, ticket)
-  local admitted_count = math.floor(cursor)
+  local admitted_count = math.floor(cursor + EPS)
   if rank < admitted_count then
     local at = tonumber(redis.call('HGET', admitted, ticket) or '0')
     if at == 0 then
@@ -98,7 +99,7 @@ if op == 'status' then
   if not c then return {} end
   local cursor = cursor_at(c, false)
   return {c.on and '1' or '0', redis.call('ZCARD', queue), tonumber(redis.call('HGET', clock, 'early') or '0'),
-    tostring(cursor), redis.call('HLEN', admitted), tostring(c.rate), c.start_ms}
+    math.floor(cursor + EPS), redis.call('HLEN', admitted), tostring(c.rate), c.start_ms}
 end
 
 if not c or not c.on then return {'off'} end

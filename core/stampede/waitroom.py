@@ -211,7 +211,7 @@ class WaitingRoom:
             on=_s(on) == "1",
             tickets=int(tickets),
             early=int(early),
-            admitted=int(float(_s(cursor))),
+            admitted=int(cursor),
             served=int(served),
             rate=float(_s(rate)),
             start_ms=int(start_ms),
