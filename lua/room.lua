@@ -15,8 +15,9 @@
 -- KEYS: cfg, queue, buyers, tickets, admitted, polls, clock, meta (the sale's counters, read only)
 -- configure ARGV: on ('1'|'0'), open_ms, start_ms, end_ms (0: none), rate (per second)
 --   -> {'configured'}
--- join ARGV: buyer, ticket, entropy (integer in [0, 2^52)), token_ttl_ms
+-- join ARGV: buyer, ticket, entropy (integer in [0, 2^52)), token_ttl_ms, min_interval_ms
 --   -> {'new'|'existing', view...} | {'off'} | {'not_open', ms until open} | {'closed'} | {'sold_out'}
+--      | {'too_soon', ms to wait} (the buyer's ticket was joined or polled less than min_interval_ms ago)
 -- poll ARGV: buyer, ticket, min_interval_ms, token_ttl_ms
 --   -> {'ok', view...} | {'off'} | {'unknown_ticket'} | {'sold_out'} | {'too_soon', ms to wait}
 -- status ARGV: (none) -> {on, tickets, early, admitted (cursor), served, rate, start_ms} | {} when no room
@@ -105,10 +106,18 @@ end
 if not c or not c.on then return {'off'} end
 
 if op == 'join' then
-  local buyer, ticket, entropy, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-  if buyer == nil or buyer == '' or ticket == nil or ticket == '' or not ttl_ms then return {'bad_args'} end
+  local buyer, ticket, entropy, ttl_ms, min_interval = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  if buyer == nil or buyer == '' or ticket == nil or ticket == '' or not ttl_ms or not min_interval then
+    return {'bad_args'}
+  end
   local existing = redis.call('HGET', buyers, buyer)
-  if existing then return out('existing', view(c, existing, cursor_at(c, true), ttl_ms)) end
+  if existing then
+    -- Joining again is a poll of the buyer's ticket, under the same interval: no way around it.
+    local last = tonumber(redis.call('HGET', polls, existing) or '')
+    if last and now - last < min_interval then return {'too_soon', min_interval - (now - last)} end
+    redis.call('HSET', polls, existing, now)
+    return out('existing', view(c, existing, cursor_at(c, true), ttl_ms))
+  end
   if now < c.open_ms then return {'not_open', c.open_ms - now} end
   if c.end_ms > 0 and now >= c.end_ms then return {'closed'} end
   local remaining = redis.call('HGET', meta, 'remaining')
@@ -127,6 +136,7 @@ if op == 'join' then
   redis.call('ZADD', queue, score, ticket)
   redis.call('HSET', buyers, buyer, ticket)
   redis.call('HSET', tickets, ticket, buyer)
+  redis.call('HSET', polls, ticket, now)
   return out('new', view(c, ticket, cursor, ttl_ms))
 end
 

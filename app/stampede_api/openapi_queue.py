@@ -53,6 +53,7 @@ def paths(
                         "sold_out or sale_closed",
                         retry_after=True,
                     ),
+                    "429": error("joined again sooner than the poll interval (it counts as a poll)", retry_after=True),
                     **common_errors,
                 },
             }

@@ -172,15 +172,21 @@ class WaitingRoom:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
-    async def join(self, sale: str, buyer: str, *, token_ttl_ms: int, ticket: str | None = None) -> QueueView:
-        """The buyer's ticket: a new one, or the one the buyer already holds (one per buyer and sale)."""
+    async def join(
+        self, sale: str, buyer: str, *, token_ttl_ms: int, min_interval_ms: int = 0, ticket: str | None = None
+    ) -> QueueView:
+        """The buyer's ticket: a new one, or the one the buyer already holds (one per buyer and sale). Joining
+        again is a poll of that ticket: sooner than ``min_interval_ms`` after the last one it is refused
+        (RateLimited) and changes nothing."""
         keys = _check(sale, buyer)
         ticket = ticket or secrets.token_urlsafe(18)
         entropy = secrets.randbelow(EARLY_SCORES)
-        raw = await self._run(keys, ["join", buyer, ticket, entropy, token_ttl_ms])
+        raw = await self._run(keys, ["join", buyer, ticket, entropy, token_ttl_ms, min_interval_ms])
         code = _s(raw[0])
         if code in ("new", "existing"):
             return _view(raw[1:], new=code == "new")
+        if code == "too_soon":
+            raise errors.RateLimited("ticket", int(raw[1]))
         raise self._refusal(sale, code, raw)
 
     async def poll(self, sale: str, buyer: str, ticket: str, *, min_interval_ms: int, token_ttl_ms: int) -> QueueView:

@@ -195,11 +195,13 @@ async def test_polls_too_soon_are_refused_and_change_nothing(stock: StockEngine,
     for i in range(3):
         await stock.room.join(sale, f"a{i}", token_ttl_ms=TTL_MS)
     mine = await stock.room.join(sale, "me", token_ttl_ms=TTL_MS)
-    first = await stock.room.poll(sale, "me", mine.ticket, min_interval_ms=60_000, token_ttl_ms=TTL_MS)
+    first = await stock.room.poll(sale, "me", mine.ticket, min_interval_ms=0, token_ttl_ms=TTL_MS)
     for _ in range(20):
         with pytest.raises(errors.RateLimited) as refused:
             await stock.room.poll(sale, "me", mine.ticket, min_interval_ms=60_000, token_ttl_ms=TTL_MS)
         assert 0 < refused.value.retry_after_ms <= 60_000
+        with pytest.raises(errors.RateLimited):  # joining again is a poll too
+            await stock.room.join(sale, "me", token_ttl_ms=TTL_MS, min_interval_ms=60_000)
     again = await stock.room.poll(sale, "me", mine.ticket, min_interval_ms=0, token_ttl_ms=TTL_MS)
     assert again.position == first.position == 3
     with pytest.raises(errors.TicketNotFound):  # another buyer's ticket is not theirs to poll

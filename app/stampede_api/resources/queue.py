@@ -1,10 +1,10 @@
 """The waiting room: ``POST /v1/sales/{sale}/queue`` (a ticket) and ``GET /v1/sales/{sale}/queue/{ticket}``
 (its place, the estimated wait and, once admitted, the admission token the buy endpoint asks for).
 
-A buyer holds one ticket per sale: joining again answers the same ticket. A ticket is its buyer's alone
-(another buyer's ticket is a 404). Polling sooner than ``STAMPEDE_QUEUE_POLL_INTERVAL_MS`` after the last
-poll answers 429 with Retry-After and changes nothing: the place depends on the arrival (shuffled among the
-early ones) and on Redis's clock, never on how often anyone asks. ``Retry-After`` (whole seconds) and
+A buyer holds one ticket per sale: joining again answers the same ticket (and counts as a poll). A ticket
+is its buyer's alone (another buyer's ticket is a 404). Polling sooner than ``STAMPEDE_QUEUE_POLL_INTERVAL_MS``
+after the last poll answers 429 with Retry-After and changes nothing: the place depends on the arrival (shuffled
+among the early ones) and on Redis's clock, never on how often anyone asks. ``Retry-After`` (whole seconds) and
 ``retry_after_ms`` say when asking again is worth it.
 """
 
@@ -72,7 +72,13 @@ class Queue:
         buyer = self.s.auth.buyer(req)
         sid = self._sale(sale)
         stock, _, _ = self.s.require()
-        view = await stock.room.join(sid, buyer.id, token_ttl_ms=self.s.settings.admission_token_ttl_s * 1000)
+        settings = self.s.settings
+        view = await stock.room.join(
+            sid,
+            buyer.id,
+            token_ttl_ms=settings.admission_token_ttl_s * 1000,
+            min_interval_ms=settings.queue_poll_interval_ms,
+        )
         self._answer(resp, sid, buyer.id, view)
         resp.status = falcon.HTTP_201 if view.new else falcon.HTTP_200
         resp.location = f"/v1/sales/{sale}/queue/{view.ticket}"
