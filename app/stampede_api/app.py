@@ -25,6 +25,7 @@ from .batcher import Batcher
 from .middleware import RequestContext
 from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
+from .resources.checkout import ReservationCheckout
 from .resources.docs import OpenApi
 from .resources.health import Healthz, Readyz
 from .resources.metrics import Metrics as MetricsResource
@@ -128,6 +129,7 @@ def build(
 
     app.add_route("/v1/sales/{sale}/reservations", SaleReservations(services))
     app.add_route("/v1/reservations/{reservation_id}", ReservationItem(services))
+    app.add_route("/v1/reservations/{reservation_id}/checkout", ReservationCheckout(services))
     app.add_route("/v1/sales/{sale}", Sale(services))
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(services))

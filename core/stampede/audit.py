@@ -18,7 +18,15 @@ from .names import REASON_LOST_BEFORE_ACK
 # Final states: a reservation ends as an order or as stock given back.
 CONFIRMED = "confirmed"
 PENDING = "pending"
-RETURNED = ("compensated", "released")
+RETURNED = ("compensated", "released", "expired")
+# Checkout holds (docs/architecture.md, "Checkout holds"): a held or paid reservation is an order; an expired
+# one is stock given back. A sale with holds settles every accepted reservation as one of these or compensated.
+HELD = "held"
+PAID = "paid"
+EXPIRED = "expired"
+COMPENSATED = "compensated"
+TAKEN = (CONFIRMED, HELD, PAID)
+HOLD_ENDS = (PAID, HELD, EXPIRED, COMPENSATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,9 @@ class AuditReport:
     drift: int
     unsettled: int
     violations: list[str] = field(default_factory=list)
+    held_units: int = 0  # of confirmed_units: held, not paid yet (checkout holds)
+    paid_units: int = 0  # of confirmed_units: paid
+    expired_units: int = 0  # of returned_units: holds that expired, their units back on sale
 
     @property
     def ok(self) -> bool:
@@ -69,6 +80,8 @@ class AuditReport:
             f"  oversold {self.oversold}  lost {self.lost}  duplicates {self.duplicates}  "
             f"users over limit {self.over_limit_users}  drift {self.drift}  unsettled {self.unsettled}",
         ]
+        if self.held_units or self.paid_units or self.expired_units:
+            lines.insert(3, f"  holds: paid {self.paid_units}  held {self.held_units}  expired {self.expired_units}")
         lines += [f"  ! {v}" for v in self.violations]
         return "\n".join(lines)
 
@@ -88,6 +101,9 @@ class AuditReport:
             "over_limit_users": self.over_limit_users,
             "drift": self.drift,
             "unsettled": self.unsettled,
+            "held_units": self.held_units,
+            "paid_units": self.paid_units,
+            "expired_units": self.expired_units,
             "violations": list(self.violations),
         }
 
@@ -102,11 +118,17 @@ def audit(
     redis: RedisCounts | None = None,
     settled: bool = True,
     acknowledged: int | None = None,
+    holds: bool = False,
 ) -> AuditReport:
     """Checks the invariants. ``settled=True`` also demands that nothing is still pending (the
     after-the-sale check); mid-sale audits pass ``settled=False``. When the clients kept only a count of
     their 202s (a k6 summary), pass it as ``acknowledged`` instead of ids: every 202 must still have a
-    record, so fewer records than 202s is a loss."""
+    record, so fewer records than 202s is a loss.
+
+    ``holds=True`` (a sale with checkout holds) adds, once settled: every accepted reservation ended paid,
+    held, expired or compensated (paid + held + expired + compensated = accepted, none merely confirmed); and
+    with a Redis snapshot, the units of expired holds are back on sale (Redis's remaining is the stock less
+    what the ledger holds sold)."""
     accepted_ids = list(accepted)
     row_list = list(rows)
     violations: list[str] = []
@@ -144,13 +166,13 @@ def audit(
     held: Counter[str] = Counter()
     for r in row_list:
         by_status[r.status] += r.quantity
-        if r.status in (CONFIRMED, PENDING):
+        if r.status in (*TAKEN, PENDING):
             held[r.user] += r.quantity
-    unknown = set(by_status) - {CONFIRMED, PENDING, *RETURNED}
+    unknown = set(by_status) - {*TAKEN, PENDING, *RETURNED}
     if unknown:
         violations.append(f"records in unknown states: {sorted(unknown)}")
 
-    confirmed = by_status[CONFIRMED]
+    confirmed = sum(by_status[s] for s in TAKEN)
     pending = by_status[PENDING]
     returned = sum(by_status[s] for s in RETURNED)
     sold = confirmed + pending
@@ -166,6 +188,22 @@ def audit(
     unsettled = sum(1 for r in row_list if r.status == PENDING)
     if settled and unsettled:
         violations.append(f"{unsettled} reservations still pending after the sale settled")
+
+    if holds and settled:
+        status_of = {r.reservation_id: r.status for r in row_list}
+        ends = Counter(status_of.get(rid) for rid in set(accepted_ids))
+        ended = sum(ends[s] for s in HOLD_ENDS)
+        if ended != len(set(accepted_ids)):
+            others = {str(k): n for k, n in ends.items() if k not in HOLD_ENDS}
+            violations.append(
+                f"paid {ends[PAID]} + held {ends[HELD]} + expired {ends[EXPIRED]} + compensated "
+                f"{ends[COMPENSATED]} = {ended} != accepted {len(set(accepted_ids))} (others: {others})"
+            )
+        if redis is not None and redis.remaining != stock - sold:
+            violations.append(
+                f"units not back on sale: redis remaining {redis.remaining} != stock {stock} - sold {sold} "
+                f"(expired {by_status[EXPIRED]})"
+            )
 
     drift = 0
     if redis is not None:
@@ -198,6 +236,9 @@ def audit(
         drift=drift,
         unsettled=unsettled,
         violations=violations,
+        held_units=by_status[HELD],
+        paid_units=by_status[PAID],
+        expired_units=by_status[EXPIRED],
     )
 
 

@@ -16,6 +16,9 @@ beyond what in-flight work explains. The rules:
   (reason ``job_failed``).
 - A ledger outcome Redis has not caught up with a grace period after it was written →
   ``ReplayConfirm`` / ``ReplayRelease`` (sooner, its writer is still on its way to Redis).
+- A hold the ledger expired whose units Redis still holds a grace period after the expiry (its sweeper died
+  between the ledger and Redis) → ``ReplayExpire``. ``held`` and ``paid`` rows are orders for Redis
+  (``confirmed``), ``expired`` ones returned stock (``released``).
 - Anything else that disagrees (an order Redis released, a confirmed reservation with no ledger row, a
   ledger row Redis never heard of) → ``Unexplained``: reported as drift, never "fixed" by guessing.
 
@@ -39,6 +42,12 @@ if TYPE_CHECKING:
 PENDING = "pending"
 CONFIRMED = "confirmed"
 COMPENSATED = "compensated"
+HELD = "held"
+PAID = "paid"
+EXPIRED = "expired"
+# Ledger statuses whose units are taken (Redis holds them confirmed), and those whose units went back on sale.
+TAKEN = frozenset({CONFIRMED, HELD, PAID})
+RETURNED = frozenset({COMPENSATED, EXPIRED})
 
 # procrastinate job statuses, grouped by what they mean for a pending row.
 JOB_ALIVE = frozenset({"todo", "doing", "aborting"})  # will still settle it: wait
@@ -86,7 +95,9 @@ class Observation:
 class Action:
     """One healing step over a set of reservations. ``kind`` names it in logs, Events and metrics."""
 
-    kind: Literal["rebuild", "compensate_lost", "compensate", "redefer", "replay_confirm", "replay_release"]
+    kind: Literal[
+        "rebuild", "compensate_lost", "compensate", "redefer", "replay_confirm", "replay_release", "replay_expire"
+    ]
     reservation_ids: tuple[str, ...] = ()
     reason: str | None = None
 
@@ -127,6 +138,7 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
     redefer: list[str] = []
     confirm: list[str] = []
     release: list[str] = []
+    expire: list[str] = []
     unexplained: list[Unexplained] = []
     cutoff = obs.now_ms - obs.grace_ms
 
@@ -149,7 +161,7 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
                 unexplained.append(Unexplained(rid, row.quantity, "pending in the ledger, confirmed in Redis"))
             else:
                 failed.append(rid)
-        elif row.status == CONFIRMED:
+        elif row.status in TAKEN:
             if rec is None:
                 unexplained.append(Unexplained(rid, row.quantity, "an order Redis never heard of"))
             elif rec.state == STATE_PENDING:
@@ -163,6 +175,9 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
                     release.append(rid)
             elif rec is not None and rec.state == STATE_CONFIRMED:
                 unexplained.append(Unexplained(rid, row.quantity, "compensated in the ledger, confirmed in Redis"))
+        elif row.status == EXPIRED:
+            if rec is not None and rec.state != STATE_RELEASED and settled_long_ago(row):
+                expire.append(rid)
         else:
             unexplained.append(Unexplained(rid, row.quantity, f"ledger status {row.status!r}"))
 
@@ -184,6 +199,7 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
         ("redefer", redefer, None),
         ("replay_confirm", confirm, None),
         ("replay_release", release, None),
+        ("replay_expire", expire, None),
     ):
         for chunk in _chunks(sorted(ids), batch_max):
             actions.append(Action(kind, chunk, reason))  # type: ignore[arg-type]
@@ -197,8 +213,16 @@ def _as_rebuilt(row: LedgerEntry) -> ReservationRecord:
 
 
 def redis_state(ledger_status: str) -> str:
-    """The Redis state a ledger status corresponds to (compensated stock is released stock)."""
-    return {PENDING: STATE_PENDING, CONFIRMED: STATE_CONFIRMED, COMPENSATED: STATE_RELEASED}[ledger_status]
+    """The Redis state a ledger status corresponds to (compensated stock is released stock; a hold, paid or
+    not, is an order; an expired hold is stock given back)."""
+    return {
+        PENDING: STATE_PENDING,
+        CONFIRMED: STATE_CONFIRMED,
+        COMPENSATED: STATE_RELEASED,
+        HELD: STATE_CONFIRMED,
+        PAID: STATE_CONFIRMED,
+        EXPIRED: STATE_RELEASED,
+    }[ledger_status]
 
 
 def rebuild_records(rows: Iterable[LedgerEntry]) -> list[ReservationRecord]:
@@ -213,18 +237,22 @@ class Tally:
     pending: int = 0
     confirmed: int = 0
     compensated: int = 0
+    held: int = 0
+    paid: int = 0
+    expired: int = 0
+
+    @property
+    def taken(self) -> int:
+        """Units Redis must hold confirmed: orders, held or not, paid or not."""
+        return self.confirmed + self.held + self.paid
 
 
 def tally(rows: Iterable[LedgerEntry]) -> Tally:
-    p = c = x = 0
+    units = dict.fromkeys((PENDING, CONFIRMED, COMPENSATED, HELD, PAID, EXPIRED), 0)
     for r in rows:
-        if r.status == PENDING:
-            p += r.quantity
-        elif r.status == CONFIRMED:
-            c += r.quantity
-        elif r.status == COMPENSATED:
-            x += r.quantity
-    return Tally(p, c, x)
+        if r.status in units:
+            units[r.status] += r.quantity
+    return Tally(units[PENDING], units[CONFIRMED], units[COMPENSATED], units[HELD], units[PAID], units[EXPIRED])
 
 
 def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confirmed: int) -> int:
@@ -238,7 +266,7 @@ def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confir
     whatever was settled in between, which is not drift."""
     t = obs.tally if obs.tally is not None else tally(obs.ledger.values())
     if not obs.redis_present:
-        return t.pending + t.confirmed
+        return t.pending + t.taken
     unexplained = sum(u.units for u in plan.unexplained)
     cutoff = obs.now_ms - obs.grace_ms
     in_flight = obs.in_flight
@@ -250,7 +278,7 @@ def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confir
         )
     if t.pending or in_flight:
         return unexplained
-    return max(unexplained, abs(redis_confirmed - t.confirmed) + abs(redis_pending - t.pending))
+    return max(unexplained, abs(redis_confirmed - t.taken) + abs(redis_pending - t.pending))
 
 
 # --- the one compensation step ---------------------------------------------------------------------
@@ -287,10 +315,15 @@ async def compensate(
 __all__ = [
     "COMPENSATED",
     "CONFIRMED",
+    "EXPIRED",
+    "HELD",
     "JOB_ALIVE",
     "JOB_DEAD",
     "JOB_DONE",
+    "PAID",
     "PENDING",
+    "RETURNED",
+    "TAKEN",
     "Action",
     "LedgerEntry",
     "Observation",

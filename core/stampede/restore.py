@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from . import errors
-from .healing import redis_state
-from .ledger import CONFIRMED, PENDING, Ledger, RestoreSource
+from .healing import TAKEN, redis_state
+from .ledger import PENDING, Ledger, RestoreSource
 from .stock import ReservationRecord, SaleConfig, StockEngine
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
         if source is None or source.deleted:
             return Restore(GONE)
         pending = sum(q for _, _, q, status, _ in source.rows if status == PENDING)
-        confirmed = sum(q for _, _, q, status, _ in source.rows if status == CONFIRMED)
+        confirmed = sum(q for _, _, q, status, _ in source.rows if status in TAKEN)
         config = SaleConfig(
             total=source.stock,
             per_user_limit=source.per_user_limit,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from stampede import errors
-from stampede.ledger import COMPENSATED, CONFIRMED, PENDING, Ledger, PendingReservation, Settlement
+from stampede.ledger import COMPENSATED, CONFIRMED, EXPIRED, HELD, PAID, PENDING, Ledger, PendingReservation, Settlement
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from stampede.settings import Common, load
 
@@ -62,7 +62,7 @@ async def test_record_batch_writes_rows_and_one_job_per_sale(ledger: Ledger, sal
     assert other_row is not None and other_row.job_id not in (None, job_id)
     _, _, _, other_args = await _job(ledger, other_row.job_id)
     assert (other_args["sale"], other_args["shard"]) == (other, args["shard"])  # one shard per batch
-    assert await ledger.counts(sale) == {PENDING: 5, CONFIRMED: 0, COMPENSATED: 0}
+    assert await ledger.counts(sale) == {PENDING: 5, CONFIRMED: 0, COMPENSATED: 0, HELD: 0, PAID: 0, EXPIRED: 0}
     assert len(await ledger.rows(other)) == 2
 
 

@@ -42,6 +42,9 @@ from stampede import errors, metrics, restore
 from stampede.ledger import (
     COMPENSATED,
     CONFIRMED,
+    EXPIRED,
+    HELD,
+    PAID,
     PAYLOAD_VERSION,
     PENDING,
     Claim,
@@ -101,6 +104,7 @@ class Batch:
 @dataclass
 class Report:
     confirmed: int = 0  # rows this run moved to confirmed
+    held: int = 0  # rows this run moved to held (a sale with checkout holds)
     compensated: int = 0  # rows this run moved to compensated
     replayed: int = 0  # rows already final, outcome replayed to Redis
     disagreements: int = 0  # ledger outcomes Redis refused (left for the reconciler)
@@ -109,6 +113,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "confirmed": self.confirmed,
+            "held": self.held,
             "compensated": self.compensated,
             "replayed": self.replayed,
             "disagreements": self.disagreements,
@@ -253,15 +258,19 @@ def decide(batch: Batch, states: Mapping[str, tuple[str, str | None]]) -> list[S
 
 
 async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: Report, job_id: int | None) -> None:
-    """Makes Redis agree with the ledger for ``rows`` (confirm / release, one script call per sale and
-    outcome, sales in parallel)."""
+    """Makes Redis agree with the ledger for ``rows`` (confirm / release / expire, one script call per sale
+    and outcome, sales in parallel). A hold, paid or not, is an order for Redis; an expired one gives its units
+    back (a replay of a job whose rows expired since)."""
     confirm: dict[str, list[str]] = {}
     release: dict[str, list[str]] = {}
+    expire: dict[str, list[str]] = {}
     for r in rows:
-        if r.status == CONFIRMED:
+        if r.status in (CONFIRMED, HELD, PAID):
             confirm.setdefault(r.sale, []).append(r.reservation_id)
         elif r.status == COMPENSATED:
             release.setdefault(r.sale, []).append(r.reservation_id)
+        elif r.status == EXPIRED:
+            expire.setdefault(r.sale, []).append(r.reservation_id)
 
     async def one(sale: str) -> None:
         try:
@@ -286,8 +295,10 @@ async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: R
                         "ledger compensated a reservation Redis holds confirmed; left for the reconciler",
                         extra={"sale": sale, "reservation_id": rid, "job_id": job_id},
                     )
+        if sale in expire:
+            await stock.expire(sale, expire[sale])
 
-    await asyncio.gather(*(one(s) for s in {*confirm, *release}))
+    await asyncio.gather(*(one(s) for s in {*confirm, *release, *expire}))
 
 
 def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], job_id: int | None) -> None:
@@ -304,6 +315,7 @@ def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], jo
 
 
 def _account(rows: Sequence[Settled], report: Report) -> None:
+    held = 0
     for r in rows:
         if not r.moved:
             if r.status != PENDING:
@@ -313,9 +325,14 @@ def _account(rows: Sequence[Settled], report: Report) -> None:
             metrics.WORKER_SETTLE_LAG.observe(r.lag_s)
         if r.status == CONFIRMED:
             report.confirmed += 1
+        elif r.status == HELD:
+            held += 1
         else:
             report.compensated += 1
     metrics.WORKER_RESERVATIONS.labels(CONFIRMED).inc(report.confirmed)
+    report.held += held
+    metrics.WORKER_RESERVATIONS.labels(HELD).inc(held)
+    metrics.WORKER_HOLDS.labels(HELD).inc(held)
     metrics.WORKER_RESERVATIONS.labels(COMPENSATED).inc(report.compensated)
     metrics.WORKER_REPLAYED.inc(report.replayed)
 
