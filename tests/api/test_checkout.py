@@ -161,12 +161,13 @@ def _tail(log: Path) -> str:
 async def test_buyers_pay_while_holds_expire(
     client, opener, headers, sale, ledger: Ledger, stock: StockEngine, api_settings: ApiSettings, tmp_path: Path
 ):
-    """30 units held 3 s. A third of the buyers pay at once (and replay their checkout concurrently), a third
-    pay around the instant their hold expires, a third never pay; another buyer tries to pay for each; 30 late
-    buyers keep trying to buy and pay for what expiry gives back. The real worker process settles and expires.
-    Each checkout's answer matches what the ledger holds, every unit is paid for or back on sale exactly once,
-    and the units returned by expiry are sold again."""
-    stock_units, hold_s = 30, 3
+    """30 units held 8 s (time enough for a prompt payer on a loaded machine). A third of the buyers pay at
+    once (and replay their checkout concurrently), a third pay around the instant their hold expires, a third
+    never pay; another buyer tries to pay for each; 30 late buyers keep trying to buy and pay for what expiry
+    gives back. The real worker process settles and expires. Each checkout's answer matches what the ledger
+    holds, every unit is paid for or back on sale exactly once, and the units returned by expiry are sold
+    again."""
+    stock_units, hold_s = 30, 8
     await _open(stock, ledger, opener, sale, total=stock_units, hold_seconds=hold_s)
     log = tmp_path / "worker.log"
     worker = _start_worker(api_settings, log)
@@ -275,3 +276,15 @@ async def test_buyers_pay_while_holds_expire(
     assert REGISTRY.get_sample_value("stampede_api_checkouts_total", {"sale": sale, "outcome": "paid"}) == len(
         first_pays
     )
+
+
+async def test_openapi_documents_checkout_and_hold_states(client):
+    doc = (await client.simulate_get("/openapi.json")).json
+    op = doc["paths"]["/v1/reservations/{reservation_id}/checkout"]["post"]
+    assert {"200", "400", "401", "403", "404", "409", "429", "503"} <= set(op["responses"])
+    assert "hold_expired" in op["responses"]["409"]["description"]
+    assert "already_paid" in op["responses"]["409"]["description"]
+    assert any(p["name"] == "Idempotency-Key" and p["required"] for p in op["parameters"])
+    record = doc["components"]["schemas"]["ReservationRecord"]["properties"]
+    assert {"held", "paid", "expired"} <= set(record["status"]["enum"])
+    assert doc["components"]["schemas"]["CheckoutRequest"]["required"] == ["payment_reference"]

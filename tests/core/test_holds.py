@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -127,19 +128,24 @@ async def test_the_ledger_refuses_moves_out_of_a_hold_end(
 
 
 async def test_checkout_and_expiry_racing_decide_each_hold_once(stock: StockEngine, ledger: Ledger, sale: str) -> None:
-    """200 holds of one second; buyers check out at random instants around the expiry while four sweepers
-    expire what is due: each hold ends paid xor expired, paid exactly when its checkout said so, and the units
-    of exactly the expired ones are back on sale (once)."""
+    """200 holds of two seconds; each buyer checks out at a random instant around its hold's expiry (read from
+    the ledger) while four sweepers expire what is due: each hold ends paid xor expired, paid exactly when its
+    checkout said so, and the units of exactly the expired ones are back on sale (once)."""
     n = 200
-    await _open(stock, ledger, sale, n, hold_seconds=1)
+    await _open(stock, ledger, sale, n, hold_seconds=2)
     users = [f"u{i}" for i in range(n)]
     rows = await _reserve_and_settle(stock, ledger, sale, users)
+    ends = {}
+    for r in rows:
+        row = await ledger.get_reservation(r.reservation_id)
+        assert row is not None and row.hold_expires_at is not None
+        ends[r.reservation_id] = row.hold_expires_at.timestamp()
     paid_by_checkout: set[str] = set()
     expired_by_sweep: list[str] = []
     stop = asyncio.Event()
 
     async def buyer(r: PendingReservation) -> None:
-        await asyncio.sleep(random.uniform(0.6, 1.5))
+        await asyncio.sleep(max(0.0, ends[r.reservation_id] - time.time() + random.uniform(-0.8, 0.4)))
         if await ledger.checkout(r.reservation_id, user=r.user, key=f"k-{r.user}", payment_ref=f"pay-{r.user}"):
             paid_by_checkout.add(r.reservation_id)
 
@@ -228,3 +234,39 @@ async def test_audit_counts_hold_ends_against_accepted() -> None:
     assert not report.ok and any("!= accepted 3" in v for v in report.violations)
     rows[2] = Row("c", "u3", 1, COMPENSATED, "job_failed")
     assert audit("s", stock=3, per_user_limit=1, accepted=["a", "b", "c"], rows=rows, holds=True).ok
+
+
+def test_the_reconciler_replays_an_expiry_redis_missed_and_counts_holds_as_orders() -> None:
+    """healing.decide by value: an expired hold Redis still counts sold (settled long ago) is given back; a
+    fresh one is its sweeper's; held and paid rows are orders Redis holds confirmed; drift compares Redis's
+    confirmed units with confirmed + held + paid."""
+    from stampede import healing
+    from stampede.healing import LedgerEntry, Observation
+    from stampede.names import STATE_CONFIRMED, STATE_RELEASED
+    from stampede.stock import ReservationRecord
+
+    now, grace = 1_000_000, 30_000
+
+    def entry(rid: str, status: str, age_ms: int) -> LedgerEntry:
+        return LedgerEntry(rid, "u", 1, status, None, now - grace - 5, None, age_ms)
+
+    ledger_rows = [
+        entry("stuck", EXPIRED, grace + 1),
+        entry("fresh", EXPIRED, 10),
+        entry("done", EXPIRED, grace + 1),
+        entry("held", HELD, grace + 1),
+        entry("paid", PAID, grace + 1),
+    ]
+    redis = {
+        rid: ReservationRecord(rid, STATE_RELEASED if rid == "done" else STATE_CONFIRMED, 1, now - grace - 5, "u")
+        for rid in ("stuck", "fresh", "done", "held", "paid")
+    }
+    obs = Observation("s", now, grace, True, redis, {r.reservation_id: r for r in ledger_rows}, {})
+    plan = healing.decide(obs)
+    assert [(a.kind, a.reservation_ids) for a in plan.actions] == [("replay_expire", ("stuck",))]
+    assert not plan.unexplained
+    tally = healing.Tally(confirmed=1, held=2, paid=3)
+    quiet = Observation("s", now, grace, True, {}, {}, {}, tally, 0)
+    assert healing.measure_drift(quiet, healing.Plan(), redis_pending=0, redis_confirmed=6) == 0
+    assert healing.measure_drift(quiet, healing.Plan(), redis_pending=0, redis_confirmed=8) == 2
+    assert [healing.redis_state(s) for s in (HELD, PAID, EXPIRED)] == [STATE_CONFIRMED, STATE_CONFIRMED, STATE_RELEASED]
