@@ -248,7 +248,7 @@ async def _give_back(ledger: Ledger, stock: StockEngine, sale: str, ids: Sequenc
     """Redis takes back the units of holds the ledger expired, then the ledger records them returned.
     Returns the reservations whose units went back now (a repeat counts none)."""
     outcomes = await stock.expire(sale, ids)
-    await ledger.mark_returned([rid for rid, o in outcomes.items() if o is not StockOutcome.UNKNOWN])
+    await ledger.mark_returned(ids)  # one Redis does not know has nothing to give back (see worker holds.py)
     returned = [rid for rid, o in outcomes.items() if o is StockOutcome.RELEASED]
     for rid in returned:
         log.warning("gave back the units of an expired hold", extra={"sale": sale, "reservation_id": rid})

@@ -55,11 +55,13 @@ async def give_back(stock: StockEngine, ledger: Ledger, rows: Sequence[Expired])
                 returned += 1
                 log.info("hold expired; units back on sale", extra={"sale": sale, "reservation_id": rid})
             elif outcome is Outcome.UNKNOWN:
+                # Nothing to give back here: Redis lost or deleted the sale (a restore from the ledger counts an
+                # expired hold as returned stock), or never heard of it (the reconciler reports that as drift).
                 log.error(
                     "the ledger expired a hold Redis does not know; left for the reconciler",
                     extra={"sale": sale, "reservation_id": rid},
                 )
-        await ledger.mark_returned([rid for rid, o in outcomes.items() if o is not Outcome.UNKNOWN])
+        await ledger.mark_returned(ids)
     metrics.WORKER_HOLDS.labels(RETURNED).inc(returned)
     return returned
 

@@ -18,6 +18,7 @@ changes nothing about stock.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import falcon
@@ -31,6 +32,8 @@ from stampede_api.body import read_object, str_member
 from stampede_api.errors import ApiError, bad_request
 from stampede_api.resources.reservations import record_body
 from stampede_api.services import Services
+
+log = logging.getLogger(__name__)
 
 _CHECKOUT_MEMBERS = frozenset({"payment_reference"})
 PAYMENT_REFERENCE_MAX = 256
@@ -102,6 +105,11 @@ class ReservationCheckout:
             metrics.API_CHECKOUTS.labels(row.sale, refusal.code).inc()
             raise refusal
         metrics.API_CHECKOUTS.labels(row.sale, OUTCOME_PAID if paid else OUTCOME_REPLAYED).inc()
+        if paid:
+            log.info(
+                "hold paid",
+                extra={"sale": row.sale, "reservation_id": rid, "request_id": req.context.request_id},
+            )
         resp.media = record_body(row, sale)
         resp.location = f"/v1/reservations/{rid}"
         resp.status = falcon.HTTP_200
