@@ -13,20 +13,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .names import REASON_LOST_BEFORE_ACK
+from .vocabulary import Reason, RedisState, Status
 
-# Final states: a reservation ends as an order or as stock given back.
-CONFIRMED = "confirmed"
-PENDING = "pending"
-RETURNED = ("compensated", "released", "expired")
-# Checkout holds (docs/architecture.md, "Checkout holds"): a held or paid reservation is an order; an expired
-# one is stock given back. A sale with holds settles every accepted reservation as one of these or compensated.
-HELD = "held"
-PAID = "paid"
-EXPIRED = "expired"
-COMPENSATED = "compensated"
-TAKEN = (CONFIRMED, HELD, PAID)
-HOLD_ENDS = (PAID, HELD, EXPIRED, COMPENSATED)
+# A reservation ends as an order or as stock given back. The ledger and Redis spell ``pending`` and
+# ``confirmed`` alike (Status.X == RedisState.X); stock given back is ``compensated``, ``released`` or, for a
+# checkout hold that ran out, ``expired``. A held or paid reservation is an order (docs/architecture.md,
+# "Checkout holds"); a sale with holds settles every accepted reservation held, then paid or expired, or
+# compensated.
+RETURNED = (Status.COMPENSATED, RedisState.RELEASED, Status.EXPIRED)
+TAKEN = (Status.CONFIRMED, Status.HELD, Status.PAID)
+HOLD_ENDS = (Status.PAID, Status.HELD, Status.EXPIRED, Status.COMPENSATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +147,11 @@ def audit(
     # reservation (the ledger write lost the race against the reconciler and still answered 202).
     acked = set(accepted_ids)
     cancelled_acked = sorted(
-        r.reservation_id for r in row_list if r.reason == REASON_LOST_BEFORE_ACK and r.reservation_id in acked
+        r.reservation_id for r in row_list if r.reason == Reason.LOST_BEFORE_ACK and r.reservation_id in acked
     )
     if cancelled_acked:
         violations.append(
-            f"{len(cancelled_acked)} acknowledged reservations were recorded {REASON_LOST_BEFORE_ACK} "
+            f"{len(cancelled_acked)} acknowledged reservations were recorded {Reason.LOST_BEFORE_ACK} "
             f"(e.g. {', '.join(cancelled_acked[:3])})"
         )
     if acknowledged is not None and acknowledged > len(ids):
@@ -166,14 +162,14 @@ def audit(
     held: Counter[str] = Counter()
     for r in row_list:
         by_status[r.status] += r.quantity
-        if r.status in (*TAKEN, PENDING):
+        if r.status in (*TAKEN, Status.PENDING):
             held[r.user] += r.quantity
-    unknown = set(by_status) - {*TAKEN, PENDING, *RETURNED}
+    unknown = set(by_status) - {*TAKEN, Status.PENDING, *RETURNED}
     if unknown:
         violations.append(f"records in unknown states: {sorted(unknown)}")
 
     confirmed = sum(by_status[s] for s in TAKEN)
-    pending = by_status[PENDING]
+    pending = by_status[Status.PENDING]
     returned = sum(by_status[s] for s in RETURNED)
     sold = confirmed + pending
     oversold = max(0, sold - stock)
@@ -185,7 +181,7 @@ def audit(
         worst = max(over.items(), key=lambda kv: kv[1])
         violations.append(f"{len(over)} users over the limit of {per_user_limit} (worst {worst[0]!r}: {worst[1]})")
 
-    unsettled = sum(1 for r in row_list if r.status == PENDING)
+    unsettled = sum(1 for r in row_list if r.status == Status.PENDING)
     if settled and unsettled:
         violations.append(f"{unsettled} reservations still pending after the sale settled")
 
@@ -196,13 +192,13 @@ def audit(
         if ended != len(set(accepted_ids)):
             others = {str(k): n for k, n in ends.items() if k not in HOLD_ENDS}
             violations.append(
-                f"paid {ends[PAID]} + held {ends[HELD]} + expired {ends[EXPIRED]} + compensated "
-                f"{ends[COMPENSATED]} = {ended} != accepted {len(set(accepted_ids))} (others: {others})"
+                f"paid {ends[Status.PAID]} + held {ends[Status.HELD]} + expired {ends[Status.EXPIRED]} + compensated "
+                f"{ends[Status.COMPENSATED]} = {ended} != accepted {len(set(accepted_ids))} (others: {others})"
             )
         if redis is not None and redis.remaining != stock - sold:
             violations.append(
                 f"units not back on sale: redis remaining {redis.remaining} != stock {stock} - sold {sold} "
-                f"(expired {by_status[EXPIRED]})"
+                f"(expired {by_status[Status.EXPIRED]})"
             )
 
     drift = 0
@@ -236,9 +232,9 @@ def audit(
         drift=drift,
         unsettled=unsettled,
         violations=violations,
-        held_units=by_status[HELD],
-        paid_units=by_status[PAID],
-        expired_units=by_status[EXPIRED],
+        held_units=by_status[Status.HELD],
+        paid_units=by_status[Status.PAID],
+        expired_units=by_status[Status.EXPIRED],
     )
 
 

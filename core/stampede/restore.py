@@ -30,9 +30,11 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from . import errors
-from .healing import TAKEN, redis_state
-from .ledger import PENDING, Ledger, RestoreSource
-from .stock import ReservationRecord, SaleConfig, StockEngine
+from .domain import ReservationRecord
+from .healing import redis_state
+from .ledger import Ledger, RestoreSource
+from .stock import SaleConfig, StockEngine
+from .vocabulary import TAKEN, Status
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
         ledger_s = time.monotonic() - started
         if source is None or source.deleted:
             return Restore(GONE)
-        pending = sum(q for _, _, q, status, _ in source.rows if status == PENDING)
+        pending = sum(q for _, _, q, status, _ in source.rows if status == Status.PENDING)
         confirmed = sum(q for _, _, q, status, _ in source.rows if status in TAKEN)
         config = SaleConfig(
             total=source.stock,

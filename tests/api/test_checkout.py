@@ -21,9 +21,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from stampede.audit import audit, counts_from
-from stampede.ledger import CONFIRMED, EXPIRED, HELD, PAID, Ledger, Settlement
+from stampede.domain import Settlement
+from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
+from stampede.vocabulary import Status
 from stampede_dev.devstack import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -51,7 +53,7 @@ async def _buy(client: Any, headers: Any, sale: str, user: str) -> str:
 
 async def _settle(ledger: Ledger, stock: StockEngine, sale: str, rid: str) -> None:
     """What the settle job does for one reservation (ledger, then Redis)."""
-    (settled,) = await ledger.settle([Settlement(rid, sale, CONFIRMED)], attempt=1)
+    (settled,) = await ledger.settle([Settlement(rid, sale, Status.CONFIRMED)], attempt=1)
     await stock.confirm(sale, [rid])
     assert settled.moved
 
@@ -72,7 +74,7 @@ async def test_checkout_pays_a_hold_and_replays(client, opener, headers, sale, l
     assert pending.headers["retry-after"] == "1"
     await _settle(ledger, stock, sale, rid)
     held = await client.simulate_get(f"/v1/reservations/{rid}", headers=headers("alice"))
-    assert held.json["status"] == HELD and "hold_expires_at" in held.json
+    assert held.json["status"] == Status.HELD and "hold_expires_at" in held.json
 
     # Bad requests change nothing.
     for key, kw, field in (
@@ -91,12 +93,12 @@ async def test_checkout_pays_a_hold_and_replays(client, opener, headers, sale, l
     assert (
         await client.simulate_post(f"/v1/reservations/{rid}/checkout", json={"payment_reference": "p"})
     ).status_code == 401
-    assert (await ledger.get_reservation(rid)).status == HELD  # type: ignore[union-attr]
+    assert (await ledger.get_reservation(rid)).status == Status.HELD  # type: ignore[union-attr]
 
     paid = await _checkout(client, headers, "alice", rid, "k1", "pay-1")
     assert paid.status_code == 200, paid.text
     assert "idempotent-replayed" not in paid.headers
-    assert paid.json["status"] == PAID and paid.json["payment_reference"] == "pay-1" and paid.json["paid_at"]
+    assert paid.json["status"] == Status.PAID and paid.json["payment_reference"] == "pay-1" and paid.json["paid_at"]
     replay = await _checkout(client, headers, "alice", rid, "k1", "pay-1")
     assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
     assert replay.json == paid.json
@@ -105,7 +107,7 @@ async def test_checkout_pays_a_hold_and_replays(client, opener, headers, sale, l
     again = await _checkout(client, headers, "alice", rid, "k2", "pay-2")
     assert again.status_code == 409 and again.json["error"]["code"] == "already_paid"
     row = await ledger.get_reservation(rid)
-    assert row is not None and (row.status, row.checkout_key, row.payment_ref) == (PAID, "k1", "pay-1")
+    assert row is not None and (row.status, row.checkout_key, row.payment_ref) == (Status.PAID, "k1", "pay-1")
     snap = await stock.snapshot(sale)
     assert (snap.remaining, snap.confirmed) == (2, 1)  # paying changes nothing in stock
 
@@ -120,13 +122,13 @@ async def test_expired_hold_and_a_sale_without_holds_refuse_checkout(
     # Its time passed by the ledger's clock; no sweep has run yet: still refused, and still unpaid.
     late = await _checkout(client, headers, "bob", rid, "k1")
     assert late.status_code == 409 and late.json["error"]["code"] == "hold_expired"
-    assert (await ledger.get_reservation(rid)).status == HELD  # type: ignore[union-attr]
+    assert (await ledger.get_reservation(rid)).status == Status.HELD  # type: ignore[union-attr]
     (expired,) = await ledger.expire_due(100)
     assert expired.reservation_id == rid
     late = await _checkout(client, headers, "bob", rid, "k1")
     assert late.status_code == 409 and late.json["error"]["code"] == "hold_expired"
     shown = await client.simulate_get(f"/v1/reservations/{rid}", headers=headers("bob"))
-    assert shown.json["status"] == EXPIRED and shown.json["expired_at"]
+    assert shown.json["status"] == Status.EXPIRED and shown.json["expired_at"]
 
     plain = sale + "-plain"
     await _open(stock, ledger, opener, plain, total=3, hold_seconds=0)
@@ -134,7 +136,7 @@ async def test_expired_hold_and_a_sale_without_holds_refuse_checkout(
     await _settle(ledger, stock, plain, rid)
     refused = await _checkout(client, headers, "carol", rid, "k1")
     assert refused.status_code == 409 and refused.json["error"]["code"] == "not_held"
-    assert (await ledger.get_reservation(rid)).status == CONFIRMED  # type: ignore[union-attr]
+    assert (await ledger.get_reservation(rid)).status == Status.CONFIRMED  # type: ignore[union-attr]
 
 
 def _start_worker(settings: ApiSettings, log: Path) -> subprocess.Popen[bytes]:
@@ -248,13 +250,13 @@ async def test_buyers_pay_while_holds_expire(
         row = await ledger.get_reservation(rid)
         assert row is not None
         if status == 200:
-            assert row.status == PAID and row.checkout_key == f"k-{user}", (user, row)
+            assert row.status == Status.PAID and row.checkout_key == f"k-{user}", (user, row)
         else:
-            assert (status, code) == (409, "hold_expired") and row.status == EXPIRED, (user, status, code, row)
+            assert (status, code) == (409, "hold_expired") and row.status == Status.EXPIRED, (user, status, code, row)
     first_pays = [a for a in answers if a[2] == 200 and not a[4]]
-    assert len(first_pays) == statuses[PAID] == len({a[1] for a in first_pays}), "a hold was paid twice"
+    assert len(first_pays) == statuses[Status.PAID] == len({a[1] for a in first_pays}), "a hold was paid twice"
     assert any(a[4] for a in answers), "no checkout replay was answered as one"
-    assert statuses[EXPIRED] >= stock_units // 3, statuses  # the buyers who never pay
+    assert statuses[Status.EXPIRED] >= stock_units // 3, statuses  # the buyers who never pay
     # Units returned by expiry were sold again: more reservations were accepted than there are units.
     assert late_bought and len(accepted) > stock_units
     snap = await stock.snapshot(sale)

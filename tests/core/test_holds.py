@@ -14,19 +14,11 @@ import psycopg
 import pytest
 
 from stampede.audit import audit, counts_from
-from stampede.ledger import (
-    COMPENSATED,
-    CONFIRMED,
-    EXPIRED,
-    HELD,
-    PAID,
-    Expired,
-    Ledger,
-    PendingReservation,
-    Settlement,
-)
+from stampede.domain import Outcome, Settlement
+from stampede.ledger import Expired, Ledger, PendingReservation
 from stampede.settings import Common, load
-from stampede.stock import Outcome, SaleConfig, StockEngine
+from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import Status
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -60,7 +52,7 @@ async def _reserve_and_settle(
     now = await stock.now_ms()
     rows = [PendingReservation(r.reservation_id, sale, r.user, 1, now) for r in got]
     await ledger.record_batch(rows)
-    settled = await ledger.settle([Settlement(r.reservation_id, sale, CONFIRMED) for r in rows], attempt=1)
+    settled = await ledger.settle([Settlement(r.reservation_id, sale, Status.CONFIRMED) for r in rows], attempt=1)
     assert all(s.moved for s in settled)
     await stock.confirm(sale, [s.reservation_id for s in settled])
     return rows
@@ -83,7 +75,7 @@ async def test_sale_without_holds_confirms_as_before(stock: StockEngine, ledger:
     rows = await _reserve_and_settle(stock, ledger, sale, ["a", "b"])
     for r in rows:
         row = await ledger.get_reservation(r.reservation_id)
-        assert row is not None and row.status == CONFIRMED and row.hold_expires_at is None
+        assert row is not None and row.status == Status.CONFIRMED and row.hold_expires_at is None
     assert not await ledger.checkout(rows[0].reservation_id, user="a", key="k", payment_ref="pay")
     assert (await ledger.tally(sale)).confirmed == 2
 
@@ -92,7 +84,7 @@ async def test_held_then_paid_once_and_never_expired(stock: StockEngine, ledger:
     await _open(stock, ledger, sale, 3, hold_seconds=60)
     (r,) = await _reserve_and_settle(stock, ledger, sale, ["a"])
     row = await ledger.get_reservation(r.reservation_id)
-    assert row is not None and row.status == HELD and row.hold_expires_at is not None
+    assert row is not None and row.status == Status.HELD and row.hold_expires_at is not None
     assert row.settled_at is not None and (row.hold_expires_at - row.settled_at).total_seconds() == pytest.approx(60)
     assert (await ledger.tally(sale)).held == 1
     # Another buyer cannot pay for it; its buyer can, once.
@@ -100,7 +92,7 @@ async def test_held_then_paid_once_and_never_expired(stock: StockEngine, ledger:
     assert await ledger.checkout(r.reservation_id, user="a", key="k1", payment_ref="p1")
     assert not await ledger.checkout(r.reservation_id, user="a", key="k2", payment_ref="p2")
     row = await ledger.get_reservation(r.reservation_id)
-    assert row is not None and (row.status, row.checkout_key, row.payment_ref) == (PAID, "k1", "p1")
+    assert row is not None and (row.status, row.checkout_key, row.payment_ref) == (Status.PAID, "k1", "p1")
     assert row.closed_at is not None
     tally = await ledger.tally(sale)
     assert (tally.held, tally.paid, tally.expired) == (0, 1, 0)
@@ -166,8 +158,8 @@ async def test_checkout_and_expiry_racing_decide_each_hold_once(stock: StockEngi
     assert len(paid_by_checkout) + len(expired_by_sweep) == n
     assert paid_by_checkout and expired_by_sweep, "the race did not happen: every hold ended one way"
     statuses = {r.reservation_id: r.status for r in await ledger.rows(sale)}
-    assert {rid for rid, s in statuses.items() if s == PAID} == paid_by_checkout
-    assert {rid for rid, s in statuses.items() if s == EXPIRED} == set(expired_by_sweep)
+    assert {rid for rid, s in statuses.items() if s == Status.PAID} == paid_by_checkout
+    assert {rid for rid, s in statuses.items() if s == Status.EXPIRED} == set(expired_by_sweep)
     tally = await ledger.tally(sale)
     assert (tally.held, tally.paid, tally.expired) == (0, len(paid_by_checkout), len(expired_by_sweep))
     snap = await stock.snapshot(sale)
@@ -229,10 +221,10 @@ async def test_stock_expire_is_idempotent_and_takes_back_unconfirmed(stock: Stoc
 async def test_audit_counts_hold_ends_against_accepted() -> None:
     from stampede.audit import Row
 
-    rows = [Row("a", "u1", 1, PAID), Row("b", "u2", 1, EXPIRED), Row("c", "u3", 1, CONFIRMED)]
+    rows = [Row("a", "u1", 1, Status.PAID), Row("b", "u2", 1, Status.EXPIRED), Row("c", "u3", 1, Status.CONFIRMED)]
     report = audit("s", stock=3, per_user_limit=1, accepted=["a", "b", "c"], rows=rows, holds=True)
     assert not report.ok and any("!= accepted 3" in v for v in report.violations)
-    rows[2] = Row("c", "u3", 1, COMPENSATED, "job_failed")
+    rows[2] = Row("c", "u3", 1, Status.COMPENSATED, "job_failed")
     assert audit("s", stock=3, per_user_limit=1, accepted=["a", "b", "c"], rows=rows, holds=True).ok
 
 
@@ -241,9 +233,11 @@ def test_the_reconciler_replays_an_expiry_redis_missed_and_counts_holds_as_order
     fresh one is its sweeper's; held and paid rows are orders Redis holds confirmed; drift compares Redis's
     confirmed units with confirmed + held + paid."""
     from stampede import healing
+    from stampede.domain import ReservationRecord
     from stampede.healing import LedgerEntry, Observation
-    from stampede.names import STATE_CONFIRMED, STATE_RELEASED
-    from stampede.stock import ReservationRecord
+    from stampede.vocabulary import RedisState
+
+    STATE_CONFIRMED, STATE_RELEASED = RedisState.CONFIRMED, RedisState.RELEASED
 
     now, grace = 1_000_000, 30_000
 
@@ -251,11 +245,11 @@ def test_the_reconciler_replays_an_expiry_redis_missed_and_counts_holds_as_order
         return LedgerEntry(rid, "u", 1, status, None, now - grace - 5, None, age_ms)
 
     ledger_rows = [
-        entry("stuck", EXPIRED, grace + 1),
-        entry("fresh", EXPIRED, 10),
-        entry("done", EXPIRED, grace + 1),
-        entry("held", HELD, grace + 1),
-        entry("paid", PAID, grace + 1),
+        entry("stuck", Status.EXPIRED, grace + 1),
+        entry("fresh", Status.EXPIRED, 10),
+        entry("done", Status.EXPIRED, grace + 1),
+        entry("held", Status.HELD, grace + 1),
+        entry("paid", Status.PAID, grace + 1),
     ]
     redis = {
         rid: ReservationRecord(rid, STATE_RELEASED if rid == "done" else STATE_CONFIRMED, 1, now - grace - 5, "u")
@@ -269,4 +263,8 @@ def test_the_reconciler_replays_an_expiry_redis_missed_and_counts_holds_as_order
     quiet = Observation("s", now, grace, True, {}, {}, {}, tally, 0)
     assert healing.measure_drift(quiet, healing.Plan(), redis_pending=0, redis_confirmed=6) == 0
     assert healing.measure_drift(quiet, healing.Plan(), redis_pending=0, redis_confirmed=8) == 2
-    assert [healing.redis_state(s) for s in (HELD, PAID, EXPIRED)] == [STATE_CONFIRMED, STATE_CONFIRMED, STATE_RELEASED]
+    assert [healing.redis_state(s) for s in (Status.HELD, Status.PAID, Status.EXPIRED)] == [
+        STATE_CONFIRMED,
+        STATE_CONFIRMED,
+        STATE_RELEASED,
+    ]

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from stampede.audit import audit, counts_from
-from stampede.ledger import EXPIRED, HELD, PAID, PENDING, Ledger, PendingReservation
+from stampede.ledger import Ledger, PendingReservation
 from stampede.migrate import migrate
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import Status
 from stampede_dev.devstack import free_port
 from stampede_operator.builders import SaleSpec
 from stampede_operator.reconcile import reconcile_once
@@ -111,7 +112,7 @@ async def test_worker_killed_mid_expiry_is_healed_by_the_reconciler(
     try:
 
         async def held() -> bool:
-            return (await own_ledger.counts(sale))[HELD] == n
+            return (await own_ledger.counts(sale))[Status.HELD] == n
 
         await _until("settled as holds", held, first, log)
         # A few buyers pay while their holds run (five seconds: time enough on a loaded machine).
@@ -119,7 +120,7 @@ async def test_worker_killed_mid_expiry_is_healed_by_the_reconciler(
             assert await own_ledger.checkout(rid, user=f"b{i}", key=f"k{i}", payment_ref=f"pay-{i}")
 
         async def expired_some() -> bool:
-            return (await own_ledger.counts(sale))[EXPIRED] > 0
+            return (await own_ledger.counts(sale))[Status.EXPIRED] > 0
 
         await _until("the sweep expired holds in the ledger", expired_some, first, log)
         first.send_signal(signal.SIGKILL)
@@ -129,8 +130,8 @@ async def test_worker_killed_mid_expiry_is_healed_by_the_reconciler(
             first.kill()
     counts = await own_ledger.counts(sale)
     snap = await stock.snapshot(sale)
-    torn = counts[EXPIRED]
-    assert counts[PAID] == len(payers) and 0 < torn < n - len(payers), counts
+    torn = counts[Status.EXPIRED]
+    assert counts[Status.PAID] == len(payers) and 0 < torn < n - len(payers), counts
     assert snap.remaining == 0 and snap.confirmed == n, "the kill did not land between the ledger and Redis"
     assert len(await own_ledger.expired_unreturned(older_s=0, limit=n, sale=sale)) == torn
 
@@ -150,7 +151,11 @@ async def test_worker_killed_mid_expiry_is_healed_by_the_reconciler(
 
         async def all_ended() -> bool:
             c = await own_ledger.counts(sale)
-            return c[HELD] == 0 and c[PENDING] == 0 and not await own_ledger.expired_unreturned(older_s=0, limit=1)
+            return (
+                c[Status.HELD] == 0
+                and c[Status.PENDING] == 0
+                and not await own_ledger.expired_unreturned(older_s=0, limit=1)
+            )
 
         await _until("every hold ended", all_ended, second, log)
         second.send_signal(signal.SIGTERM)

@@ -24,8 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stampede import metrics
-from stampede.ledger import EXPIRED, Expired, Ledger
-from stampede.stock import Outcome, StockEngine
+from stampede.domain import Outcome
+from stampede.ledger import Expired, Ledger
+from stampede.stock import StockEngine
+from stampede.vocabulary import Status
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ async def sweep(
     for _ in range(MAX_ROUNDS):
         due = await ledger.expire_due(limit)
         report.expired += len(due)
-        metrics.WORKER_HOLDS.labels(EXPIRED).inc(len(due))
+        metrics.WORKER_HOLDS.labels(Status.EXPIRED).inc(len(due))
         if due and fault_sleep_ms:
             await asyncio.sleep(fault_sleep_ms / 1000)
         if due:

@@ -26,8 +26,9 @@ import falcon.asgi
 
 from stampede import errors, metrics
 from stampede.identifiers import IDEMPOTENCY_KEY_RULE, is_idempotency_key
-from stampede.ledger import EXPIRED, HELD, PAID, PENDING, LedgerRow
+from stampede.ledger import LedgerRow
 from stampede.names import split_sale_id
+from stampede.vocabulary import Status
 from stampede_api.body import read_object, str_member
 from stampede_api.errors import ApiError, bad_request
 from stampede_api.resources.reservations import record_body
@@ -47,17 +48,17 @@ def _refusal(row: LedgerRow, key: str, payment_ref: str) -> errors.StampedeError
     """Why a checkout that did not pay the reservation is refused; None: it is this key's own earlier
     checkout with the same payment (a replay)."""
     rid = row.reservation_id
-    if row.status == PAID:
+    if row.status == Status.PAID:
         if row.checkout_key != key:
             return errors.AlreadyPaid(rid)
         if row.payment_ref != payment_ref:
             return errors.IdempotencyConflict(rid)
         return None
-    if row.status in (EXPIRED, HELD):
+    if row.status in (Status.EXPIRED, Status.HELD):
         # Still held after a checkout that did not move it: its time passed by the ledger's clock and the
         # sweep has not got to it yet. Either way it can no longer be paid.
         return errors.HoldExpired(rid)
-    if row.status == PENDING:
+    if row.status == Status.PENDING:
         return errors.ReservationPending(rid)
     return errors.NotHeld(rid, row.status)
 
@@ -94,7 +95,7 @@ class ReservationCheckout:
         if row.user != buyer.id:
             raise errors.NotYourReservation(rid)
         paid = False
-        if row.status == HELD:
+        if row.status == Status.HELD:
             paid = await ledger.checkout(rid, user=buyer.id, key=key, payment_ref=payment_ref)
             fresh = await ledger.get_reservation(rid)  # what the ledger decided, whoever decided it
             if fresh is None:  # rows are never deleted (migration 0001)

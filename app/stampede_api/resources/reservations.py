@@ -16,8 +16,9 @@ import falcon.asgi
 
 from stampede import errors
 from stampede.identifiers import IDEMPOTENCY_KEY_RULE, is_idempotency_key
-from stampede.ledger import EXPIRED, PAID, LedgerRow
+from stampede.ledger import LedgerRow
 from stampede.names import SALE_NAME_RE, sale_id, split_sale_id
+from stampede.vocabulary import Status
 from stampede_api.body import int_member, read_object
 from stampede_api.client_ip import client_ip
 from stampede_api.errors import bad_request
@@ -97,10 +98,10 @@ def record_body(row: LedgerRow, sale: str) -> dict[str, Any]:
         out["reason"] = row.reason
     if row.hold_expires_at is not None:
         out["hold_expires_at"] = _iso(row.hold_expires_at)
-    if row.status == PAID:
+    if row.status == Status.PAID:
         out["paid_at"] = _iso(row.closed_at)
         out["payment_reference"] = row.payment_ref
-    elif row.status == EXPIRED:
+    elif row.status == Status.EXPIRED:
         out["expired_at"] = _iso(row.closed_at)
     return out
 
