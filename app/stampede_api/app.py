@@ -26,6 +26,7 @@ from .live_feed import LiveFeeds
 from .middleware import RequestContext
 from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
+from .resources.checkout import ReservationCheckout
 from .resources.docs import OpenApi
 from .resources.health import Healthz, Readyz
 from .resources.live import DemoToken, LiveAsset, LiveOverview, LiveOverviewEvents, LiveSale
@@ -135,6 +136,7 @@ def build(
 
     app.add_route("/v1/sales/{sale}/reservations", SaleReservations(services))
     app.add_route("/v1/reservations/{reservation_id}", ReservationItem(services))
+    app.add_route("/v1/reservations/{reservation_id}/checkout", ReservationCheckout(services))
     app.add_route("/v1/sales/{sale}", Sale(services))
     queue = Queue(services)
     app.add_route("/v1/sales/{sale}/queue", queue)

@@ -90,6 +90,64 @@ class ReservationNotFound(StampedeError):
         self.reservation_id = reservation_id
 
 
+class NotYourReservation(StampedeError):
+    """A checkout of a reservation that belongs to another buyer."""
+
+    code = "not_your_reservation"
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(f"reservation {reservation_id!r} belongs to another buyer")
+        self.reservation_id = reservation_id
+
+
+class CheckoutRefused(StampedeError):
+    """Base of the checkout refusals decided by the reservation's state (each a distinct code)."""
+
+    code = "checkout_refused"
+
+    def __init__(self, reservation_id: str, message: str) -> None:
+        super().__init__(f"reservation {reservation_id!r}: {message}")
+        self.reservation_id = reservation_id
+
+
+class HoldExpired(CheckoutRefused):
+    """The hold ended unpaid (expired, or its time passed by the ledger's clock): its units are back on sale."""
+
+    code = "hold_expired"
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(reservation_id, "the hold expired before checkout; its units are back on sale")
+
+
+class AlreadyPaid(CheckoutRefused):
+    """The hold was paid by another checkout (another Idempotency-Key)."""
+
+    code = "already_paid"
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(reservation_id, "already paid by another checkout")
+
+
+class NotHeld(CheckoutRefused):
+    """The reservation is not a hold: confirmed (a sale without checkout holds) or compensated."""
+
+    code = "not_held"
+
+    def __init__(self, reservation_id: str, status: str) -> None:
+        super().__init__(reservation_id, f"is {status}, not held for checkout")
+        self.status = status
+
+
+class ReservationPending(CheckoutRefused):
+    """The reservation is not settled yet: a hold begins when it is (retry in a second)."""
+
+    code = "reservation_pending"
+    retry_after_s = 1
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(reservation_id, "not settled yet; retry shortly")
+
+
 class DependencyUnavailable(StampedeError):
     """Redis or PostgreSQL cannot be reached; callers answer 503 / retry, never guess."""
 

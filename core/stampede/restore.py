@@ -34,7 +34,7 @@ from .domain import ReservationRecord
 from .healing import redis_state
 from .ledger import Ledger, RestoreSource
 from .stock import SaleConfig, StockEngine
-from .vocabulary import Status
+from .vocabulary import TAKEN, Status
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
         if source is None or source.deleted:
             return Restore(GONE)
         pending = sum(q for _, _, q, status, _ in source.rows if status == Status.PENDING)
-        confirmed = sum(q for _, _, q, status, _ in source.rows if status == Status.CONFIRMED)
+        confirmed = sum(q for _, _, q, status, _ in source.rows if status in TAKEN)
         config = SaleConfig(
             total=source.stock,
             per_user_limit=source.per_user_limit,

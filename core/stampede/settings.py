@@ -157,7 +157,15 @@ class WorkerSettings(Common):
     worker_poll_s: float = setting(2.0, "job polling interval besides LISTEN/NOTIFY wake-ups")
     worker_depth_interval_s: float = setting(5.0, "how often the queue depth gauge is refreshed")
     worker_claim_max: int = setting(1000, "most pending rows a settle job claims and settles in one transaction")
+    worker_hold_sweep_s: float = setting(1.0, "how often a worker expires the checkout holds that are due")
+    worker_hold_sweep_max: int = setting(1000, "most holds one sweep statement expires (a sweep repeats while full)")
+    worker_hold_return_after_s: float = setting(
+        10.0, "an expired hold whose units Redis has not taken back this long after is given back again"
+    )
     worker_fault_sleep_ms: int = setting(0, "fault injection for tests: sleep between ledger and Redis writes")
+    worker_fault_expire_sleep_ms: int = setting(
+        0, "fault injection for tests: sleep between a sweep's ledger expiry and its Redis write"
+    )
     worker_fault_claim_sleep_ms: int = setting(0, "fault injection for tests: sleep inside a claim, rows locked")
 
     def validate(self) -> None:
@@ -168,6 +176,9 @@ class WorkerSettings(Common):
             "worker_retry_base_s",
             "worker_heartbeat_s",
             "worker_stalled_s",
+            "worker_hold_sweep_s",
+            "worker_hold_sweep_max",
+            "worker_hold_return_after_s",
         ):
             _positive(name, getattr(self, name))
         if self.worker_max_retries < 0:

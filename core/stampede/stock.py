@@ -30,7 +30,18 @@ from .names import SaleKeys, sale_keys
 from .vocabulary import Dependency, RedisState
 from .waitroom import WaitingRoom
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
+SCRIPTS = (
+    "reserve",
+    "confirm",
+    "release",
+    "expire",
+    "seed",
+    "gate",
+    "snapshot",
+    "restore",
+    "unlock",
+    "suspects",
+)
 
 
 @cache
@@ -199,6 +210,11 @@ _CONFIRM = {
     "confirmed": Outcome.CONFIRMED,
     "already": Outcome.ALREADY,
     "released": Outcome.RELEASED,
+    "unknown": Outcome.UNKNOWN,
+}
+_EXPIRE = {
+    "released": Outcome.RELEASED,
+    "already": Outcome.ALREADY,
     "unknown": Outcome.UNKNOWN,
 }
 _RELEASE = {
@@ -509,6 +525,17 @@ class StockEngine:
             args = ids + [idempotency_field(*forget[rid]) if rid in forget else "" for rid in ids]
         codes = await self._run("release", keys, args)
         return {rid: _RELEASE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
+
+    async def expire(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]:
+        """Gives back the units of holds the ledger expired (confirmed, or not yet confirmed, -> released):
+        one script call for the batch, idempotent (a repeat answers ``already``). Never call it for a
+        reservation the ledger has not expired: unlike ``release`` it takes back a confirmed one."""
+        ids = list(reservation_ids)
+        if not ids:
+            return {}
+        k = _keys(sale)
+        codes = await self._run("expire", [k.meta, k.reservations, k.pending, k.holds], ids)
+        return {rid: _EXPIRE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
     # --- reading ----------------------------------------------------------------------------------
 

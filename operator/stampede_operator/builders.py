@@ -64,6 +64,7 @@ class SaleSpec:
     trusted_proxy_hops: int | None = None  # None: the operator's STAMPEDE_API_TRUSTED_PROXY_HOPS
     client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
     admission: AdmissionSpec | None = None  # None: no waiting room
+    hold_seconds: int = 0  # spec.checkout.holdSeconds: settled reservations are held this long for checkout
 
     @property
     def id(self) -> str:
@@ -127,6 +128,7 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
     if end <= start:
         raise InvalidSpec("InvalidWindow", "spec.window.end must be after spec.window.start")
     api, workers, reconcile = _obj(spec, "api"), _obj(spec, "workers"), _obj(spec, "reconcile")
+    checkout = _obj(spec, "checkout")
     rate = _obj(spec, "rateLimit")
     buyer = rate.get("perBuyer") or {}
     ip = rate.get("perIp") or {}
@@ -152,6 +154,7 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         else _int(api, "trustedProxyHops", 0, "spec.api", 0),
         client_ip_header=_header(api),
         admission=_admission(spec),
+        hold_seconds=_int(checkout, "holdSeconds", 0, "spec.checkout", 0),
     )
 
 

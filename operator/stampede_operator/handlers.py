@@ -276,6 +276,7 @@ async def ensure(
                 buyer_burst=sale.buyer_burst,
                 ip_rate=float(sale.ip_rate),
                 ip_burst=sale.ip_burst,
+                hold_seconds=sale.hold_seconds,
             )
             await waitroom.apply(deps.stock, sale)
             await ensure_workloads(deps, sale, namespace, body)
@@ -394,13 +395,15 @@ async def _report(
     fields: dict[str, Any] = set_phase(
         {
             "reserved": outcome.tally.pending if snap is None else snap.pending,
-            "confirmed": outcome.tally.confirmed if snap is None else snap.confirmed,
+            "confirmed": outcome.tally.taken if snap is None else snap.confirmed,
             "compensated": outcome.tally.compensated,
             "drift": outcome.drift,
             "lastReconcileTime": rfc3339(_now()),
         },
         phase,
     )
+    if sale.hold_seconds or outcome.tally.held or outcome.tally.paid or outcome.tally.expired:
+        fields.update(held=outcome.tally.held, paid=outcome.tally.paid, expired=outcome.tally.expired)
     if snap is not None:
         fields["remaining"] = snap.remaining
         fields["stock"] = snap.total

@@ -16,7 +16,9 @@ import falcon.asgi
 
 from stampede import admission, errors
 from stampede.identifiers import IDEMPOTENCY_KEY_RULE, is_idempotency_key
+from stampede.ledger import LedgerRow
 from stampede.names import SALE_NAME_RE, sale_id, split_sale_id
+from stampede.vocabulary import Status
 from stampede_api.body import int_member, read_object
 from stampede_api.client_ip import client_ip
 from stampede_api.errors import bad_request
@@ -96,6 +98,29 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def record_body(row: LedgerRow, sale: str) -> dict[str, Any]:
+    """A reservation as its buyer sees it (``sale``: the name the buyer used); a checkout hold adds when it
+    ends and, once ended, when it was paid (with the payment reference) or expired."""
+    out: dict[str, Any] = {
+        "reservation_id": str(row.reservation_id),
+        "sale": sale,
+        "quantity": row.quantity,
+        "status": row.status,
+        "created_at": _iso(row.created_at),
+        "settled_at": _iso(row.settled_at),
+    }
+    if row.reason:
+        out["reason"] = row.reason
+    if row.hold_expires_at is not None:
+        out["hold_expires_at"] = _iso(row.hold_expires_at)
+    if row.status == Status.PAID:
+        out["paid_at"] = _iso(row.closed_at)
+        out["payment_reference"] = row.payment_ref
+    elif row.status == Status.EXPIRED:
+        out["expired_at"] = _iso(row.closed_at)
+    return out
+
+
 class ReservationItem:
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -117,16 +142,6 @@ class ReservationItem:
             raise errors.ReservationNotFound(rid) from None
         if namespace != self.s.settings.sale_namespace:
             raise errors.ReservationNotFound(rid)  # a sale of another namespace: not this API's to show
-        out: dict[str, Any] = {
-            "reservation_id": str(row.reservation_id),
-            "sale": sale,
-            "quantity": row.quantity,
-            "status": row.status,
-            "created_at": _iso(row.created_at),
-            "settled_at": _iso(row.settled_at),
-        }
-        if row.reason:
-            out["reason"] = row.reason
-        resp.media = out
+        resp.media = record_body(row, sale)
 
     on_head = on_get
