@@ -1,7 +1,8 @@
 -- reserve: one atomic step of a buy. Checks, in order: arguments, sale exists, rate limits (buyer and
 -- client IP token buckets), idempotent replay, sale open, per-user limit, stock; then takes the stock
 -- and records the pending reservation.
--- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip
+-- KEYS: meta, res, pending, holds, idem, bucket_buyer[, bucket_ip] (no IP, no seventh key: every key must
+--       share the sale's hash tag, so its Redis Cluster slot)
 -- ARGV: reservation_id, user, quantity, idempotency_key ('' = none)
 -- Returns {code, reservation_id, state, number[, reserved_at_ms]}:
 --   ok            {id, 'pending', remaining, reserved_at_ms}  (Redis time, as in the record and the
@@ -37,7 +38,7 @@ local function bucket(key, rate, burst)
   tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
   return {key = key, tokens = tokens, rate = rate, burst = burst}
 end
-local buckets = {{'buyer', bucket(KEYS[6], m[4], m[5])}, {'ip', bucket(KEYS[7], m[6], m[7])}}
+local buckets = {{'buyer', bucket(KEYS[6], m[4], m[5])}, {'ip', bucket(KEYS[7] or '', m[6], m[7])}}
 for _, kb in ipairs(buckets) do
   local b = kb[2]
   if b and b.tokens < 1 then

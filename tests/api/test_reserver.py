@@ -70,7 +70,7 @@ async def test_dead_redis_is_dependency_unavailable():
 def test_hand_packed_commands_match_redis_py():
     from redis.asyncio.connection import Connection
 
-    from stampede_api.reserver import _resp
+    from stampede.stock import _resp
 
     args = ("EVALSHA", "0" * 40, 7, "stampede:{s}:meta", "", "buyer-é", 3, "idem key")
     assert _resp(args) == b"".join(Connection().pack_command(*args))

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors, metrics, restore
 from stampede.ledger import (
@@ -50,7 +48,7 @@ from stampede.ledger import (
     Settlement,
 )
 from stampede.names import STATE_RELEASED, sale_keys
-from stampede.stock import Outcome, StockEngine, parse_record
+from stampede.stock import UNAVAILABLE, Outcome, StockEngine, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +63,7 @@ REASON_ERROR = "settle_error"
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     errors.DependencyUnavailable,
     psycopg.OperationalError,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *UNAVAILABLE,
     ConnectionError,
     TimeoutError,
 )
@@ -192,8 +189,8 @@ async def redis_states(stock: StockEngine, by_sale: Mapping[str, Sequence[str]])
             pipe.exists(keys.meta)
             pipe.hmget(keys.reservations, list(by_sale[sale]))
         answers = await pipe.execute()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise errors.DependencyUnavailable("redis", str(exc)) from exc
+    except UNAVAILABLE as exc:
+        raise errors.DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
     out: dict[str, tuple[str, str | None]] = {}
     for n, sale in enumerate(sales):
         exists, records = answers[2 * n], answers[2 * n + 1]
