@@ -227,6 +227,17 @@ CLUSTER_NODES=6
 CLUSTER_NODE_TIMEOUT_MS=${STAMPEDE_REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}
 
 cluster_ports() { sed -n 's/^STAMPEDE_REDIS_CLUSTER_PORTS=//p' "$ENVFILE" 2>/dev/null | tr ',' ' '; }
+
+# Free ports for the cluster's nodes: each node also listens on its port + 10000 (the cluster bus).
+free_cluster_ports() {
+  local picked=() p
+  while [ ${#picked[@]} -lt $CLUSTER_NODES ]; do
+    p=$(free_port)
+    [ $((p + 10000)) -le 65535 ] && port_free $((p + 10000)) || continue
+    [[ " ${picked[*]} " == *" $p "* ]] || picked+=("$p")
+  done
+  echo "${picked[*]}"
+}
 node_alive() { alive "$CLUSTER_DIR/$1/redis.pid" redis-server; }
 
 start_cluster_node() {
@@ -256,11 +267,10 @@ cluster_ok() { # every node of the cluster answers cluster_state:ok
 start_cluster() { # starts the 6 nodes (on the ports of the last start while free) and creates the cluster once
   local ports=() p fresh=0
   read -r -a ports <<<"$(cluster_ports)"
-  for p in "${ports[@]}"; do node_alive "$p" || port_free "$p" || fresh=1; done
+  for p in "${ports[@]}"; do node_alive "$p" || { port_free "$p" && port_free $((p + 10000)); } || fresh=1; done
   if [ ${#ports[@]} -ne $CLUSTER_NODES ] || [ $fresh = 1 ]; then
-    for p in "${ports[@]}"; do node_alive "$p" && stop_pid "$CLUSTER_DIR/$p/redis.pid" "node $p" redis-server; done
-    read -r -a ports <<<"$(python3 "$ROOT/hack/free_ports.py" $CLUSTER_NODES | tr '\n' ' ')"
-    rm -rf "$CLUSTER_DIR"
+    stop_cluster  # every node with a pid file here, remembered or not: none is left running without its data
+    read -r -a ports <<<"$(free_cluster_ports)"
   fi
   for p in "${ports[@]}"; do start_cluster_node "$p"; done
   CLUSTER_PORTS=$(IFS=,; echo "${ports[*]}")
