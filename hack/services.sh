@@ -257,10 +257,14 @@ start_cluster_node() {
   die "redis cluster node did not answer on 127.0.0.1:$port"
 }
 
-cluster_ok() { # every node of the cluster answers cluster_state:ok
+cluster_ok() { # every node answers cluster_state:ok and every replica is in sync with its master (a replica
+  # that never synced refuses to take over when its master dies)
   local p
   for p in "$@"; do
     redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    if redis-cli -p "$p" role 2>/dev/null | head -n1 | grep -q slave; then
+      redis-cli -p "$p" info replication 2>/dev/null | grep -q '^master_link_status:up' || return 1
+    fi
   done
 }
 
