@@ -20,8 +20,9 @@ Idempotency-Key always asks Redis (it may be the replay of an accepted reservati
 back (a compensation, a restock) is offered again at most that long after; the answer "sold out" was
 true a moment before, which is all a refusal ever promises.
 
-The script, its keys and its answer codes are the stock engine's (``stampede.stock``); the answer is
-mapped to the same ``Reservation`` or domain error that ``StockEngine.reserve`` returns.
+The script, its keys, its answer codes and the held connection are the stock engine's (``stampede.stock``,
+``StockEngine.reserve_pipe``); the answer is mapped to the same ``Reservation`` or domain error that
+``StockEngine.reserve`` returns.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 from stampede import errors
 from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call
+from stampede.vocabulary import Dependency
 from stampede_api.flusher import SingleFlusher, fail
 
 
@@ -96,7 +98,7 @@ class ReserveCoalescer(SingleFlusher[_Call]):
             results = await self._stock.reserve_batch([c.call for c in good])
         except asyncio.CancelledError:
             for call in good:
-                fail(call.future, errors.DependencyUnavailable("redis", "cancelled"))
+                fail(call.future, errors.DependencyUnavailable(Dependency.REDIS, "cancelled"))
             raise
         for call, result in zip(good, results, strict=True):
             if call.future.done():

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any, cast
@@ -41,9 +40,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from . import errors
+from .domain import Outcome, ReservationRecord
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
-from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
+from .names import SaleKeys, sale_keys
 from .redis_url import client_url, is_cluster
+from .vocabulary import Dependency, RedisState
 
 # What means "Redis cannot answer right now" (a 503 with Retry-After, stock given back where possible): a lost
 # connection or timeout, and on a cluster a failover in progress (slot without a master, CLUSTERDOWN,
@@ -69,16 +70,6 @@ SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua`` as shipped inside the package."""
     return (resources.files("stampede") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
-class Outcome(StrEnum):
-    """Per-reservation answer of confirm/release."""
-
-    CONFIRMED = "confirmed"  # moved pending -> confirmed by this call
-    RELEASED = "released"  # moved pending -> released by this call (confirm: already released)
-    ALREADY = "already"  # already in the requested state: an idempotent repeat
-    REFUSED_CONFIRMED = "refused_confirmed"  # release of a confirmed reservation: never
-    UNKNOWN = "unknown"  # Redis has no such reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,21 +100,10 @@ class Reservation:
     reservation_id: str
     user: str
     quantity: int
-    state: str
+    state: RedisState
     replay: bool
     remaining: int | None  # units left after this reservation; None on a replay
     reserved_at_ms: int | None = None  # Redis time the script stamped it with; None on a replay
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationRecord:
-    """A reservation as Redis holds it."""
-
-    reservation_id: str
-    state: str
-    quantity: int
-    reserved_at_ms: int
-    user: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +201,7 @@ def _s(value: Any) -> str:
 
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
     state, qty, ts, user = raw.split("|", 3)
-    return ReservationRecord(reservation_id, state, int(qty), int(ts), user)
+    return ReservationRecord(reservation_id, RedisState(state), int(qty), int(ts), user)
 
 
 def format_record(record: ReservationRecord) -> str:
@@ -262,10 +242,10 @@ class ReserveCall:
         sale = self.sale
         if code == "ok":
             return Reservation(
-                sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number, int(raw[4])
+                sale, self.reservation_id, self.user, self.quantity, RedisState.PENDING, False, number, int(raw[4])
             )
         if code == "replay":
-            return Reservation(sale, _s(rid_out), self.user, self.quantity, _s(state), True, None)
+            return Reservation(sale, _s(rid_out), self.user, self.quantity, RedisState(_s(state)), True, None)
         if code == "sold_out":
             raise errors.SoldOut(sale, number)
         if code == "limit":
@@ -306,16 +286,6 @@ def reserve_call(
     return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or ""])
 
 
-def _resp(args: Sequence[Any]) -> bytes:
-    """One command in the Redis protocol (RESP). redis-py's general ``pack_command`` costs more than the rest
-    of a reserve; every argument here is a str or an int, so a direct encoding is enough."""
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else str(a).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(parts)
-
-
 Client = aioredis.Redis | RedisCluster
 
 
@@ -333,7 +303,7 @@ class StockEngine:
         max_in_flight: int | None = None,
         wait_timeout: float = 5.0,
     ) -> None:
-        self.client = client
+        self._client = client
         self.cluster = isinstance(client, RedisCluster)
         # redis-py's cluster client refuses a call when a node's pool is exhausted instead of waiting for a
         # free connection as the single client's blocking pool does: the engine queues its callers itself.
@@ -385,21 +355,29 @@ class StockEngine:
         try:
             await asyncio.wait_for(self._gate.acquire(), self._wait_timeout)
         except TimeoutError:
-            raise errors.DependencyUnavailable("redis", "no free connection in time") from None
+            raise errors.DependencyUnavailable(Dependency.REDIS, "no free connection in time") from None
         try:
             yield
         finally:
             self._gate.release()
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        """One round trip to Redis (readiness); raises DependencyUnavailable when it cannot be made."""
+        await self._read(self._client.ping())
+
+    async def flush_database(self) -> None:
+        """Benchmarks and tests only: empties the whole Redis database this engine uses."""
+        await self._read(self._client.flushdb())
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             async with self._turn():
                 return await self._scripts[name](keys=list(keys), args=list(args))
         except UNAVAILABLE as exc:
-            raise errors.DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         except ResponseError as exc:
             raise errors.ScriptError(f"{name}.lua: {exc}") from exc
 
@@ -408,14 +386,14 @@ class StockEngine:
         the client has not yet."""
         if not self.cluster:
             return None
-        client = cast(RedisCluster, self.client)
+        client = cast(RedisCluster, self._client)
         try:
             await client.initialize()
             node = client.get_node_from_key(key)
         except UNAVAILABLE as exc:
-            raise errors.DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         if node is None:  # only asked for a replica; the master is always there while the slot is covered
-            raise errors.DependencyUnavailable("redis", f"no master for the slot of {key}")
+            raise errors.DependencyUnavailable(Dependency.REDIS, f"no master for the slot of {key}")
         return node
 
     async def master_of(self, sale: str) -> str | None:
@@ -427,7 +405,7 @@ class StockEngine:
         """Reads the cluster's slot map again (after a failover or a moved slot), at most every 100 ms."""
         if not self.cluster:
             return
-        client = cast(RedisCluster, self.client)
+        client = cast(RedisCluster, self._client)
         async with self._refresh_lock:
             if time.monotonic() - self._refreshed_at < 0.1:
                 return
@@ -483,11 +461,11 @@ class StockEngine:
         node = await self._node(_keys(sale).meta)
         try:
             if node is None:
-                info = await self.client.info("server")
+                info = await self._client.info("server")
             else:
                 info = await node.execute_command("INFO", "server")
         except UNAVAILABLE as exc:
-            raise errors.DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         if isinstance(info, bytes | str):  # a node's raw answer: "key:value" lines
             text = info.decode() if isinstance(info, bytes) else info
             fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
@@ -497,9 +475,9 @@ class StockEngine:
     async def restored_run(self, sale: str) -> str | None:
         """The run_id the sale was last restored under ('' if never), or None if Redis does not know it."""
         try:
-            meta_total, run = await self._read(self.client.hmget(_keys(sale).meta, ["total", "run"]))
+            meta_total, run = await self._read(self._client.hmget(_keys(sale).meta, ["total", "run"]))
         except UNAVAILABLE as exc:
-            raise errors.DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         if meta_total is None:
             return None
         return "" if run is None else _s(run)
@@ -507,9 +485,9 @@ class StockEngine:
     async def lock_restore(self, sale: str, token: str, ttl_ms: int) -> bool:
         """Takes the sale's restore lock for ``ttl_ms`` unless another holds it: one restore at a time."""
         try:
-            return bool(await self._read(self.client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms)))
+            return bool(await self._read(self._client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms)))
         except UNAVAILABLE as exc:
-            raise errors.DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
 
     async def unlock_restore(self, sale: str, token: str) -> bool:
         """Gives the restore lock back if it still holds ``token``."""
@@ -541,7 +519,7 @@ class StockEngine:
             config.ip_burst,
         ]
         for r in records:
-            if r.state not in (STATE_PENDING, STATE_CONFIRMED, STATE_RELEASED):
+            if r.state not in (RedisState.PENDING, RedisState.CONFIRMED, RedisState.RELEASED):
                 raise errors.InvalidArgument("state", f"cannot restore a reservation in state {r.state!r}")
             args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
         code, total, remaining, pending, confirmed = await self._run(
@@ -557,16 +535,16 @@ class StockEngine:
     async def delete(self, sale: str) -> int:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
         k = _keys(sale)
-        deleted = int(await self.client.delete(*k.all_static()))
+        deleted = int(await self._client.delete(*k.all_static()))
         # The rate-limit buckets share the sale's slot: on a cluster only its master is scanned.
         node = await self._node(k.meta)
         scan = (
-            self.client.scan_iter(match=f"{k.base}:rl:*", count=1000)
+            self._client.scan_iter(match=f"{k.base}:rl:*", count=1000)
             if node is None
-            else self.client.scan_iter(match=f"{k.base}:rl:*", count=1000, target_nodes=node)
+            else self._client.scan_iter(match=f"{k.base}:rl:*", count=1000, target_nodes=node)
         )
         async for key in scan:
-            deleted += int(await self.client.delete(key))
+            deleted += int(await self._client.delete(key))
         return deleted
 
     # --- the hot path -----------------------------------------------------------------------------
@@ -626,7 +604,7 @@ class StockEngine:
                     raise got
                 if isinstance(got, BaseException):
                     lost_node = True
-                    failure = errors.DependencyUnavailable("redis", str(got) or type(got).__name__)
+                    failure = errors.DependencyUnavailable(Dependency.REDIS, str(got) or type(got).__name__)
                     for i in idx:
                         out[i] = failure
                     continue
@@ -635,7 +613,7 @@ class StockEngine:
                         again.append(i)
                         lost_node = lost_node or not isinstance(raw, NoScriptError)
                         noscript = noscript or isinstance(raw, NoScriptError)
-                        out[i] = errors.DependencyUnavailable("redis", f"reserve.lua: {raw}")
+                        out[i] = errors.DependencyUnavailable(Dependency.REDIS, f"reserve.lua: {raw}")
                     elif isinstance(raw, ResponseError):
                         out[i] = errors.ScriptError(f"reserve.lua: {raw}")
                     else:
@@ -644,7 +622,7 @@ class StockEngine:
                 await self.refresh_topology()
             if noscript:
                 try:
-                    await self.client.script_load(self._scripts["reserve"].script)
+                    await self._client.script_load(self._scripts["reserve"].script)
                 except UNAVAILABLE:
                     break
             if not again:
@@ -665,11 +643,11 @@ class StockEngine:
 
     async def _pipeline(self, node: ClusterNode | None, calls: list[ReserveCall]) -> list[Any]:
         sha = self._scripts["reserve"].sha
-        buffer = [_resp(("EVALSHA", sha, len(c.keys), *c.keys, *c.args)) for c in calls]
+        buffer = [resp_command(("EVALSHA", sha, len(c.keys), *c.keys, *c.args)) for c in calls]
         if self.ack_replicas > 0:
-            buffer.append(_resp(("WAIT", self.ack_replicas, self.ack_timeout_ms)))
+            buffer.append(resp_command(("WAIT", self.ack_replicas, self.ack_timeout_ms)))
         if node is None:
-            pool = cast(aioredis.Redis, self.client).connection_pool
+            pool = cast(aioredis.Redis, self._client).connection_pool
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         else:
             conn = node.acquire_connection()
@@ -697,7 +675,9 @@ class StockEngine:
         buyer is told about them. Their units are given back (keys forgotten) and each is answered
         DependencyUnavailable; a release that cannot reach Redis leaves them to the reconciler, which
         releases a reservation without a ledger row after its grace period."""
-        failure = errors.DependencyUnavailable("redis", f"replicas acknowledged {acked!r} of {self.ack_replicas}")
+        failure = errors.DependencyUnavailable(
+            Dependency.REDIS, f"replicas acknowledged {acked!r} of {self.ack_replicas}"
+        )
         by_sale: dict[str, list[int]] = {}
         for i, (call, raw) in enumerate(zip(calls, out, strict=True)):
             if isinstance(raw, list) and raw and _s(raw[0]) == "ok":
@@ -748,13 +728,13 @@ class StockEngine:
         return _snapshot(sale, flat)
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
-        raw = await self._read(self.client.hget(_keys(sale).reservations, reservation_id))
+        raw = await self._read(self._client.hget(_keys(sale).reservations, reservation_id))
         return None if raw is None else parse_record(reservation_id, _s(raw))
 
     async def reservations(self, sale: str) -> list[ReservationRecord]:
         """Every reservation Redis holds for the sale (HSCAN, so a large sale does not block Redis)."""
         out = []
-        async for rid, raw in self.client.hscan_iter(_keys(sale).reservations, count=1000):
+        async for rid, raw in self._client.hscan_iter(_keys(sale).reservations, count=1000):
             out.append(parse_record(_s(rid), _s(raw)))
         return out
 
@@ -763,7 +743,7 @@ class StockEngine:
         ids = list(reservation_ids)
         if not ids:
             return {}
-        raws = await self._read(self.client.hmget(_keys(sale).reservations, ids))
+        raws = await self._read(self._client.hmget(_keys(sale).reservations, ids))
         return {rid: parse_record(rid, _s(raw)) for rid, raw in zip(ids, raws, strict=True) if raw is not None}
 
     async def scan_reservations(self, sale: str, count: int = 5000) -> AsyncIterator[list[ReservationRecord]]:
@@ -771,10 +751,33 @@ class StockEngine:
         the caller holds one chunk at a time)."""
         key, cursor = _keys(sale).reservations, 0
         while True:
-            cursor, chunk = await self._read(self.client.hscan(key, cursor, count=count))
+            cursor, chunk = await self._read(self._client.hscan(key, cursor, count=count))
             yield [parse_record(_s(rid), _s(raw)) for rid, raw in chunk.items()]
             if cursor == 0:
                 return
+
+    async def states(self, by_sale: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str | None] | None]:
+        """{sale: ids} -> {sale: {id: Redis state, None if Redis does not hold it}}, or {sale: None} for a sale
+        Redis does not know. One pipelined round trip (no MULTI) for every sale."""
+        sales = list(by_sale)
+        pipe = self._client.pipeline(transaction=False)
+        for sale in sales:
+            k = _keys(sale)
+            pipe.exists(k.meta)
+            pipe.hmget(k.reservations, list(by_sale[sale]))
+        answers = await self._read(pipe.execute())
+        out: dict[str, dict[str, str | None] | None] = {}
+        for n, sale in enumerate(sales):
+            exists, raws = answers[2 * n], answers[2 * n + 1]
+            out[sale] = (
+                {
+                    rid: None if raw is None else parse_record(rid, _s(raw)).state
+                    for rid, raw in zip(by_sale[sale], raws, strict=True)
+                }
+                if exists
+                else None
+            )
+        return out
 
     async def suspects(self, sale: str, grace_ms: int, after: tuple[int, str] | None, limit: int) -> SuspectView:
         """What a reconcile pass reads of the sale, in one atomic step (``suspects.lua``): the clock, the
@@ -794,7 +797,7 @@ class StockEngine:
             async with self._turn():
                 return await call
         except UNAVAILABLE as exc:
-            raise errors.DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
 
     async def import_settled(self, sale: str, records: Sequence[ReservationRecord]) -> None:
         """Benchmark and test data only: writes reservations that are already settled (``confirmed`` or
@@ -804,12 +807,12 @@ class StockEngine:
         k = _keys(sale)
         confirmed = released = 0
         holds: dict[str, int] = {}
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for r in records:
-            if r.state == STATE_CONFIRMED:
+            if r.state == RedisState.CONFIRMED:
                 confirmed += r.quantity
                 holds[r.user] = holds.get(r.user, 0) + r.quantity
-            elif r.state == STATE_RELEASED:
+            elif r.state == RedisState.RELEASED:
                 released += r.quantity
             else:
                 raise errors.InvalidArgument("state", f"only settled reservations are imported, not {r.state!r}")
@@ -825,19 +828,26 @@ class StockEngine:
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
-        ids = await self._read(self.client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit))
+        ids = await self._read(self._client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit))
         return [_s(i) for i in ids]
 
     async def now_ms(self) -> int:
         """Redis's clock, the one reserve.lua stamps reservations with."""
-        sec, usec = await self._read(self.client.time())
+        sec, usec = await self._read(self._client.time())
         return int(sec) * 1000 + int(usec) // 1000
 
 
+def resp_command(args: Sequence[Any]) -> bytes:
+    """One command in the Redis protocol (RESP). redis-py's general ``pack_command`` costs more than the
+    rest of a reserve; every argument here is a str or an int, so a direct encoding is enough."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else str(a).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
 __all__ = [
-    "STATE_CONFIRMED",
-    "STATE_PENDING",
-    "STATE_RELEASED",
     "Outcome",
     "Reservation",
     "ReservationRecord",
@@ -852,5 +862,6 @@ __all__ = [
     "idempotency_field",
     "new_reservation_id",
     "reserve_call",
+    "resp_command",
     "script_source",
 ]
