@@ -20,9 +20,9 @@ Idempotency-Key always asks Redis (it may be the replay of an accepted reservati
 back (a compensation, a restock) is offered again at most that long after; the answer "sold out" was
 true a moment before, which is all a refusal ever promises.
 
-The script, its keys, its answer codes and the held connection are the stock engine's (``stampede.stock``,
-``StockEngine.reserve_pipe``); the answer is mapped to the same ``Reservation`` or domain error that
-``StockEngine.reserve`` returns.
+The script, its keys, its answer codes and the connections are the stock engine's (``stampede.stock``,
+``StockEngine.reserve_batch``: one connection per master per batch); the answer is mapped to the same
+``Reservation`` or domain error that ``StockEngine.reserve`` returns.
 """
 
 from __future__ import annotations
