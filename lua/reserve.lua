@@ -2,7 +2,8 @@
 -- client IP token buckets), idempotent replay, sale open, per-user limit, stock, admission by the
 -- waiting room; then takes the stock
 -- and records the pending reservation.
--- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip[, room_config]
+-- KEYS: meta, res, pending, holds, idem, bucket_buyer, room_config[, bucket_ip] (no IP, no eighth key:
+--       every key must share the sale's hash tag, so its Redis Cluster slot)
 -- ARGV: reservation_id, user, quantity, idempotency_key ('' = none), admission_expires_ms ('' = none:
 --       the expiry of the buyer's admission token, which the API verified; required while the sale's
 --       waiting room is on, and checked against Redis's clock here)
@@ -41,7 +42,7 @@ local function bucket(key, rate, burst)
   tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
   return {key = key, tokens = tokens, rate = rate, burst = burst}
 end
-local buckets = {{'buyer', bucket(KEYS[6], m[4], m[5])}, {'ip', bucket(KEYS[7], m[6], m[7])}}
+local buckets = {{'buyer', bucket(KEYS[6], m[4], m[5])}, {'ip', bucket(KEYS[8] or '', m[6], m[7])}}
 for _, kb in ipairs(buckets) do
   local b = kb[2]
   if b and b.tokens < 1 then
@@ -73,7 +74,7 @@ if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
 if remaining < qty then return {'sold_out', '', '', remaining} end
 -- The waiting room: while it is on, only a buyer it admitted (a token the API verified, unexpired by
 -- Redis's clock) takes stock. After the refusals that say more (closed, limit, sold out).
-if KEYS[8] and KEYS[8] ~= '' and redis.call('HGET', KEYS[8], 'on') == '1' then
+if KEYS[7] and redis.call('HGET', KEYS[7], 'on') == '1' then
   local admission = tonumber(ARGV[5] or '')
   if admission == nil then return {'not_admitted', '', '', 0} end
   if admission <= now then return {'admission_expired', '', '', 0} end

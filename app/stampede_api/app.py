@@ -51,7 +51,12 @@ class Lifespan:
         s = self.s
         cfg = s.settings
         if s.stock is None:
-            s.stock = StockEngine.from_url(cfg.redis_url, max_connections=cfg.redis_max_connections)
+            s.stock = StockEngine.from_url(
+                cfg.redis_url,
+                max_connections=cfg.redis_max_connections,
+                ack_replicas=cfg.ack_replicas,
+                ack_timeout_ms=cfg.redis_ack_timeout_ms,
+            )
             s.owned.append("stock")
         if s.ledger is None:
             from stampede.ledger import Ledger

@@ -80,7 +80,7 @@ def _records(source: RestoreSource) -> list[ReservationRecord]:
 
 async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -> Restore:
     started = time.monotonic()
-    run_id = await stock.run_id()
+    run_id = await stock.run_id(sale)
     token = uuid.uuid4().hex
     if not await stock.lock_restore(sale, token, LOCK_TTL_MS):
         return Restore(BUSY)
@@ -189,7 +189,7 @@ async def lost(stock: StockEngine, sale: str) -> str | None:
     have = await stock.restored_run(sale)
     if have is None:
         return MISSING
-    return RESTARTED if have != await stock.run_id() else None
+    return RESTARTED if have != await stock.run_id(sale) else None
 
 
 __all__ = [

@@ -24,13 +24,13 @@ from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors
 from .identifiers import BUYER_ID_RULE, is_buyer_id
 from .names import check_sale, sale_keys
+from .redis_errors import UNAVAILABLE
 from .vocabulary import Dependency
 
 EARLY_SCORES = 2**52  # early scores are drawn from [0, EARLY_SCORES); late ones start there
@@ -132,14 +132,14 @@ def _check(sale: str, buyer: str) -> list[str]:
 class WaitingRoom:
     """The room operations over a ``redis.asyncio`` client, one script call each."""
 
-    def __init__(self, client: aioredis.Redis, script: str) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, script: str) -> None:
         self._client = client
         self._script = client.register_script(script)
 
     async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await self._script(keys=list(keys), args=list(args))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except UNAVAILABLE as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         except ResponseError as exc:
             raise errors.ScriptError(f"room.lua: {exc}") from exc
@@ -169,7 +169,7 @@ class WaitingRoom:
         try:
             if await self._client.exists(key):
                 await self._client.hset(key, "on", "0")
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except UNAVAILABLE as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def join(
@@ -230,7 +230,7 @@ class WaitingRoom:
             admitted = {_s(t): int(ms) async for t, ms in self._client.hscan_iter(k.room_admitted, count=1000)}
             owners = {_s(t): _s(b) async for t, b in self._client.hscan_iter(k.room_tickets, count=1000)}
             order = [_s(t) for t in await self._client.zrange(k.room_queue, 0, -1)]
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except UNAVAILABLE as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         return [AdmittedTicket(t, owners[t], pos, admitted[t]) for pos, t in enumerate(order) if t in admitted]
 

@@ -110,7 +110,12 @@ async def open_deps(settings: OperatorSettings) -> Deps:
         config.load_incluster_config()
     except config.ConfigException:
         await config.load_kube_config()
-    stock = StockEngine.from_url(settings.redis_url, max_connections=settings.redis_max_connections)
+    stock = StockEngine.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        ack_replicas=settings.ack_replicas,
+        ack_timeout_ms=settings.redis_ack_timeout_ms,
+    )
     ledger = await Ledger.open(settings)
     return Deps(settings, stock, ledger, k8s.ApiClient())
 

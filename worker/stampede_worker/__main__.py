@@ -51,7 +51,12 @@ async def run(settings: WorkerSettings) -> None:
         await pool.close()
         raise pgerrors.unavailable(exc) from exc
     ledger = Ledger(pool, settle_shards=settings.settle_shards)
-    stock = StockEngine.from_url(settings.redis_url, settings.redis_max_connections)
+    stock = StockEngine.from_url(
+        settings.redis_url,
+        settings.redis_max_connections,
+        ack_replicas=settings.ack_replicas,
+        ack_timeout_ms=settings.redis_ack_timeout_ms,
+    )
     app = queue.build_app(settings)
     tasks.register(app, settings)
     await queue.open_app(app, pool)

@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import compensation, errors, metrics, restore
 from stampede.domain import Outcome, Settled, Settlement
 from stampede.ledger import PAYLOAD_VERSION, Claim, Ledger
 from stampede.names import sale_keys
+from stampede.redis_errors import UNAVAILABLE
 from stampede.stock import StockEngine
 from stampede.vocabulary import TAKEN, Reason, RedisState, Status
 
@@ -50,8 +49,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     errors.DependencyUnavailable,
     psycopg.OperationalError,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *UNAVAILABLE,
     ConnectionError,
     TimeoutError,
 )
