@@ -96,3 +96,8 @@ end
 local function settled_put(s, id, signed_qty)
   smallhash_add(s, id, signed_qty)
 end
+
+-- Changes the signed quantity of a settled reservation the caller found present (the count is unchanged).
+local function settled_set(s, id, signed_qty)
+  redis.call('HSET', smallhash_bucket(s, id), id, signed_qty)
+end
