@@ -93,6 +93,7 @@ def _url_problem(var: str, url: str) -> str | None:
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_INT_OR_PERCENT = re.compile(r"[0-9]{1,9}%?")
 
 
 def _positive(name: str, value: float) -> None:
@@ -297,6 +298,12 @@ class OperatorSettings(Common):
     reconcile_batch_max: int = setting(1000, "most reservations one healing action (job, release) carries")
     drift_confirmations: int = setting(2, "consecutive passes a drift must persist before Drifted=True + Event")
     operator_metrics_port: int = setting(9103, "port of the operator's Prometheus /metrics (0: none)")
+    autoscale_cooldown_s: float = setting(
+        60.0, "least seconds between an autoscaler's change of a sale's workers and a scale-down after it"
+    )
+    api_pdb_max_unavailable: str = setting(
+        "1", "maxUnavailable of each sale's API PodDisruptionBudget (an integer or a percentage; empty: no PDB)"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -306,6 +313,7 @@ class OperatorSettings(Common):
             "worker_metrics_port",
             "peering_lifetime_s",
             "delete_drain_timeout_s",
+            "autoscale_cooldown_s",
         ):
             _positive(name, getattr(self, name))
         if self.api_trusted_proxy_hops < 0:
@@ -318,6 +326,8 @@ class OperatorSettings(Common):
             raise SettingsError("STAMPEDE_OPERATOR_METRICS_PORT must be a port number (0: none)")
         if self.peering_priority < 0:
             raise SettingsError("STAMPEDE_PEERING_PRIORITY must be >= 0 (0: derived from the pod name)")
+        if self.api_pdb_max_unavailable and not _INT_OR_PERCENT.fullmatch(self.api_pdb_max_unavailable):
+            raise SettingsError("STAMPEDE_API_PDB_MAX_UNAVAILABLE must be an integer or a percentage such as 25%")
         if not self.secret_name:
             raise SettingsError("STAMPEDE_SECRET_NAME must name the Secret of the sale's pods")
         if not self.sale_service_account:

@@ -34,6 +34,16 @@ class InvalidSpec(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Autoscale:
+    """``spec.workers.autoscale``: the workers' replicas follow the settle backlog between ``min`` and ``max``,
+    aiming at a 202 -> settled lag under ``target_lag_ms``."""
+
+    min: int
+    max: int
+    target_lag_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SaleSpec:
     """A FlashSale's spec as the operator uses it, defaults applied (the CRD defaults them too)."""
 
@@ -55,6 +65,7 @@ class SaleSpec:
     namespace: str = ""
     trusted_proxy_hops: int | None = None  # None: the operator's STAMPEDE_API_TRUSTED_PROXY_HOPS
     client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
+    autoscale: Autoscale | None = None  # None: spec.workers.replicas, fixed
 
     @property
     def id(self) -> str:
@@ -142,7 +153,21 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         if api.get("trustedProxyHops") is None
         else _int(api, "trustedProxyHops", 0, "spec.api", 0),
         client_ip_header=_header(api),
+        autoscale=_autoscale(workers),
     )
+
+
+def _autoscale(workers: Mapping[str, Any]) -> Autoscale | None:
+    node = workers.get("autoscale")
+    if node is None:
+        return None
+    if not isinstance(node, Mapping):
+        raise InvalidSpec("InvalidSpec", "spec.workers.autoscale must be an object")
+    path = "spec.workers.autoscale"
+    low, high = _int(node, "min", 1, path, 0), _int(node, "max", 4, path, 1)
+    if high < low:
+        raise InvalidSpec("InvalidSpec", f"{path}.max ({high}) must be >= min ({low})")
+    return Autoscale(low, high, _int(node, "targetLagMs", 1000, path, 1))
 
 
 def _header(api: Mapping[str, Any]) -> str | None:
@@ -264,9 +289,14 @@ def _deployment(
 
 
 def build_api_deployment(
-    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+    spec: SaleSpec,
+    namespace: str,
+    settings: OperatorSettings,
+    owner: Mapping[str, Any] | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The sale's API: gunicorn serving the buy API, ``spec.api.replicas`` pods."""
+    """The sale's API: gunicorn serving the buy API, ``replicas`` pods (None: ``spec.api.replicas``; the
+    operator passes fewer for a sale that has ended)."""
     component = names.COMPONENT_API
     container = {
         "name": component,
@@ -307,7 +337,7 @@ def build_api_deployment(
         namespace,
         settings,
         owner,
-        spec.api_replicas,
+        spec.api_replicas if replicas is None else replicas,
         {
             "terminationGracePeriodSeconds": 30,
             "containers": [container],
@@ -318,10 +348,15 @@ def build_api_deployment(
 
 
 def build_worker_deployment(
-    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+    spec: SaleSpec,
+    namespace: str,
+    settings: OperatorSettings,
+    owner: Mapping[str, Any] | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The sale's workers: ``spec.workers.replicas`` procrastinate workers, each running
-    ``spec.workers.concurrency`` settle jobs at once."""
+    """The sale's workers: ``replicas`` procrastinate workers (None: ``spec.workers.replicas``; the
+    operator's autoscaler or an ended sale decide otherwise), each running ``spec.workers.concurrency``
+    settle jobs at once."""
     component = names.COMPONENT_WORKER
     container = {
         "name": component,
@@ -347,7 +382,7 @@ def build_worker_deployment(
         namespace,
         settings,
         owner,
-        spec.worker_replicas,
+        spec.worker_replicas if replicas is None else replicas,
         {"terminationGracePeriodSeconds": 40, "containers": [container]},
     )
 
@@ -367,3 +402,25 @@ def build_api_service(
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def build_api_pdb(
+    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The sale's own PodDisruptionBudget over its API pods: a node drain never takes more than
+    ``STAMPEDE_API_PDB_MAX_UNAVAILABLE`` of them at once, and selects no other sale's pods."""
+    sale, component = spec.name, names.COMPONENT_API
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(sale, component, namespace, owner),
+        "spec": {
+            "maxUnavailable": _int_or_percent(settings.api_pdb_max_unavailable),
+            "selector": {"matchLabels": build_selector(sale, component)},
+        },
+    }
+
+
+def _int_or_percent(value: str) -> int | str:
+    """An IntOrString as Kubernetes wants it: ``"1"`` is the integer 1, ``"25%"`` stays a string."""
+    return int(value) if value.isdigit() else value

@@ -208,15 +208,21 @@ def test_status_subresource_keeps_the_operator_fields(
 def test_kubectl_get_shows_the_printer_columns(control_plane: ControlPlane, namespace: str, sneaker_drop: str) -> None:
     control_plane.kubectl(
         "patch", "fs", sneaker_drop, "-n", namespace, "--subresource=status", "--type=merge",
-        "-p", '{"status": {"phase": "Live", "remaining": 4990, "confirmed": 6, "reserved": 4, "drift": 0}}',
+        "-p", json.dumps({"status": {
+            "phase": "Live", "remaining": 4990, "confirmed": 6, "reserved": 4, "drift": 0,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "serving",
+                            "lastTransitionTime": "2026-11-27T10:00:00Z"}],
+        }}),
         check=True,
     )  # fmt: skip
     lines = control_plane.kubectl("get", "fs", "-n", namespace, check=True).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "AGE"]
+    assert lines[0].split() == ["NAME", "READY", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "AGE"]
     row = next(line.split() for line in lines[1:] if line.split()[0] == sneaker_drop)
-    assert row[1:6] == ["Live", "5000", "4990", "6", "0"]
+    assert row[1:7] == ["True", "Live", "5000", "4990", "6", "0"]
 
     wide = control_plane.kubectl("get", "fs", sneaker_drop, "-n", namespace, "-o", "wide", check=True)
     header, values = (line.split() for line in wide.stdout.splitlines()[:2])
-    assert header == ["NAME", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "RESERVED", "START", "AGE"]
-    assert values[6:8] == ["4", "2026-11-27T10:00:00Z"]
+    assert header == [
+        "NAME", "READY", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "RESERVED", "START", "AGE",
+    ]  # fmt: skip
+    assert values[7:9] == ["4", "2026-11-27T10:00:00Z"]
