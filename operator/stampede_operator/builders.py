@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from stampede import names
-from stampede.settings import OperatorSettings
+from stampede.settings import POD_TEMPLATE_FIELDS, OperatorSettings, pod_template
 from stampede.stock import SaleConfig
 
 # A Service name is a DNS-1035 label: a letter first, at most 63 characters.
@@ -66,6 +66,9 @@ class SaleSpec:
     trusted_proxy_hops: int | None = None  # None: the operator's STAMPEDE_API_TRUSTED_PROXY_HOPS
     client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
     autoscale: Autoscale | None = None  # None: spec.workers.replicas, fixed
+    # spec.api.template / spec.workers.template: what the user sets of POD_TEMPLATE_FIELDS (over the chart's).
+    api_template: Mapping[str, Any] = field(default_factory=dict)
+    worker_template: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -154,7 +157,39 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         else _int(api, "trustedProxyHops", 0, "spec.api", 0),
         client_ip_header=_header(api),
         autoscale=_autoscale(workers),
+        api_template=_template(api, "spec.api"),
+        worker_template=_template(workers, "spec.workers"),
     )
+
+
+# The JSON type each template field must have: resources, nodeSelector and affinity are objects, tolerations and
+# topologySpreadConstraints lists of objects, priorityClassName a name.
+_TEMPLATE_TYPES: dict[str, type] = {
+    "resources": Mapping,
+    "nodeSelector": Mapping,
+    "affinity": Mapping,
+    "tolerations": list,
+    "topologySpreadConstraints": list,
+    "priorityClassName": str,
+}
+
+
+def _template(node: Mapping[str, Any], path: str) -> dict[str, Any]:
+    template = node.get("template") or {}
+    if not isinstance(template, Mapping):
+        raise InvalidSpec("InvalidSpec", f"{path}.template must be an object")
+    out: dict[str, Any] = {}
+    for key, value in template.items():
+        if key not in _TEMPLATE_TYPES:
+            raise InvalidSpec("InvalidSpec", f"{path}.template.{key} is not one of {', '.join(POD_TEMPLATE_FIELDS)}")
+        if value in (None, "", [], {}):
+            continue
+        if not isinstance(value, _TEMPLATE_TYPES[key]) or (
+            isinstance(value, list) and not all(isinstance(v, Mapping) for v in value)
+        ):
+            raise InvalidSpec("InvalidSpec", f"{path}.template.{key} has the wrong type")
+        out[key] = value
+    return out
 
 
 def _autoscale(workers: Mapping[str, Any]) -> Autoscale | None:
@@ -250,6 +285,23 @@ def _container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
+DEFAULT_RESOURCES = {
+    names.COMPONENT_API: {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+    names.COMPONENT_WORKER: {"requests": {"cpu": "250m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
+}
+
+
+def pod_placement(spec: SaleSpec, component: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The template fields of a sale's ``component`` pods: the FlashSale's own, else the operator's defaults
+    (the chart's ``api.template`` / ``worker.template``), field by field; resources default to
+    ``DEFAULT_RESOURCES``."""
+    if component == names.COMPONENT_API:
+        defaults, own = pod_template("api_pod_template", settings.api_pod_template), spec.api_template
+    else:
+        defaults, own = pod_template("worker_pod_template", settings.worker_pod_template), spec.worker_template
+    return {"resources": DEFAULT_RESOURCES[component], **defaults, **own}
+
+
 def _deployment(
     spec: SaleSpec,
     component: str,
@@ -261,7 +313,13 @@ def _deployment(
     **deployment_spec: Any,
 ) -> dict[str, Any]:
     """The Deployment shape both of a sale's workloads share: labels, selector, scrape annotation, the
-    pod's ServiceAccount and security context; ``pod`` holds what differs (containers, grace period, volumes)."""
+    pod's ServiceAccount, security context, pull Secrets and placement (``pod_placement``); ``pod`` holds what
+    differs (containers, grace period, volumes). Placement fields left unset are sent as null, so a field
+    removed from the template is removed from the Deployment by the operator's patch."""
+    placement = pod_placement(spec, component, settings)
+    for c in pod["containers"]:
+        c["resources"] = placement["resources"]
+    pull = [{"name": n} for n in settings.pull_secrets]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -281,6 +339,8 @@ def _deployment(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": _pod_security(),
+                    "imagePullSecrets": pull or None,
+                    **{k: placement.get(k) for k in POD_TEMPLATE_FIELDS if k != "resources"},
                     **pod,
                 },
             },
@@ -324,7 +384,6 @@ def build_api_deployment(
             },
             {"name": "STAMPEDE_CLIENT_IP_HEADER", "value": spec.client_ip_header or settings.api_client_ip_header},
         ],
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "readinessProbe": _http_probe("/readyz", "http", 5, 3),
         "livenessProbe": _http_probe("/healthz", "http", 10, 3),
         "startupProbe": _http_probe("/healthz", "http", 2, 30),
@@ -370,7 +429,6 @@ def build_worker_deployment(
             {"name": "STAMPEDE_WORKER_METRICS_HOST", "value": "0.0.0.0"},
             {"name": "STAMPEDE_WORKER_METRICS_PORT", "value": str(settings.worker_metrics_port)},
         ],
-        "resources": {"requests": {"cpu": "250m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
         "readinessProbe": _http_probe("/healthz", "metrics", 10, 3),
         "livenessProbe": _http_probe("/healthz", "metrics", 15, 4),
         "securityContext": _container_security(),

@@ -219,6 +219,29 @@ def test_each_sale_gets_its_own_disruption_budget_from_the_operator(render: Rend
     assert _env(_operator_container(render(set=["api.pdb.enabled=false"])))["STAMPEDE_API_PDB_MAX_UNAVAILABLE"] == ""
 
 
+def test_sale_pods_get_the_charts_templates_and_pull_secrets(render: Render) -> None:
+    import json
+
+    from stampede import settings
+    from stampede_operator import builders
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    env = _env(_operator_container(render(namespace="shop")))
+    for component, key in (("api", "STAMPEDE_API_POD_TEMPLATE"), ("worker", "STAMPEDE_WORKER_POD_TEMPLATE")):
+        assert json.loads(env[key]) == values[component]["template"]
+        # The chart's defaults are the operator's own (a local run without the chart sizes pods the same).
+        assert values[component]["template"]["resources"] == builders.DEFAULT_RESOURCES[component]
+    assert env["STAMPEDE_IMAGE_PULL_SECRETS"] == ""
+    env = _env(
+        _operator_container(render(set=["image.pullSecrets={regcred,mirror}", "api.template.priorityClassName=sales"]))
+    )
+    assert env["STAMPEDE_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    keys = ("STAMPEDE_IMAGE_PULL_SECRETS", "STAMPEDE_API_POD_TEMPLATE", "STAMPEDE_WORKER_POD_TEMPLATE")
+    ours = settings.load(settings.OperatorSettings, env={k: env[k] for k in keys})  # the operator accepts them
+    assert ours.pull_secrets == ("regcred", "mirror")
+    assert json.loads(env["STAMPEDE_API_POD_TEMPLATE"])["priorityClassName"] == "sales"
+
+
 def test_sale_metrics_are_scraped_apart_from_the_buyers(render: Render) -> None:
     r = render("charts/stampede/ci/production-values.yaml", namespace="shop")
     assert r.get("PodMonitor", "stampede-api")["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"

@@ -930,3 +930,45 @@ async def test_workers_follow_the_settle_backlog(
 
 def assert_replicas(cp: ControlPlane, ns: str, deployment: str, n: int) -> None:
     assert cp.kubectl_json("get", "deployment", deployment, "-n", ns)["spec"]["replicas"] == n
+
+
+async def test_a_sale_places_and_sizes_its_pods(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str
+) -> None:
+    cp, ns = control_plane, op_namespace
+    api_template = {
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "nodeSelector": {"pool": "checkout"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "sales", "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"stampede.dev/sale": sale, "app.kubernetes.io/component": "api"}},
+        }],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "arch", "operator": "In", "values": ["amd64"]}]},
+        ]}}},
+    }  # fmt: skip
+    create_sale(cp, ns, sale, workers={"replicas": 1, "template": {"priorityClassName": "settle"}}, api={
+        "template": api_template,
+    })  # fmt: skip
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+
+    def placed() -> None:
+        pod = cp.kubectl_json("get", "deployment", f"{sale}-api", "-n", ns)["spec"]["template"]["spec"]
+        assert pod["containers"][0]["resources"] == api_template["resources"]
+        for key in ("nodeSelector", "tolerations", "topologySpreadConstraints", "affinity"):
+            assert pod[key] == api_template[key], key
+        worker = cp.kubectl_json("get", "deployment", f"{sale}-worker", "-n", ns)["spec"]["template"]["spec"]
+        assert worker["priorityClassName"] == "settle"
+        assert "nodeSelector" not in worker
+
+    await eventually(placed)
+    # A field dropped from the template leaves the Deployment too.
+    patch_spec(cp, ns, sale, {"api": {"template": {"nodeSelector": None}}})
+
+    def dropped() -> None:
+        pod = cp.kubectl_json("get", "deployment", f"{sale}-api", "-n", ns)["spec"]["template"]["spec"]
+        assert "nodeSelector" not in pod
+        assert pod["tolerations"] == api_template["tolerations"]
+
+    await eventually(dropped)

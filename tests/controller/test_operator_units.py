@@ -332,3 +332,43 @@ def test_autoscale_decision(current: int, backlog: Backlog, since: float, want: 
     got, reason = autoscale.decide(current, backlog, AUTO, since_change_s=since, cooldown_s=30)
     assert got == want
     assert reason.startswith(why)
+
+
+def test_pods_are_placed_by_the_sale_over_the_operator_defaults() -> None:
+    from stampede.settings import SettingsError
+
+    settings = load(
+        OperatorSettings,
+        env={
+            "STAMPEDE_API_POD_TEMPLATE": json.dumps(
+                {"nodeSelector": {"pool": "buy"}, "priorityClassName": "sales", "tolerations": [], "affinity": {}}
+            ),
+            "STAMPEDE_IMAGE_PULL_SECRETS": "regcred, other",
+        },
+    )
+    own = {"resources": {"requests": {"cpu": "2"}}, "tolerations": [{"key": "spot", "operator": "Exists"}]}
+    s = builders.parse_spec("drop", spec(api={"template": own}))
+    pod = builders.build_api_deployment(s, "shop", settings, OWNER)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "buy"}  # the chart's default
+    assert pod["priorityClassName"] == "sales"
+    assert pod["tolerations"] == own["tolerations"]  # the sale's own
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "2"}}
+    assert pod["affinity"] is None and pod["topologySpreadConstraints"] is None  # null: removed by a patch
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    worker = builders.build_worker_deployment(s, "shop", settings, OWNER)["spec"]["template"]["spec"]
+    assert worker["nodeSelector"] is None  # the API's template is not the workers'
+    assert worker["containers"][0]["resources"] == builders.DEFAULT_RESOURCES["worker"]
+    assert worker["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    bare = builders.build_worker_deployment(s, "shop", SETTINGS, OWNER)["spec"]["template"]["spec"]
+    assert bare["imagePullSecrets"] is None
+    with pytest.raises(InvalidSpec):
+        builders.parse_spec("drop", spec(api={"template": {"hostNetwork": True}}))
+    with pytest.raises(InvalidSpec):
+        builders.parse_spec("drop", spec(workers={"template": {"tolerations": "all"}}))
+    for env in (
+        {"STAMPEDE_WORKER_POD_TEMPLATE": "{not json"},
+        {"STAMPEDE_WORKER_POD_TEMPLATE": '{"volumes": []}'},
+        {"STAMPEDE_IMAGE_PULL_SECRETS": "Bad_Name"},
+    ):
+        with pytest.raises(SettingsError, match=next(iter(env))):
+            load(OperatorSettings, env=env)
