@@ -144,6 +144,16 @@ OPERATOR_STOCK = Gauge(
     "units of a sale by state as last reconciled (remaining, reserved, confirmed, compensated)",
     ["sale", "state"],
 )
+OPERATOR_SETTLE_BACKLOG = Gauge(
+    "stampede_operator_settle_backlog_reservations",
+    "reservations of a sale pending in the ledger (accepted, not yet settled), as of the last pass",
+    ["sale"],
+)
+OPERATOR_SETTLE_OLDEST = Gauge(
+    "stampede_operator_settle_oldest_pending_seconds",
+    "how long the sale's oldest pending reservation has waited to be settled, as of the last pass",
+    ["sale"],
+)
 
 SALE_LABELLED = (
     API_RESERVATIONS,
@@ -155,6 +165,8 @@ SALE_LABELLED = (
     OPERATOR_RECONCILE_SECONDS,
     OPERATOR_RECONCILE_ERRORS,
     OPERATOR_STOCK,
+    OPERATOR_SETTLE_BACKLOG,
+    OPERATOR_SETTLE_OLDEST,
 )
 
 

@@ -48,13 +48,13 @@ def decide(
     return current, ""
 
 
-async def step(deps: Deps, memo: SaleMemo, sale: SaleSpec, emit: Emit) -> None:
-    """One autoscaling decision for the sale; the decision is kept in ``memo`` for ``decide_replicas``."""
+def step(deps: Deps, memo: SaleMemo, sale: SaleSpec, backlog: Backlog, emit: Emit) -> None:
+    """One autoscaling decision for the sale on its ``backlog`` (read by the pass through
+    ``Ledger.settle_backlog``); the decision is kept in ``memo`` for ``decide_replicas``."""
     spec = sale.autoscale
     assert spec is not None
     now = time.monotonic()
     current = memo.autoscaled if memo.autoscaled is not None else spec.min
-    backlog = await deps.ledger.settle_backlog(sale.id)
     since = now - memo.autoscaled_at if memo.autoscaled_at else math.inf
     want, why = decide(current, backlog, spec, since_change_s=since, cooldown_s=deps.settings.autoscale_cooldown_s)
     if memo.autoscaled is None or want != current:

@@ -443,10 +443,14 @@ async def tick(
                 await deps.stock.set_open(sale_id, phase.open)  # a rebuild or a restart may have reset it
             pending = outcome.tally.pending if outcome.snapshot is None else outcome.snapshot.pending
             _drop_series_once_done(memo, sale_id, phase.phase == ENDED and pending == 0, outcome.drift)
+            backlog = await deps.ledger.settle_backlog(sale_id)
+            if not done:
+                metrics.OPERATOR_SETTLE_BACKLOG.labels(sale_id).set(backlog.rows)
+                metrics.OPERATOR_SETTLE_OLDEST.labels(sale_id).set(backlog.oldest_ms / 1000)
             if sale.autoscale is not None:
-                await autoscale.step(deps, memo, sale, emit)
+                autoscale.step(deps, memo, sale, backlog, emit)
             replicas = decide_replicas(deps, memo, sale, phase.phase, pending, generation)
-            await _report(deps, memo, sale, namespace, phase, outcome, emit, replicas)
+            await _report(deps, memo, sale, namespace, phase, outcome, emit, replicas, backlog.oldest_ms)
             await apply_replicas(deps, sale, replicas)
     except errors.DependencyUnavailable as exc:
         metrics.OPERATOR_RECONCILE_ERRORS.labels(sale_id, exc.code).inc()
@@ -495,6 +499,7 @@ async def _report(
     outcome: reconcile.Outcome,
     emit: Emit,
     replicas: Replicas,
+    lag_ms: int = 0,
 ) -> None:
     name = sale.name
     extra = {"sale": sale.id}
@@ -505,6 +510,7 @@ async def _report(
             "confirmed": outcome.tally.confirmed if snap is None else snap.confirmed,
             "compensated": outcome.tally.compensated,
             "drift": outcome.drift,
+            "settleLagMs": lag_ms,
             "lastReconcileTime": rfc3339(_now()),
         },
         phase,

@@ -505,3 +505,24 @@ def test_network_policies_let_the_test_pod_reach_the_api_and_the_data_stores(ren
     for store, port in (("redis", 6379), ("postgresql", 5432)):
         if r.kinds("StatefulSet") and any(d["metadata"]["name"] == f"stampede-{store}" for d in r.kinds("StatefulSet")):
             assert admits(r.get("NetworkPolicy", f"stampede-{store}"), port), store
+
+
+def test_alerts_are_opt_in_and_each_has_a_runbook(render: Render) -> None:
+    assert not [d for d in render().docs if d["kind"] == "PrometheusRule"]
+    r = render(set=["metrics.prometheusRule.enabled=true", "metrics.prometheusRule.runbookBaseUrl=https://x.test/r"])
+    (rule,) = [d for d in r.docs if d["kind"] == "PrometheusRule"]
+    alerts = {a["alert"]: a for g in rule["spec"]["groups"] for a in g["rules"]}
+    assert sorted(alerts) == sorted([
+        "StampedeDrift", "StampedeSettleLagHigh", "StampedeApiErrors", "StampedeApiUnavailable",
+        "StampedeReconcileErrors", "StampedeSettleBacklogGrowing", "StampedeOperatorAbsent",
+    ])  # fmt: skip
+    readme = (CHART / "README.md").read_text()
+    for name, alert in alerts.items():
+        assert f"\n### {name}\n" in readme, f"no runbook paragraph for {name}"
+        assert alert["annotations"]["runbook_url"] == f"https://x.test/r#{name.lower()}"
+        assert alert["labels"]["severity"] in ("warning", "critical")
+    # The operator's job as its ServiceMonitor names it (the Service), in the release namespace.
+    assert 'job="stampede-operator"' in alerts["StampedeOperatorAbsent"]["expr"]
+    # Without a base URL no runbook_url is invented.
+    bare = [d for d in render(set=["metrics.prometheusRule.enabled=true"]).docs if d["kind"] == "PrometheusRule"]
+    assert all("runbook_url" not in a["annotations"] for g in bare[0]["spec"]["groups"] for a in g["rules"])

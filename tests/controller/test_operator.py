@@ -972,3 +972,54 @@ async def test_a_sale_places_and_sizes_its_pods(
         assert pod["tolerations"] == api_template["tolerations"]
 
     await eventually(dropped)
+
+
+async def test_kubectl_stampede_status_and_audit(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
+    ledger: Ledger, run_worker: Callable[..., Any], redis_url: str, migrated_database_url: str,
+) -> None:  # fmt: skip
+    """The installed console script, as kubectl runs a plugin (kubectl strips its own flags; -n is ours)."""
+    import subprocess
+
+    cp, ns = control_plane, op_namespace
+    sid = sale_id(ns, sale)
+    plugin = Path(sys.executable).with_name("kubectl-stampede")
+    env = {
+        **os.environ, **cp.env, "KUBECTL": str(cp.kubectl_path),
+        "STAMPEDE_REDIS_URL": redis_url, "STAMPEDE_DATABASE_URL": migrated_database_url,
+    }  # fmt: skip
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(plugin), *args], capture_output=True, text=True, env=env, timeout=120)
+
+    create_sale(cp, ns, sale, stock=7, grace=600, api={"replicas": 2}, workers={"replicas": 1})
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    batch = await reserve(stock, sid, 3)
+    await ledger.record_batch(batch)
+    await run_worker(sid)
+    make_available(cp, ns, f"{sale}-api")
+    make_available(cp, ns, f"{sale}-worker")
+
+    def shown() -> str:
+        done = run("-n", ns, "status", sale)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+        assert f"FlashSale {ns}/{sale}: SKU-1" in out
+        assert "Phase:      Live" in out
+        assert "Ready:      True (Serving" in out
+        assert "remaining 4  reserved 0  confirmed 3" in out
+        assert "API:        2/2 available, 2 ready" in out
+        assert "Workers:    1/1 available" in out
+        assert "Drift:      0" in out
+        return out
+
+    out = await eventually(shown)
+    assert "Seeded" in out.split("Last events:")[1]
+    audited = run("-n", ns, "audit", sale, "--wait", "30")
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert f"audit of sale '{sid}': CLEAN" in audited.stdout
+    missing = run("-n", ns, "status", "no-such-sale")
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr and "Traceback" not in missing.stderr
+    bad = run("-n", ns, "status", "Not_A_Name")
+    assert bad.returncode == 1 and "invalid sale name" in bad.stderr
