@@ -442,11 +442,11 @@ async def tick(
             if outcome.snapshot is not None and outcome.snapshot.open != phase.open:
                 await deps.stock.set_open(sale_id, phase.open)  # a rebuild or a restart may have reset it
             pending = outcome.tally.pending if outcome.snapshot is None else outcome.snapshot.pending
-            _drop_series_once_done(memo, sale_id, phase.phase == ENDED and pending == 0, outcome.drift)
             backlog = await deps.ledger.settle_backlog(sale_id)
             if not done:
                 metrics.OPERATOR_SETTLE_BACKLOG.labels(sale_id).set(backlog.rows)
                 metrics.OPERATOR_SETTLE_OLDEST.labels(sale_id).set(backlog.oldest_ms / 1000)
+            _drop_series_once_done(memo, sale_id, phase.phase == ENDED and pending == 0, outcome.drift)
             if sale.autoscale is not None:
                 autoscale.step(deps, memo, sale, backlog, emit)
             replicas = decide_replicas(deps, memo, sale, phase.phase, pending, generation)
