@@ -213,7 +213,7 @@ async def prepare(env: dict[str, str], buyers_10m: int, buyers_5k: int, workdir:
     await migrate(db)
     redis = env["STAMPEDE_REDIS_URL"].rsplit("/", 1)[0] + "/13"
     stock = StockEngine.from_url(redis)
-    await stock.client.flushdb()
+    await stock.flush_database()
     settings = load(ApiSettings, env={}, redis_url=redis, database_url=db, jwt_secret=SECRET)
     ledger = await Ledger.open(settings)
     try:

@@ -38,7 +38,7 @@ from stampede.stock import SaleConfig, StockEngine
 async def main(db, redis, sale, n, batch):
     await migrate(db)
     stock = StockEngine.from_url(redis)
-    await stock.client.flushdb()
+    await stock.flush_database()
     await stock.seed(sale, SaleConfig(total=n, per_user_limit=1), open=True)
     ledger = await Ledger.open(load(Common, env={}, database_url=db, redis_url=redis, db_pool_max=4))
     for start in range(0, n, 500):

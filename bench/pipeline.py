@@ -62,7 +62,7 @@ from stampede.stock import SaleConfig, StockEngine
 async def main(db, redis, sale, stock):
     await migrate(db)
     engine = StockEngine.from_url(redis)
-    await engine.client.flushdb()
+    await engine.flush_database()
     await engine.seed(sale, SaleConfig(total=stock, per_user_limit=stock), open=True)
     await engine.close()
     ledger = await Ledger.open(load(Common, env={}, database_url=db, redis_url=redis))

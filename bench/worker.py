@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -35,13 +36,12 @@ from stampede import sqlfiles
 from stampede.ledger import Ledger, PendingReservation, RecordedBatch, batch_payload
 from stampede.migrate import migrate
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
-from stampede.queue import build_app, open_app
+from stampede.queue import build_app
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 Q = sqlfiles.parse((ROOT / "bench" / "worker.sql").read_text(encoding="utf-8"))
-LQ = sqlfiles.queries("ledger.sql")
 BATCH = 100
 
 
@@ -101,14 +101,14 @@ async def record_forms(settings: Common, n: int, conns: int) -> tuple[float, flo
     one_rows = rows_for("bench-rec-one", n)
     t_one = await parallel([one_rows[i : i + BATCH] for i in range(0, n, BATCH)], conns, ledger.record_batch)
     app = build_app(settings)
-    await open_app(app, ledger.pool)
+    await ledger.open_queue(app)
 
     async def two_step(b: list[PendingReservation]) -> None:
-        async with ledger.pool.connection() as conn, conn.transaction():
-            job_id = await app.configure_task(TASK_SETTLE_BATCH, queue=QUEUE_SETTLE, connection=conn).defer_async(
-                **batch_payload(b)
-            )
-            await conn.execute(LQ["insert_pending"], {**params(b), "job_id": job_id})
+        async def defer(conn: psycopg.AsyncConnection[Any]) -> int:
+            task = app.configure_task(TASK_SETTLE_BATCH, queue=QUEUE_SETTLE, connection=conn)
+            return await task.defer_async(**batch_payload(b))
+
+        await ledger.record_pending_deferred(b, defer)
 
     two_rows = rows_for("bench-rec-two", n)
     t_two = await parallel([two_rows[i : i + BATCH] for i in range(0, n, BATCH)], conns, two_step)

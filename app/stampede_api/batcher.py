@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from stampede import errors, metrics
 from stampede.stock import StockEngine
+from stampede.vocabulary import Dependency
 from stampede_api.flusher import SingleFlusher, fail
 
 log = logging.getLogger("stampede_api.batcher")
@@ -145,7 +146,7 @@ class Batcher(SingleFlusher[_Item]):
         try:
             written = await self._ledger.record_batch([i.reservation for i in batch])
         except asyncio.CancelledError:
-            return errors.DependencyUnavailable("postgresql", "write cancelled")
+            return errors.DependencyUnavailable(Dependency.POSTGRESQL, "write cancelled")
         except Exception as exc:
             return exc
         inserted: frozenset[str] = written.inserted
@@ -171,7 +172,9 @@ class Batcher(SingleFlusher[_Item]):
             await self._release(lost)  # forgets the keys; the units are already back ("already")
         except Exception:
             log.exception("forgetting the keys of lost reservations broke", extra={"batch": len(lost)})
-        self._answer(lost, errors.DependencyUnavailable("postgresql", "the ledger write came after the reconciler"))
+        self._answer(
+            lost, errors.DependencyUnavailable(Dependency.POSTGRESQL, "the ledger write came after the reconciler")
+        )
 
     def _answer(self, batch: list[_Item], exc: BaseException | None) -> None:
         for item in batch:
@@ -199,12 +202,12 @@ class Batcher(SingleFlusher[_Item]):
                 "releasing a failed batch broke; its waiters are answered anyway", extra={"batch": len(batch)}
             )
         if isinstance(failure, errors.DependencyUnavailable):
-            answer: errors.StampedeError = errors.DependencyUnavailable("postgresql", str(failure))
+            answer: errors.StampedeError = errors.DependencyUnavailable(Dependency.POSTGRESQL, str(failure))
         elif isinstance(failure, errors.InvalidArgument):
             # One reservation the ledger refuses on its own: its buyer hears why, without internals.
             answer = errors.InvalidArgument("reservation", "refused by the ledger")
         else:
-            answer = errors.DependencyUnavailable("postgresql", f"{type(failure).__name__} writing the batch")
+            answer = errors.DependencyUnavailable(Dependency.POSTGRESQL, f"{type(failure).__name__} writing the batch")
         self._answer(batch, answer)
 
     async def _release(self, batch: Sequence[_Item]) -> None:

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from stampede import errors, metrics, restore
 from stampede.ledger import PendingReservation
-from stampede.names import STATE_RELEASED
 from stampede.stock import Reservation, StockEngine
+from stampede.vocabulary import Dependency, RedisState, Status
 
 from .batcher import Batcher
 from .errors import ApiError
@@ -140,7 +140,7 @@ async def buy(
         _set_remaining(sale, r.remaining)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("reserved", extra={"sale": sale, "reservation_id": r.reservation_id, "request_id": request_id})
-    return Purchase(r.reservation_id, sale, quantity, "pending", replay=False)
+    return Purchase(r.reservation_id, sale, quantity, Status.PENDING, replay=False)
 
 
 def _outcome(exc: errors.StampedeError) -> str:
@@ -167,15 +167,15 @@ async def _replay(
 ) -> Purchase:
     written = await batcher.wait_for(reservation_id)
     if written is False:
-        raise errors.DependencyUnavailable("postgresql", "the first attempt was not recorded")
+        raise errors.DependencyUnavailable(Dependency.POSTGRESQL, "the first attempt was not recorded")
     deadline = time.monotonic() + replay_wait_ms / 1000
     while True:
         row = await ledger.get_reservation(reservation_id)
         if row is not None:
             return Purchase(reservation_id, sale, row.quantity, row.status, replay=True, reason=row.reason)
-        if state == STATE_RELEASED:
+        if state == RedisState.RELEASED:
             # Released with no ledger row: the first write failed and its key is being forgotten.
-            raise errors.DependencyUnavailable("postgresql", "the first attempt was not recorded")
+            raise errors.DependencyUnavailable(Dependency.POSTGRESQL, "the first attempt was not recorded")
         if time.monotonic() >= deadline:
             raise ApiError(
                 409,

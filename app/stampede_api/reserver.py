@@ -20,8 +20,9 @@ Idempotency-Key always asks Redis (it may be the replay of an accepted reservati
 back (a compensation, a restock) is offered again at most that long after; the answer "sold out" was
 true a moment before, which is all a refusal ever promises.
 
-The script, its keys and its answer codes are the stock engine's (``stampede.stock``); the answer is
-mapped to the same ``Reservation`` or domain error that ``StockEngine.reserve`` returns.
+The script, its keys, its answer codes and the held connection are the stock engine's (``stampede.stock``,
+``StockEngine.reserve_pipe``); the answer is mapped to the same ``Reservation`` or domain error that
+``StockEngine.reserve`` returns.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors
-from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call, script_source
+from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call
+from stampede.vocabulary import Dependency
 from stampede_api.flusher import SingleFlusher, fail
 
 
@@ -46,28 +48,12 @@ class _Call:
     future: asyncio.Future[Any]
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _resp(args: tuple[Any, ...]) -> bytes:
-    """One command in the Redis protocol (RESP). redis-py's general ``pack_command`` costs more than the
-    rest of a reserve; every argument here is a str or an int, so a direct encoding is enough."""
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else str(a).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(parts)
-
-
 class ReserveCoalescer(SingleFlusher[_Call]):
     """One per worker process, created inside its event loop."""
 
     def __init__(self, stock: StockEngine, *, max_batch: int = 256, sold_out_cache_ms: int = 0) -> None:
         super().__init__(max_batch, "stampede-reserve-flusher")
-        self._client = stock.client
-        self._script = stock.client.register_script(script_source("reserve"))
-        self._conn: Any = None  # redis.asyncio Connection held by the flusher
+        self._pipe = stock.reserve_pipe()
         self._sold_out_ttl = sold_out_cache_ms / 1000
         self._sold_out: dict[str, float] = {}  # sale -> monotonic time until which it is known sold out
 
@@ -113,18 +99,18 @@ class ReserveCoalescer(SingleFlusher[_Call]):
             results = await self._send([p for _, p in packed])
             if any(isinstance(r, NoScriptError) for r in results):
                 # Redis lost its script cache (restart, SCRIPT FLUSH): NOSCRIPT means nothing ran.
-                await self._client.script_load(self._script.script)
+                await self._pipe.load_script()
                 redo = [p for (_, p), r in zip(packed, results, strict=True) if isinstance(r, NoScriptError)]
                 again = iter(await self._send(redo))
                 results = [next(again) if isinstance(r, NoScriptError) else r for r in results]
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            failure = errors.DependencyUnavailable("redis", str(exc))
+            failure = errors.DependencyUnavailable(Dependency.REDIS, str(exc))
             for call, _ in packed:
                 fail(call.future, failure)
             return
         except asyncio.CancelledError:
             for call, _ in packed:
-                fail(call.future, errors.DependencyUnavailable("redis", "cancelled"))
+                fail(call.future, errors.DependencyUnavailable(Dependency.REDIS, "cancelled"))
             raise
         for (call, _), result in zip(packed, results, strict=True):
             if call.future.done():
@@ -135,32 +121,12 @@ class ReserveCoalescer(SingleFlusher[_Call]):
                 call.future.set_result(result)
 
     def _pack(self, call: _Call) -> bytes:
-        c = call.call
-        return _resp(("EVALSHA", self._script.sha, len(c.keys), *c.keys, *c.args))
+        return self._pipe.pack(call.call)
 
     async def _send(self, commands: list[bytes]) -> list[Any]:
         """One write of every EVALSHA, then one reply per call (an error reply is returned, not raised)."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = await self._client.connection_pool.get_connection()
-        try:
-            await conn.send_packed_command(b"".join(commands), check_health=False)
-            out: list[Any] = []
-            for _ in commands:
-                try:
-                    out.append(await conn.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
-        except BaseException:
-            # Half a pipeline may be unread: this connection can never be trusted again.
-            self._conn = None
-            await conn.disconnect()
-            await self._client.connection_pool.release(conn)
-            raise
-        return out
+        return await self._pipe.send(commands)
 
     async def close(self) -> None:
         """Gives the flusher's connection back to the pool (the pool itself is the stock engine's)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._client.connection_pool.release(conn)
+        await self._pipe.close()

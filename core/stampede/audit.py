@@ -13,12 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .names import REASON_LOST_BEFORE_ACK
+from .vocabulary import Reason, RedisState, Status
 
-# Final states: a reservation ends as an order or as stock given back.
-CONFIRMED = "confirmed"
-PENDING = "pending"
-RETURNED = ("compensated", "released")
+# A reservation ends as an order or as stock given back. The ledger and Redis spell ``pending`` and
+# ``confirmed`` alike (Status.X == RedisState.X); stock given back is ``compensated`` or ``released``.
+RETURNED = (Status.COMPENSATED, RedisState.RELEASED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +128,11 @@ def audit(
     # reservation (the ledger write lost the race against the reconciler and still answered 202).
     acked = set(accepted_ids)
     cancelled_acked = sorted(
-        r.reservation_id for r in row_list if r.reason == REASON_LOST_BEFORE_ACK and r.reservation_id in acked
+        r.reservation_id for r in row_list if r.reason == Reason.LOST_BEFORE_ACK and r.reservation_id in acked
     )
     if cancelled_acked:
         violations.append(
-            f"{len(cancelled_acked)} acknowledged reservations were recorded {REASON_LOST_BEFORE_ACK} "
+            f"{len(cancelled_acked)} acknowledged reservations were recorded {Reason.LOST_BEFORE_ACK} "
             f"(e.g. {', '.join(cancelled_acked[:3])})"
         )
     if acknowledged is not None and acknowledged > len(ids):
@@ -144,14 +143,14 @@ def audit(
     held: Counter[str] = Counter()
     for r in row_list:
         by_status[r.status] += r.quantity
-        if r.status in (CONFIRMED, PENDING):
+        if r.status in (Status.CONFIRMED, Status.PENDING):
             held[r.user] += r.quantity
-    unknown = set(by_status) - {CONFIRMED, PENDING, *RETURNED}
+    unknown = set(by_status) - {Status.CONFIRMED, Status.PENDING, *RETURNED}
     if unknown:
         violations.append(f"records in unknown states: {sorted(unknown)}")
 
-    confirmed = by_status[CONFIRMED]
-    pending = by_status[PENDING]
+    confirmed = by_status[Status.CONFIRMED]
+    pending = by_status[Status.PENDING]
     returned = sum(by_status[s] for s in RETURNED)
     sold = confirmed + pending
     oversold = max(0, sold - stock)
@@ -163,7 +162,7 @@ def audit(
         worst = max(over.items(), key=lambda kv: kv[1])
         violations.append(f"{len(over)} users over the limit of {per_user_limit} (worst {worst[0]!r}: {worst[1]})")
 
-    unsettled = sum(1 for r in row_list if r.status == PENDING)
+    unsettled = sum(1 for r in row_list if r.status == Status.PENDING)
     if settled and unsettled:
         violations.append(f"{unsettled} reservations still pending after the sale settled")
 

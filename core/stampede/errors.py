@@ -3,6 +3,8 @@ statuses, the worker to retry-or-compensate, the operator to conditions and Even
 
 from __future__ import annotations
 
+from .vocabulary import Dependency
+
 
 class StampedeError(Exception):
     """Base of every domain error; ``code`` is the stable machine-readable name."""
@@ -93,7 +95,7 @@ class DependencyUnavailable(StampedeError):
 
     code = "dependency_unavailable"
 
-    def __init__(self, dependency: str, detail: str = "") -> None:
+    def __init__(self, dependency: Dependency, detail: str = "") -> None:
         super().__init__(f"{dependency} unavailable{': ' + detail if detail else ''}")
         self.dependency = dependency
 
@@ -105,7 +107,7 @@ class SaleRestoring(DependencyUnavailable):
     retry_after_s = 1
 
     def __init__(self, sale: str) -> None:
-        super().__init__("redis", f"sale {sale!r} is being restored from the ledger")
+        super().__init__(Dependency.REDIS, f"sale {sale!r} is being restored from the ledger")
         self.sale = sale
 
 

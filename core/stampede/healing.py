@@ -19,31 +19,23 @@ beyond what in-flight work explains. The rules:
 - Anything else that disagrees (an order Redis released, a confirmed reservation with no ledger row, a
   ledger row Redis never heard of) → ``Unexplained``: reported as drift, never "fixed" by guessing.
 
-``compensate`` is the one compensation step of the project (ledger first, Redis only where the ledger
-move won), shared by the reconciler and the worker.
+It imports only the domain's types and vocabulary, never an adapter; the compensation step the
+``compensate`` actions run is ``stampede.compensation``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
-from .names import REASON_JOB_FAILED, REASON_LOST_BEFORE_ACK, STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED
-from .stock import Outcome, ReservationRecord
-
-if TYPE_CHECKING:
-    from .ledger import Settled, Settlement
-
-# Ledger statuses.
-PENDING = "pending"
-CONFIRMED = "confirmed"
-COMPENSATED = "compensated"
+from .domain import ReservationRecord
+from .vocabulary import JobStatus, Reason, RedisState, Status
 
 # procrastinate job statuses, grouped by what they mean for a pending row.
-JOB_ALIVE = frozenset({"todo", "doing", "aborting"})  # will still settle it: wait
-JOB_DEAD = frozenset({"failed", "cancelled", "aborted"})  # never will: compensate
-JOB_DONE = frozenset({"succeeded"})  # ran and left it pending: run it again
+JOB_ALIVE = frozenset({JobStatus.TODO, JobStatus.DOING, JobStatus.ABORTING})  # will still settle it: wait
+JOB_DEAD = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.ABORTED})  # never will: compensate
+JOB_DONE = frozenset({JobStatus.SUCCEEDED})  # ran and left it pending: run it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +45,7 @@ class LedgerEntry:
     reservation_id: str
     user: str
     quantity: int
-    status: str  # pending | confirmed | compensated
+    status: Status
     job_id: int | None
     reserved_at_ms: int
     reason: str | None = None
@@ -88,7 +80,7 @@ class Action:
 
     kind: Literal["rebuild", "compensate_lost", "compensate", "redefer", "replay_confirm", "replay_release"]
     reservation_ids: tuple[str, ...] = ()
-    reason: str | None = None
+    reason: Reason | None = None
 
     def __len__(self) -> int:
         return len(self.reservation_ids)
@@ -136,7 +128,7 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
 
     for rid, row in obs.ledger.items():
         rec = obs.redis.get(rid) if obs.redis_present else _as_rebuilt(row)
-        if row.status == PENDING:
+        if row.status == Status.PENDING:
             job = obs.jobs.get(row.job_id) if row.job_id is not None else None
             if rec is None:
                 unexplained.append(Unexplained(rid, row.quantity, "pending in the ledger, unknown to Redis"))
@@ -144,43 +136,43 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
                 pass  # its job will settle it
             elif job is None or job in JOB_DONE:
                 redefer.append(rid)  # settling again is idempotent, whatever Redis says
-            elif rec.state == STATE_CONFIRMED:
+            elif rec.state == RedisState.CONFIRMED:
                 # Its job died after Redis confirmed: compensating would give back sold stock.
                 unexplained.append(Unexplained(rid, row.quantity, "pending in the ledger, confirmed in Redis"))
             else:
                 failed.append(rid)
-        elif row.status == CONFIRMED:
+        elif row.status == Status.CONFIRMED:
             if rec is None:
                 unexplained.append(Unexplained(rid, row.quantity, "an order Redis never heard of"))
-            elif rec.state == STATE_PENDING:
+            elif rec.state == RedisState.PENDING:
                 if settled_long_ago(row):
                     confirm.append(rid)
-            elif rec.state == STATE_RELEASED:
+            elif rec.state == RedisState.RELEASED:
                 unexplained.append(Unexplained(rid, row.quantity, "an order whose stock Redis gave back"))
-        elif row.status == COMPENSATED:
-            if rec is not None and rec.state == STATE_PENDING:
+        elif row.status == Status.COMPENSATED:
+            if rec is not None and rec.state == RedisState.PENDING:
                 if settled_long_ago(row):
                     release.append(rid)
-            elif rec is not None and rec.state == STATE_CONFIRMED:
+            elif rec is not None and rec.state == RedisState.CONFIRMED:
                 unexplained.append(Unexplained(rid, row.quantity, "compensated in the ledger, confirmed in Redis"))
         else:
-            unexplained.append(Unexplained(rid, row.quantity, f"ledger status {row.status!r}"))
+            unexplained.append(Unexplained(rid, row.quantity, f"ledger status '{row.status}'"))
 
     if obs.redis_present:
         for rid, rec in obs.redis.items():
             if rid in obs.ledger:
                 continue
-            if rec.state == STATE_PENDING and rec.reserved_at_ms <= cutoff:
+            if rec.state == RedisState.PENDING and rec.reserved_at_ms <= cutoff:
                 lost.append(rid)
-            elif rec.state == STATE_CONFIRMED:
+            elif rec.state == RedisState.CONFIRMED:
                 unexplained.append(Unexplained(rid, rec.quantity, "confirmed in Redis with no ledger row"))
 
     actions: list[Action] = []
     if not obs.redis_present:
         actions.append(Action("rebuild"))
     for kind, ids, reason in (
-        ("compensate_lost", lost, REASON_LOST_BEFORE_ACK),
-        ("compensate", failed, REASON_JOB_FAILED),
+        ("compensate_lost", lost, Reason.LOST_BEFORE_ACK),
+        ("compensate", failed, Reason.JOB_FAILED),
         ("redefer", redefer, None),
         ("replay_confirm", confirm, None),
         ("replay_release", release, None),
@@ -196,9 +188,16 @@ def _as_rebuilt(row: LedgerEntry) -> ReservationRecord:
     return ReservationRecord(row.reservation_id, redis_state(row.status), row.quantity, row.reserved_at_ms, row.user)
 
 
-def redis_state(ledger_status: str) -> str:
+def redis_state(ledger_status: str) -> RedisState:
     """The Redis state a ledger status corresponds to (compensated stock is released stock)."""
-    return {PENDING: STATE_PENDING, CONFIRMED: STATE_CONFIRMED, COMPENSATED: STATE_RELEASED}[ledger_status]
+    return _REDIS_STATE[Status(ledger_status)]
+
+
+_REDIS_STATE = {
+    Status.PENDING: RedisState.PENDING,
+    Status.CONFIRMED: RedisState.CONFIRMED,
+    Status.COMPENSATED: RedisState.RELEASED,
+}
 
 
 def rebuild_records(rows: Iterable[LedgerEntry]) -> list[ReservationRecord]:
@@ -218,11 +217,11 @@ class Tally:
 def tally(rows: Iterable[LedgerEntry]) -> Tally:
     p = c = x = 0
     for r in rows:
-        if r.status == PENDING:
+        if r.status == Status.PENDING:
             p += r.quantity
-        elif r.status == CONFIRMED:
+        elif r.status == Status.CONFIRMED:
             c += r.quantity
-        elif r.status == COMPENSATED:
+        elif r.status == Status.COMPENSATED:
             x += r.quantity
     return Tally(p, c, x)
 
@@ -246,58 +245,23 @@ def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confir
         in_flight = sum(
             rec.quantity
             for rid, rec in obs.redis.items()
-            if rid not in obs.ledger and rec.state == STATE_PENDING and rec.reserved_at_ms > cutoff
+            if rid not in obs.ledger and rec.state == RedisState.PENDING and rec.reserved_at_ms > cutoff
         )
     if t.pending or in_flight:
         return unexplained
     return max(unexplained, abs(redis_confirmed - t.confirmed) + abs(redis_pending - t.pending))
 
 
-# --- the one compensation step ---------------------------------------------------------------------
-
-
-class _Settles(Protocol):
-    async def settle(self, settlements: Sequence[Settlement], *, attempt: int) -> list[Settled]: ...
-
-
-class _Releases(Protocol):
-    async def release(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]: ...
-
-
-async def compensate(
-    ledger: _Settles, stock: _Releases, sale: str, reservation_ids: Sequence[str], reason: str, *, attempt: int = 0
-) -> list[str]:
-    """Moves each reservation ``pending → compensated`` with ``reason`` and, only for the rows this call
-    moved, releases their stock in Redis. Returns the ids it compensated. A row already final keeps its
-    outcome and its stock stays where it is (confirmed: sold; compensated: released by whoever won)."""
-    from .ledger import COMPENSATED as LEDGER_COMPENSATED
-    from .ledger import Settlement
-
-    if not reservation_ids:
-        return []
-    settled = await ledger.settle(
-        [Settlement(rid, sale, LEDGER_COMPENSATED, reason) for rid in reservation_ids], attempt=attempt
-    )
-    won = [s.reservation_id for s in settled if s.moved]
-    if won:
-        await stock.release(sale, won)
-    return won
-
-
 __all__ = [
-    "COMPENSATED",
-    "CONFIRMED",
     "JOB_ALIVE",
     "JOB_DEAD",
     "JOB_DONE",
-    "PENDING",
     "Action",
     "LedgerEntry",
     "Observation",
     "Plan",
     "Tally",
     "Unexplained",
-    "compensate",
     "decide",
     "measure_drift",
     "rebuild_records",

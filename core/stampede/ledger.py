@@ -18,25 +18,25 @@ procrastinate worker) and never shared across processes.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
+import procrastinate
 import psycopg
 import psycopg_pool
 
-from . import audit, errors, sqlfiles
-from .healing import Tally
+from . import audit, errors, pgerrors, queue, sqlfiles
+from .domain import Settled, Settlement
+from .healing import LedgerEntry, Tally
 from .names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from .settings import Common
-
-CONFIRMED = "confirmed"
-COMPENSATED = "compensated"
-PENDING = "pending"
+from .vocabulary import Reason, Status
 
 # Versions of the settle_batch job payload; the worker refuses (and compensates) versions it does not know.
 # v1 lists reservation ids by sale (the reconciler's re-deferrals); v2 names one shard of one sale, whose
@@ -56,6 +56,20 @@ class PendingReservation:
     reserved_at_ms: int  # Redis clock ms (stock.StockEngine.now_ms / the reservation record)
 
 
+class LostReservation(Protocol):
+    """A Redis reservation the ledger never recorded, as ``Ledger.record_lost`` reads it (a
+    ``stock.ReservationRecord`` is one)."""
+
+    @property
+    def reservation_id(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def quantity(self) -> int: ...
+    @property
+    def reserved_at_ms(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedBatch:
     """What ``record_batch`` wrote. ``inserted`` holds the ids recorded ``pending`` by this write; an id of the
@@ -72,7 +86,7 @@ class LedgerRow:
     sale: str
     user: str
     quantity: int
-    status: str  # 'pending' | 'confirmed' | 'compensated'
+    status: Status
     reason: str | None
     job_id: int | None
     attempts: int
@@ -96,28 +110,6 @@ class RestoreSource:
     ip_burst: int
     deleted: bool
     rows: list[tuple[str, str, int, str, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """The wanted outcome of one reservation, handed to ``Ledger.settle``."""
-
-    reservation_id: str
-    sale: str | None  # None: match the row whatever its sale (compensation by id)
-    outcome: str  # 'confirmed' | 'compensated'
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """A reservation's status after ``Ledger.settle``: ``moved`` says whether this call decided it."""
-
-    reservation_id: str
-    sale: str
-    quantity: int
-    status: str
-    moved: bool
-    lag_s: float | None  # ledger write -> settled, for the rows this call moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +139,6 @@ def batch_payload(reservations: Sequence[PendingReservation]) -> dict[str, Any]:
     return {"v": PAYLOAD_VERSION, "sales": sales}
 
 
-def _unavailable(exc: BaseException) -> errors.DependencyUnavailable:
-    return errors.DependencyUnavailable("postgres", f"{type(exc).__name__}: {exc}")
-
-
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """A sale's settle backlog: its pending rows, their units, and how long the oldest has waited (ms)."""
@@ -166,11 +154,13 @@ class Ledger:
     def __init__(self, pool: psycopg_pool.AsyncConnectionPool, *, settle_shards: int = 4) -> None:
         if settle_shards < 1:
             raise errors.InvalidArgument("settle_shards", "at least one shard")
-        self.pool = pool
+        self._pool = pool
         self.settle_shards = settle_shards
         # Batches of this process go round the shards, starting at a random one so processes spread.
         self._shard = random.randrange(settle_shards)
         self._q = sqlfiles.queries("ledger.sql")
+        self._hq = sqlfiles.queries("healing.sql")
+        self._aq = sqlfiles.queries("audit.sql")
 
     @classmethod
     async def open(cls, settings: Common) -> Ledger:
@@ -186,25 +176,25 @@ class Ledger:
         )
         try:
             await pool.open(wait=True, timeout=settings.db_timeout_s)
-        except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
+        except pgerrors.UNAVAILABLE as exc:
             await pool.close()
-            raise _unavailable(exc) from exc
+            raise pgerrors.unavailable(exc) from exc
         return cls(pool, settle_shards=settings.settle_shards)
 
     async def close(self) -> None:
-        await self.pool.close()
+        await self._pool.close()
+
+    async def open_queue(self, app: procrastinate.App) -> None:
+        """Opens procrastinate's App on this ledger's pool (the job queue lives in the same database)."""
+        await queue.open_app(app, self._pool)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection; connection trouble becomes DependencyUnavailable('postgres'). SQL errors
+        """A pooled connection; connection trouble becomes DependencyUnavailable (``pgerrors``). SQL errors
         that are not about the connection (a violated constraint: a bug) pass through unchanged."""
-        try:
-            async with self.pool.connection() as conn:
+        with pgerrors.mapped():
+            async with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-            # OperationalError covers a lost connection and TransactionRollback (serialization failure,
-            # deadlock): all worth retrying.
-            raise _unavailable(exc) from exc
 
     # --- the API's write --------------------------------------------------------------------------
 
@@ -245,7 +235,10 @@ class Ledger:
                 row = await cur.fetchone()
         except psycopg.errors.InvalidTextRepresentation:
             return None  # not a uuid: no such reservation
-        return None if row is None else LedgerRow(*row)
+        if row is None:
+            return None
+        rid, sale, user, qty, status, reason, job_id, attempts, created, settled = row
+        return LedgerRow(rid, sale, user, qty, Status(status), reason, job_id, attempts, created, settled)
 
     async def rows(self, sale: str) -> list[audit.Row]:
         """Every reservation of the sale, as the audit reads them."""
@@ -258,7 +251,7 @@ class Ledger:
 
     async def counts(self, sale: str) -> dict[str, int]:
         """Units by status, every status present (0 when none)."""
-        out = {PENDING: 0, CONFIRMED: 0, COMPENSATED: 0}
+        out = {status.value: 0 for status in Status}
         async with self._conn() as conn:
             cur = await conn.execute(self._q["counts"], {"sale": sale})
             for status, units in await cur.fetchall():
@@ -294,11 +287,11 @@ class Ledger:
         return tally, [row[3:] for row in got if row[3] is not None]
 
     async def import_settled(
-        self, sale: str, reservations: Sequence[PendingReservation], status: str, reason: str | None = None
+        self, sale: str, reservations: Sequence[PendingReservation], status: Status, reason: Reason | None = None
     ) -> int:
         """Benchmark and test data only: records reservations that are already final (``confirmed``, or
         ``compensated`` with a reason) with the sale's totals, in one statement. Returns rows written."""
-        if status not in (CONFIRMED, COMPENSATED):
+        if status not in (Status.CONFIRMED, Status.COMPENSATED):
             raise errors.InvalidArgument("status", "only settled rows are imported")
         params = {
             "sale": sale,
@@ -437,7 +430,10 @@ class Ledger:
             async with self._conn() as conn:
                 cur = await conn.execute(self._q["settle"], params)
                 rows = await cur.fetchall()
-        return [Settled(rid, sale, int(qty), status, bool(moved), lag) for rid, sale, qty, status, moved, lag in rows]
+        return [
+            Settled(rid, sale, int(qty), Status(status), bool(moved), lag)
+            for rid, sale, qty, status, moved, lag in rows
+        ]
 
     async def settle_barrier(self, sale: str, shard: int) -> None:
         """Waits until every writer that joined a waiting settle job of (sale, shard) has committed: a
@@ -460,7 +456,7 @@ class Ledger:
         async with self._conn() as conn:
             cur = await conn.execute(self._q["settled_of_job"], {"job_id": job_id})
             rows = await cur.fetchall()
-        return [Settled(rid, sale, int(qty), status, False, None) for rid, sale, qty, status in rows]
+        return [Settled(rid, sale, int(qty), Status(status), False, None) for rid, sale, qty, status in rows]
 
     async def current(self, reservation_ids: Sequence[str]) -> list[Settled]:
         """The status of each listed reservation now (``moved`` False): what another writer decided."""
@@ -469,7 +465,7 @@ class Ledger:
         async with self._conn() as conn:
             cur = await conn.execute(self._q["current"], {"ids": list(reservation_ids)})
             rows = await cur.fetchall()
-        return [Settled(rid, sale, int(qty), status, False, None) for rid, sale, qty, status in rows]
+        return [Settled(rid, sale, int(qty), Status(status), False, None) for rid, sale, qty, status in rows]
 
     async def pending_of_job(self, job_id: int) -> list[tuple[str, str, int]]:
         """(reservation_id, sale, quantity) of the job's rows still pending: what a failed job left."""
@@ -477,21 +473,151 @@ class Ledger:
             cur = await conn.execute(self._q["pending_of_job"], {"job_id": job_id})
             return [(rid, sale, int(qty)) for rid, sale, qty in await cur.fetchall()]
 
+    # --- the reconciler's reads and writes (healing.sql) ------------------------------------------
+
+    async def _fetch(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(query, params)
+            return list(await cur.fetchall())
+
+    async def sale_entries(self, sale: str) -> tuple[dict[str, LedgerEntry], dict[int, str]]:
+        """Every row of the sale as healing reads it, and the status of every job they point at (a vanished
+        job stays absent), in one snapshot. Only a rebuild needs this: it writes every row back into Redis."""
+        jobs: dict[int, str] = {}
+        return entries(await self._fetch(self._hq["sale_rows"], {"sale": sale}), jobs), jobs
+
+    async def entries_by_id(
+        self, sale: str, reservation_ids: Sequence[str]
+    ) -> tuple[dict[str, LedgerEntry], dict[int, str]]:
+        """The listed reservations of the sale the ledger holds, as healing reads them, with their jobs' statuses."""
+        jobs: dict[int, str] = {}
+        rows = await self._fetch(self._hq["rows_by_id"], {"sale": sale, "ids": list(reservation_ids)})
+        return entries(rows, jobs), jobs
+
+    @asynccontextmanager
+    async def settled_entries(self, sale: str, chunk: int) -> AsyncIterator[AsyncIterator[dict[str, LedgerEntry]]]:
+        """The sale's settled rows in chunks of ``chunk``, through a server-side cursor of one transaction
+        (memory stays one chunk): only when a quiet sale's counts disagree."""
+        async with self._conn() as conn, conn.transaction():
+            cur = conn.cursor(name="stampede_explain")
+            await cur.execute(self._hq["settled_rows"], {"sale": sale})
+
+            async def chunks() -> AsyncIterator[dict[str, LedgerEntry]]:
+                while rows := await cur.fetchmany(chunk):
+                    yield entries(rows, {})
+
+            try:
+                yield chunks()
+            finally:
+                await cur.close()
+
+    async def recorded_ids(self, reservation_ids: Sequence[str]) -> set[str]:
+        """Which of the listed reservations the ledger holds."""
+        return {str(r[0]) for r in await self._fetch(self._hq["recorded_ids"], {"ids": list(reservation_ids)})}
+
+    async def record_lost(self, sale: str, records: Sequence[LostReservation], reason: Reason) -> list[str]:
+        """Records Redis reservations the ledger never heard of as ``compensated`` with ``reason`` (the API
+        died before its durable write, so no 202 was sent), with the sale's totals, in one statement. Returns
+        the ids this call recorded: only those may be released in Redis (a row written meanwhile keeps its
+        own story)."""
+        params = {
+            "sale": sale,
+            "reason": reason,
+            "ids": [r.reservation_id for r in records],
+            "users": [r.user for r in records],
+            "quantities": [r.quantity for r in records],
+            "reserved_at_ms": [r.reserved_at_ms for r in records],
+        }
+        return [str(r[0]) for r in await self._fetch(self._hq["record_lost"], params)]
+
+    async def redefer(self, sale: str, reservation_ids: Sequence[str]) -> tuple[int, int]:
+        """Defers one new settle job (payload v1) for the listed rows still pending and points them at it,
+        in one statement: their job vanished or finished without settling them. Returns (job id, rows)."""
+        ids = list(reservation_ids)
+        payload = batch_payload([PendingReservation(rid, sale, "", 1, 0) for rid in ids])
+        args = json.dumps(payload, separators=(",", ":"))
+        ((job_id, n),) = await self._fetch(
+            self._hq["redefer"], {"queue": QUEUE_SETTLE, "task": TASK_SETTLE_BATCH, "args": args, "ids": ids}
+        )
+        return int(job_id), int(n)
+
+    async def pending_ids(self, sale: str) -> list[str]:
+        """The sale's pending reservations (through the partial index: what is pending, not the sale)."""
+        return [str(r[0]) for r in await self._fetch(self._hq["pending_ids"], {"sale": sale})]
+
+    async def unfinished_jobs(self, sale: str) -> int:
+        """Jobs still waiting or running for the sale's pending rows: what a deleted sale waits for."""
+        ((n,),) = await self._fetch(self._hq["sale_jobs_unfinished"], {"sale": sale})
+        return int(n)
+
+    # --- the sale audit (audit.sql) ---------------------------------------------------------------
+
+    async def settle_lag(self, sale: str) -> tuple[int, float, float, float, float]:
+        """(count, p50, p95, p99, max) in seconds of the 202 -> confirmed lag of the sale's confirmed rows;
+        all zero when none is confirmed."""
+        rows = await self._fetch(self._aq["lag_percentiles"], {"sale": sale})
+        if not rows or not rows[0][0]:
+            return 0, 0.0, 0.0, 0.0, 0.0
+        n, p50, p95, p99, top = rows[0]
+        return int(n), float(p50), float(p95), float(p99), float(top)
+
+    async def sale_limits(self, sale: str) -> tuple[int, int] | None:
+        """(stock, per-user limit) as the ledger's sales table mirrors the FlashSale; None if unknown."""
+        rows = await self._fetch(self._aq["sale_row"], {"sale": sale})
+        return None if not rows else (int(rows[0][0]), int(rows[0][1]))
+
+    # --- benchmarks -------------------------------------------------------------------------------
+
+    async def record_pending_deferred(
+        self,
+        reservations: Sequence[PendingReservation],
+        defer: Callable[[psycopg.AsyncConnection[Any]], Awaitable[int]],
+    ) -> None:
+        """Benchmark only: the two-step form ``record_batch`` replaced. In one transaction ``defer`` defers
+        the job on the connection given (procrastinate's deferrer with ``connection=``), then the rows are
+        inserted pending, joined to it."""
+        async with self._conn() as conn, conn.transaction():
+            job_id = await defer(conn)
+            await conn.execute(
+                self._q["insert_pending"],
+                {
+                    "job_id": job_id,
+                    "ids": [r.reservation_id for r in reservations],
+                    "sales": [r.sale for r in reservations],
+                    "users": [r.user for r in reservations],
+                    "quantities": [r.quantity for r in reservations],
+                    "reserved_at_ms": [r.reserved_at_ms for r in reservations],
+                },
+            )
+
+
+def entries(rows: Iterable[Sequence[Any]], jobs: dict[int, str]) -> dict[str, LedgerEntry]:
+    """Rows of healing.sql's shape (and ``tally_and_suspects``'s suspects) as entries; the status of each job
+    they point at goes to ``jobs`` (a vanished job stays absent)."""
+    out: dict[str, LedgerEntry] = {}
+    for rid, user, qty, status, job, ts, reason, job_status, age in rows:
+        job_id = None if job is None else int(job)
+        out[rid] = LedgerEntry(
+            rid, user, int(qty), Status(status), job_id, int(ts), reason, None if age is None else int(age)
+        )
+        if job_id is not None and job_status is not None:
+            jobs[job_id] = str(job_status)
+    return out
+
 
 __all__ = [
-    "COMPENSATED",
-    "CONFIRMED",
     "PAYLOAD_SHARD_VERSION",
     "PAYLOAD_VERSION",
-    "PENDING",
     "Backlog",
     "Claim",
     "Claimed",
     "Ledger",
     "LedgerRow",
+    "LostReservation",
     "PendingReservation",
     "RestoreSource",
     "Settled",
     "Settlement",
     "batch_payload",
+    "entries",
 ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import psycopg
 from procrastinate.schema import SchemaManager
 
-from . import errors, sqlfiles
+from . import errors, pgerrors, sqlfiles
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ async def migrate(database_url: str, *, extra: Sequence[tuple[str, str]] = ()) -
     result = MigrationResult()
     try:
         conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise errors.DependencyUnavailable("postgres", str(exc)) from exc
+    except pgerrors.UNAVAILABLE as exc:
+        raise pgerrors.unavailable(exc) from exc
     async with conn:
         await conn.execute(q["lock"], {"key": LOCK_KEY})
         try:

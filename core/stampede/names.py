@@ -1,5 +1,6 @@
-"""Every string that more than one process must agree on: Redis keys, CRD coordinates, task and queue
-names, condition types, label keys. A rename here is a rename everywhere."""
+"""Every name that more than one process must agree on: Redis keys, CRD coordinates, task and queue
+names, condition types, label keys. A rename here is a rename everywhere. Statuses, states, reasons and
+dependency names are ``stampede.vocabulary``'s."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ COND_DRIFTED = "Drifted"
 QUEUE_SETTLE = "settle"
 TASK_SETTLE_BATCH = "stampede.settle_batch"
 
-# --- operator: components of a sale, reasons of compensation, peering --------------------------------
+# --- operator: components of a sale, peering --------------------------------
 COMPONENT_API = "api"
 COMPONENT_WORKER = "worker"
 APP_NAME = "stampede"
@@ -52,20 +53,11 @@ MANAGER = "stampede-operator"
 ANNOTATION_PREFIX = CRD_GROUP  # where kopf keeps its progress and diff-base annotations
 PEERING_GROUP = "kopf.dev"
 PEERING_VERSION = "v1"
-REASON_LOST_BEFORE_ACK = "lost_before_ack"  # Redis took it, the ledger never heard of it: no 202 was sent
-REASON_JOB_FAILED = "job_failed"  # its settle job failed for good
-REASON_SALE_DELETED = "sale_deleted"  # still pending when the FlashSale was deleted and the queue did not drain
 
 
 def component_name(sale: str, component: str) -> str:
     """Name of a sale's Deployment/Service: ``<sale>-api``, ``<sale>-worker``."""
     return f"{sale}-{component}"
-
-
-# --- reservation states as Redis records them -----------------------------------------------------
-STATE_PENDING = "pending"
-STATE_CONFIRMED = "confirmed"
-STATE_RELEASED = "released"
 
 
 def sale_id(namespace: str, name: str) -> str:

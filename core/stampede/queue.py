@@ -19,19 +19,15 @@ import psycopg_pool
 from procrastinate import exceptions as pexc
 from procrastinate.jobs import Job
 
-from . import errors, sqlfiles
+from . import pgerrors, sqlfiles
 from .names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from .settings import Common
+from .vocabulary import JobStatus
 
 log = logging.getLogger(__name__)
 
-# Job statuses as procrastinate names them.
-TODO = "todo"
-DOING = "doing"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-ABORTED = "aborted"
+# What opening the App raises when PostgreSQL cannot be reached.
+_OPEN_ERRORS: tuple[type[Exception], ...] = (*pgerrors.UNAVAILABLE, pexc.ConnectorException)
 
 
 async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -71,13 +67,13 @@ async def open_app(app: procrastinate.App, pool: psycopg_pool.AsyncConnectionPoo
     """Opens the App, on ``pool`` when given (a pool shared with the Ledger, opened by the caller)."""
     try:
         await app.open_async(pool)
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, pexc.ConnectorException) as exc:
-        raise errors.DependencyUnavailable("postgres", str(exc)) from exc
+    except _OPEN_ERRORS as exc:
+        raise pgerrors.unavailable(exc) from exc
 
 
 async def queue_depth(pool: psycopg_pool.AsyncConnectionPool, queue: str = QUEUE_SETTLE) -> dict[str, int]:
     """{'todo': n, 'doing': m}: jobs waiting and running on ``queue``."""
-    out = {TODO: 0, DOING: 0}
+    out = {JobStatus.TODO.value: 0, JobStatus.DOING.value: 0}
     async with pool.connection() as conn:
         cur = await conn.execute(sqlfiles.queries("queue.sql")["depth"], {"queue": queue})
         for status, jobs in await cur.fetchall():
@@ -113,12 +109,6 @@ async def recover_stalled(app: procrastinate.App, *, seconds_since_heartbeat: fl
 
 
 __all__ = [
-    "ABORTED",
-    "CANCELLED",
-    "DOING",
-    "FAILED",
-    "SUCCEEDED",
-    "TODO",
     "build_app",
     "list_jobs",
     "make_pool",

@@ -30,9 +30,11 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from . import errors
+from .domain import ReservationRecord
 from .healing import redis_state
-from .ledger import CONFIRMED, PENDING, Ledger, RestoreSource
-from .stock import ReservationRecord, SaleConfig, StockEngine
+from .ledger import Ledger, RestoreSource
+from .stock import SaleConfig, StockEngine
+from .vocabulary import Status
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,8 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
         ledger_s = time.monotonic() - started
         if source is None or source.deleted:
             return Restore(GONE)
-        pending = sum(q for _, _, q, status, _ in source.rows if status == PENDING)
-        confirmed = sum(q for _, _, q, status, _ in source.rows if status == CONFIRMED)
+        pending = sum(q for _, _, q, status, _ in source.rows if status == Status.PENDING)
+        confirmed = sum(q for _, _, q, status, _ in source.rows if status == Status.CONFIRMED)
         config = SaleConfig(
             total=source.stock,
             per_user_limit=source.per_user_limit,

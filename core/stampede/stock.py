@@ -10,22 +10,24 @@ raw Redis string.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from . import errors
+from .domain import Outcome, ReservationRecord
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
-from .names import STATE_CONFIRMED, STATE_PENDING, STATE_RELEASED, SaleKeys, sale_keys
+from .names import SaleKeys, sale_keys
+from .vocabulary import Dependency, RedisState
 
 SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
 
@@ -34,16 +36,6 @@ SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua`` as shipped inside the package."""
     return (resources.files("stampede") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
-class Outcome(StrEnum):
-    """Per-reservation answer of confirm/release."""
-
-    CONFIRMED = "confirmed"  # moved pending -> confirmed by this call
-    RELEASED = "released"  # moved pending -> released by this call (confirm: already released)
-    ALREADY = "already"  # already in the requested state: an idempotent repeat
-    REFUSED_CONFIRMED = "refused_confirmed"  # release of a confirmed reservation: never
-    UNKNOWN = "unknown"  # Redis has no such reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +66,10 @@ class Reservation:
     reservation_id: str
     user: str
     quantity: int
-    state: str
+    state: RedisState
     replay: bool
     remaining: int | None  # units left after this reservation; None on a replay
     reserved_at_ms: int | None = None  # Redis time the script stamped it with; None on a replay
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationRecord:
-    """A reservation as Redis holds it."""
-
-    reservation_id: str
-    state: str
-    quantity: int
-    reserved_at_ms: int
-    user: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +167,7 @@ def _s(value: Any) -> str:
 
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
     state, qty, ts, user = raw.split("|", 3)
-    return ReservationRecord(reservation_id, state, int(qty), int(ts), user)
+    return ReservationRecord(reservation_id, RedisState(state), int(qty), int(ts), user)
 
 
 def format_record(record: ReservationRecord) -> str:
@@ -227,10 +208,10 @@ class ReserveCall:
         sale = self.sale
         if code == "ok":
             return Reservation(
-                sale, self.reservation_id, self.user, self.quantity, STATE_PENDING, False, number, int(raw[4])
+                sale, self.reservation_id, self.user, self.quantity, RedisState.PENDING, False, number, int(raw[4])
             )
         if code == "replay":
-            return Reservation(sale, _s(rid_out), self.user, self.quantity, _s(state), True, None)
+            return Reservation(sale, _s(rid_out), self.user, self.quantity, RedisState(_s(state)), True, None)
         if code == "sold_out":
             raise errors.SoldOut(sale, number)
         if code == "limit":
@@ -280,7 +261,7 @@ class StockEngine:
     """Atomic stock operations over one ``redis.asyncio`` client (pooled, shared per process)."""
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
+        self._client = client
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
 
     @classmethod
@@ -291,13 +272,25 @@ class StockEngine:
         return cls(aioredis.Redis(connection_pool=pool))
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        """One round trip to Redis (readiness); raises DependencyUnavailable when it cannot be made."""
+        await self._read(self._client.ping())
+
+    def reserve_pipe(self) -> ReservePipe:
+        """A pipe of reserve calls over one connection of this engine's pool, for one flusher task."""
+        return ReservePipe(self._client, self._scripts["reserve"])
+
+    async def flush_database(self) -> None:
+        """Benchmarks and tests only: empties the whole Redis database this engine uses."""
+        await self._read(self._client.flushdb())
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await self._scripts[name](keys=list(keys), args=list(args))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         except ResponseError as exc:
             raise errors.ScriptError(f"{name}.lua: {exc}") from exc
 
@@ -345,17 +338,17 @@ class StockEngine:
         """The Redis server's ``run_id``: it changes with every restart (and differs on a failover), so a
         sale restored under another run_id may have lost what that run held."""
         try:
-            info = await self.client.info("server")
+            info = await self._client.info("server")
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         return str(info.get("run_id", ""))
 
     async def restored_run(self, sale: str) -> str | None:
         """The run_id the sale was last restored under ('' if never), or None if Redis does not know it."""
         try:
-            meta_total, run = await self.client.hmget(_keys(sale).meta, ["total", "run"])
+            meta_total, run = await self._client.hmget(_keys(sale).meta, ["total", "run"])
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         if meta_total is None:
             return None
         return "" if run is None else _s(run)
@@ -363,9 +356,9 @@ class StockEngine:
     async def lock_restore(self, sale: str, token: str, ttl_ms: int) -> bool:
         """Takes the sale's restore lock for ``ttl_ms`` unless another holds it: one restore at a time."""
         try:
-            return bool(await self.client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms))
+            return bool(await self._client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def unlock_restore(self, sale: str, token: str) -> bool:
         """Gives the restore lock back if it still holds ``token``."""
@@ -397,7 +390,7 @@ class StockEngine:
             config.ip_burst,
         ]
         for r in records:
-            if r.state not in (STATE_PENDING, STATE_CONFIRMED, STATE_RELEASED):
+            if r.state not in (RedisState.PENDING, RedisState.CONFIRMED, RedisState.RELEASED):
                 raise errors.InvalidArgument("state", f"cannot restore a reservation in state {r.state!r}")
             args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
         code, total, remaining, pending, confirmed = await self._run(
@@ -413,9 +406,9 @@ class StockEngine:
     async def delete(self, sale: str) -> int:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
         k = _keys(sale)
-        deleted = int(await self.client.delete(*k.all_static()))
-        async for key in self.client.scan_iter(match=f"{k.base}:rl:*", count=1000):
-            deleted += int(await self.client.delete(key))
+        deleted = int(await self._client.delete(*k.all_static()))
+        async for key in self._client.scan_iter(match=f"{k.base}:rl:*", count=1000):
+            deleted += int(await self._client.delete(key))
         return deleted
 
     # --- the hot path -----------------------------------------------------------------------------
@@ -478,13 +471,13 @@ class StockEngine:
         return _snapshot(sale, flat)
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
-        raw = await self.client.hget(_keys(sale).reservations, reservation_id)
+        raw = await self._client.hget(_keys(sale).reservations, reservation_id)
         return None if raw is None else parse_record(reservation_id, _s(raw))
 
     async def reservations(self, sale: str) -> list[ReservationRecord]:
         """Every reservation Redis holds for the sale (HSCAN, so a large sale does not block Redis)."""
         out = []
-        async for rid, raw in self.client.hscan_iter(_keys(sale).reservations, count=1000):
+        async for rid, raw in self._client.hscan_iter(_keys(sale).reservations, count=1000):
             out.append(parse_record(_s(rid), _s(raw)))
         return out
 
@@ -493,7 +486,7 @@ class StockEngine:
         ids = list(reservation_ids)
         if not ids:
             return {}
-        raws = await self._read(self.client.hmget(_keys(sale).reservations, ids))
+        raws = await self._read(self._client.hmget(_keys(sale).reservations, ids))
         return {rid: parse_record(rid, _s(raw)) for rid, raw in zip(ids, raws, strict=True) if raw is not None}
 
     async def scan_reservations(self, sale: str, count: int = 5000) -> AsyncIterator[list[ReservationRecord]]:
@@ -501,10 +494,33 @@ class StockEngine:
         the caller holds one chunk at a time)."""
         key, cursor = _keys(sale).reservations, 0
         while True:
-            cursor, chunk = await self._read(self.client.hscan(key, cursor, count=count))
+            cursor, chunk = await self._read(self._client.hscan(key, cursor, count=count))
             yield [parse_record(_s(rid), _s(raw)) for rid, raw in chunk.items()]
             if cursor == 0:
                 return
+
+    async def states(self, by_sale: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str | None] | None]:
+        """{sale: ids} -> {sale: {id: Redis state, None if Redis does not hold it}}, or {sale: None} for a sale
+        Redis does not know. One pipelined round trip (no MULTI) for every sale."""
+        sales = list(by_sale)
+        pipe = self._client.pipeline(transaction=False)
+        for sale in sales:
+            k = _keys(sale)
+            pipe.exists(k.meta)
+            pipe.hmget(k.reservations, list(by_sale[sale]))
+        answers = await self._read(pipe.execute())
+        out: dict[str, dict[str, str | None] | None] = {}
+        for n, sale in enumerate(sales):
+            exists, raws = answers[2 * n], answers[2 * n + 1]
+            out[sale] = (
+                {
+                    rid: None if raw is None else parse_record(rid, _s(raw)).state
+                    for rid, raw in zip(by_sale[sale], raws, strict=True)
+                }
+                if exists
+                else None
+            )
+        return out
 
     async def suspects(self, sale: str, grace_ms: int, after: tuple[int, str] | None, limit: int) -> SuspectView:
         """What a reconcile pass reads of the sale, in one atomic step (``suspects.lua``): the clock, the
@@ -523,7 +539,7 @@ class StockEngine:
         try:
             return await call
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable("redis", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def import_settled(self, sale: str, records: Sequence[ReservationRecord]) -> None:
         """Benchmark and test data only: writes reservations that are already settled (``confirmed`` or
@@ -533,12 +549,12 @@ class StockEngine:
         k = _keys(sale)
         confirmed = released = 0
         holds: dict[str, int] = {}
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for r in records:
-            if r.state == STATE_CONFIRMED:
+            if r.state == RedisState.CONFIRMED:
                 confirmed += r.quantity
                 holds[r.user] = holds.get(r.user, 0) + r.quantity
-            elif r.state == STATE_RELEASED:
+            elif r.state == RedisState.RELEASED:
                 released += r.quantity
             else:
                 raise errors.InvalidArgument("state", f"only settled reservations are imported, not {r.state!r}")
@@ -554,23 +570,80 @@ class StockEngine:
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
-        ids = await self.client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit)
+        ids = await self._client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit)
         return [_s(i) for i in ids]
 
     async def now_ms(self) -> int:
         """Redis's clock, the one reserve.lua stamps reservations with."""
-        sec, usec = await self.client.time()
+        sec, usec = await self._client.time()
         return int(sec) * 1000 + int(usec) // 1000
 
 
+def resp_command(args: Sequence[Any]) -> bytes:
+    """One command in the Redis protocol (RESP). redis-py's general ``pack_command`` costs more than the
+    rest of a reserve; every argument here is a str or an int, so a direct encoding is enough."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else str(a).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+class ReservePipe:
+    """``reserve.lua`` calls written many at a time on one connection of the engine's pool, held by one
+    flusher task (``StockEngine.reserve_pipe``): one buffer encoded here (``pack``), one write, one reply
+    per call, without redis-py's per-call pool checkout and retry wrapper. A connection that fails, or a
+    round trip cancelled half way, is dropped and the next ``send`` takes a fresh one."""
+
+    def __init__(self, client: aioredis.Redis, script: AsyncScript) -> None:
+        self._client = client
+        self._script = script
+        self._conn: Any = None  # redis.asyncio Connection held between sends
+
+    def pack(self, call: ReserveCall) -> bytes:
+        """The EVALSHA of one reserve call, encoded."""
+        return resp_command(("EVALSHA", self._script.sha, len(call.keys), *call.keys, *call.args))
+
+    async def send(self, commands: list[bytes]) -> list[Any]:
+        """One write of every packed call, then one reply per call (an error reply is returned, not raised)."""
+        conn = self._conn
+        if conn is None:
+            # redis-py leaves get_connection untyped.
+            get: Callable[[], Awaitable[Any]] = self._client.connection_pool.get_connection
+            conn = self._conn = await get()
+        try:
+            await conn.send_packed_command(b"".join(commands), check_health=False)
+            out: list[Any] = []
+            for _ in commands:
+                try:
+                    out.append(await conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+        except BaseException:
+            # Half a pipeline may be unread: this connection can never be trusted again.
+            self._conn = None
+            await conn.disconnect()
+            await self._client.connection_pool.release(conn)
+            raise
+        return out
+
+    async def load_script(self) -> None:
+        """Loads the script into Redis again (its script cache was lost: NOSCRIPT)."""
+        await self._client.script_load(self._script.script)
+
+    async def close(self) -> None:
+        """Gives the held connection back to the pool (the pool itself is the stock engine's)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._client.connection_pool.release(conn)
+
+
 __all__ = [
-    "STATE_CONFIRMED",
-    "STATE_PENDING",
-    "STATE_RELEASED",
     "Outcome",
     "Reservation",
     "ReservationRecord",
     "ReserveCall",
+    "ReservePipe",
     "RestoreResult",
     "SaleConfig",
     "SeedResult",
@@ -581,5 +654,6 @@ __all__ = [
     "idempotency_field",
     "new_reservation_id",
     "reserve_call",
+    "resp_command",
     "script_source",
 ]

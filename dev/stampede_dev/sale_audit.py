@@ -13,10 +13,7 @@ from typing import Any
 
 from stampede.audit import AuditReport, audit, counts_from
 from stampede.ledger import Ledger
-from stampede.sqlfiles import queries
 from stampede.stock import StockEngine
-
-Q = queries("audit.sql")
 
 
 @dataclass(frozen=True)
@@ -44,20 +41,12 @@ def k6_accepted(summary_path: Path) -> int:
 
 
 async def lag(ledger: Ledger, sale: str) -> Lag:
-    async with ledger.pool.connection() as conn:
-        cur = await conn.execute(Q["lag_percentiles"], {"sale": sale})
-        row = await cur.fetchone()
-    if row is None or not row[0]:
-        return Lag(0, 0.0, 0.0, 0.0, 0.0)
-    return Lag(int(row[0]), *(float(v) for v in row[1:]))
+    return Lag(*await ledger.settle_lag(sale))
 
 
 async def sale_limits(ledger: Ledger, sale: str) -> tuple[int, int] | None:
     """(stock, per-user limit) as the ledger's sales table mirrors the FlashSale."""
-    async with ledger.pool.connection() as conn:
-        cur = await conn.execute(Q["sale_row"], {"sale": sale})
-        row = await cur.fetchone()
-    return None if row is None else (int(row[0]), int(row[1]))
+    return await ledger.sale_limits(sale)
 
 
 async def wait_settled(ledger: Ledger, sale: str, limit_s: float) -> float:

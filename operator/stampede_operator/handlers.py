@@ -30,10 +30,11 @@ import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from stampede import errors, healing, metrics, names, restore
+from stampede import compensation, errors, metrics, names, restore
 from stampede.ledger import Ledger
 from stampede.settings import OperatorSettings
 from stampede.stock import SeedResult, StockEngine
+from stampede.vocabulary import Reason
 
 from . import autoscale, builders, children, reconcile
 from .builders import InvalidSpec, SaleSpec
@@ -598,13 +599,16 @@ async def finalize(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, emi
             with contextlib.suppress(errors.SaleNotFound):
                 await deps.stock.set_open(sale_id, False)
             deadline = time.monotonic() + deps.settings.delete_drain_timeout_s
-            while (left := await reconcile.unfinished_jobs(deps.ledger, sale_id)) and time.monotonic() < deadline:
+            while (left := await deps.ledger.unfinished_jobs(sale_id)) and time.monotonic() < deadline:
                 log.info("waiting for the sale's jobs to drain", extra={**extra, "jobs": left})
                 await asyncio.sleep(1.0)
-            pending = await reconcile.pending_ids(deps.ledger, sale_id)
+            pending = await deps.ledger.pending_ids(sale_id)
             if pending:
-                won = await healing.compensate(deps.ledger, deps.stock, sale_id, pending, names.REASON_SALE_DELETED)
-                metrics.OPERATOR_COMPENSATIONS.labels(sale_id, names.REASON_SALE_DELETED).inc(len(won))
+                done = await compensation.compensate(
+                    deps.ledger, deps.stock, pending, Reason.SALE_DELETED, sale=sale_id
+                )
+                won = done.won
+                metrics.OPERATOR_COMPENSATIONS.labels(sale_id, Reason.SALE_DELETED).inc(len(won))
                 emit("Warning", "CompensatedOnDelete", f"{len(won)} pending reservations compensated")
                 log.warning("compensated pending reservations of a deleted sale", extra={**extra, "count": len(won)})
             deleted = await deps.stock.delete(sale_id)

@@ -21,21 +21,15 @@ PostgreSQL propagate as ``DependencyUnavailable`` for the caller to retry later.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
-import psycopg_pool
-
-from stampede import errors, healing, metrics, restore, sqlfiles
-from stampede.healing import LedgerEntry, Observation, Plan
-from stampede.ledger import Ledger, batch_payload
-from stampede.names import QUEUE_SETTLE, REASON_LOST_BEFORE_ACK, TASK_SETTLE_BATCH
+from stampede import compensation, domain, errors, healing, metrics, restore
+from stampede.healing import Observation, Plan
+from stampede.ledger import Ledger, entries
 from stampede.stock import Snapshot, StockEngine
+from stampede.vocabulary import Reason, Status
 
 from .builders import SaleSpec
 
@@ -47,11 +41,6 @@ SCAN_MAX = 5000
 EXPLAIN_CHUNK = 5000
 # Reservations named per disagreement (the drift counts them all; the report shows a sample).
 EXPLAIN_KEEP = 100
-
-
-def _q() -> dict[str, str]:
-    queries: dict[str, str] = sqlfiles.queries("healing.sql")
-    return queries
 
 
 @dataclass
@@ -78,41 +67,6 @@ class PassState:
 
     redis_after: tuple[int, str] | None = None
     explained: tuple[tuple[int, ...], int, list[healing.Unexplained]] | None = None
-
-
-async def _fetch(pool: psycopg_pool.AsyncConnectionPool, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    try:
-        async with pool.connection() as conn:
-            cur = await conn.execute(query, params)
-            return list(await cur.fetchall())
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-        raise errors.DependencyUnavailable("postgres", str(exc)) from exc
-
-
-def _entries(rows: Sequence[tuple[Any, ...]], jobs: dict[int, str]) -> dict[str, LedgerEntry]:
-    """Ledger rows (healing.sql's row shape) as entries; the status of each job they point at goes to
-    ``jobs`` (a vanished job stays absent)."""
-    out: dict[str, LedgerEntry] = {}
-    for rid, user, qty, status, job, ts, reason, job_status, age in rows:
-        job_id = None if job is None else int(job)
-        out[rid] = LedgerEntry(rid, user, int(qty), status, job_id, int(ts), reason, None if age is None else int(age))
-        if job_id is not None and job_status is not None:
-            jobs[job_id] = str(job_status)
-    return out
-
-
-async def ledger_rows_and_jobs(
-    pool: psycopg_pool.AsyncConnectionPool, sale: str
-) -> tuple[dict[str, LedgerEntry], dict[int, str]]:
-    """Every ledger row of the sale, and the status of every job they point at, read in one snapshot.
-    Only a rebuild needs this: it writes every row back into Redis."""
-    jobs: dict[int, str] = {}
-    rows = _entries(await _fetch(pool, _q()["sale_rows"], {"sale": sale}), jobs)
-    return rows, jobs
-
-
-async def ledger_rows(pool: psycopg_pool.AsyncConnectionPool, sale: str) -> dict[str, LedgerEntry]:
-    return (await ledger_rows_and_jobs(pool, sale))[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +99,16 @@ async def observe(
     cutoff = red.now_ms - grace_ms
     jobs: dict[int, str] = {}
     tally, suspects = await ledger.suspects(sale, cutoff_ms=cutoff, limit=scan_max)
-    rows = _entries(suspects, jobs)
+    rows = entries(suspects, jobs)
     if red.snapshot is None:
         return View(Observation(sale, red.now_ms, grace_ms, False, {}, rows, jobs, tally, 0), None, None)
     window = red.window
     next_after = (window[-1][1], window[-1][0]) if len(window) >= scan_max else None
     unseen = [rid for rid, _ in window if rid not in rows]
     if unseen:
-        rows.update(_entries(await _fetch(ledger.pool, _q()["rows_by_id"], {"sale": sale, "ids": unseen}), jobs))
+        found, found_jobs = await ledger.entries_by_id(sale, unseen)
+        rows.update(found)
+        jobs.update(found_jobs)
     ids = rows.keys() | {rid for rid, _ in window}
     redis = await stock.records(sale, sorted(ids)) if ids else {}
     # An old Redis reservation its settler has just moved in the ledger is in flight too: Redis follows.
@@ -160,7 +116,7 @@ async def observe(
         1
         for rid, _ in window
         if (row := rows.get(rid)) is not None
-        and row.status != healing.PENDING
+        and row.status != Status.PENDING
         and row.settled_age_ms is not None
         and row.settled_age_ms < grace_ms
     )
@@ -170,7 +126,7 @@ async def observe(
 
 async def observe_lost(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -> Observation:
     """A sale whose keys Redis lost: every row of the ledger (what the rebuild writes back) and its jobs."""
-    rows, jobs = await ledger_rows_and_jobs(ledger.pool, sale)
+    rows, jobs = await ledger.sale_entries(sale)
     return Observation(sale, await stock.now_ms(), grace_s * 1000, False, {}, rows, jobs)
 
 
@@ -193,20 +149,7 @@ async def apply(
             result = await restore.restore_sale(ledger, stock, sale)
             count("rebuild", 1 if result.outcome == restore.RESTORED else 0)
         elif action.kind == "compensate_lost":
-            recs = [obs.redis[i] for i in ids]
-            won_rows = await _fetch(
-                ledger.pool,
-                _q()["record_lost"],
-                {
-                    "sale": sale,
-                    "reason": action.reason or REASON_LOST_BEFORE_ACK,
-                    "ids": ids,
-                    "users": [r.user for r in recs],
-                    "quantities": [r.quantity for r in recs],
-                    "reserved_at_ms": [r.reserved_at_ms for r in recs],
-                },
-            )
-            won = [str(r[0]) for r in won_rows]
+            won = await ledger.record_lost(sale, [obs.redis[i] for i in ids], action.reason or Reason.LOST_BEFORE_ACK)
             if won:
                 await stock.release(sale, won)
             for rid in won:
@@ -214,39 +157,26 @@ async def apply(
                     "released a reservation the ledger never recorded",
                     extra={"sale": sale, "reservation_id": rid, "reason": action.reason},
                 )
-            metrics.OPERATOR_COMPENSATIONS.labels(sale, action.reason or REASON_LOST_BEFORE_ACK).inc(len(won))
+            metrics.OPERATOR_COMPENSATIONS.labels(sale, action.reason or Reason.LOST_BEFORE_ACK).inc(len(won))
             count(action.kind, len(won))
         elif action.kind == "compensate":
-            reason = action.reason or healing.COMPENSATED
-            won = await healing.compensate(ledger, stock, sale, ids, reason)
+            reason = action.reason or Reason.JOB_FAILED
+            won = (await compensation.compensate(ledger, stock, ids, reason, sale=sale)).won
             for rid in won:
                 log.warning("compensated a reservation", extra={"sale": sale, "reservation_id": rid, "reason": reason})
             metrics.OPERATOR_COMPENSATIONS.labels(sale, reason).inc(len(won))
             count(action.kind, len(won))
         elif action.kind == "redefer":
-            args = json.dumps(batch_payload_for(sale, ids), separators=(",", ":"))
-            ((job_id, n),) = await _fetch(
-                ledger.pool,
-                _q()["redefer"],
-                {"queue": QUEUE_SETTLE, "task": TASK_SETTLE_BATCH, "args": args, "ids": ids},
-            )
+            job_id, n = await ledger.redefer(sale, ids)
             log.warning("deferred a new settle job for pending rows", extra={**extra, "job_id": job_id})
-            count(action.kind, int(n))
+            count(action.kind, n)
         elif action.kind == "replay_confirm":
             outcomes = await stock.confirm(sale, ids)
-            count(action.kind, sum(1 for o in outcomes.values() if o.value == "confirmed"))
+            count(action.kind, sum(1 for o in outcomes.values() if o is domain.Outcome.CONFIRMED))
         elif action.kind == "replay_release":
             outcomes = await stock.release(sale, ids)
-            count(action.kind, sum(1 for o in outcomes.values() if o.value == "released"))
+            count(action.kind, sum(1 for o in outcomes.values() if o is domain.Outcome.RELEASED))
     return healed
-
-
-def batch_payload_for(sale: str, ids: list[str]) -> dict[str, Any]:
-    """The settle_batch payload for ids of one sale (the ledger's own format)."""
-    from stampede.ledger import PendingReservation
-
-    payload: dict[str, Any] = batch_payload([PendingReservation(rid, sale, "", 1, 0) for rid in ids])
-    return payload
 
 
 async def explain(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -> tuple[int, list[healing.Unexplained]]:
@@ -264,29 +194,18 @@ async def explain(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -
             if len(kept) < EXPLAIN_KEEP:
                 kept.append(u)
 
-    async for chunk in _settled_chunks(ledger, sale):
-        records = await stock.records(sale, list(chunk))
-        take(healing.decide(Observation(sale, now_ms, grace_s * 1000, True, records, chunk, {})))
+    async with ledger.settled_entries(sale, EXPLAIN_CHUNK) as chunks:
+        async for chunk in chunks:
+            records = await stock.records(sale, list(chunk))
+            take(healing.decide(Observation(sale, now_ms, grace_s * 1000, True, records, chunk, {})))
     async for recs in stock.scan_reservations(sale, EXPLAIN_CHUNK):
         ids = [r.reservation_id for r in recs]
-        known = {r[0] for r in await _fetch(ledger.pool, _q()["recorded_ids"], {"ids": ids})}
+        known = await ledger.recorded_ids(ids)
         unrecorded = {r.reservation_id: r for r in recs if r.reservation_id not in known}
         if unrecorded:
             take(healing.decide(Observation(sale, now_ms, grace_s * 1000, True, unrecorded, {}, {})))
     kept.sort(key=lambda u: u.reservation_id)
     return units, kept
-
-
-async def _settled_chunks(ledger: Ledger, sale: str) -> AsyncIterator[dict[str, LedgerEntry]]:
-    try:
-        async with ledger.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(name="stampede_explain")
-            await cur.execute(_q()["settled_rows"], {"sale": sale})
-            while rows := await cur.fetchmany(EXPLAIN_CHUNK):
-                yield _entries(rows, {})
-            await cur.close()
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-        raise errors.DependencyUnavailable("postgres", str(exc)) from exc
 
 
 async def rebuild_pass(
@@ -381,17 +300,6 @@ async def phase_counts(ledger: Ledger, stock: StockEngine, spec: SaleSpec) -> tu
         snap = await stock.snapshot(spec.id)
     except errors.SaleNotFound:
         counts = await ledger.counts(spec.id)
-        reserved = counts[healing.PENDING]
-        return None, spec.stock - reserved - counts[healing.CONFIRMED], reserved
+        reserved = counts[Status.PENDING]
+        return None, spec.stock - reserved - counts[Status.CONFIRMED], reserved
     return snap, snap.remaining, snap.pending
-
-
-async def unfinished_jobs(ledger: Ledger, sale: str) -> int:
-    """Jobs still waiting or running for the sale's pending rows."""
-    ((n,),) = await _fetch(ledger.pool, _q()["sale_jobs_unfinished"], {"sale": sale})
-    return int(n)
-
-
-async def pending_ids(ledger: Ledger, sale: str) -> list[str]:
-    """The sale's pending reservations (through the partial index: what is pending, not the sale)."""
-    return [str(r[0]) for r in await _fetch(ledger.pool, _q()["pending_ids"], {"sale": sale})]

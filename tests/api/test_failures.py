@@ -14,6 +14,7 @@ from stampede import errors
 from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
+from stampede.vocabulary import Dependency
 from stampede_api.app import build
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -30,7 +31,7 @@ class FlakyLedger:
     async def record_batch(self, reservations: Sequence[Any]) -> int:
         self.batches.append(len(reservations))
         if self.failing:
-            raise errors.DependencyUnavailable("postgres", "injected")
+            raise errors.DependencyUnavailable(Dependency.POSTGRESQL, "injected")
         return await self.real.record_batch(reservations)
 
     def __getattr__(self, name: str) -> Any:

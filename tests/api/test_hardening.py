@@ -21,6 +21,7 @@ from stampede.stock import StockEngine
 from stampede_api.app import build
 from stampede_api.batcher import Batcher
 from stampede_api.reserver import ReserveCoalescer, _Call
+from tests.stores import ledger_pool, redis_client, set_redis_client
 
 from .conftest import SECRET
 
@@ -213,8 +214,8 @@ async def test_failed_write_releases_and_forgets_the_key_in_one_step(
 
     await opener(sale, total=3, limit=1)
     fl = FlakyLedger(ledger)
-    own = StockEngine(stock.client)
-    own.client = _HdelFails(stock.client)  # type: ignore[assignment]
+    own = StockEngine(redis_client(stock))
+    set_redis_client(own, _HdelFails(redis_client(stock)))
     app, _ = build(api_settings, own, fl)
     h = {**headers("retrier"), "Idempotency-Key": "retry-me"}
     async with testing.ASGIConductor(app) as client:
@@ -240,11 +241,11 @@ async def test_ledger_row_carries_the_redis_reserve_time(client, opener, headers
     rid = r.json["reservation_id"]
     record = await stock.reservation(sale, rid)
     assert record is not None
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute("SELECT reserved_at_ms FROM stampede_ledger WHERE reservation_id = %s", (rid,))
         row = await cur.fetchone()
     assert row is not None and row[0] == record.reserved_at_ms
-    score = await stock.client.zscore(f"stampede:{{{sale}}}:pending", rid)
+    score = await redis_client(stock).zscore(f"stampede:{{{sale}}}:pending", rid)
     assert int(score) == record.reserved_at_ms
 
 

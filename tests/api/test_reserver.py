@@ -10,6 +10,7 @@ import pytest
 from stampede import errors
 from stampede.stock import SaleConfig, StockEngine
 from stampede_api.reserver import ReserveCoalescer
+from tests.stores import redis_client
 
 pytestmark = pytest.mark.redis
 
@@ -54,7 +55,7 @@ async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
     await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
     co = ReserveCoalescer(stock)
     await co.reserve(sale, "a", 1)
-    await stock.client.script_flush()
+    await redis_client(stock).script_flush()
     got = await asyncio.gather(*(co.reserve(sale, "a", 1) for _ in range(3)))
     assert [r.remaining for r in got] == [8, 7, 6]
 
@@ -70,7 +71,7 @@ async def test_dead_redis_is_dependency_unavailable():
 def test_hand_packed_commands_match_redis_py():
     from redis.asyncio.connection import Connection
 
-    from stampede_api.reserver import _resp
+    from stampede.stock import resp_command as _resp
 
     args = ("EVALSHA", "0" * 40, 7, "stampede:{s}:meta", "", "buyer-é", 3, "idem key")
     assert _resp(args) == b"".join(Connection().pack_command(*args))

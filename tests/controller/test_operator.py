@@ -30,6 +30,7 @@ from stampede.names import sale_id, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 from stampede_dev.devstack import free_port
+from tests.stores import ledger_pool, redis_client
 
 if TYPE_CHECKING:
     from tests.controller.conftest import ControlPlane, OperatorProcess
@@ -222,7 +223,7 @@ async def audit_clean(stock: StockEngine, ledger: Ledger, sale: str, units: int,
 
 
 async def sql(ledger: Ledger, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(query, params)
         return list(await cur.fetchall()) if cur.description else []
 
@@ -452,7 +453,7 @@ async def test_reconciler_rebuilds_a_flushed_redis(
     await run_worker(sid)
     waiting = await reserve(stock, sid, 2, "late")
     await ledger.record_batch(waiting)
-    await stock.client.flushdb()
+    await redis_client(stock).flushdb()
 
     async def rebuilt() -> None:
         try:
@@ -517,7 +518,7 @@ async def test_reconciler_restores_a_sale_after_a_redis_restart_that_kept_its_ke
     await ledger.record_batch(batch)
     lost = batch[-1]
     k = sale_keys(sid)
-    async with stock.client.pipeline(transaction=True) as pipe:
+    async with redis_client(stock).pipeline(transaction=True) as pipe:
         pipe.hdel(k.reservations, lost.reservation_id)
         pipe.zrem(k.pending, lost.reservation_id)
         pipe.hdel(k.holds, lost.user)
@@ -578,7 +579,7 @@ async def test_deletion_removes_redis_keys_and_keeps_the_ledger(
         assert cp.kubectl("get", "fs", sale, "-n", ns).returncode != 0
 
     await eventually(gone)
-    assert await stock.client.exists(*sale_keys(sid).all_static()) == 0
+    assert await redis_client(stock).exists(*sale_keys(sid).all_static()) == 0
     assert sorted(r.status for r in await ledger.rows(sid)) == ["confirmed", "confirmed"]
 
 
@@ -755,7 +756,7 @@ async def test_same_name_in_two_namespaces_never_touch_each_other(
         assert cp.kubectl("get", "fs", sale, "-n", ns_a).returncode != 0
 
     await eventually(a_gone)
-    assert await stock.client.exists(*sale_keys(sid_a).all_static()) == 0
+    assert await redis_client(stock).exists(*sale_keys(sid_a).all_static()) == 0
     assert {r.status for r in await ledger.rows(sid_a)} == {"compensated"}
     assert sorted(r.status for r in await ledger.rows(sid_b)) == ["pending"] * 6
     snap_b = await stock.snapshot(sid_b)
@@ -768,7 +769,7 @@ async def test_same_name_in_two_namespaces_never_touch_each_other(
         sid_a, stock=12, per_user_limit=1, accepted=accepted[ns_a], rows=await ledger.rows(sid_a), settled=True
     )
     assert report.ok, report.render()
-    assert await stock.client.exists(*sale_keys(sid_a).all_static()) == 0  # settling B never brought A back
+    assert await redis_client(stock).exists(*sale_keys(sid_a).all_static()) == 0  # settling B never brought A back
 
 
 # --- children kept, readiness, autoscaling -------------------------------------------------------------

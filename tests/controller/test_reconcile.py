@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stampede import audit
-from stampede.ledger import Ledger, PendingReservation, Settlement
+from stampede.domain import Settlement
+from stampede.ledger import Ledger, PendingReservation
 from stampede.settings import Common, load
 from stampede.stock import ReservationRecord, StockEngine
 from stampede_operator import builders, reconcile
+from tests.stores import ledger_pool
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -89,7 +91,7 @@ async def test_an_order_whose_stock_redis_gave_back_is_reported_as_drift(
 
 
 async def sql(ledger: Ledger, query: str, *args: object) -> None:
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         await conn.execute(query, args)
 
 
@@ -146,7 +148,7 @@ async def reserve_as(stock: StockEngine, sale: str, prefix: str, n: int) -> list
 
 async def settle_the_rest_and_audit(ledger: Ledger, stock: StockEngine, sale: str, acked: list[str]) -> None:
     """What a worker would do with the re-deferred rows, then the audit of the whole sale."""
-    pending = await reconcile.pending_ids(ledger, sale)
+    pending = await ledger.pending_ids(sale)
     await ledger.settle([Settlement(rid, sale, "confirmed") for rid in pending], attempt=1)
     await stock.confirm(sale, pending)
     report = audit.audit(

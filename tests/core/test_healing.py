@@ -136,37 +136,3 @@ def test_actions_are_chunked() -> None:
 def test_tally_counts_units() -> None:
     t = healing.tally([row("a", "pending", qty=2), row("b", "confirmed", qty=3), row("c", "compensated")])
     assert (t.pending, t.confirmed, t.compensated) == (2, 3, 1)
-
-
-class FakeLedger:
-    def __init__(self, final: dict[str, str]) -> None:
-        self.final = final
-
-    async def settle(self, settlements, *, attempt):
-        from stampede.ledger import Settled
-
-        out = []
-        for s in settlements:
-            was = self.final.get(s.reservation_id, "pending")
-            moved = was == "pending"
-            self.final[s.reservation_id] = s.outcome if moved else was
-            out.append(Settled(s.reservation_id, "s", 1, self.final[s.reservation_id], moved, None))
-        return out
-
-
-class FakeStock:
-    def __init__(self) -> None:
-        self.released: list[str] = []
-
-    async def release(self, sale, reservation_ids):
-        self.released += list(reservation_ids)
-        return {}
-
-
-async def test_compensate_releases_only_where_the_ledger_move_won() -> None:
-    ledger, stock = FakeLedger({"b": "confirmed", "c": "compensated"}), FakeStock()
-    won = await healing.compensate(ledger, stock, "s", ["a", "b", "c"], "job_failed")
-    assert won == ["a"]
-    assert stock.released == ["a"]
-    assert await healing.compensate(ledger, stock, "s", ["a"], "job_failed") == []
-    assert stock.released == ["a"]

@@ -12,9 +12,12 @@ import psycopg
 import pytest
 
 from stampede import errors
-from stampede.ledger import COMPENSATED, CONFIRMED, PENDING, Ledger, PendingReservation, Settlement
+from stampede.domain import Settlement
+from stampede.ledger import Ledger, PendingReservation
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from stampede.settings import Common, load
+from stampede.vocabulary import Dependency, Status
+from tests.stores import ledger_pool
 
 pytestmark = pytest.mark.postgres
 
@@ -31,7 +34,7 @@ def _batch(sale: str, n: int, qty: int = 1) -> list[PendingReservation]:
 
 
 async def _job(ledger: Ledger, job_id: int) -> tuple[str, str, str, dict[str, object]]:
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(
             "SELECT queue_name, task_name, status::text, args FROM procrastinate_jobs WHERE id = %s", (job_id,)
         )
@@ -53,7 +56,7 @@ async def test_record_batch_writes_rows_and_one_job_per_sale(ledger: Ledger, sal
         sale,
         "u0",
         1,
-        PENDING,
+        Status.PENDING,
         job_id,
         None,
         None,
@@ -62,7 +65,7 @@ async def test_record_batch_writes_rows_and_one_job_per_sale(ledger: Ledger, sal
     assert other_row is not None and other_row.job_id not in (None, job_id)
     _, _, _, other_args = await _job(ledger, other_row.job_id)
     assert (other_args["sale"], other_args["shard"]) == (other, args["shard"])  # one shard per batch
-    assert await ledger.counts(sale) == {PENDING: 5, CONFIRMED: 0, COMPENSATED: 0}
+    assert await ledger.counts(sale) == {Status.PENDING: 5, Status.CONFIRMED: 0, Status.COMPENSATED: 0}
     assert len(await ledger.rows(other)) == 2
 
 
@@ -70,7 +73,7 @@ async def test_batches_join_the_waiting_job_of_their_shard(ledger: Ledger, sale:
     """However many batches arrive, a sale has at most one job waiting per shard."""
     jobs = [(await ledger.record_batch(_batch(sale, 3))).job for _ in range(5 * ledger.settle_shards)]
     assert len(set(jobs)) == ledger.settle_shards
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(
             "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND args->>'sale' = %s", (sale,)
         )
@@ -93,7 +96,7 @@ async def test_a_reservation_never_gets_a_second_row(ledger: Ledger, sale: str) 
 
 
 async def test_record_batch_is_all_or_nothing(ledger: Ledger, sale: str) -> None:
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         before = (await (await conn.execute("SELECT count(*) FROM procrastinate_jobs")).fetchone() or [0])[0]
     bad = [*_batch(sale, 3), PendingReservation(str(uuid.uuid4()), sale, "u", 0, 1)]  # quantity 0
     with pytest.raises(errors.InvalidArgument):
@@ -102,7 +105,7 @@ async def test_record_batch_is_all_or_nothing(ledger: Ledger, sale: str) -> None
         await ledger.record_batch([PendingReservation("not-a-uuid", sale, "u", 1, 1)])
     with pytest.raises(errors.InvalidArgument):
         await ledger.record_batch([])
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         after = (await (await conn.execute("SELECT count(*) FROM procrastinate_jobs")).fetchone() or [0])[0]
     assert after == before
     assert await ledger.rows(sale) == []
@@ -112,24 +115,30 @@ async def test_status_moves_only_out_of_pending(ledger: Ledger, sale: str) -> No
     a, b = _batch(sale, 2)
     await ledger.record_batch([a, b])
     moved = await ledger.settle(
-        [Settlement(a.reservation_id, sale, CONFIRMED), Settlement(b.reservation_id, None, COMPENSATED, "why")],
+        [
+            Settlement(a.reservation_id, sale, Status.CONFIRMED),
+            Settlement(b.reservation_id, None, Status.COMPENSATED, "why"),
+        ],
         attempt=1,
     )
     assert {(s.reservation_id, s.status, s.moved) for s in moved} == {
-        (a.reservation_id, CONFIRMED, True),
-        (b.reservation_id, COMPENSATED, True),
+        (a.reservation_id, Status.CONFIRMED, True),
+        (b.reservation_id, Status.COMPENSATED, True),
     }
     # A second writer with the opposite opinion decides nothing.
     again = await ledger.settle(
-        [Settlement(a.reservation_id, sale, COMPENSATED, "late"), Settlement(b.reservation_id, sale, CONFIRMED)],
+        [
+            Settlement(a.reservation_id, sale, Status.COMPENSATED, "late"),
+            Settlement(b.reservation_id, sale, Status.CONFIRMED),
+        ],
         attempt=2,
     )
     assert {(s.reservation_id, s.status, s.moved) for s in again} == {
-        (a.reservation_id, CONFIRMED, False),
-        (b.reservation_id, COMPENSATED, False),
+        (a.reservation_id, Status.CONFIRMED, False),
+        (b.reservation_id, Status.COMPENSATED, False),
     }
     # Even a hand-written UPDATE or DELETE is refused by the schema.
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         for stmt in (
             "UPDATE stampede_ledger SET status = 'compensated', reason = 'x' WHERE reservation_id = %s",
             "UPDATE stampede_ledger SET status = 'pending', settled_at = NULL WHERE reservation_id = %s",
@@ -139,14 +148,14 @@ async def test_status_moves_only_out_of_pending(ledger: Ledger, sale: str) -> No
             with pytest.raises(psycopg.errors.CheckViolation):
                 await conn.execute(stmt, (a.reservation_id,))
     row = await ledger.get_reservation(b.reservation_id)
-    assert row is not None and (row.status, row.reason, row.attempts) == (COMPENSATED, "why", 1)
+    assert row is not None and (row.status, row.reason, row.attempts) == (Status.COMPENSATED, "why", 1)
 
 
 async def test_settle_with_a_wrong_sale_moves_nothing(ledger: Ledger, sale: str) -> None:
     [a] = _batch(sale, 1)
     await ledger.record_batch([a])
-    [got] = await ledger.settle([Settlement(a.reservation_id, sale + "-other", CONFIRMED)], attempt=1)
-    assert (got.status, got.moved, got.sale) == (PENDING, False, sale)
+    [got] = await ledger.settle([Settlement(a.reservation_id, sale + "-other", Status.CONFIRMED)], attempt=1)
+    assert (got.status, got.moved, got.sale) == (Status.PENDING, False, sale)
 
 
 async def test_ensure_sale_upserts(ledger: Ledger, sale: str) -> None:
@@ -154,7 +163,7 @@ async def test_ensure_sale_upserts(ledger: Ledger, sale: str) -> None:
     end = datetime(2026, 11, 27, 11, tzinfo=UTC)
     await ledger.ensure_sale(sale, sku="SNKR-1", stock=10, per_user_limit=1, window_start=start, window_end=end)
     await ledger.ensure_sale(sale, sku="SNKR-1", stock=12, per_user_limit=2, window_start=None, window_end=None)
-    async with ledger.pool.connection() as conn:
+    async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(
             "SELECT stock, per_user_limit, window_start FROM stampede_sales WHERE sale = %s", (sale,)
         )
@@ -171,7 +180,7 @@ async def test_unreachable_database_is_dependency_unavailable(unused_tcp_port: i
     settings = load(Common, env={}, database_url=f"postgresql://x@127.0.0.1:{unused_tcp_port}/x", db_timeout_s=0.5)
     with pytest.raises(errors.DependencyUnavailable) as exc:
         await Ledger.open(settings)
-    assert exc.value.dependency == "postgres"
+    assert exc.value.dependency == Dependency.POSTGRESQL
 
 
 def test_payload_is_compact_json() -> None:

@@ -15,10 +15,13 @@ import pytest
 
 from stampede import errors, restore
 from stampede.audit import Row, audit, counts_from
-from stampede.ledger import COMPENSATED, CONFIRMED, Ledger, PendingReservation, Settlement
+from stampede.domain import Settlement
+from stampede.ledger import Ledger, PendingReservation
 from stampede.names import sale_keys
 from stampede.settings import Common, load
 from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
+from stampede.vocabulary import Status
+from tests.stores import redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -54,7 +57,10 @@ async def test_pending_rows_come_back_reserved_and_then_confirm(ledger: Ledger, 
     a, b, c = pending(sale, "x", 2), pending(sale, "y"), pending(sale, "z")
     await ledger.record_batch([a, b, c])
     await ledger.settle(
-        [Settlement(b.reservation_id, sale, CONFIRMED), Settlement(c.reservation_id, sale, COMPENSATED, "limit")],
+        [
+            Settlement(b.reservation_id, sale, Status.CONFIRMED),
+            Settlement(c.reservation_id, sale, Status.COMPENSATED, "limit"),
+        ],
         attempt=1,
     )
     assert await restore.lost(stock, sale) == restore.MISSING
@@ -70,12 +76,12 @@ async def test_pending_rows_come_back_reserved_and_then_confirm(ledger: Ledger, 
     )  # fmt: skip
     assert snap.balanced and snap.per_user_limit == 2
     assert await restore.lost(stock, sale) is None
-    raw = await stock.client.hmget(sale_keys(sale).meta, ["buyer_rate", "buyer_burst"])
+    raw = await redis_client(stock).hmget(sale_keys(sale).meta, ["buyer_rate", "buyer_burst"])
     assert [float(v) for v in raw] == [2.0, 3.0]  # the rate limits came back from the ledger too
     with pytest.raises(errors.LimitReached):
         await stock.reserve(sale, "x")  # the holds came back: x holds 2 of 2
     assert (await stock.confirm(sale, [a.reservation_id]))[a.reservation_id] == Outcome.CONFIRMED
-    assert await stock.client.exists(sale_keys(sale).restore_lock) == 0
+    assert await redis_client(stock).exists(sale_keys(sale).restore_lock) == 0
     # Restoring again under the same Redis run does nothing.
     assert (await restore.restore_sale(ledger, stock, sale)).outcome == restore.CURRENT
     assert (await stock.snapshot(sale)).confirmed == 3
@@ -87,7 +93,7 @@ async def test_a_sold_out_sale_comes_back_closed_and_a_window_is_kept(
     await mirror(ledger, sale, stock=2)
     rows = [pending(sale, "a"), pending(sale, "b")]
     await ledger.record_batch(rows)
-    await ledger.settle([Settlement(r.reservation_id, sale, CONFIRMED) for r in rows], attempt=1)
+    await ledger.settle([Settlement(r.reservation_id, sale, Status.CONFIRMED) for r in rows], attempt=1)
     assert (await restore.restore_sale(ledger, stock, sale)).remaining == 0
     assert not (await stock.snapshot(sale)).open  # SoldOut keeps its gate closed: no flapping to Live
 
@@ -103,7 +109,7 @@ async def test_unknown_or_deleted_sale_is_never_brought_back(ledger: Ledger, sto
     await mirror(ledger, sale, stock=3)
     await ledger.mark_sale_deleted(sale)
     assert (await restore.restore_sale(ledger, stock, sale)).outcome == restore.GONE
-    assert await stock.client.exists(*sale_keys(sale).all_static()) == 0  # not even its lock is left
+    assert await redis_client(stock).exists(*sale_keys(sale).all_static()) == 0  # not even its lock is left
     with pytest.raises(errors.SaleNotFound):
         await restore.sale_lost(ledger, stock, sale)
     await mirror(ledger, sale, stock=3)  # created again under the same name: a live sale again
@@ -146,14 +152,14 @@ async def test_a_redis_that_lost_nothing_is_left_as_it_was(ledger: Ledger, stock
     await stock.seed(sale, SaleConfig(total=10, per_user_limit=3), open=True)
     taken = [await stock.reserve(sale, f"u{i % 3}") for i in range(6)]
     await ledger.record_batch([PendingReservation(r.reservation_id, sale, r.user, 1, 0) for r in taken[:5]])
-    await ledger.settle([Settlement(taken[0].reservation_id, sale, CONFIRMED)], attempt=1)
+    await ledger.settle([Settlement(taken[0].reservation_id, sale, Status.CONFIRMED)], attempt=1)
     await stock.confirm(sale, [taken[0].reservation_id])
-    await ledger.settle([Settlement(taken[1].reservation_id, sale, COMPENSATED, "limit")], attempt=1)
+    await ledger.settle([Settlement(taken[1].reservation_id, sale, Status.COMPENSATED, "limit")], attempt=1)
     await stock.release(sale, [taken[1].reservation_id])
     before = await stock.snapshot(sale)
     records = {r.reservation_id: r.state for r in await stock.reservations(sale)}
-    holds = await stock.client.hgetall(sale_keys(sale).holds)
-    await stock.client.hset(sale_keys(sale).meta, "run", "an-earlier-run")  # a restart that kept everything
+    holds = await redis_client(stock).hgetall(sale_keys(sale).holds)
+    await redis_client(stock).hset(sale_keys(sale).meta, "run", "an-earlier-run")  # a restart that kept everything
     assert await restore.lost(stock, sale) == restore.RESTARTED
 
     assert (await restore.restore_sale(ledger, stock, sale, reason=restore.RESTARTED)).outcome == restore.RESTORED
@@ -164,7 +170,7 @@ async def test_a_redis_that_lost_nothing_is_left_as_it_was(ledger: Ledger, stock
     )  # fmt: skip
     # The reservation whose ledger write is still in flight (taken[5]) is kept, so is every state.
     assert {r.reservation_id: r.state for r in await stock.reservations(sale)} == records
-    assert await stock.client.hgetall(sale_keys(sale).holds) == holds
+    assert await redis_client(stock).hgetall(sale_keys(sale).holds) == holds
 
 
 async def test_a_redis_that_lost_its_tail_gets_it_back_from_the_ledger(
@@ -177,7 +183,7 @@ async def test_a_redis_that_lost_its_tail_gets_it_back_from_the_ledger(
     kept = await stock.reserve(sale, "a")
     lost_rows = [pending(sale, "b", 2), pending(sale, "a")]
     await ledger.record_batch([PendingReservation(kept.reservation_id, sale, "a", 1, 0), *lost_rows])
-    await stock.client.hset(sale_keys(sale).meta, "run", "an-earlier-run")
+    await redis_client(stock).hset(sale_keys(sale).meta, "run", "an-earlier-run")
 
     await restore.restore_sale(ledger, stock, sale, reason=restore.RESTARTED)
 

@@ -9,6 +9,7 @@ import pytest
 from stampede import errors
 from stampede.names import sale_keys
 from stampede.stock import Outcome, SaleConfig, StockEngine
+from tests.stores import redis_client
 
 pytestmark = pytest.mark.redis
 
@@ -252,7 +253,7 @@ async def test_delete_removes_every_key(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=5, buyer_rate=10, buyer_burst=10), open=True)
     await stock.reserve(sale, "alice", idempotency_key="k", client_ip="1.2.3.4")
     assert await stock.delete(sale) >= 6
-    assert await stock.client.keys(f"{sale_keys(sale).base}*") == []
+    assert await redis_client(stock).keys(f"{sale_keys(sale).base}*") == []
 
 
 async def test_pending_older_than_uses_redis_clock(stock: StockEngine, sale: str) -> None:

@@ -24,6 +24,7 @@ from stampede.migrate import migrate
 from stampede.names import QUEUE_SETTLE
 from stampede.settings import WorkerSettings, load
 from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import JobStatus
 from stampede_worker import tasks
 
 
@@ -107,7 +108,7 @@ class Harness:
 
     async def idle(self) -> bool:
         depth = await queue.queue_depth(self.pool)
-        return depth[queue.TODO] + depth[queue.DOING] == 0
+        return depth[JobStatus.TODO] + depth[JobStatus.DOING] == 0
 
     async def drain(
         self,

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from stampede import queue
-from stampede.ledger import CONFIRMED, Ledger
+from stampede.ledger import Ledger
+from stampede.vocabulary import JobStatus, Status
 from stampede_worker import settle
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -48,7 +48,7 @@ async def test_concurrent_writers_share_a_bounded_set_of_jobs(harness, sale) -> 
 
     async def watch() -> None:
         while writing:
-            todo_seen.append((await _sale_jobs(harness, sale)).get(queue.TODO, 0))
+            todo_seen.append((await _sale_jobs(harness, sale)).get(JobStatus.TODO, 0))
             await asyncio.sleep(0.005)
 
     async def settled() -> bool:
@@ -70,7 +70,7 @@ async def test_concurrent_writers_share_a_bounded_set_of_jobs(harness, sale) -> 
     assert set(jobs) == {"succeeded"}, jobs
     assert jobs["succeeded"] < len(chunks) / 3, f"{jobs['succeeded']} jobs for {len(chunks)} batches"
     rows = await harness.ledger.rows(sale)
-    assert len(rows) == n and {r.status for r in rows} == {CONFIRMED}
+    assert len(rows) == n and {r.status for r in rows} == {Status.CONFIRMED}
     await harness.audit(sale, total=n, accepted=[r.reservation_id for r in res])
 
 
@@ -87,7 +87,7 @@ async def test_a_claim_takes_at_most_its_limit_and_the_job_drains_the_shard(harn
     )
     assert (report.confirmed, report.compensated) == (n, 0)
     rows = await harness.ledger.rows(sale)
-    assert {r.status for r in rows} == {CONFIRMED}
+    assert {r.status for r in rows} == {Status.CONFIRMED}
     # The job that decided them stamped its id on them; the job itself then finds nothing left.
     assert {(await harness.ledger.get_reservation(r.reservation_id)).job_id for r in res[:3]} == {job}
     await harness.drain()

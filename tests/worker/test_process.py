@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from stampede.audit import audit, counts_from
-from stampede.ledger import CONFIRMED, PENDING, Ledger, PendingReservation
+from stampede.ledger import Ledger, PendingReservation
 from stampede.migrate import migrate
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import Status
 from stampede_dev.devstack import free_port
+from tests.stores import ledger_pool
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.faults, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +92,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     )
     try:
         deadline = time.monotonic() + 30
-        while (await own_ledger.counts(sale))[CONFIRMED] == 0:
+        while (await own_ledger.counts(sale))[Status.CONFIRMED] == 0:
             assert first.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the first worker settled nothing"
             await asyncio.sleep(0.02)
@@ -99,10 +101,10 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     finally:
         if first.poll() is None:
             first.kill()
-    torn_ledger = (await own_ledger.counts(sale))[CONFIRMED]
+    torn_ledger = (await own_ledger.counts(sale))[Status.CONFIRMED]
     torn_redis = (await stock.snapshot(sale)).confirmed
     assert 0 < torn_ledger < n and torn_redis < torn_ledger, (torn_ledger, torn_redis)
-    async with own_ledger.pool.connection() as conn:
+    async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'")
         doing = (await cur.fetchone() or [0])[0]
     assert doing > 0, "the kill left no job running: it did not hit mid-settle"
@@ -113,7 +115,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
         while True:
             counts = await own_ledger.counts(sale)
             snap = await stock.snapshot(sale)
-            if counts[PENDING] == 0 and snap.pending == 0:
+            if counts[Status.PENDING] == 0 and snap.pending == 0:
                 break
             assert second.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, f"not settled in time: {counts}, redis pending {snap.pending}"
@@ -133,7 +135,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     report = audit(sale, stock=n, per_user_limit=1, accepted=accepted, rows=rows, redis=counts_from(snap))
     assert report.ok, report.render()
     assert (report.confirmed_units, snap.confirmed, snap.remaining, snap.released) == (n, n, 0, 0)
-    async with own_ledger.pool.connection() as conn:
+    async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
         jobs = dict(await cur.fetchall())
     # 20 batches written before any worker ran joined one waiting job per shard: settling is coalesced.
@@ -154,7 +156,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     proc = _start(redis_url, fresh_database_url, free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
     try:
         deadline = time.monotonic() + 30
-        while (counts := await own_ledger.counts(sale))[CONFIRMED] == 0:
+        while (counts := await own_ledger.counts(sale))[Status.CONFIRMED] == 0:
             assert proc.poll() is None and time.monotonic() < deadline, (counts, log.read_text()[-3000:])
             await asyncio.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -162,14 +164,17 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     finally:
         if proc.poll() is None:
             proc.kill()
-    async with own_ledger.pool.connection() as conn:
+    async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
         jobs = dict(await cur.fetchall())
     # The jobs it had started finished (none left 'doing'); the rest wait for the next worker.
     assert "doing" not in jobs and jobs.get("succeeded", 0) >= 1, jobs
     counts = await own_ledger.counts(sale)
     snap = await stock.snapshot(sale)
-    assert (snap.confirmed, snap.pending) == (counts[CONFIRMED], counts[PENDING])  # Redis agrees, no drift
+    assert (snap.confirmed, snap.pending) == (
+        counts[Status.CONFIRMED],
+        counts[Status.PENDING],
+    )  # Redis agrees, no drift
     rows = await own_ledger.rows(sale)
     report = audit(
         sale,
@@ -199,7 +204,7 @@ async def test_sigkill_mid_claim_loses_nothing(
     async def claims_open() -> int:
         # Claims holding rows locked, waiting on their worker (read without taking any lock: a locking
         # probe would make the claims skip the rows it holds).
-        async with own_ledger.pool.connection() as conn:
+        async with ledger_pool(own_ledger).connection() as conn:
             cur = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND state = 'idle in transaction' AND query LIKE '%%FOR UPDATE SKIP LOCKED%%'"
@@ -225,7 +230,7 @@ async def test_sigkill_mid_claim_loses_nothing(
             first.kill()
     # Killed mid-claim: nothing was decided, and PostgreSQL gives the rows back as soon as it sees the
     # connection go.
-    assert (await own_ledger.counts(sale))[PENDING] == n
+    assert (await own_ledger.counts(sale))[Status.PENDING] == n
     snap = await stock.snapshot(sale)
     assert (snap.pending, snap.confirmed) == (n, 0)
     deadline = time.monotonic() + 10
@@ -239,11 +244,11 @@ async def test_sigkill_mid_claim_loses_nothing(
         while True:
             counts = await own_ledger.counts(sale)
             snap = await stock.snapshot(sale)
-            async with own_ledger.pool.connection() as conn:
+            async with ledger_pool(own_ledger).connection() as conn:
                 cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
                 jobs = dict(await cur.fetchall())
             # Settled, and the killed job itself recovered (stalled) and run again to success.
-            if counts[PENDING] == 0 and snap.pending == 0 and set(jobs) == {"succeeded"}:
+            if counts[Status.PENDING] == 0 and snap.pending == 0 and set(jobs) == {"succeeded"}:
                 break
             assert second.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, (counts, jobs, snap.pending, log.read_text()[-6000:])

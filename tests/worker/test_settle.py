@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 
 from stampede import errors
-from stampede.ledger import COMPENSATED, CONFIRMED, Ledger, Settled, Settlement, batch_payload
+from stampede.domain import Settled, Settlement
+from stampede.ledger import Ledger, batch_payload
 from stampede.stock import Outcome, StockEngine
+from stampede.vocabulary import Dependency, Reason, Status
 from stampede_worker import settle
+from tests.stores import ledger_pool, redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -26,11 +29,11 @@ async def test_happy_path_confirms_every_reservation(harness, sale) -> None:
     jobs = await harness.record(a[:100]) + await harness.record(a[100:] + b)
     await harness.drain()
     assert await harness.job_statuses(jobs) == ["succeeded"] * len(jobs)
-    assert (await harness.ledger.counts(sale))[CONFIRMED] == 150
+    assert (await harness.ledger.counts(sale))[Status.CONFIRMED] == 150
     await harness.audit(sale, total=150, accepted=[r.reservation_id for r in a])
     await harness.audit(other, total=60, accepted=[r.reservation_id for r in b])
     row = await harness.ledger.get_reservation(a[0].reservation_id)
-    assert row is not None and row.status == CONFIRMED and row.attempts == 1 and row.settled_at is not None
+    assert row is not None and row.status == Status.CONFIRMED and row.attempts == 1 and row.settled_at is not None
 
 
 async def test_duplicate_delivery_settles_each_reservation_once(harness, sale) -> None:
@@ -42,7 +45,7 @@ async def test_duplicate_delivery_settles_each_reservation_once(harness, sale) -
     await harness.ledger.record_batch(res[:10])
     await harness.drain()
     rows = await harness.ledger.rows(sale)
-    assert len(rows) == 80 and {r.status for r in rows} == {CONFIRMED}
+    assert len(rows) == 80 and {r.status for r in rows} == {Status.CONFIRMED}
     snap = await harness.stock.snapshot(sale)
     assert (snap.confirmed, snap.pending, snap.released) == (80, 0, 0)
     await harness.audit(sale, total=80, accepted=[r.reservation_id for r in res])
@@ -52,7 +55,7 @@ class FlakyStock(StockEngine):
     """Redis that drops the first ``failures`` confirm calls, after the ledger already moved."""
 
     def __init__(self, base: StockEngine, failures: int) -> None:
-        super().__init__(base.client)
+        super().__init__(redis_client(base))
         self.failures = failures
         self.calls = 0
 
@@ -76,7 +79,7 @@ async def test_transient_failure_is_retried_then_succeeds(harness, sale) -> None
     assert next(iter(jobs)).attempts == 3  # three runs: two retried, one succeeded
     # The ledger moved on the first attempt; the retries only replayed the outcome to Redis.
     rows = await harness.ledger.rows(sale)
-    assert {r.status for r in rows} == {CONFIRMED}
+    assert {r.status for r in rows} == {Status.CONFIRMED}
     await harness.audit(sale, total=50, accepted=[r.reservation_id for r in res])
 
 
@@ -84,11 +87,11 @@ class BrokenLedger(Ledger):
     """A ledger whose confirm path fails: permanently (a bug) or transiently (always unreachable)."""
 
     def __init__(self, base: Ledger, error: Exception) -> None:
-        super().__init__(base.pool)
+        super().__init__(ledger_pool(base))
         self.error = error
 
     async def settle(self, settlements: Sequence[Settlement], *, attempt: int, **kw: Any) -> list[Settled]:
-        if any(s.outcome == CONFIRMED for s in settlements):
+        if any(s.outcome == Status.CONFIRMED for s in settlements):
             raise self.error
         return await super().settle(settlements, attempt=attempt, **kw)
 
@@ -96,8 +99,8 @@ class BrokenLedger(Ledger):
 @pytest.mark.parametrize(
     ("error", "reason"),
     [
-        (RuntimeError("injected: a bug"), settle.REASON_ERROR),
-        (errors.DependencyUnavailable("postgres", "injected"), settle.REASON_RETRIES_EXHAUSTED),
+        (RuntimeError("injected: a bug"), Reason.SETTLE_ERROR),
+        (errors.DependencyUnavailable(Dependency.POSTGRESQL, "injected"), Reason.RETRIES_EXHAUSTED),
     ],
     ids=["permanent", "retries-exhausted"],
 )
@@ -107,7 +110,7 @@ async def test_failure_for_good_compensates_and_returns_stock_once(harness, sale
     await harness.drain(ledger=BrokenLedger(harness.ledger, error))
     assert await harness.job_statuses([job]) == ["failed"]
     rows = await harness.ledger.rows(sale)
-    assert {r.status for r in rows} == {COMPENSATED}
+    assert {r.status for r in rows} == {Status.COMPENSATED}
     row = await harness.ledger.get_reservation(res[0].reservation_id)
     assert row is not None and row.reason == reason
     snap = await harness.stock.snapshot(sale)
@@ -117,7 +120,7 @@ async def test_failure_for_good_compensates_and_returns_stock_once(harness, sale
     await harness.drain()
     snap = await harness.stock.snapshot(sale)
     assert (snap.remaining, snap.released, snap.confirmed) == (40, 40, 0)
-    assert {r.status for r in await harness.ledger.rows(sale)} == {COMPENSATED}
+    assert {r.status for r in await harness.ledger.rows(sale)} == {Status.COMPENSATED}
     await harness.audit(sale, total=40, accepted=[r.reservation_id for r in res])
 
 
@@ -133,17 +136,17 @@ async def test_bad_reservations_are_compensated_alone(harness, sale) -> None:
     await harness.drain()
     assert await harness.job_statuses([job, ghost_job, bad_job]) == ["succeeded", "succeeded", "failed"]
     statuses = {r.reservation_id: r.status for r in await harness.ledger.rows(sale)}
-    assert statuses.pop(released.reservation_id) == COMPENSATED
-    assert statuses.pop(ghost.reservation_id) == COMPENSATED
-    assert set(statuses.values()) == {CONFIRMED} and len(statuses) == 29
+    assert statuses.pop(released.reservation_id) == Status.COMPENSATED
+    assert statuses.pop(ghost.reservation_id) == Status.COMPENSATED
+    assert set(statuses.values()) == {Status.CONFIRMED} and len(statuses) == 29
     reasons = {
         rid: (await harness.ledger.get_reservation(rid)).reason
         for rid in (released.reservation_id, ghost.reservation_id, unknown_sale.reservation_id)
     }
     assert reasons == {
-        released.reservation_id: settle.REASON_RELEASED,
-        ghost.reservation_id: settle.REASON_NOT_IN_REDIS,
-        unknown_sale.reservation_id: settle.REASON_UNKNOWN_SALE,
+        released.reservation_id: Reason.RELEASED_IN_REDIS,
+        ghost.reservation_id: Reason.NOT_IN_REDIS,
+        unknown_sale.reservation_id: Reason.UNKNOWN_SALE,
     }
     await harness.audit(sale, total=30, accepted=[r.reservation_id for r in res] + [ghost.reservation_id])
 
@@ -173,7 +176,7 @@ async def test_malformed_payloads_fail_alone_and_never_stop_the_worker(harness, 
     assert await harness.job_statuses(good) == ["succeeded"]
     # The stray rows were settled by whichever job got them first: their own (confirmed) or the bad one.
     rows = {r.reservation_id: r.status for r in await harness.ledger.rows(sale)}
-    assert len(rows) == 20 and all(s in (CONFIRMED, COMPENSATED) for s in rows.values())
+    assert len(rows) == 20 and all(s in (Status.CONFIRMED, Status.COMPENSATED) for s in rows.values())
     await harness.audit(sale, total=20, accepted=[r.reservation_id for r in res])
 
 
@@ -213,7 +216,7 @@ async def test_a_sale_redis_lost_is_restored_and_its_reservations_confirmed(harn
     await harness.stock.delete(sale)
     await harness.drain()
     assert set(await harness.job_statuses(jobs)) == {"succeeded"}
-    assert {r.status for r in await harness.ledger.rows(sale)} == {CONFIRMED}
+    assert {r.status for r in await harness.ledger.rows(sale)} == {Status.CONFIRMED}
     snap = await harness.stock.snapshot(sale)
     assert (snap.total, snap.remaining, snap.pending, snap.confirmed, snap.released) == (100, 40, 0, 60, 0)
     await harness.audit(sale, total=100, accepted=[r.reservation_id for r in res])
@@ -239,5 +242,5 @@ async def test_while_another_process_restores_the_sale_the_job_waits(harness, sa
     assert await harness.stock.unlock_restore(sale, "another-process")
     await harness.drain()
     assert await harness.job_statuses([job]) == ["succeeded"]
-    assert {r.status for r in await harness.ledger.rows(sale)} == {CONFIRMED}
+    assert {r.status for r in await harness.ledger.rows(sale)} == {Status.CONFIRMED}
     await harness.audit(sale, total=5, accepted=[r.reservation_id for r in res])

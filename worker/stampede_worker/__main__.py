@@ -20,9 +20,8 @@ from collections.abc import Awaitable, Callable
 import procrastinate
 import procrastinate.exceptions
 import psycopg
-import psycopg_pool
 
-from stampede import logs, metrics, queue
+from stampede import logs, metrics, pgerrors, queue
 from stampede.errors import DependencyUnavailable
 from stampede.ledger import Ledger
 from stampede.names import QUEUE_SETTLE
@@ -47,9 +46,9 @@ async def run(settings: WorkerSettings) -> None:
     pool = queue.make_pool(settings, max_size=settings.worker_concurrency + 4)
     try:
         await pool.open(wait=True, timeout=settings.db_timeout_s)
-    except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
+    except pgerrors.UNAVAILABLE as exc:
         await pool.close()
-        raise DependencyUnavailable("postgres", str(exc)) from exc
+        raise pgerrors.unavailable(exc) from exc
     ledger = Ledger(pool, settle_shards=settings.settle_shards)
     stock = StockEngine.from_url(settings.redis_url, settings.redis_max_connections)
     app = queue.build_app(settings)

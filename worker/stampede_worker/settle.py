@@ -38,29 +38,14 @@ import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stampede import errors, metrics, restore
-from stampede.ledger import (
-    COMPENSATED,
-    CONFIRMED,
-    PAYLOAD_VERSION,
-    PENDING,
-    Claim,
-    Ledger,
-    Settled,
-    Settlement,
-)
-from stampede.names import STATE_RELEASED, sale_keys
-from stampede.stock import Outcome, StockEngine, parse_record
+from stampede import compensation, errors, metrics, restore
+from stampede.domain import Outcome, Settled, Settlement
+from stampede.ledger import PAYLOAD_VERSION, Claim, Ledger
+from stampede.names import sale_keys
+from stampede.stock import StockEngine
+from stampede.vocabulary import Reason, RedisState, Status
 
 log = logging.getLogger(__name__)
-
-# Compensation reasons (a fixed set: they label a metric).
-REASON_RELEASED = "released_in_redis"
-REASON_NOT_IN_REDIS = "not_in_redis"
-REASON_UNKNOWN_SALE = "unknown_sale"
-REASON_INVALID_SALE = "invalid_sale"
-REASON_RETRIES_EXHAUSTED = "retries_exhausted"
-REASON_ERROR = "settle_error"
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     errors.DependencyUnavailable,
@@ -184,27 +169,10 @@ def parse_payload(payload: Mapping[str, Any]) -> Batch:
 async def redis_states(stock: StockEngine, by_sale: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, str | None]]:
     """{sale: ...} -> {reservation_id: (sale, Redis state or None)}; a sale Redis does not know maps
     every id to (sale, 'unknown_sale'). One pipelined round trip for the whole batch."""
-    sales = list(by_sale)
-    try:
-        pipe = stock.client.pipeline(transaction=False)
-        for sale in sales:
-            keys = sale_keys(sale)
-            pipe.exists(keys.meta)
-            pipe.hmget(keys.reservations, list(by_sale[sale]))
-        answers = await pipe.execute()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise errors.DependencyUnavailable("redis", str(exc)) from exc
     out: dict[str, tuple[str, str | None]] = {}
-    for n, sale in enumerate(sales):
-        exists, records = answers[2 * n], answers[2 * n + 1]
-        for rid, raw in zip(by_sale[sale], records, strict=True):
-            if not exists:
-                out[rid] = (sale, REASON_UNKNOWN_SALE)
-            elif raw is None:
-                out[rid] = (sale, None)
-            else:
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                out[rid] = (sale, parse_record(rid, text).state)
+    for sale, states in (await stock.states(by_sale)).items():
+        for rid in by_sale[sale]:
+            out[rid] = (sale, Reason.UNKNOWN_SALE if states is None else states[rid])
     return out
 
 
@@ -220,7 +188,7 @@ async def restore_lost_sales(
     read again, so its pending rows are confirmed. While another process restores it the batch is retried
     later (``SaleRestoring`` is transient). Only a sale the ledger does not know, or that was deleted,
     stays ``unknown_sale`` and is compensated."""
-    unknown = sorted({sale for sale, state in states.values() if state == REASON_UNKNOWN_SALE})
+    unknown = sorted({sale for sale, state in states.values() if state == Reason.UNKNOWN_SALE})
     again: dict[str, Sequence[str]] = {}
     for sale in unknown:
         result = await restore.restore_sale(ledger, stock, sale)
@@ -231,8 +199,8 @@ async def restore_lost_sales(
     if not again:
         return states
     fresh = await redis_states(stock, again)
-    if any(state == REASON_UNKNOWN_SALE for _, state in fresh.values()):
-        raise errors.SaleRestoring(next(sale for sale, state in fresh.values() if state == REASON_UNKNOWN_SALE))
+    if any(state == Reason.UNKNOWN_SALE for _, state in fresh.values()):
+        raise errors.SaleRestoring(next(sale for sale, state in fresh.values() if state == Reason.UNKNOWN_SALE))
     return {**states, **fresh}
 
 
@@ -240,15 +208,15 @@ def decide(batch: Batch, states: Mapping[str, tuple[str, str | None]]) -> list[S
     """The wanted outcome of every reservation of the batch from what Redis holds."""
     wanted: list[Settlement] = []
     for rid, (sale, state) in states.items():
-        if state == REASON_UNKNOWN_SALE:
-            wanted.append(Settlement(rid, sale, COMPENSATED, REASON_UNKNOWN_SALE))
+        if state == Reason.UNKNOWN_SALE:
+            wanted.append(Settlement(rid, sale, Status.COMPENSATED, Reason.UNKNOWN_SALE))
         elif state is None:
-            wanted.append(Settlement(rid, sale, COMPENSATED, REASON_NOT_IN_REDIS))
-        elif state == STATE_RELEASED:
-            wanted.append(Settlement(rid, sale, COMPENSATED, REASON_RELEASED))
+            wanted.append(Settlement(rid, sale, Status.COMPENSATED, Reason.NOT_IN_REDIS))
+        elif state == RedisState.RELEASED:
+            wanted.append(Settlement(rid, sale, Status.COMPENSATED, Reason.RELEASED_IN_REDIS))
         else:  # pending, or confirmed by an earlier run whose ledger write is what we are redoing
-            wanted.append(Settlement(rid, sale, CONFIRMED))
-    wanted += [Settlement(rid, None, COMPENSATED, REASON_INVALID_SALE) for rid in batch.bad_sale]
+            wanted.append(Settlement(rid, sale, Status.CONFIRMED))
+    wanted += [Settlement(rid, None, Status.COMPENSATED, Reason.INVALID_SALE) for rid in batch.bad_sale]
     return wanted
 
 
@@ -258,9 +226,9 @@ async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: R
     confirm: dict[str, list[str]] = {}
     release: dict[str, list[str]] = {}
     for r in rows:
-        if r.status == CONFIRMED:
+        if r.status == Status.CONFIRMED:
             confirm.setdefault(r.sale, []).append(r.reservation_id)
-        elif r.status == COMPENSATED:
+        elif r.status == Status.COMPENSATED:
             release.setdefault(r.sale, []).append(r.reservation_id)
 
     async def one(sale: str) -> None:
@@ -278,24 +246,29 @@ async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: R
                         extra={"sale": sale, "reservation_id": rid, "redis": outcome.value, "job_id": job_id},
                     )
         if sale in release:
-            for rid, outcome in (await stock.release(sale, release[sale])).items():
-                if outcome is Outcome.REFUSED_CONFIRMED:
-                    report.disagreements += 1
-                    metrics.WORKER_DISAGREEMENTS.labels(outcome.value).inc()
-                    log.error(
-                        "ledger compensated a reservation Redis holds confirmed; left for the reconciler",
-                        extra={"sale": sale, "reservation_id": rid, "job_id": job_id},
-                    )
+            _check_released(sale, await stock.release(sale, release[sale]), report, job_id)
 
     await asyncio.gather(*(one(s) for s in {*confirm, *release}))
+
+
+def _check_released(sale: str, outcomes: Mapping[str, Outcome], report: Report, job_id: int | None) -> None:
+    """Counts and logs each release Redis refused: the ledger compensated what Redis holds confirmed."""
+    for rid, outcome in outcomes.items():
+        if outcome is Outcome.REFUSED_CONFIRMED:
+            report.disagreements += 1
+            metrics.WORKER_DISAGREEMENTS.labels(outcome.value).inc()
+            log.error(
+                "ledger compensated a reservation Redis holds confirmed; left for the reconciler",
+                extra={"sale": sale, "reservation_id": rid, "job_id": job_id},
+            )
 
 
 def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], job_id: int | None) -> None:
     """Counts and logs each reservation this step moved to compensated, with the reason it was given."""
     reasons = {w.reservation_id: w.reason for w in wanted}
     for r in rows:
-        if r.moved and r.status == COMPENSATED:
-            reason = reasons.get(r.reservation_id) or REASON_ERROR
+        if r.moved and r.status == Status.COMPENSATED:
+            reason = reasons.get(r.reservation_id) or Reason.SETTLE_ERROR
             metrics.WORKER_COMPENSATED.labels(reason).inc()
             log.warning(
                 "reservation compensated",
@@ -306,17 +279,17 @@ def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], jo
 def _account(rows: Sequence[Settled], report: Report) -> None:
     for r in rows:
         if not r.moved:
-            if r.status != PENDING:
+            if r.status != Status.PENDING:
                 report.replayed += 1
             continue
         if r.lag_s is not None:
             metrics.WORKER_SETTLE_LAG.observe(r.lag_s)
-        if r.status == CONFIRMED:
+        if r.status == Status.CONFIRMED:
             report.confirmed += 1
         else:
             report.compensated += 1
-    metrics.WORKER_RESERVATIONS.labels(CONFIRMED).inc(report.confirmed)
-    metrics.WORKER_RESERVATIONS.labels(COMPENSATED).inc(report.compensated)
+    metrics.WORKER_RESERVATIONS.labels(Status.CONFIRMED).inc(report.confirmed)
+    metrics.WORKER_RESERVATIONS.labels(Status.COMPENSATED).inc(report.compensated)
     metrics.WORKER_REPLAYED.inc(report.replayed)
 
 
@@ -328,20 +301,22 @@ async def _settle(
     states = await restore_lost_sales(batch.by_sale, states, ledger=ledger, stock=stock)
     wanted = decide(batch, states)
     rows = await ledger.settle(wanted, attempt=attempt)
-    unmoved = [r.reservation_id for r in rows if r.status == PENDING]
+    unmoved = [r.reservation_id for r in rows if r.status == Status.PENDING]
     if unmoved:
         # Seen pending in the statement's snapshot but not moved: either another writer (a duplicate job,
         # the reconciler) moved them first, or the payload's sale is not theirs. A fresh read tells which.
         fresh = {r.reservation_id: r for r in await ledger.current(unmoved)}
-        rows = [fresh.get(r.reservation_id, r) if r.status == PENDING else r for r in rows]
+        rows = [fresh.get(r.reservation_id, r) if r.status == Status.PENDING else r for r in rows]
     _account(rows, report)
     _count_compensated(rows, wanted, job_id)
     report.problems.extend(
-        f"{r.reservation_id}: payload sale does not match the ledger's {r.sale!r}" for r in rows if r.status == PENDING
+        f"{r.reservation_id}: payload sale does not match the ledger's {r.sale!r}"
+        for r in rows
+        if r.status == Status.PENDING
     )
     # A sale Redis does not know is bad input, not a buyer's bad luck: its reservations were compensated
     # above, each on its own, and the job is then failed so the bad producer shows up (settle_batch).
-    unknown = sorted({sale for sale, state in states.values() if state == REASON_UNKNOWN_SALE})
+    unknown = sorted({sale for sale, state in states.values() if state == Reason.UNKNOWN_SALE})
     if unknown:
         report.problems.append(f"sales unknown to Redis: {', '.join(unknown[:5])}")
     known = {r.reservation_id for r in rows}
@@ -360,13 +335,13 @@ async def _settle_chunk(
     """Decides the claimed rows from their Redis state and moves them on the claim's transaction."""
     batch = Batch(by_sale={sale: [r.reservation_id for r in claim.rows]})
     states = await redis_states(stock, batch.by_sale)
-    if any(state == REASON_UNKNOWN_SALE for _, state in states.values()) and await ledger.sale_exists(sale):
+    if any(state == Reason.UNKNOWN_SALE for _, state in states.values()) and await ledger.sale_exists(sale):
         raise SaleLost(sale)  # restored outside this claim's transaction, which this rolls back
     wanted = decide(batch, states)
     rows = await ledger.settle(wanted, attempt=attempt, job_id=job_id, claim=claim)
     _account(rows, report)
     _count_compensated(rows, wanted, job_id)
-    if any(state == REASON_UNKNOWN_SALE for _, state in states.values()):
+    if any(state == Reason.UNKNOWN_SALE for _, state in states.values()):
         problem = f"sales unknown to Redis: {sale}"
         if problem not in report.problems:
             report.problems.append(problem)
@@ -433,7 +408,7 @@ async def settle_shard(
             log.error("settle_batch retries exhausted: compensating", extra={"job_id": job_id, "error": str(exc)})
             await _give_up(
                 Batch(by_sale={sale: claimed}),
-                REASON_RETRIES_EXHAUSTED,
+                Reason.RETRIES_EXHAUSTED,
                 ledger=ledger,
                 stock=stock,
                 attempt=attempt,
@@ -443,7 +418,12 @@ async def settle_shard(
         except Exception as exc:
             log.exception("settle_batch failed for good: compensating", extra={"job_id": job_id, "sale": sale})
             await _give_up(
-                Batch(by_sale={sale: claimed}), REASON_ERROR, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id
+                Batch(by_sale={sale: claimed}),
+                Reason.SETTLE_ERROR,
+                ledger=ledger,
+                stock=stock,
+                attempt=attempt,
+                job_id=job_id,
             )
             raise SettleFailed(f"{type(exc).__name__}: {exc}") from exc
         metrics.WORKER_CLAIM_SIZE.observe(len(claimed))
@@ -468,22 +448,24 @@ async def settle_shard(
 
 
 async def compensate_all(
-    batch: Batch, reason: str, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None
+    batch: Batch, reason: Reason, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None
 ) -> Report:
-    """Gives up on the batch: every reservation still pending becomes ``compensated`` with ``reason``,
-    and only those moves (plus outcomes decided earlier, replayed) are followed in Redis."""
+    """Gives up on the batch: every reservation still pending becomes ``compensated`` with ``reason``
+    (``stampede.compensation``: released in Redis only where this move won); outcomes decided earlier
+    are replayed to Redis."""
     report = Report(problems=list(batch.problems))
-    wanted = [Settlement(rid, None, COMPENSATED, reason) for rid in batch.all_ids()]
-    rows = await ledger.settle(wanted, attempt=attempt)
-    _account(rows, report)
-    for r in rows:
+    done = await compensation.compensate(ledger, stock, batch.all_ids(), reason, sale=None, attempt=attempt)
+    _account(done.rows, report)
+    for r in done.rows:
         if r.moved:
             metrics.WORKER_COMPENSATED.labels(reason).inc()
             log.warning(
                 "reservation compensated",
                 extra={"sale": r.sale, "reservation_id": r.reservation_id, "reason": reason, "job_id": job_id},
             )
-    await follow_in_redis(stock, rows, report, job_id)
+    for sale, outcomes in done.released.items():
+        _check_released(sale, outcomes, report, job_id)
+    await follow_in_redis(stock, [r for r in done.rows if not r.moved], report, job_id)
     return report
 
 
@@ -510,11 +492,11 @@ async def settle_batch(
         if not final:
             raise Transient(f"{type(exc).__name__}: {exc}") from exc
         log.error("settle_batch retries exhausted: compensating", extra={"job_id": job_id, "error": str(exc)})
-        await _give_up(batch, REASON_RETRIES_EXHAUSTED, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)
+        await _give_up(batch, Reason.RETRIES_EXHAUSTED, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)
         raise SettleFailed(f"retries exhausted: {exc}") from exc
     except Exception as exc:
         log.exception("settle_batch failed for good: compensating", extra={"job_id": job_id})
-        await _give_up(batch, REASON_ERROR, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)
+        await _give_up(batch, Reason.SETTLE_ERROR, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)
         raise SettleFailed(f"{type(exc).__name__}: {exc}") from exc
     if report.problems:
         log.error(

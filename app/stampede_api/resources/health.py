@@ -14,6 +14,7 @@ import time
 import falcon
 import falcon.asgi
 
+from stampede.vocabulary import Dependency
 from stampede_api.errors import ApiError
 from stampede_api.services import Services
 
@@ -37,12 +38,12 @@ class Readyz:
     async def _ping_all(self) -> dict[str, str]:
         assert self.s.stock is not None and self.s.ledger is not None
         checks: dict[str, str] = {}
-        for name, ping in (("redis", self.s.stock.client.ping()), ("postgresql", self.s.ledger.ping())):
+        for name, ping in ((Dependency.REDIS, self.s.stock.ping()), (Dependency.POSTGRESQL, self.s.ledger.ping())):
             try:
                 await asyncio.wait_for(ping, _PING_TIMEOUT_S)
-                checks[name] = "ok"
+                checks[name.value] = "ok"  # a plain str key: the JSON encoder takes no str subclass as a key
             except Exception:
-                checks[name] = "unavailable"
+                checks[name.value] = "unavailable"
         return checks
 
     async def _checks(self) -> dict[str, str]:

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
-from stampede import errors, metrics, sqlfiles
+from stampede import errors, metrics, pgerrors, sqlfiles
 from stampede.stock import StockEngine
 from stampede_api.batcher import Batcher
 
@@ -58,11 +57,9 @@ class Strategy:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection; losing PostgreSQL is DependencyUnavailable (503), as on the real path."""
-        try:
+        with pgerrors.mapped():
             async with self.pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
-            raise errors.DependencyUnavailable("postgresql", str(exc)) from exc
 
     async def _insert_order(
         self, conn: psycopg.AsyncConnection[Any], product: str, user: str, ref: str | None

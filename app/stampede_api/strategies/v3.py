@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from stampede import errors
+from stampede.vocabulary import Dependency
 
 from .base import BuyResult, Strategy, _stats, q
 
@@ -22,7 +23,7 @@ class RedisThenSyncInsert(Strategy):
                 body = await self._insert_order(conn, product, user, r.reservation_id)
         except Exception as exc:
             await self.b.stock.release(product, [r.reservation_id])
-            raise errors.DependencyUnavailable("postgresql", str(exc)) from exc
+            raise errors.DependencyUnavailable(Dependency.POSTGRESQL, str(exc)) from exc
         await self.b.stock.confirm(product, [r.reservation_id])
         return self._accepted(body)
 

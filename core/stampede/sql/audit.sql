@@ -1,4 +1,4 @@
--- Named queries of the sale audit (stampede_dev.sale_audit).
+-- Named queries of the sale audit (stampede.ledger.Ledger, for stampede_dev.sale_audit).
 
 -- name: lag_percentiles
 -- 202 -> settled lag of a sale's confirmed reservations, in seconds.

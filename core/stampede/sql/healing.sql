@@ -1,4 +1,4 @@
--- Named queries of the reconciler (stampede_operator.reconcile) that the ledger module does not offer.
+-- Named queries of the reconciler's reads and writes (stampede.ledger.Ledger, for stampede_operator.reconcile).
 -- Status moves still go only out of pending (the trigger of migration 0001 guards them too).
 
 -- name: sale_rows
@@ -33,11 +33,9 @@ SELECT reservation_id::text FROM ins;
 
 -- name: redefer
 -- Defers one new settle_batch job for rows still pending whose job vanished or finished without settling
--- them, and points those rows at it, in one statement. Returns the job id and how many rows it carries.
+-- them, and points those rows at it, in one statement (the deferral of migration 0011). Returns the job id and how many rows it carries.
 WITH job AS (
-    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[
-        ROW(%(queue)s, %(task)s, 0, NULL, NULL, %(args)s::jsonb, NULL)::procrastinate_job_to_defer_v1
-    ])) AS id
+    SELECT stampede_defer_settle_job(%(queue)s, %(task)s, %(args)s::jsonb) AS id
 ), upd AS (
     UPDATE stampede_ledger l
        SET job_id = job.id

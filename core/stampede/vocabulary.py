@@ -1,0 +1,61 @@
+"""The words every part must spell the same: reservation statuses in the ledger, reservation states in
+Redis, compensation reasons, job statuses and the names of the dependencies. Each is a ``StrEnum`` defined
+only here; a member is its string, so it goes into SQL, JSON, logs and metric labels unchanged."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A reservation's status in the ledger. It moves only out of ``pending`` (migration 0001's trigger)."""
+
+    PENDING = "pending"
+    CONFIRMED = "confirmed"  # an order
+    COMPENSATED = "compensated"  # given back, with a ``Reason``
+
+
+class RedisState(StrEnum):
+    """A reservation's state as Redis records it (the ``res`` hash, written by the Lua scripts)."""
+
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"  # its units went back to stock
+
+
+class Reason(StrEnum):
+    """Why a reservation was compensated (a fixed set: they label metrics)."""
+
+    # The reconciler and the operator.
+    LOST_BEFORE_ACK = "lost_before_ack"  # Redis took it, the ledger never heard of it: no 202 was sent
+    JOB_FAILED = "job_failed"  # its settle job failed for good
+    SALE_DELETED = "sale_deleted"  # still pending when the FlashSale was deleted and the queue did not drain
+    # The settle worker.
+    RELEASED_IN_REDIS = "released_in_redis"  # Redis had already given its units back
+    NOT_IN_REDIS = "not_in_redis"  # Redis holds no such reservation of a sale it knows
+    UNKNOWN_SALE = "unknown_sale"  # neither Redis nor the ledger knows its sale
+    INVALID_SALE = "invalid_sale"  # the job named a sale that is not a sale id
+    RETRIES_EXHAUSTED = "retries_exhausted"  # its job met transient errors on every attempt
+    SETTLE_ERROR = "settle_error"  # its job failed on an error that is not transient
+
+
+class JobStatus(StrEnum):
+    """A procrastinate job's status, as procrastinate names it."""
+
+    TODO = "todo"
+    DOING = "doing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ABORTING = "aborting"
+    ABORTED = "aborted"
+
+
+class Dependency(StrEnum):
+    """What a ``DependencyUnavailable`` names, and the readiness check of each."""
+
+    REDIS = "redis"
+    POSTGRESQL = "postgresql"
+
+
+__all__ = ["Dependency", "JobStatus", "Reason", "RedisState", "Status"]
