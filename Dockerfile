@@ -10,13 +10,16 @@
 # reference (python:3.12.11-slim-bookworm@sha256:...) to pin it byte for byte.
 
 ARG PYTHON_IMAGE=docker.io/library/python:3.12.11-slim-bookworm
+# The image the virtualenvs are built in: the same Python (the venvs are copied into PYTHON_IMAGE), plus whatever
+# the build alone needs, e.g. a CA bundle for a TLS-inspecting proxy (hack/images.sh passes one).
+ARG BUILD_IMAGE=${PYTHON_IMAGE}
 
 # --- build: one virtualenv per component, from its lock file in requirements/ ----------------------------------
 # Each component's dependencies install from requirements/<component>.txt (exact versions, every file checked
 # against its sha256; `make lock` writes them from pyproject.toml), then the project itself with --no-deps and the
 # locked setuptools, so nothing is resolved at build time. The lock layer comes before the sources: a change
 # of code reuses the cached dependency layer.
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore

@@ -27,7 +27,7 @@ demo-down: ## stop the demo's services and control plane (PostgreSQL's data is d
 	-@hack/services.sh down
 
 .PHONY: test
-test: setup tools ## set everything up on a fresh machine and run the whole suite
+test: setup tools browser ## set everything up on a fresh machine and run the whole suite
 	@hack/services.sh up
 	@hack/cluster.sh up >/dev/null
 	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || rc=$$?; \
@@ -41,6 +41,10 @@ setup: ## create .venv from the lock file requirements/dev.txt (re-runs only whe
 .PHONY: lock
 lock: ## regenerate the lock files requirements/*.txt from pyproject.toml (UPGRADE=1 moves every pin)
 	@hack/lock.sh
+
+.PHONY: browser
+browser: ## install Debian's Chromium for the live page's browser test (hack/chromium.sh; says why when it cannot)
+	@hack/chromium.sh
 
 .PHONY: tools
 tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) into .tools (cached)
@@ -99,11 +103,14 @@ fmt: setup ## format and auto-fix
 DEV_JWT_SECRET ?= stampede-local-dev-secret-change-me-0123456789
 
 .PHONY: serve
-serve: setup services-up ## run the buy API under gunicorn on 127.0.0.1:8000 (strategies on; STAMPEDE_* override)
+serve: setup services-up ## run the buy API under gunicorn on 127.0.0.1:8000 (strategies, live page, demo buyers on)
 	@$(SERVICES_ENV); export STAMPEDE_JWT_SECRET=$${STAMPEDE_JWT_SECRET:-$(DEV_JWT_SECRET)} \
-	    STAMPEDE_STRATEGIES_ENABLED=$${STAMPEDE_STRATEGIES_ENABLED:-true}; \
+	    STAMPEDE_STRATEGIES_ENABLED=$${STAMPEDE_STRATEGIES_ENABLED:-true} \
+	    STAMPEDE_LIVE_PAGE=$${STAMPEDE_LIVE_PAGE:-true} STAMPEDE_ENVIRONMENT=$${STAMPEDE_ENVIRONMENT:-development} \
+	    STAMPEDE_DEMO_BUYERS=$${STAMPEDE_DEMO_BUYERS:-true}; \
 	  $(VENV)/bin/stampede migrate $$([ "$$STAMPEDE_STRATEGIES_ENABLED" = true ] && echo --with-strategies) >/dev/null || exit 1; \
 	  echo "==> token for buyer-1: $$($(VENV)/bin/stampede mint-token buyer-1)"; \
+	  echo "==> live page: http://$${STAMPEDE_BIND:-127.0.0.1:8000}/live"; \
 	  exec $(VENV)/bin/gunicorn -c python:stampede_api.gunicorn_conf stampede_api.asgi:app
 
 .PHONY: api
@@ -143,36 +150,25 @@ bench-worker: setup services-up ## settle-worker drain rate at concurrency 1/4/1
 	@$(SERVICES_ENV); $(PY) bench/worker.py $(BENCH_ARGS)
 
 ##@ Kubernetes
-# Images are stampede-{api,worker,operator}:$(IMAGE_TAG), prefixed by IMAGE_REGISTRY/ when set (the chart's
-# image.registry and image.tag). kind is the pinned KIND_VERSION, run from the Go module proxy (KIND=kind to use
-# the one on PATH instead).
+# A real one-node cluster on this machine (hack/k8s.sh: the Kubernetes components, containerd and CoreDNS run in
+# a network and mount namespace of their own; needs root) and the images the chart runs, built here from Debian's
+# packages with no registry (hack/images.sh): stampede-{api,worker,operator,redis,postgresql,k6}:$(IMAGE_TAG).
 IMAGE_TAG ?= dev
-IMAGE_REGISTRY ?=
-IMAGE_PREFIX = $(if $(IMAGE_REGISTRY),$(IMAGE_REGISTRY)/)
-IMAGE_COMPONENTS := api worker operator
-DOCKER ?= docker
-KIND_VERSION ?= v0.30.0
-KIND_CLUSTER ?= stampede
-KIND ?= go run sigs.k8s.io/kind@$(KIND_VERSION)
-KIND_NAMESPACE ?= stampede
 CHART := charts/stampede
 
-# IMAGE_CACHE_DIR=DIR builds with buildx, reading layers from DIR/<component> and writing them to DIR.new/<component>
-# (the kind workflow keeps DIR between runs, so an unchanged lock file reuses the dependency layers).
-IMAGE_CACHE_DIR ?=
-
-.PHONY: images
-images: ## build the api, worker and operator images from the Dockerfile (needs Docker; IMAGE_TAG, IMAGE_REGISTRY)
-	@for c in $(IMAGE_COMPONENTS); do \
-	  echo "==> building $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG)"; \
-	  if [ -n "$(IMAGE_CACHE_DIR)" ]; then \
-	    $(DOCKER) buildx build --load --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) \
-	      --cache-from type=local,src=$(IMAGE_CACHE_DIR)/$$c \
-	      --cache-to type=local,dest=$(IMAGE_CACHE_DIR).new/$$c,mode=max . || exit 1; \
-	  else \
-	    $(DOCKER) build --target $$c -t $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) . || exit 1; \
-	  fi; \
-	done
+.PHONY: k8s-up k8s-down images test-k8s
+k8s-up: tools ## start the real cluster (kubelet, containerd, scheduler, controller-manager, kube-proxy, CoreDNS)
+	@hack/tools.sh node
+	@hack/k8s.sh up >/dev/null
+k8s-down: ## stop it and remove everything it made (processes, namespaces, mounts, cgroups, iptables rules, state)
+	@hack/k8s.sh down
+	@hack/images.sh down
+images: ## build every image from a debootstrap base (cached); load them into the cluster when it runs
+	@if hack/k8s.sh status >/dev/null 2>&1; then IMAGE_TAG=$(IMAGE_TAG) hack/images.sh load; \
+	  else IMAGE_TAG=$(IMAGE_TAG) hack/images.sh build; fi
+test-k8s: k8s-up ## on the real cluster: helm install, a live sale, helm test, a spike, operator killed, API pod deleted
+	@$(MAKE) --no-print-directory images
+	@IMAGE_TAG=$(IMAGE_TAG) hack/test-k8s.sh
 
 .PHONY: chart-docs
 chart-docs: ## regenerate charts/stampede/README.md from values.yaml comments (helm-docs; the suite checks it)
@@ -187,19 +183,6 @@ chart-crds: ## copy crds/flashsale.yaml into the chart (tests/chart checks they 
 chart-lint: ## helm lint the chart with its default values and with each ci/*-values.yaml
 	@helm="$$(hack/tools.sh path helm)" && "$$helm" lint --strict $(CHART) && \
 	  for f in $(CHART)/ci/*-values.yaml; do "$$helm" lint --strict $(CHART) -f "$$f" || exit 1; done
-
-.PHONY: kind-up kind-down
-kind-up: images ## kind cluster (hack/kind/cluster.yaml) with the images loaded and the chart installed (needs Docker)
-	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
-	  $(KIND) create cluster --name $(KIND_CLUSTER) --config hack/kind/cluster.yaml --wait 120s
-	@for c in $(IMAGE_COMPONENTS); do \
-	  $(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)stampede-$$c:$(IMAGE_TAG) || exit 1; \
-	done
-	"$$(hack/tools.sh path helm)" upgrade --install stampede $(CHART) --kube-context kind-$(KIND_CLUSTER) \
-	  --namespace $(KIND_NAMESPACE) --create-namespace -f $(CHART)/ci/kind-values.yaml \
-	  --set image.tag=$(IMAGE_TAG) --set image.registry=$(IMAGE_REGISTRY) --wait --timeout 10m
-kind-down: ## delete the kind cluster
-	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: clean
 clean: ## stop the control plane and services, remove local state (.run and PostgreSQL's data); keeps .venv, .tools

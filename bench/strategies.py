@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -96,14 +97,31 @@ def metric(summary: dict[str, Any], name: str, field: str = "count") -> float:
     return float(m["values"].get(field, 0)) if m else 0.0
 
 
-def chart(rows: list[dict[str, Any]], path: Path) -> None:
+WARNING = "#cf222e"  # the colour of a strategy that oversold
+
+
+def machine_line() -> str:
+    """What the figures were measured on: CPUs, platform and the load average when the chart was drawn."""
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "n/a"
+    return (
+        f"{os.cpu_count()} CPUs · {platform.machine()} · {platform.system()} {platform.release()} · "
+        f"Python {platform.python_version()} · load average {load}"
+    )
+
+
+def chart(rows: list[dict[str, Any]], path: Path, *, when: str, machine: str) -> None:
+    """Latency and sustained throughput per strategy, titled with the date and the machine; a strategy that
+    oversold is drawn in the warning colour (its throughput bar, its name, a band behind it) and labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [r["strategy"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.6))
     x = range(len(rows))
     for i, (key, label) in enumerate((("p50", "p50"), ("p95", "p95"), ("p99", "p99"))):
         a.bar([j + (i - 1) * 0.27 for j in x], [r[key] for r in rows], width=0.27, label=label)
@@ -113,15 +131,24 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     a.legend()
     a.set_title("latency per strategy")
     tput = [r.get("cap_rps", r["rps"]) for r in rows]
-    b.bar(list(x), tput, color="tab:green")
+    b.bar(list(x), tput, color=[WARNING if r["oversold"] else "tab:green" for r in rows])
     b.set_xticks(list(x), names)
     b.set_ylabel("purchases/s (closed loop, stock 10M)")
     b.set_title("sustained throughput per strategy")
     for j, r in enumerate(rows):
-        if r["oversold"]:
-            b.annotate(f"oversold {r['oversold']}", (j, tput[j]), ha="center", va="bottom", color="red")
-    fig.tight_layout()
+        if not r["oversold"]:
+            continue
+        for ax in (a, b):
+            ax.axvspan(j - 0.45, j + 0.45, color=WARNING, alpha=0.10, zorder=0)
+            ax.get_xticklabels()[j].set_color(WARNING)
+            ax.get_xticklabels()[j].set_fontweight("bold")
+        b.annotate(f"OVERSOLD {r['oversold']}", (j, tput[j]), ha="center", va="bottom", color=WARNING,
+                   fontweight="bold")  # fmt: skip
+    fig.suptitle(f"make bench: the buy strategies under a k6 spike, {when}", fontweight="bold")
+    fig.text(0.5, 0.005, machine, ha="center", va="bottom", fontsize=8, color="0.35")
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def capacity(
@@ -283,7 +310,7 @@ def main() -> None:
         )
     date = dt.date.today().isoformat()
     png = out_dir / f"{date}-strategies.png"
-    chart(rows, png)
+    chart(rows, png, when=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC", machine=machine_line())
     lines += ["", f"![latency and throughput per strategy]({png.name})", ""]
     md = out_dir / f"{date}.md"
     md.write_text("\n".join(lines))

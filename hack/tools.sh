@@ -9,6 +9,8 @@
 #
 # Usage:
 #   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|all   build what is missing
+#   hack/tools.sh node                      build the node's tools too (kubelet, kube-controller-manager,
+#                                           kube-scheduler, kube-proxy, coredns), for hack/k8s.sh
 #   hack/tools.sh path NAME                 print the binary's path (building it first if missing)
 #   hack/tools.sh generate kubernetes|etcd  regenerate a tools module's go.mod/go.sum from the pins
 #   hack/tools.sh versions                  print the pinned versions
@@ -30,6 +32,8 @@ source "$TOOLS_MOD_DIR/versions.env"
 TOOLS_DIR="${STAMPEDE_TOOLS_DIR:-$ROOT/.tools}"
 BIN_DIR="$TOOLS_DIR/bin"
 TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs)
+# The rest of a real cluster (hack/k8s.sh): built only on request, from the same k8s.io/kubernetes version.
+NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns)
 HEARTBEAT_PID=""
 TMP_PATHS=()
 
@@ -73,13 +77,16 @@ gorun() {
 
 version_of() {
     case "$1" in
-    kube-apiserver | kubectl) printf '%s\n' "$KUBERNETES_VERSION" ;;
+    kube-apiserver | kubectl | kubelet | kube-controller-manager | kube-scheduler | kube-proxy)
+        printf '%s\n' "$KUBERNETES_VERSION"
+        ;;
+    coredns) printf '%s\n' "$COREDNS_VERSION" ;;
     etcd) printf '%s\n' "$ETCD_VERSION" ;;
     k6) printf '%s\n' "$K6_VERSION" ;;
     helm) printf '%s\n' "$HELM_VERSION" ;;
     actionlint) printf '%s\n' "$ACTIONLINT_VERSION" ;;
     helm-docs) printf '%s\n' "$HELM_DOCS_VERSION" ;;
-    *) die "unknown tool '$1' (expected one of: ${TOOLS[*]})" ;;
+    *) die "unknown tool '$1' (expected one of: ${TOOLS[*]} ${NODE_TOOLS[*]})" ;;
     esac
 }
 
@@ -233,6 +240,14 @@ build_actionlint() { # OUT
     mv "$gobin/actionlint" "$1"
 }
 
+build_coredns() { # OUT
+    local gobin
+    mktemp_tracked -d
+    gobin="$REPLY"
+    GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+    mv "$gobin/coredns" "$1"
+}
+
 build_helm_docs() { # OUT
     local gobin
     mktemp_tracked -d
@@ -267,7 +282,10 @@ build_helm() { # OUT
 build() { # NAME OUT
     local name="$1" out="$2"
     case "$name" in
-    kube-apiserver | kubectl) build_kubernetes_cmd "$name" "$out" ;;
+    kube-apiserver | kubectl | kubelet | kube-controller-manager | kube-scheduler | kube-proxy)
+        build_kubernetes_cmd "$name" "$out"
+        ;;
+    coredns) build_coredns "$out" ;;
     etcd) build_etcd "$out" ;;
     k6) build_k6 "$out" ;;
     helm) build_helm "$out" ;;
@@ -317,6 +335,10 @@ main() {
     all)
         for t in "${TOOLS[@]}"; do ensure "$t"; done
         log "tools ready in $BIN_DIR"
+        ;;
+    node)
+        for t in "${NODE_TOOLS[@]}"; do ensure "$t"; done
+        log "node tools ready in $BIN_DIR"
         ;;
     path)
         [[ $# -eq 2 ]] || usage

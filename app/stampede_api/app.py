@@ -22,11 +22,13 @@ from stampede.stock import StockEngine
 from . import errors
 from .auth import Authenticator
 from .batcher import Batcher
+from .live_feed import LiveFeeds
 from .middleware import RequestContext
 from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
 from .resources.docs import OpenApi
 from .resources.health import Healthz, Readyz
+from .resources.live import DemoToken, LiveAsset, LiveOverview, LiveOverviewEvents, LiveSale
 from .resources.metrics import Metrics as MetricsResource
 from .resources.reservations import ReservationItem, SaleReservations
 from .resources.sales import Sale
@@ -57,6 +59,8 @@ class Lifespan:
         TALLY.start()
         s.batcher = Batcher(s.ledger, s.stock, max_batch=cfg.batch_max, fault_exit_after=cfg.fault_exit_after_reserves)
         s.reserver = ReserveCoalescer(s.stock, sold_out_cache_ms=cfg.sold_out_cache_ms)
+        if cfg.live_page:
+            s.live = LiveFeeds(s.stock, s.ledger, cfg.sale_namespace, cfg.live_interval_ms / 1000)
         if cfg.strategies_enabled and s.strategies is None:
             from .strategies import STRATEGIES, Backends, open_pool
 
@@ -75,6 +79,8 @@ class Lifespan:
             await s.batcher.close()
         if s.reserver is not None:
             await s.reserver.close()
+        if s.live is not None:
+            await s.live.close()
         await TALLY.stop()
         for name in reversed(s.owned):
             try:
@@ -133,6 +139,15 @@ def build(
     app.add_route("/readyz", Readyz(services))
     app.add_route("/metrics", MetricsResource(settings.metrics_port))  # 404 but on the metrics port
     app.add_route("/openapi.json", OpenApi(settings))
+    if settings.live_page:
+        app.add_route("/live", LiveOverview(services))
+        app.add_route("/live/events", LiveOverviewEvents(services))
+        page = LiveSale(services)
+        app.add_route("/live/sales/{sale}", page)
+        app.add_route("/live/sales/{sale}/events", page, suffix="events")
+        app.add_route("/live/assets/{name}", LiveAsset(services))
+        if settings.demo_buyers:
+            app.add_route("/live/demo-token", DemoToken(services))
     if settings.strategies_enabled:
         buy = StrategyBuy(services)
         app.add_route("/api/{version}/buy", buy)

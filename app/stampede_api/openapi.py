@@ -44,6 +44,60 @@ def _common_errors() -> dict[str, Any]:
     }
 
 
+def _live_paths(sale_param: dict[str, Any], demo_buyers: bool) -> dict[str, Any]:
+    """The live sale page (``STAMPEDE_LIVE_PAGE``): HTML, its assets and its Server-Sent Event streams."""
+
+    def page(op: str, summary: str, media: str, params: list[Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": op,
+                "summary": summary,
+                "parameters": params,
+                "responses": {
+                    "200": {"description": summary, "content": {media: {"schema": {"type": "string"}}}},
+                    "404": _error("unknown sale or asset"),
+                    "429": _error("too many reads from this address, or too many streams open", retry_after=True),
+                    **_common_errors(),
+                },
+            }
+        }
+
+    asset = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    out = {
+        "/live": page("liveOverview", "The live page of every sale", "text/html", []),
+        "/live/events": page("liveOverviewEvents", "The overview's samples (event `sales`)", "text/event-stream", []),
+        "/live/sales/{sale}": page("liveSale", "The live page of one sale", "text/html", [sale_param]),
+        "/live/sales/{sale}/events": page(
+            "liveSaleEvents", "The sale's samples (event `sale`)", "text/event-stream", [sale_param]
+        ),
+        "/live/assets/{name}": page("liveAsset", "The page's script or style sheet", "text/plain", [asset]),
+    }
+    if demo_buyers:
+        out["/live/demo-token"] = {
+            "post": {
+                "operationId": "liveDemoToken",
+                "summary": "A new demo buyer and its 10-minute token (development only)",
+                "responses": {
+                    "200": _ok(
+                        "the demo buyer",
+                        {
+                            "type": "object",
+                            "required": ["buyer", "token", "expires_in"],
+                            "properties": {
+                                "buyer": {"type": "string"},
+                                "token": {"type": "string"},
+                                "expires_in": {"type": "integer"},
+                            },
+                        },
+                    ),
+                    "429": _error("too many reads from this address", retry_after=True),
+                    **_common_errors(),
+                },
+            }
+        }
+    return out
+
+
 def document(settings: ApiSettings) -> dict[str, Any]:
     bearer = [{"bearer": []}]
     reservation_properties = {
@@ -170,6 +224,8 @@ def document(settings: ApiSettings) -> dict[str, Any]:
             }
         },
     }
+    if settings.live_page:
+        paths.update(_live_paths(sale_param, settings.demo_buyers))
     if settings.strategies_enabled:
         version = {
             "name": "version",

@@ -15,6 +15,7 @@ from stampede.stock import StockEngine
 
 from .auth import Authenticator
 from .batcher import Batcher
+from .live_feed import LiveFeeds
 from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
 
@@ -30,6 +31,7 @@ class Services:
     reserver: ReserveCoalescer | None = None
     strategies: Any = None  # {"v1": Strategy, …} when enabled
     strategy_pool: Any = None  # the strategies' own PostgreSQL pool, opened (and closed) by the lifespan
+    live: LiveFeeds | None = None  # the live page's samplers, when STAMPEDE_LIVE_PAGE is on
     owned: list[str] = field(default_factory=list)  # what startup opened and shutdown must close
 
     def require(self) -> tuple[StockEngine, Any, Batcher]:

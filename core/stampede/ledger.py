@@ -113,6 +113,33 @@ class RestoreSource:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveLedger:
+    """What the live sale page reads of a sale in the ledger, cheaply (``Ledger.live``): units by status as
+    the reconciler counts them, the age of the oldest pending row, and the sale's mirror row (None where the
+    operator never mirrored the sale)."""
+
+    pending: int
+    confirmed: int
+    compensated: int
+    oldest_pending_s: float | None  # None: nothing pending
+    sku: str | None
+    stock: int | None
+    window_start: datetime | None
+    window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSale:
+    """One sale of the live page's overview, as the operator mirrored it."""
+
+    sale: str
+    sku: str
+    stock: int
+    window_start: datetime | None
+    window_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """A pending row a settle job holds locked until its claim ends."""
 
@@ -161,6 +188,7 @@ class Ledger:
         self._q = sqlfiles.queries("ledger.sql")
         self._hq = sqlfiles.queries("healing.sql")
         self._aq = sqlfiles.queries("audit.sql")
+        self._live = sqlfiles.queries("live.sql")
 
     @classmethod
     async def open(cls, settings: Common) -> Ledger:
@@ -307,6 +335,32 @@ class Ledger:
             row = await cur.fetchone()
         assert row is not None
         return int(row[0])
+
+    async def live(self, sale: str) -> LiveLedger:
+        """The sale as the live page shows it, in one statement that reads no settled row."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._live["live_sale"], {"sale": sale})
+            row = await cur.fetchone()
+        assert row is not None  # the statement always answers one row
+        pending, confirmed, compensated, oldest, sku, stock, start, end = row
+        return LiveLedger(
+            int(pending),
+            int(confirmed),
+            int(compensated),
+            None if oldest is None else max(0.0, float(oldest)),
+            sku,
+            None if stock is None else int(stock),
+            start,
+            end,
+        )
+
+    async def live_sales(self, namespace: str, *, limit: int = 50) -> list[LiveSale]:
+        """The namespace's sales the ledger knows, newest window first (at most ``limit``)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._live["live_sales"], {"namespace": namespace, "limit": limit})
+            return [
+                LiveSale(sale, sku, int(stock), start, end) for sale, sku, stock, start, end in await cur.fetchall()
+            ]
 
     async def ping(self) -> None:
         async with self._conn() as conn:
@@ -613,6 +667,8 @@ __all__ = [
     "Claimed",
     "Ledger",
     "LedgerRow",
+    "LiveLedger",
+    "LiveSale",
     "LostReservation",
     "PendingReservation",
     "RestoreSource",

@@ -261,6 +261,22 @@ class ApiSettings(Common):
     )
     public_read_burst: int = setting(20, "burst of those reads before 429")
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
+    environment: str = setting(
+        "production", "production | development: development-only features (demo buyers) are refused in production"
+    )
+    live_page: bool = setting(
+        False, "serve the live sale page on /live (public reads, like GET /v1/sales/{sale}; SSE from the counters)"
+    )
+    live_interval_ms: int = setting(500, "how often the live page's counters are sampled (one sampler per sale)")
+    live_max_streams: int = setting(64, "most live page event streams one worker process holds open (429 past it)")
+    live_stream_s: float = setting(
+        30.0, "seconds an event stream lasts before the browser reconnects (bounds how long a stop waits for it)"
+    )
+    demo_buyers: bool = setting(
+        False,
+        "the live page's buy button: POST /live/demo-token mints a short-lived token for a new demo buyer "
+        "(development only: refused at start-up unless STAMPEDE_ENVIRONMENT=development)",
+    )
     access_log: bool = setting(False, "gunicorn access log (off: it costs throughput at flash-sale rates)")
     fault_exit_after_reserves: int = setting(
         0, "fault injection for tests: a worker process exits after N reserves, before their ledger write (0: never)"
@@ -288,6 +304,18 @@ class ApiSettings(Common):
             raise SettingsError("STAMPEDE_METRICS_PORT must be a port number (0: none)")
         if self.readiness_cache_ms < 0:
             raise SettingsError("STAMPEDE_READINESS_CACHE_MS must be >= 0")
+        if self.environment not in ("production", "development"):
+            raise SettingsError("STAMPEDE_ENVIRONMENT must be production or development")
+        for name in ("live_interval_ms", "live_max_streams", "live_stream_s"):
+            _positive(name, getattr(self, name))
+        if self.demo_buyers and self.environment != "development":
+            # Anyone who can reach the page could mint buyer tokens: never where the sale is real.
+            raise SettingsError(
+                "STAMPEDE_DEMO_BUYERS=true mints buyer tokens for anyone: it is refused unless "
+                "STAMPEDE_ENVIRONMENT=development"
+            )
+        if self.demo_buyers and not self.live_page:
+            raise SettingsError("STAMPEDE_DEMO_BUYERS=true needs STAMPEDE_LIVE_PAGE=true (the button is on that page)")
 
 
 @dataclass(frozen=True)

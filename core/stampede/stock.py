@@ -110,6 +110,25 @@ def _snapshot(sale: str, flat: Sequence[Any]) -> Snapshot:
     )
 
 
+# Fields of a sale's meta hash that configure it rather than count anything.
+CONFIG_FIELDS = frozenset({"open", "limit", "buyer_rate", "buyer_burst", "ip_rate", "ip_burst", "run"})
+
+
+def counter_fields(flat: Sequence[Any]) -> dict[str, int]:
+    """Every counter in snapshot.lua's answer: the meta hash's integer fields that are not configuration,
+    and the set sizes. A counter another script adds to the meta hash appears here without a change."""
+    out: dict[str, int] = {}
+    for i in range(0, len(flat), 2):
+        name, raw = _s(flat[i]), _s(flat[i + 1])
+        if name in CONFIG_FIELDS:
+            continue
+        try:
+            out[name] = int(raw)
+        except ValueError:
+            continue  # not a counter (a token, a timestamp written as text)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class SuspectView:
     """What a reconcile pass reads of a sale in Redis (``StockEngine.suspects``)."""
@@ -469,6 +488,15 @@ class StockEngine:
         if not flat:
             raise errors.SaleNotFound(sale)
         return _snapshot(sale, flat)
+
+    async def counters(self, sale: str) -> tuple[Snapshot, dict[str, int]]:
+        """The sale's snapshot and, read in the same atomic step, every counter Redis keeps of it by name
+        (``counter_fields``): what the live page lists, so counters of features it does not know still show."""
+        k = _keys(sale)
+        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations], [])
+        if not flat:
+            raise errors.SaleNotFound(sale)
+        return _snapshot(sale, flat), counter_fields(flat)
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
         raw = await self._client.hget(_keys(sale).reservations, reservation_id)

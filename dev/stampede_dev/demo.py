@@ -5,6 +5,10 @@ operator (which seeds the stock and opens the sale by its window), the Falcon AP
 worker, and a k6 spike of thousands of distinct buyers. It ends by auditing Redis against the ledger and
 printing ``kubectl get flashsales``. Each step is named as it starts; every process it started is stopped
 at the end, and the sale's records stay in Redis, the ledger and the control plane for a look afterwards.
+
+While the sale runs, the API serves the live sale page (development settings: a demo buyer can take part
+from the page); its address is printed. The demo ends by saving a screenshot of the finished sale's page and
+a PNG chart of its timeline next to the k6 report (``stampede_dev.pictures``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from stampede.names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
 
+from . import pictures
 from .devstack import LocalStack, free_port
 from .sale_audit import audit_sale, k6_accepted
 
-STEPS = 9
+STEPS = 10
 
 
 def step(n: int, text: str) -> None:
@@ -66,6 +71,30 @@ def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, obje
             "rateLimit": {"perIp": {"rate": 1_000_000, "burst": 1_000_000}},
         },
     }
+
+
+def save_pictures(
+    recorder: pictures.TimelineRecorder,
+    watcher: pictures.PageWatcher | None,
+    run_dir: Path,
+    sale: str,
+    screenshot: Path,
+) -> None:
+    """Stops the page's recorder and browser and saves what they saw next to the k6 report."""
+    recorder.stop()
+    recorder.save(run_dir / f"{sale}-timeline.jsonl")
+    chart = run_dir / f"{sale}-timeline.png"
+    title = f"Stampede sale {sale!r}, {time.strftime('%Y-%m-%d %H:%M')}"
+    if pictures.timeline_chart(recorder.samples, chart, title):
+        print(f"    timeline chart: {chart}")
+    else:
+        print("    timeline chart: not drawn (the live page streamed no sample)")
+    if watcher is None:
+        print("    screenshot: skipped, Chromium is not installed (make browser installs Debian's package)")
+    elif watcher.finish():
+        print(f"    screenshot: {screenshot}")
+    else:
+        print(f"    screenshot: not saved ({watcher.error})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         [kubectl, "apply", "-f", "-"], input=manifest, text=True, env=kube_env, check=True, capture_output=True
     )
 
-    with LocalStack(run_dir, {"STAMPEDE_JWT_SECRET": secret, "STAMPEDE_LOG_LEVEL": "WARNING"}) as stack:
+    stack_env = {
+        "STAMPEDE_JWT_SECRET": secret,
+        "STAMPEDE_LOG_LEVEL": "WARNING",
+        # The live page, with its buy button: a local demo is a development deployment.
+        "STAMPEDE_LIVE_PAGE": "true",
+        "STAMPEDE_ENVIRONMENT": "development",
+        "STAMPEDE_DEMO_BUYERS": "true",
+    }
+    with LocalStack(run_dir, stack_env) as stack:
         try:
             step(3, "starting the operator; waiting for it to seed the stock and open the sale")
             stack.operator(kubeconfig)
@@ -146,6 +183,17 @@ def main(argv: list[str] | None = None) -> int:
             stack.api(port=port, workers=2)
             for i in range(ns.worker_processes):
                 stack.worker(name=f"worker-{i}", concurrency=16)
+            page_url = f"http://127.0.0.1:{port}/live/sales/{sale}"
+            print(f"    live page: {page_url}  (every sale: http://127.0.0.1:{port}/live)", flush=True)
+            recorder = pictures.TimelineRecorder(f"{page_url}/events")
+            recorder.start()
+            browser = pictures.chromium(root)
+            screenshot = run_dir / f"{sale}-live.png"
+            watcher = pictures.PageWatcher(browser, page_url, screenshot) if browser else None
+            if watcher is not None:
+                watcher.start()
+                # Chromium starts slowly on a loaded machine: the page must watch the whole spike.
+                watcher.ready.wait(90)
 
             if ns.scenario == "spike":
                 step(5, f"k6 spike: 50 -> {ns.peak // 3} -> {ns.peak} req/s from {ns.buyers} buyers")
@@ -194,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(6)
             step(8, "kubectl get flashsales")
             subprocess.run([kubectl, "get", CRD_PLURAL, sale], env=kube_env, check=False)
+            step(9, "saving pictures of the sale: the live page's screenshot and the timeline chart")
+            save_pictures(recorder, watcher, run_dir, sale, screenshot)
             print(f"    k6 report: {run_dir / (sale + '-k6.html')}; logs: {run_dir}/*.log")
             if k6.returncode == K6_THRESHOLDS_FAILED:
                 print("    k6: thresholds failed (exit 99): the run does not pass, whatever the audit says")
             elif k6.returncode != 0:
                 print(f"    k6: exited {k6.returncode}")
-            step(9, "done" if verdict == 0 and k6.returncode == 0 else "done, with violations (see above)")
+            step(10, "done" if verdict == 0 and k6.returncode == 0 else "done, with violations (see above)")
             # A failed k6 threshold is a failed run: a spike that bought nothing must not pass on a clean audit.
             return verdict or (0 if k6.returncode == 0 else 1)
         finally:

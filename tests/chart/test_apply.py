@@ -83,8 +83,8 @@ def test_flashsales_validate_against_the_chart_crd(
     bad = control_plane.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(examples / "invalid-window.yaml"))
     assert bad.returncode != 0
     assert "window.end must be after window.start" in bad.stderr
-    # The sale of the kind workflow, with its window substituted the way the workflow does it.
-    text = (REPO_ROOT / "hack" / "kind" / "flashsale.yaml").read_text()
+    # The sale of the end to end test (hack/test-k8s.sh), with its window substituted the way the test does it.
+    text = (REPO_ROOT / "hack" / "k8s" / "flashsale.yaml").read_text()
     text = text.replace("SALE_START", "2026-11-27T10:00:00Z").replace("SALE_END", "2026-11-27T11:00:00Z")
     ci = control_plane.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", input=text)
     assert ci.returncode == 0, ci.stderr

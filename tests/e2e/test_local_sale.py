@@ -39,8 +39,10 @@ def test_demo_sale_ends_with_a_clean_audit(services: dict[str, str], control_pla
     assert "oversold 0  lost 0" in out, out
     # k6 reached the API and some buyers got their unit.
     assert "drift 0" in out, out
-    for n in range(1, 10):
-        assert f"[{n}/9]" in out, out
+    for n in range(1, 11):
+        assert f"[{n}/10]" in out, out
+    assert "live page: http://127.0.0.1:" in out, out
+    assert "timeline chart: " in out and "-timeline.png" in out, out
 
 
 @pytest.mark.timeout(420)
