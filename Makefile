@@ -5,6 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SERVICES_ENV = eval "$$(hack/services.sh env)"
 PYTEST_WORKERS ?= 2
+# single: one Redis; cluster: also a 6-node Redis Cluster, which STAMPEDE_REDIS_URL then names (services-up)
+REDIS_MODE ?= single
+# What `make test` runs again on the Redis Cluster: the stock engine's core suite and an end-to-end sale.
+CLUSTER_SMOKE := tests/core/test_stock.py tests/core/test_stock_concurrency.py tests/core/test_restore.py \
+  tests/api/test_e2e.py::test_spike_audits_clean
 
 ##@ Main
 .PHONY: help
@@ -31,6 +36,16 @@ test: setup tools browser ## set everything up on a fresh machine and run the wh
 	@hack/services.sh up
 	@hack/cluster.sh up >/dev/null
 	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || rc=$$?; \
+	  if [ $$rc = 0 ]; then echo "==> again on the Redis Cluster: $(CLUSTER_SMOKE)"; \
+	    $(PY) -m pytest -n $(PYTEST_WORKERS) --redis-cluster $(CLUSTER_SMOKE) || rc=$$?; fi; \
+	  hack/cluster.sh down; hack/services.sh down; exit $$rc
+
+.PHONY: test-cluster
+test-cluster: setup tools ## the core, API, worker, controller and fault suites against the local 6-node Redis Cluster
+	@STAMPEDE_REDIS_MODE=cluster hack/services.sh up
+	@hack/cluster.sh up >/dev/null
+	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --redis-cluster -m "not single_redis" \
+	  tests/core tests/api tests/worker tests/controller tests/faults $(PYTEST_ARGS) || rc=$$?; \
 	  hack/cluster.sh down; hack/services.sh down; exit $$rc
 
 ##@ Setup
@@ -57,8 +72,8 @@ cluster-down: ## stop it
 	@hack/cluster.sh down
 
 .PHONY: services-up services-down services-status
-services-up: ## start the project's own Redis and PostgreSQL on free loopback ports
-	@hack/services.sh up
+services-up: ## start the project's own Redis and PostgreSQL on free loopback ports (REDIS_MODE=cluster: + Redis Cluster)
+	@STAMPEDE_REDIS_MODE=$(REDIS_MODE) hack/services.sh up
 services-down: ## stop them and delete PostgreSQL's data
 	@hack/services.sh down
 services-status: ## show them
@@ -137,8 +152,9 @@ bench-pipeline: setup services-up ## a sale at full speed: API under gunicorn + 
 	@$(SERVICES_ENV); $(PY) bench/pipeline.py $(BENCH_ARGS)
 
 .PHONY: bench-stock
-bench-stock: setup services-up ## reserve ops/s against redis-benchmark EVALSHA of a trivial script, as a ratio
-	@$(SERVICES_ENV); $(PY) bench/stock.py
+bench-stock: setup services-up ## reserve ops/s vs redis-benchmark EVALSHA of a trivial script; single Redis vs Redis Cluster
+	@hack/services.sh redis-cluster-up
+	@$(SERVICES_ENV); $(PY) bench/stock.py $(BENCH_ARGS)
 
 .PHONY: bench-operator
 bench-operator: setup services-up ## operator idle over 100 sales (two of 1M settled rows): CPU, RSS, reconcile pass p99

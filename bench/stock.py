@@ -4,6 +4,10 @@ Three figures on the same Redis, back to back:
   1. redis-benchmark EVALSHA of a trivial script (``return 1``): the ceiling of any script call;
   2. redis-benchmark EVALSHA of reserve.lua itself: what the atomic step costs inside Redis;
   3. StockEngine.reserve from Python (asyncio, several processes): what a real client gets.
+Then the Redis Cluster (STAMPEDE_REDIS_CLUSTER_URL, which ``make bench-stock`` starts), in the same run: the
+API's path (``StockEngine.reserve_batch``, pipelines of 32 as the reserve coalescer sends them under load) on
+one sale and on many sales, on the single Redis and on the 3-master cluster, with and without the replica
+acknowledgement (``WAIT 1``) that makes a failover safe; each as a ratio to the single Redis in the same shape.
 Not a test: nothing is asserted; the figures go to stdout and bench/results/stock-<date>.md.
 """
 
@@ -21,9 +25,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from stampede.names import sale_keys
-from stampede.stock import SaleConfig, StockEngine, script_source
+from stampede.stock import SaleConfig, StockEngine, reserve_call, script_source
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as quoted next to every figure."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def redis_benchmark(port: int, requests: int, clients: int, *command: str) -> float:
@@ -85,6 +94,81 @@ async def python_reserve(url: str, requests: int, processes: int, concurrency: i
     return sum(done) / seconds
 
 
+async def _batch_loop(url: str, sales: list[str], n: int, batch: int, inflight: int, ack: int, tag: str) -> int:
+    engine = StockEngine.from_url(url, max_connections=inflight * 2, ack_replicas=ack)
+    done = 0
+
+    async def lane(lane_no: int) -> None:
+        nonlocal done
+        i = lane_no
+        while done < n:
+            calls = [reserve_call(sales[(i + j) % len(sales)], f"{tag}{lane_no}-{i + j}") for j in range(batch)]
+            i += batch * inflight
+            out = await engine.reserve_batch(calls)
+            bad = [r for r in out if isinstance(r, BaseException)]
+            if bad:
+                raise RuntimeError(f"reserve_batch failed: {bad[0]!r}")
+            done += len(calls)
+
+    await asyncio.gather(*(lane(k) for k in range(inflight)))
+    await engine.close()
+    return done
+
+
+def _batch_proc(url: str, sales: list[str], n: int, batch: int, inflight: int, ack: int, tag: str) -> int:
+    return asyncio.run(_batch_loop(url, sales, n, batch, inflight, ack, tag))
+
+
+async def batch_reserve(url: str, sales: list[str], requests: int, processes: int, ack: int) -> float:
+    """reserve ops/s through ``reserve_batch`` (4 pipelines of 32 in flight per process) over ``sales``."""
+    engine = StockEngine.from_url(url)
+    for sale in sales:
+        await engine.delete(sale)
+        await engine.seed(sale, SaleConfig(total=100_000_000), open=True)
+    loop = asyncio.get_running_loop()
+    per = requests // processes
+    started = time.perf_counter()
+    with ProcessPoolExecutor(processes) as pool:
+        done = await asyncio.gather(
+            *(loop.run_in_executor(pool, _batch_proc, url, sales, per, 32, 4, ack, f"p{p}-") for p in range(processes))
+        )
+    seconds = time.perf_counter() - started
+    for sale in sales:
+        await engine.delete(sale)
+    await engine.close()
+    return sum(done) / seconds
+
+
+async def cluster_rows(single: str, cluster: str, requests: int, processes: int) -> list[str]:
+    one = ["bench-stock/one"]
+    many = [f"bench-stock/s{i}" for i in range(30)]
+    masters = {await _master(cluster, s) for s in many}
+    runs = [
+        ("one sale, single Redis", single, one, 0, None),
+        ("one sale, cluster, no WAIT", cluster, one, 0, "one sale, single Redis"),
+        ("one sale, cluster, WAIT 1", cluster, one, 1, "one sale, single Redis"),
+        ("30 sales, single Redis", single, many, 0, None),
+        (f"30 sales over {len(masters)} masters, no WAIT", cluster, many, 0, "30 sales, single Redis"),
+        (f"30 sales over {len(masters)} masters, WAIT 1", cluster, many, 1, "30 sales, single Redis"),
+    ]
+    got: dict[str, float] = {}
+    rows = ["| reserve_batch (pipelines of 32) | ops/s | vs single Redis, same sales |", "| --- | ---: | ---: |"]
+    for name, url, sales, ack, base in runs:
+        print(f"==> {name}", flush=True)
+        got[name] = await batch_reserve(url, sales, requests, processes, ack)
+        ratio = 1.0 if base is None else got[name] / got[base]
+        rows.append(f"| {name} | {got[name]:,.0f} | {ratio:.2f} |")
+    return rows
+
+
+async def _master(url: str, sale: str) -> str | None:
+    engine = StockEngine.from_url(url)
+    try:
+        return await engine.master_of(sale)
+    finally:
+        await engine.close()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=200_000)
@@ -97,6 +181,7 @@ async def main() -> None:
         raise SystemExit("bench/stock.py: STAMPEDE_REDIS_URL is not set; run it as `make bench-stock`")
     port = urlparse(url).port or 6379
 
+    load_before = loadavg()
     cli = ["redis-cli", "-p", str(port)]
     trivial = subprocess.run(
         [*cli, "script", "load", "return 1"], capture_output=True, text=True, check=True
@@ -120,14 +205,13 @@ async def main() -> None:
         ns.clients,
         "EVALSHA",
         reserve,
-        "7",
+        "6",
         k.meta,
         k.reservations,
         k.pending,
         k.holds,
         k.idempotency,
         f"{k.base}:rl:u:x",
-        "",
         "__rand_int__",
         "__rand_int__",
         "1",
@@ -148,6 +232,15 @@ async def main() -> None:
             f"| StockEngine.reserve (Python asyncio, {ns.processes} procs) | {py_rps:,.0f} "
             f"| {py_rps / trivial_rps:.2f} |",
         ]
+    )
+    cluster_url = os.environ.get("STAMPEDE_REDIS_CLUSTER_URL")
+    if cluster_url:
+        rows = await cluster_rows(url, cluster_url, ns.requests // 2, ns.processes)
+        table += "\n\n" + "\n".join(rows)
+    load = loadavg()
+    table += (
+        f"\n\nLoad average: {load_before} at the start, {load} at the end ({os.cpu_count()} cores shared by every"
+        " process above and whatever else the machine runs)."
     )
     print(table)
     out = ROOT / "bench" / "results" / f"stock-{dt.date.today().isoformat()}.md"

@@ -4,7 +4,9 @@ One API (gunicorn, uvicorn workers, strategies enabled) and one settle worker se
 same machine; each strategy gets a fresh product with the same stock and the same k6 spike (the case
 study's shape: ramping arrivals to a peak, hold, taper). The table reports oversold units, latency
 percentiles, throughput, 5xx rate and, where a queue is involved, the 202 -> confirmed lag, plus each
-strategy's throughput as a ratio of the production path. Writes bench/results/<date>.md and a PNG chart.
+strategy's throughput as a ratio of the production path. Then the production path behind a waiting room
+(``k6/waiting-room.js``: a spike of buyers joining before the start, bots, cheaters): the admission rate measured
+from Redis's admission times as a ratio of the configured rate. Writes bench/results/<date>.md and a PNG chart.
 Not a test: nothing is asserted.
 """
 
@@ -192,6 +194,71 @@ def capacity(
     return out
 
 
+def waiting_room(
+    ns: argparse.Namespace, settings: Common, k6: str, base: str, secret: str, product: str, run_dir: Path
+) -> dict[str, Any]:
+    """A sale behind its waiting room: ``ns.room_buyers`` buyers (and a few bots and cheaters) join in the 5 s
+    before the start, stock for half of them, admitted at ``ns.room_rate``/s; the rate measured from the first
+    admission to the one that sold the sale out, from Redis's admission times."""
+    units = max(1, ns.room_buyers // 2)
+    asyncio.run(prepare(settings, "prod", product, units))
+
+    async def configure() -> int:
+        engine = StockEngine.from_url(settings.redis_url)
+        try:
+            now = await engine.now_ms()
+            start = now + 10_000 + ns.room_buyers * 10  # k6 starts one user per buyer first
+            await engine.room.configure(
+                product, on=True, open_ms=now, start_ms=start, end_ms=0, rate_per_s=ns.room_rate
+            )
+            return start
+        finally:
+            await engine.close()
+
+    async def admitted() -> list[int]:
+        engine = StockEngine.from_url(settings.redis_url)
+        try:
+            return sorted(a.admitted_ms for a in await engine.room.admitted(product))
+        finally:
+            await engine.close()
+
+    start = asyncio.run(configure())
+    path = run_dir / f"{product}.json"
+    print(f"==> waiting room: {ns.room_buyers} buyers for {units} units, admitted at {ns.room_rate}/s", flush=True)
+    subprocess.run(
+        [k6, "run", "--quiet", str(ROOT / "k6" / "waiting-room.js")],
+        env={
+            **os.environ,
+            "BASE_URL": base,
+            "SALE": product,
+            "JWT_SECRET": secret,
+            "BUYERS": str(ns.room_buyers),
+            "JOIN_SECONDS": "5",
+            "SUMMARY_PATH": str(path),
+        },
+        check=False,
+    )
+    summary = json.loads(path.read_text())
+    times = asyncio.run(admitted())[:units]
+    measured = (len(times) - 1) * 1000 / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+    out = {
+        "buyers": ns.room_buyers,
+        "units": units,
+        "rate": ns.room_rate,
+        "measured": measured,
+        "first_after_start_ms": (times[0] - start) if times else None,
+        "joined": int(metric(summary, "queue_joined")),
+        "admitted": int(metric(summary, "queue_admitted")),
+        "accepted": int(metric(summary, "reservations_accepted")),
+        "polls": int(metric(summary, "queue_polls")),
+        "too_soon": int(metric(summary, "queue_too_soon")),
+        "cheaters_accepted": int(metric(summary, "cheaters_accepted")),
+        "p95": metric(summary, "http_req_duration", "p(95)"),
+    }
+    print(f"    admission rate {measured:.1f}/s for {ns.room_rate}/s; {out['accepted']} bought", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--stock", type=int, default=5000)
@@ -202,6 +269,8 @@ def main() -> None:
     ap.add_argument("--capacity-seconds", type=int, default=10, help="closed-loop run per strategy (0: skip)")
     ap.add_argument("--vus", type=int, default=64, help="k6 virtual users of the closed-loop run")
     ap.add_argument("--worker-concurrency", type=int, default=16)
+    ap.add_argument("--room-buyers", type=int, default=500, help="buyers of the waiting-room run (0: skip it)")
+    ap.add_argument("--room-rate", type=float, default=50.0, help="admissions per second of the waiting-room run")
     ns = ap.parse_args()
 
     settings = load(Common)
@@ -222,6 +291,9 @@ def main() -> None:
             "STAMPEDE_JWT_SECRET": secret,
             "STAMPEDE_STRATEGIES_ENABLED": "true",
             "STAMPEDE_LOG_LEVEL": "WARNING",
+            # Benchmark products are bare sale ids: the /v1 path must not qualify them with a namespace (it
+            # answered 404 to every /v1 buy of the production row when it did).
+            "STAMPEDE_SALE_NAMESPACE": "",
         },
     ) as stack:
         print("==> starting the API (gunicorn, 2 workers, strategies on) and a settle worker", flush=True)
@@ -281,6 +353,7 @@ def main() -> None:
             )
             if ns.capacity_seconds:
                 r.update(capacity(ns, settings, k6, base, secret, strategy, f"cap-{strategy}-{stamp}", run_dir))
+        room = waiting_room(ns, settings, k6, base, secret, f"bench-room-{stamp}", run_dir) if ns.room_buyers else None
 
     prod = next((r for r in rows if r["strategy"] == "prod"), rows[-1])
     lines = [
@@ -308,6 +381,18 @@ def main() -> None:
             f"| {r['title']} | {r['oversold']} | {r['accepted']} | {r['p50']:.1f} | {r['p95']:.1f} | "
             f"{r['p99']:.1f} | {r['rps']:.0f} | {r['fail_pct']:.2f}% | {lag_cell} | {cap_cell} | {ratio} | {cap_p99} |"
         )
+    if room is not None:
+        lines += [
+            "",
+            f"Waiting room (`k6/waiting-room.js`, the /v1 path behind `spec.admission`): {room['buyers']} buyers (and "
+            f"10 bots polling every 50 ms, 10 cheaters buying without a token) join in the 5 s before the start "
+            f"for {room['units']} units, admitted at {room['rate']:g}/s. Admission rate measured from Redis's "
+            f"admission times, first admission to the one that sold out: **{room['measured']:.1f}/s, "
+            f"{room['measured'] / room['rate']:.2f} of the configured rate**; first admission "
+            f"{room['first_after_start_ms']} ms after the start; joined {room['joined']}, admitted "
+            f"{room['admitted']}, bought {room['accepted']}, polls {room['polls']} ({room['too_soon']} refused as "
+            f"too soon), cheaters served {room['cheaters_accepted']}; p95 of all its requests {room['p95']:.1f} ms.",
+        ]
     date = dt.date.today().isoformat()
     png = out_dir / f"{date}-strategies.png"
     chart(rows, png, when=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC", machine=machine_line())

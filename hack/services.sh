@@ -23,6 +23,14 @@
 #   hack/services.sh restart-redis | stop-postgres | start-postgres   (faults: one service at a time)
 #   hack/services.sh kill-redis | start-redis   (SIGKILL, then a start on the same port; with
 #   STAMPEDE_REDIS_APPENDONLY=yes Redis keeps an append-only file, fsync every second, as the chart does)
+#
+# Redis Cluster: with STAMPEDE_REDIS_MODE=cluster (`make services-up REDIS_MODE=cluster`) `up` also starts a
+# 6-node Redis Cluster on loopback (3 masters, 3 replicas, `redis-cli --cluster create`, data under
+# .run/services/redis-cluster/<port>/) and STAMPEDE_REDIS_URL names it as redis+cluster://127.0.0.1:<port>;
+# STAMPEDE_REDIS_CLUSTER_URL names it in either mode, so the single Redis and the cluster can run side by side.
+#   hack/services.sh redis-cluster-up              start (only) the cluster, next to whatever runs
+#   hack/services.sh kill-redis-node PORT          SIGKILL one cluster node (its replica takes over)
+#   hack/services.sh start-redis-node PORT         start it again (it rejoins as a replica of the new master)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -212,10 +220,108 @@ lock() {
   flock 9
 }
 
+CLUSTER_DIR=$RUN/redis-cluster
+CLUSTER_NODES=6
+# How long a master may not answer before its replica is promoted. Short, so a failover on loopback takes
+# seconds; a real cluster keeps Redis's default (15 s) or what its network needs.
+CLUSTER_NODE_TIMEOUT_MS=${STAMPEDE_REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}
+
+cluster_ports() { sed -n 's/^STAMPEDE_REDIS_CLUSTER_PORTS=//p' "$ENVFILE" 2>/dev/null | tr ',' ' '; }
+
+# Free ports for the cluster's nodes: each node also listens on its port + 10000 (the cluster bus).
+free_cluster_ports() {
+  local picked=() p
+  while [ ${#picked[@]} -lt $CLUSTER_NODES ]; do
+    p=$(free_port)
+    [ $((p + 10000)) -le 65535 ] && port_free $((p + 10000)) || continue
+    [[ " ${picked[*]} " == *" $p "* ]] || picked+=("$p")
+  done
+  echo "${picked[*]}"
+}
+node_alive() { alive "$CLUSTER_DIR/$1/redis.pid" redis-server; }
+
+start_cluster_node() {
+  local port=$1 dir=$CLUSTER_DIR/$1
+  mkdir -p "$dir"
+  node_alive "$port" && return 0
+  # A node keeps its identity and its view of the cluster in nodes.conf, so a node started again rejoins.
+  redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$dir" \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save "" --appendonly no \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" \
+    --maxclients 10000 --protected-mode yes >/dev/null 9>&-
+  for _ in $(seq 100); do
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  tail -n 20 "$dir/redis.log" >&2 || true
+  die "redis cluster node did not answer on 127.0.0.1:$port"
+}
+
+cluster_ok() { # every node answers cluster_state:ok and every replica is in sync with its master (a replica
+  # that never synced refuses to take over when its master dies)
+  local p
+  for p in "$@"; do
+    redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+    if redis-cli -p "$p" role 2>/dev/null | head -n1 | grep -q slave; then
+      redis-cli -p "$p" info replication 2>/dev/null | grep -q '^master_link_status:up' || return 1
+    fi
+  done
+}
+
+start_cluster() { # starts the 6 nodes (on the ports of the last start while free) and creates the cluster once
+  local ports=() p fresh=0
+  read -r -a ports <<<"$(cluster_ports)"
+  for p in "${ports[@]}"; do node_alive "$p" || { port_free "$p" && port_free $((p + 10000)); } || fresh=1; done
+  if [ ${#ports[@]} -ne $CLUSTER_NODES ] || [ $fresh = 1 ]; then
+    stop_cluster  # every node with a pid file here, remembered or not: none is left running without its data
+    read -r -a ports <<<"$(free_cluster_ports)"
+  fi
+  for p in "${ports[@]}"; do start_cluster_node "$p"; done
+  CLUSTER_PORTS=$(IFS=,; echo "${ports[*]}")
+  if ! redis-cli -p "${ports[0]}" cluster info | grep -q "^cluster_known_nodes:$CLUSTER_NODES"; then
+    log "creating the Redis Cluster on ports ${ports[*]} (3 masters, 3 replicas)"
+    # shellcheck disable=SC2046
+    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 --cluster-yes \
+      >"$CLUSTER_DIR/create.log" 2>&1 || { cat "$CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed"; }
+  fi
+  for _ in $(seq 300); do cluster_ok "${ports[@]}" && return 0; sleep 0.1; done
+  die "the Redis Cluster on ${ports[*]} did not reach cluster_state:ok"
+}
+
+stop_cluster() {
+  local d
+  for d in "$CLUSTER_DIR"/*/; do
+    [ -f "$d/redis.pid" ] && stop_pid "$d/redis.pid" "redis cluster node $(basename "$d")" redis-server
+  done
+  rm -rf "$CLUSTER_DIR"
+}
+
+write_env() { # REDIS_PORT PG_PORT [CLUSTER_PORTS]
+  local url="redis://127.0.0.1:$1/0" cluster_url=""
+  if [ -n "${3:-}" ]; then
+    cluster_url="redis+cluster://127.0.0.1:${3%%,*}"
+    [ "${STAMPEDE_REDIS_MODE:-single}" = cluster ] && url=$cluster_url
+  fi
+  {
+    echo "STAMPEDE_REDIS_PORT=$1"
+    echo "STAMPEDE_PG_PORT=$2"
+    echo "STAMPEDE_REDIS_URL=$url"
+    echo "STAMPEDE_DATABASE_URL=postgresql://stampede@127.0.0.1:$2/stampede"
+    if [ -n "${3:-}" ]; then
+      echo "STAMPEDE_REDIS_CLUSTER_PORTS=$3"
+      echo "STAMPEDE_REDIS_CLUSTER_URL=$cluster_url"
+    fi
+  } >"$ENVFILE.new"
+  mv "$ENVFILE.new" "$ENVFILE"
+}
+
 cmd_up() {
   install_missing
   lock
   local rport pport
+  case "${STAMPEDE_REDIS_MODE:-single}" in single|cluster) ;; *)
+    die "STAMPEDE_REDIS_MODE=${STAMPEDE_REDIS_MODE}: expected single or cluster" ;;
+  esac
   if [ -f "$ENVFILE" ]; then
     # Reuse the ports of the last start so a restart keeps every client's address.
     rport=$(sed -n 's/^STAMPEDE_REDIS_PORT=//p' "$ENVFILE")
@@ -228,13 +334,23 @@ cmd_up() {
   pg_alive || port_free "$pport" || { log "port $pport is taken: postgres moves"; pport=$(free_port); }
   start_redis "$rport"
   start_postgres "$pport"
-  cat >"$ENVFILE" <<ENV
-STAMPEDE_REDIS_PORT=$rport
-STAMPEDE_PG_PORT=$pport
-STAMPEDE_REDIS_URL=redis://127.0.0.1:$rport/0
-STAMPEDE_DATABASE_URL=postgresql://stampede@127.0.0.1:$pport/stampede
-ENV
-  log "redis on 127.0.0.1:$rport, postgres on 127.0.0.1:$pport ($ENVFILE)"
+  CLUSTER_PORTS=""
+  if [ "${STAMPEDE_REDIS_MODE:-single}" = cluster ] || [ -n "$(cluster_ports)" ]; then start_cluster; fi
+  write_env "$rport" "$pport" "$CLUSTER_PORTS"
+  log "redis on 127.0.0.1:$rport, postgres on 127.0.0.1:$pport${CLUSTER_PORTS:+, redis cluster on $CLUSTER_PORTS} ($ENVFILE)"
+}
+
+cmd_redis_cluster_up() {
+  [ -f "$ENVFILE" ] || die "services were never started: run hack/services.sh up"
+  lock
+  local rport pport
+  rport=$(port_of STAMPEDE_REDIS_PORT)
+  pport=$(port_of STAMPEDE_PG_PORT)
+  CLUSTER_PORTS=""
+  start_cluster
+  STAMPEDE_REDIS_MODE=$(grep -q '^STAMPEDE_REDIS_URL=redis+cluster://' "$ENVFILE" && echo cluster || echo single) \
+    write_env "$rport" "$pport" "$CLUSTER_PORTS"
+  log "redis cluster on $CLUSTER_PORTS"
 }
 
 stop_pid() {
@@ -260,12 +376,20 @@ stop_postgres_now() {
 cmd_down() {
   lock
   stop_pid "$RUN/redis/redis.pid" redis redis-server
+  stop_cluster
+  # The next `up` chooses its Redis mode afresh.
+  [ -f "$ENVFILE" ] && sed -i '/^STAMPEDE_REDIS_CLUSTER_/d' "$ENVFILE"
   stop_postgres_now
   remove_pg_home
 }
 
 cmd_status() {
   redis_alive && echo "redis: up (pid $(head -n1 "$RUN/redis/redis.pid"))" || echo "redis: down"
+  local p
+  for p in $(cluster_ports); do
+    node_alive "$p" && echo "redis cluster node $p: up ($(redis-cli -p "$p" role 2>/dev/null | head -n1))" \
+      || echo "redis cluster node $p: down"
+  done
   pg_alive && echo "postgres: up (pid $(head -n1 "$PG_LINK/data/postmaster.pid"), data in $PG_HOME/data)" \
     || echo "postgres: down"
   [ -f "$ENVFILE" ] && cat "$ENVFILE"
@@ -293,6 +417,19 @@ case "${1:-}" in
       log "redis killed"
     fi ;;
   start-redis) start_redis "$(port_of STAMPEDE_REDIS_PORT)" ;;
+  redis-cluster-up) cmd_redis_cluster_up ;;
+  kill-redis-node)
+    [[ "${2:-}" =~ ^[0-9]+$ ]] && [ -d "$CLUSTER_DIR/$2" ] || die "kill-redis-node PORT: no cluster node on ${2:-?}"
+    if node_alive "$2"; then
+      pid=$(head -n1 "$CLUSTER_DIR/$2/redis.pid")
+      kill -KILL "$pid"
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      rm -f "$CLUSTER_DIR/$2/redis.pid"
+      log "redis cluster node $2 killed"
+    fi ;;
+  start-redis-node)
+    [[ "${2:-}" =~ ^[0-9]+$ ]] && [ -d "$CLUSTER_DIR/$2" ] || die "start-redis-node PORT: no cluster node on ${2:-?}"
+    start_cluster_node "$2" ;;
   stop-postgres)
     if pg_alive; then
       as_pg "$(pg_bindir)/pg_ctl" -D "$PG_HOME/data" -m fast -w stop >/dev/null
@@ -302,6 +439,7 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env|restart-redis|kill-redis|start-redis|stop-postgres|start-postgres" >&2
+  *) echo "usage: $0 up|down|status|env|restart-redis|kill-redis|start-redis|stop-postgres|start-postgres|" \
+       "redis-cluster-up|kill-redis-node PORT|start-redis-node PORT" >&2
      exit 2 ;;
 esac

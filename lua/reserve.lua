@@ -1,15 +1,20 @@
 -- reserve: one atomic step of a buy. Checks, in order: arguments, sale exists, rate limits (buyer and
--- client IP token buckets), idempotent replay, sale open, per-user limit, stock; then takes the stock
+-- client IP token buckets), idempotent replay, sale open, per-user limit, stock, admission by the
+-- waiting room; then takes the stock
 -- and records the pending reservation.
--- KEYS: meta, res, pending, holds, idem, bucket_buyer, bucket_ip
--- ARGV: reservation_id, user, quantity, idempotency_key ('' = none)
+-- KEYS: meta, res, pending, holds, idem, bucket_buyer, room_config[, bucket_ip] (no IP, no eighth key:
+--       every key must share the sale's hash tag, so its Redis Cluster slot)
+-- ARGV: reservation_id, user, quantity, idempotency_key ('' = none), admission_expires_ms ('' = none:
+--       the expiry of the buyer's admission token, which the API verified; required while the sale's
+--       waiting room is on, and checked against Redis's clock here)
 -- Returns {code, reservation_id, state, number[, reserved_at_ms]}:
 --   ok            {id, 'pending', remaining, reserved_at_ms}  (Redis time, as in the record and the
 --                 pending set's score: the ledger row is stamped with the same clock)
 --   replay        {existing id, its state, its quantity}
 --   idem_conflict {existing id, '', its quantity}
 --   rate_limited  {'', 'buyer'|'ip', retry_after_ms}
---   closed / unknown_sale {'', '', 0}; sold_out {'', '', remaining}; limit {'', '', units held}
+--   closed / unknown_sale / not_admitted / admission_expired {'', '', 0}; sold_out {'', '', remaining};
+--   limit {'', '', units held}
 --   bad_args      {'', field, 0}
 local meta, res, pending, holds, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, user, qty_s, ikey = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -37,7 +42,7 @@ local function bucket(key, rate, burst)
   tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
   return {key = key, tokens = tokens, rate = rate, burst = burst}
 end
-local buckets = {{'buyer', bucket(KEYS[6], m[4], m[5])}, {'ip', bucket(KEYS[7], m[6], m[7])}}
+local buckets = {{'buyer', bucket(KEYS[6], m[4], m[5])}, {'ip', bucket(KEYS[8] or '', m[6], m[7])}}
 for _, kb in ipairs(buckets) do
   local b = kb[2]
   if b and b.tokens < 1 then
@@ -67,6 +72,13 @@ if m[2] ~= '1' then return {'closed', '', '', 0} end
 local held = tonumber(redis.call('HGET', holds, user) or '0')
 if held + qty > tonumber(m[3]) then return {'limit', '', '', held} end
 if remaining < qty then return {'sold_out', '', '', remaining} end
+-- The waiting room: while it is on, only a buyer it admitted (a token the API verified, unexpired by
+-- Redis's clock) takes stock. After the refusals that say more (closed, limit, sold out).
+if KEYS[7] and redis.call('HGET', KEYS[7], 'on') == '1' then
+  local admission = tonumber(ARGV[5] or '')
+  if admission == nil then return {'not_admitted', '', '', 0} end
+  if admission <= now then return {'admission_expired', '', '', 0} end
+end
 if redis.call('HEXISTS', res, id) == 1 then return {'bad_args', '', 'reservation_id', 0} end
 
 redis.call('HINCRBY', meta, 'remaining', -qty)

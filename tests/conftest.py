@@ -45,24 +45,52 @@ def _read_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in ENV_FILE.read_text().split() if "=" in line)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-cluster",
+        action="store_true",
+        default=os.environ.get("STAMPEDE_TEST_REDIS") == "cluster",
+        help="run against the local 6-node Redis Cluster instead of the single Redis (or STAMPEDE_TEST_REDIS=cluster)",
+    )
+
+
+def redis_cluster_mode(config: pytest.Config) -> bool:
+    """Whether this run's Redis is the local Redis Cluster (``make test-cluster``)."""
+    return bool(config.getoption("--redis-cluster"))
+
+
 @pytest.fixture(scope="session")
-def services() -> Iterator[dict[str, str]]:
-    """Starts Redis and PostgreSQL if they are not up; stops them at the end only if this session
-    started them and is not one of several parallel workers (then `make test` stops them)."""
+def services(pytestconfig: pytest.Config) -> Iterator[dict[str, str]]:
+    """Starts Redis and PostgreSQL if they are not up (and the Redis Cluster with --redis-cluster); stops
+    them at the end only if this session started them and is not one of several parallel workers (then
+    `make test` stops them)."""
     was_up = (
         "postgres: up" in subprocess.run([SERVICES, "status"], capture_output=True, text=True, check=False).stdout
         and "redis: up" in subprocess.run([SERVICES, "status"], capture_output=True, text=True, check=False).stdout
     )
     subprocess.run([SERVICES, "up"], check=True)
+    if redis_cluster_mode(pytestconfig):
+        subprocess.run([SERVICES, "redis-cluster-up"], check=True)
     yield _read_env()
     if not was_up and "PYTEST_XDIST_WORKER" not in os.environ:
         subprocess.run([SERVICES, "down"], check=False)
 
 
 @pytest.fixture(scope="session")
-def redis_url(services: dict[str, str]) -> str:
-    """A Redis database per test worker (db 1..15). Not flushed: every test names its own sales, so their
-    keys never meet."""
+def redis_cluster_url(services: dict[str, str]) -> str:
+    """The local Redis Cluster (started for this run when it is not up), whatever Redis the run uses."""
+    if "STAMPEDE_REDIS_CLUSTER_URL" not in services:
+        subprocess.run([SERVICES, "redis-cluster-up"], check=True)
+        services.update(_read_env())
+    return services["STAMPEDE_REDIS_CLUSTER_URL"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: dict[str, str], pytestconfig: pytest.Config) -> str:
+    """A Redis database per test worker (db 1..15), or with --redis-cluster the Redis Cluster (database 0
+    only). Not flushed: every test names its own sales, so their keys never meet."""
+    if redis_cluster_mode(pytestconfig):
+        return services["STAMPEDE_REDIS_CLUSTER_URL"]
     db = 1 + _worker_index() % 15
     return f"redis://127.0.0.1:{services['STAMPEDE_REDIS_PORT']}/{db}"
 

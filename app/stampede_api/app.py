@@ -29,10 +29,12 @@ from .live_feed import LiveFeeds
 from .middleware import RequestContext
 from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
+from .resources.checkout import ReservationCheckout
 from .resources.docs import OpenApi
 from .resources.health import Healthz, Readyz
 from .resources.live import DemoToken, LiveAsset, LiveOverview, LiveOverviewEvents, LiveSale
 from .resources.metrics import Metrics as MetricsResource
+from .resources.queue import Queue
 from .resources.reservations import ReservationItem, SaleReservations
 from .resources.sales import Sale
 from .resources.strategies import StrategyBuy
@@ -55,7 +57,12 @@ class Lifespan:
         s = self.s
         cfg = s.settings
         if s.stock is None:
-            s.stock = StockEngine.from_url(cfg.redis_url, max_connections=cfg.redis_max_connections)
+            s.stock = StockEngine.from_url(
+                cfg.redis_url,
+                max_connections=cfg.redis_max_connections,
+                ack_replicas=cfg.ack_replicas,
+                ack_timeout_ms=cfg.redis_ack_timeout_ms,
+            )
             s.owned.append("stock")
         if s.ledger is None:
             s.ledger = await Ledger.open(cfg)
@@ -140,7 +147,11 @@ def build(
 
     app.add_route("/v1/sales/{sale}/reservations", SaleReservations(services))
     app.add_route("/v1/reservations/{reservation_id}", ReservationItem(services))
+    app.add_route("/v1/reservations/{reservation_id}/checkout", ReservationCheckout(services))
     app.add_route("/v1/sales/{sale}", Sale(services))
+    queue = Queue(services)
+    app.add_route("/v1/sales/{sale}/queue", queue)
+    app.add_route("/v1/sales/{sale}/queue/{ticket}", queue, suffix="ticket")
     app.add_route("/healthz", Healthz())
     app.add_route("/readyz", Readyz(services))
     app.add_route("/metrics", MetricsResource(settings.metrics_port))  # 404 but on the metrics port

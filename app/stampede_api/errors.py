@@ -62,6 +62,13 @@ _DOMAIN: dict[type[errors.StampedeError], int] = {
     errors.LimitReached: 409,
     errors.IdempotencyConflict: 409,
     errors.RestockBelowSold: 409,
+    errors.AdmissionRequired: 403,
+    errors.AdmissionExpired: 403,
+    errors.QueueNotOpen: 409,
+    errors.NoWaitingRoom: 404,
+    errors.TicketNotFound: 404,
+    errors.NotYourReservation: 403,
+    errors.CheckoutRefused: 409,
     errors.RateLimited: 429,
     errors.DependencyUnavailable: 503,
 }
@@ -105,8 +112,10 @@ def map_domain(exc: errors.StampedeError, retry_after_s: int) -> ApiError:
     message = str(exc)
     if isinstance(exc, errors.InvalidArgument):
         field, message = exc.field, exc.message
-    elif isinstance(exc, errors.RateLimited):
+    elif isinstance(exc, errors.RateLimited | errors.QueueNotOpen):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_ms / 1000)))
+    elif isinstance(exc, errors.ReservationPending):
+        headers["Retry-After"] = str(exc.retry_after_s)
     elif isinstance(exc, errors.SaleRestoring):
         headers["Retry-After"] = str(exc.retry_after_s)  # a restore takes milliseconds: come back soon
         message = "the sale is being restored, retry in a second"

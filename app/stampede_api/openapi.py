@@ -9,6 +9,8 @@ from typing import Any
 
 from stampede.settings import ApiSettings
 
+from . import openapi_queue
+
 SALE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
@@ -102,7 +104,14 @@ def document(settings: ApiSettings) -> dict[str, Any]:
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     reservation_properties = {
         "reservation_id": {"type": "string", "format": "uuid"},
-        "status": {"type": "string", "enum": ["pending", "confirmed", "compensated"]},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "confirmed", "compensated", "held", "paid", "expired"],
+            "description": (
+                "pending -> confirmed | compensated; in a sale with checkout holds pending -> held | compensated, "
+                "then held -> paid (checkout) | expired (the hold ran out; its units went back on sale)"
+            ),
+        },
         "sale": {"type": "string"},
         "quantity": {"type": "integer", "minimum": 1},
         "reason": {"type": "string"},
@@ -136,6 +145,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                         "required": False,
                         "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
                     },
+                    openapi_queue.ADMISSION_HEADER,
                 ],
                 "requestBody": {"required": True, "content": json_body},
                 "responses": {
@@ -154,7 +164,10 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                     ),
                     "400": _error("invalid body, quantity or header (error.field names it)"),
                     "401": _error("missing, malformed, expired or badly signed token"),
-                    "403": _error("token without the buy scope"),
+                    "403": _error(
+                        "token without the buy scope; admission_required / admission_expired: the sale's waiting "
+                        "room is on and no valid Admission-Token of this buyer was shown, or its time is up"
+                    ),
                     "404": _error("unknown sale"),
                     "409": _error(
                         "sold_out, limit_reached, sale_closed, idempotency_conflict or idempotency_in_flight",
@@ -181,6 +194,57 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                     "403": _error("token without the buy scope"),
                     "404": _error("no such reservation for this buyer"),
                     "429": _error("too many polls by this buyer", retry_after=True),
+                    **_common_errors(),
+                },
+            }
+        },
+        "/v1/reservations/{reservation_id}/checkout": {
+            "post": {
+                "operationId": "checkout",
+                "summary": "Pay for a checkout hold of the token's buyer (a sale with spec.checkout.holdSeconds)",
+                "description": (
+                    "held -> paid, decided by the ledger: a checkout and the expiry of the hold never both win. "
+                    "200: paid by this call, or an idempotent replay (same Idempotency-Key, same "
+                    "payment_reference) with Idempotent-Replayed: true. 409 hold_expired: the hold ended unpaid "
+                    "and its units are back on sale; already_paid: another checkout paid it; "
+                    "idempotency_conflict: this key paid it with another payment_reference; not_held: the "
+                    "reservation is confirmed (a sale without holds) or compensated; reservation_pending: not "
+                    "settled yet, retry after Retry-After."
+                ),
+                "security": bearer,
+                "parameters": [
+                    {"name": "reservation_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CheckoutRequest")}},
+                },
+                "responses": {
+                    "200": _ok(
+                        "paid (the reservation as the ledger holds it)",
+                        _ref("ReservationRecord"),
+                        {
+                            "Location": {"schema": {"type": "string"}},
+                            "Idempotent-Replayed": {"schema": {"type": "string", "const": "true"}},
+                        },
+                    ),
+                    "400": _error("invalid or missing Idempotency-Key, body or payment_reference (error.field)"),
+                    "401": _error("missing or invalid token"),
+                    "403": _error("another buyer's reservation, or a token without the buy scope"),
+                    "404": _error("no such reservation"),
+                    "409": _error(
+                        "hold_expired, already_paid, idempotency_conflict, not_held or reservation_pending",
+                        retry_after=True,
+                    ),
+                    "413": _error(f"body larger than {settings.max_body_bytes} bytes"),
+                    "415": _error("body is not application/json"),
+                    "429": _error("too many requests by this buyer", retry_after=True),
                     **_common_errors(),
                 },
             }
@@ -224,6 +288,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
             }
         },
     }
+    paths.update(openapi_queue.paths(settings, sale_param, _ok, _error, _common_errors()))
     if settings.live_page:
         paths.update(_live_paths(sale_param, settings.demo_buyers))
     if settings.strategies_enabled:
@@ -325,6 +390,23 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                         **reservation_properties,
                         "created_at": {"type": ["string", "null"]},
                         "settled_at": {"type": ["string", "null"]},
+                        "hold_expires_at": {"type": "string", "description": "held, paid, expired: the hold's end"},
+                        "paid_at": {"type": ["string", "null"]},
+                        "payment_reference": {"type": ["string", "null"]},
+                        "expired_at": {"type": ["string", "null"]},
+                    },
+                },
+                "CheckoutRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["payment_reference"],
+                    "properties": {
+                        "payment_reference": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 256,
+                            "description": "the payment provider's reference for this payment",
+                        }
                     },
                 },
                 "Sale": {
@@ -342,6 +424,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                         "per_user_limit": {"type": "integer"},
                     },
                 },
+                **openapi_queue.SCHEMAS,
                 "Status": {
                     "type": "object",
                     "required": ["status"],

@@ -51,7 +51,14 @@ class Reserver(Protocol):
     """``StockEngine`` or the process's ``ReserveCoalescer``: the same call, the same answers."""
 
     async def reserve(
-        self, sale: str, user: str, quantity: int, *, idempotency_key: str | None = ..., client_ip: str | None = ...
+        self,
+        sale: str,
+        user: str,
+        quantity: int,
+        *,
+        idempotency_key: str | None = ...,
+        client_ip: str | None = ...,
+        admission_expires_ms: int | None = ...,
     ) -> Reservation: ...
 
 
@@ -93,11 +100,20 @@ async def buy(
     replay_wait_ms: int,
     retry_after_s: int,
     engine: StockEngine,
+    admission_expires_ms: int | None = None,
 ) -> Purchase:
     """Reserves and records durably, or raises a domain error / ApiError that says why not. ``engine`` is
-    the process's stock engine (``stock`` may be its reserve coalescer), used to restore a lost sale."""
+    the process's stock engine (``stock`` may be its reserve coalescer), used to restore a lost sale.
+    ``admission_expires_ms``: the expiry of the buyer's verified admission token, if one was shown."""
     try:
-        r = await stock.reserve(sale, user, quantity, idempotency_key=idempotency_key, client_ip=client_ip)
+        r = await stock.reserve(
+            sale,
+            user,
+            quantity,
+            idempotency_key=idempotency_key,
+            client_ip=client_ip,
+            admission_expires_ms=admission_expires_ms,
+        )
     except errors.SaleNotFound:
         # Redis restarted or failed over: if the ledger still knows the sale, this request starts its
         # restore (or finds it running) and the buyer retries in a second; otherwise it is a 404.
@@ -147,6 +163,8 @@ def _outcome(exc: errors.StampedeError) -> str:
         "rate_limited": "rate_limited",
         "idempotency_conflict": "idempotency_conflict",
         "dependency_unavailable": "unavailable",
+        "admission_required": "not_admitted",
+        "admission_expired": "not_admitted",
     }.get(exc.code, "invalid")
 
 

@@ -4,14 +4,14 @@ Measured on the 2-core box, one ``StockEngine.reserve`` through redis-py's async
 85 µs of client CPU (pool checkout, timeout contexts, retry wrapper, one socket write and read), while
 the same EVALSHA sent 32 at a time in a pipeline costs about 22 µs each. Under a spike the API process
 is the bottleneck, so it batches the way the ledger writer does: a single flusher task takes whatever
-is waiting, sends it as one pipeline (no MULTI: each script is atomic on its own, and the scripts of
-different buyers need not be atomic together), and resolves each waiter with its own typed result.
-There is no linger timer: a lone request goes at once, and under load a batch is whatever arrived
-during the previous round trip. Since only the flusher talks to Redis for reserves, it keeps one
-connection of the client's pool for itself and writes the batch as one buffer it encodes itself
+is waiting, hands it to ``StockEngine.reserve_batch`` (one pipeline per Redis master, no MULTI: each
+script is atomic on its own, and the scripts of different buyers need not be atomic together; on a
+cluster with replicas acknowledging, one ``WAIT`` per pipeline), and resolves each waiter with its own
+typed result. There is no linger timer: a lone request goes at once, and under load a batch is whatever
+arrived during the previous round trip. The engine writes each pipeline as one buffer it encodes itself
 (redis-py's generic command packing was the largest single cost in a profile of the request path),
 skipping the per-call pool checkout and retry wrapper of redis-py's pipeline object; a connection that
-fails (or a round trip that is cancelled half way) is dropped and the next batch takes a fresh one.
+fails (or a round trip that is cancelled half way) is dropped.
 
 Once Redis has answered that a sale has no unit left, the process answers ``sold_out`` for that sale
 on its own for ``sold_out_cache_ms`` (100 ms by default) instead of asking again: after a sell-out
@@ -20,9 +20,9 @@ Idempotency-Key always asks Redis (it may be the replay of an accepted reservati
 back (a compensation, a restock) is offered again at most that long after; the answer "sold out" was
 true a moment before, which is all a refusal ever promises.
 
-The script, its keys, its answer codes and the held connection are the stock engine's (``stampede.stock``,
-``StockEngine.reserve_pipe``); the answer is mapped to the same ``Reservation`` or domain error that
-``StockEngine.reserve`` returns.
+The script, its keys, its answer codes and the connections are the stock engine's (``stampede.stock``,
+``StockEngine.reserve_batch``: one connection per master per batch); the answer is mapped to the same
+``Reservation`` or domain error that ``StockEngine.reserve`` returns.
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import errors
 from stampede.stock import Reservation, ReserveCall, StockEngine, reserve_call
@@ -53,7 +49,7 @@ class ReserveCoalescer(SingleFlusher[_Call]):
 
     def __init__(self, stock: StockEngine, *, max_batch: int = 256, sold_out_cache_ms: int = 0) -> None:
         super().__init__(max_batch, "stampede-reserve-flusher")
-        self._pipe = stock.reserve_pipe()
+        self._stock = stock
         self._sold_out_ttl = sold_out_cache_ms / 1000
         self._sold_out: dict[str, float] = {}  # sale -> monotonic time until which it is known sold out
 
@@ -65,8 +61,16 @@ class ReserveCoalescer(SingleFlusher[_Call]):
         *,
         idempotency_key: str | None = None,
         client_ip: str | None = None,
+        admission_expires_ms: int | None = None,
     ) -> Reservation:
-        rc = reserve_call(sale, user, quantity, idempotency_key=idempotency_key, client_ip=client_ip)
+        rc = reserve_call(
+            sale,
+            user,
+            quantity,
+            idempotency_key=idempotency_key,
+            client_ip=client_ip,
+            admission_expires_ms=admission_expires_ms,
+        )
         if idempotency_key is None and self._sold_out:
             until = self._sold_out.get(sale)
             if until is not None:
@@ -87,46 +91,30 @@ class ReserveCoalescer(SingleFlusher[_Call]):
     async def _flush(self, batch: list[_Call]) -> None:
         # Each call is encoded on its own: one that cannot be (a bug let a bad string through) is answered
         # alone, and its neighbours still go to Redis.
-        packed: list[tuple[_Call, bytes]] = []
+        good: list[_Call] = []
         for call in batch:
             try:
-                packed.append((call, self._pack(call)))
+                for part in (*call.call.keys, *call.call.args):
+                    if isinstance(part, str):
+                        part.encode()
+                good.append(call)
             except (UnicodeError, TypeError, ValueError):
                 fail(call.future, errors.InvalidArgument("request", "cannot be sent to the stock engine"))
-        if not packed:
+        if not good:
             return
         try:
-            results = await self._send([p for _, p in packed])
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis lost its script cache (restart, SCRIPT FLUSH): NOSCRIPT means nothing ran.
-                await self._pipe.load_script()
-                redo = [p for (_, p), r in zip(packed, results, strict=True) if isinstance(r, NoScriptError)]
-                again = iter(await self._send(redo))
-                results = [next(again) if isinstance(r, NoScriptError) else r for r in results]
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            failure = errors.DependencyUnavailable(Dependency.REDIS, str(exc))
-            for call, _ in packed:
-                fail(call.future, failure)
-            return
+            results = await self._stock.reserve_batch([c.call for c in good])
         except asyncio.CancelledError:
-            for call, _ in packed:
+            for call in good:
                 fail(call.future, errors.DependencyUnavailable(Dependency.REDIS, "cancelled"))
             raise
-        for (call, _), result in zip(packed, results, strict=True):
+        for call, result in zip(good, results, strict=True):
             if call.future.done():
                 continue
-            if isinstance(result, ResponseError):
-                fail(call.future, errors.ScriptError(f"reserve.lua: {result}"))
+            if isinstance(result, BaseException):
+                fail(call.future, result)
             else:
                 call.future.set_result(result)
 
-    def _pack(self, call: _Call) -> bytes:
-        return self._pipe.pack(call.call)
-
-    async def _send(self, commands: list[bytes]) -> list[Any]:
-        """One write of every EVALSHA, then one reply per call (an error reply is returned, not raised)."""
-        return await self._pipe.send(commands)
-
     async def close(self) -> None:
-        """Gives the flusher's connection back to the pool (the pool itself is the stock engine's)."""
-        await self._pipe.close()
+        """Nothing of its own to close: connections are the stock engine's, taken per batch."""

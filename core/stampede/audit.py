@@ -16,8 +16,13 @@ from typing import Protocol
 from .vocabulary import Reason, RedisState, Status
 
 # A reservation ends as an order or as stock given back. The ledger and Redis spell ``pending`` and
-# ``confirmed`` alike (Status.X == RedisState.X); stock given back is ``compensated`` or ``released``.
-RETURNED = (Status.COMPENSATED, RedisState.RELEASED)
+# ``confirmed`` alike (Status.X == RedisState.X); stock given back is ``compensated``, ``released`` or, for a
+# checkout hold that ran out, ``expired``. A held or paid reservation is an order (docs/architecture.md,
+# "Checkout holds"); a sale with holds settles every accepted reservation held, then paid or expired, or
+# compensated.
+RETURNED = (Status.COMPENSATED, RedisState.RELEASED, Status.EXPIRED)
+TAKEN = (Status.CONFIRMED, Status.HELD, Status.PAID)
+HOLD_ENDS = (Status.PAID, Status.HELD, Status.EXPIRED, Status.COMPENSATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,9 @@ class AuditReport:
     drift: int
     unsettled: int
     violations: list[str] = field(default_factory=list)
+    held_units: int = 0  # of confirmed_units: held, not paid yet (checkout holds)
+    paid_units: int = 0  # of confirmed_units: paid
+    expired_units: int = 0  # of returned_units: holds that expired, their units back on sale
 
     @property
     def ok(self) -> bool:
@@ -68,6 +76,8 @@ class AuditReport:
             f"  oversold {self.oversold}  lost {self.lost}  duplicates {self.duplicates}  "
             f"users over limit {self.over_limit_users}  drift {self.drift}  unsettled {self.unsettled}",
         ]
+        if self.held_units or self.paid_units or self.expired_units:
+            lines.insert(3, f"  holds: paid {self.paid_units}  held {self.held_units}  expired {self.expired_units}")
         lines += [f"  ! {v}" for v in self.violations]
         return "\n".join(lines)
 
@@ -87,6 +97,9 @@ class AuditReport:
             "over_limit_users": self.over_limit_users,
             "drift": self.drift,
             "unsettled": self.unsettled,
+            "held_units": self.held_units,
+            "paid_units": self.paid_units,
+            "expired_units": self.expired_units,
             "violations": list(self.violations),
         }
 
@@ -101,11 +114,17 @@ def audit(
     redis: RedisCounts | None = None,
     settled: bool = True,
     acknowledged: int | None = None,
+    holds: bool = False,
 ) -> AuditReport:
     """Checks the invariants. ``settled=True`` also demands that nothing is still pending (the
     after-the-sale check); mid-sale audits pass ``settled=False``. When the clients kept only a count of
     their 202s (a k6 summary), pass it as ``acknowledged`` instead of ids: every 202 must still have a
-    record, so fewer records than 202s is a loss."""
+    record, so fewer records than 202s is a loss.
+
+    ``holds=True`` (a sale with checkout holds) adds, once settled: every accepted reservation ended paid,
+    held, expired or compensated (paid + held + expired + compensated = accepted, none merely confirmed); and
+    with a Redis snapshot, the units of expired holds are back on sale (Redis's remaining is the stock less
+    what the ledger holds sold)."""
     accepted_ids = list(accepted)
     row_list = list(rows)
     violations: list[str] = []
@@ -143,13 +162,13 @@ def audit(
     held: Counter[str] = Counter()
     for r in row_list:
         by_status[r.status] += r.quantity
-        if r.status in (Status.CONFIRMED, Status.PENDING):
+        if r.status in (*TAKEN, Status.PENDING):
             held[r.user] += r.quantity
-    unknown = set(by_status) - {Status.CONFIRMED, Status.PENDING, *RETURNED}
+    unknown = set(by_status) - {*TAKEN, Status.PENDING, *RETURNED}
     if unknown:
         violations.append(f"records in unknown states: {sorted(unknown)}")
 
-    confirmed = by_status[Status.CONFIRMED]
+    confirmed = sum(by_status[s] for s in TAKEN)
     pending = by_status[Status.PENDING]
     returned = sum(by_status[s] for s in RETURNED)
     sold = confirmed + pending
@@ -165,6 +184,22 @@ def audit(
     unsettled = sum(1 for r in row_list if r.status == Status.PENDING)
     if settled and unsettled:
         violations.append(f"{unsettled} reservations still pending after the sale settled")
+
+    if holds and settled:
+        status_of = {r.reservation_id: r.status for r in row_list}
+        ends = Counter(status_of.get(rid) for rid in set(accepted_ids))
+        ended = sum(ends[s] for s in HOLD_ENDS)
+        if ended != len(set(accepted_ids)):
+            others = {str(k): n for k, n in ends.items() if k not in HOLD_ENDS}
+            violations.append(
+                f"paid {ends[Status.PAID]} + held {ends[Status.HELD]} + expired {ends[Status.EXPIRED]} + compensated "
+                f"{ends[Status.COMPENSATED]} = {ended} != accepted {len(set(accepted_ids))} (others: {others})"
+            )
+        if redis is not None and redis.remaining != stock - sold:
+            violations.append(
+                f"units not back on sale: redis remaining {redis.remaining} != stock {stock} - sold {sold} "
+                f"(expired {by_status[Status.EXPIRED]})"
+            )
 
     drift = 0
     if redis is not None:
@@ -197,6 +232,9 @@ def audit(
         drift=drift,
         unsettled=unsettled,
         violations=violations,
+        held_units=by_status[Status.HELD],
+        paid_units=by_status[Status.PAID],
+        expired_units=by_status[Status.EXPIRED],
     )
 
 

@@ -16,6 +16,9 @@ beyond what in-flight work explains. The rules:
   (reason ``job_failed``).
 - A ledger outcome Redis has not caught up with a grace period after it was written →
   ``ReplayConfirm`` / ``ReplayRelease`` (sooner, its writer is still on its way to Redis).
+- A hold the ledger expired whose units Redis still holds a grace period after the expiry (its sweeper died
+  between the ledger and Redis) → ``ReplayExpire``. ``held`` and ``paid`` rows are orders for Redis
+  (``confirmed``), ``expired`` ones returned stock (``released``).
 - Anything else that disagrees (an order Redis released, a confirmed reservation with no ledger row, a
   ledger row Redis never heard of) → ``Unexplained``: reported as drift, never "fixed" by guessing.
 
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .domain import ReservationRecord
-from .vocabulary import JobStatus, Reason, RedisState, Status
+from .vocabulary import TAKEN, JobStatus, Reason, RedisState, Status
 
 # procrastinate job statuses, grouped by what they mean for a pending row.
 JOB_ALIVE = frozenset({JobStatus.TODO, JobStatus.DOING, JobStatus.ABORTING})  # will still settle it: wait
@@ -78,7 +81,9 @@ class Observation:
 class Action:
     """One healing step over a set of reservations. ``kind`` names it in logs, Events and metrics."""
 
-    kind: Literal["rebuild", "compensate_lost", "compensate", "redefer", "replay_confirm", "replay_release"]
+    kind: Literal[
+        "rebuild", "compensate_lost", "compensate", "redefer", "replay_confirm", "replay_release", "replay_expire"
+    ]
     reservation_ids: tuple[str, ...] = ()
     reason: Reason | None = None
 
@@ -119,6 +124,7 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
     redefer: list[str] = []
     confirm: list[str] = []
     release: list[str] = []
+    expire: list[str] = []
     unexplained: list[Unexplained] = []
     cutoff = obs.now_ms - obs.grace_ms
 
@@ -141,7 +147,7 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
                 unexplained.append(Unexplained(rid, row.quantity, "pending in the ledger, confirmed in Redis"))
             else:
                 failed.append(rid)
-        elif row.status == Status.CONFIRMED:
+        elif row.status in TAKEN:
             if rec is None:
                 unexplained.append(Unexplained(rid, row.quantity, "an order Redis never heard of"))
             elif rec.state == RedisState.PENDING:
@@ -155,6 +161,9 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
                     release.append(rid)
             elif rec is not None and rec.state == RedisState.CONFIRMED:
                 unexplained.append(Unexplained(rid, row.quantity, "compensated in the ledger, confirmed in Redis"))
+        elif row.status == Status.EXPIRED:
+            if rec is not None and rec.state != RedisState.RELEASED and settled_long_ago(row):
+                expire.append(rid)
         else:
             unexplained.append(Unexplained(rid, row.quantity, f"ledger status '{row.status}'"))
 
@@ -176,6 +185,7 @@ def decide(obs: Observation, *, batch_max: int = 1000) -> Plan:
         ("redefer", redefer, None),
         ("replay_confirm", confirm, None),
         ("replay_release", release, None),
+        ("replay_expire", expire, None),
     ):
         for chunk in _chunks(sorted(ids), batch_max):
             actions.append(Action(kind, chunk, reason))  # type: ignore[arg-type]
@@ -189,7 +199,8 @@ def _as_rebuilt(row: LedgerEntry) -> ReservationRecord:
 
 
 def redis_state(ledger_status: str) -> RedisState:
-    """The Redis state a ledger status corresponds to (compensated stock is released stock)."""
+    """The Redis state a ledger status corresponds to (compensated stock is released stock; a hold, paid or
+    not, is an order; an expired hold is stock given back)."""
     return _REDIS_STATE[Status(ledger_status)]
 
 
@@ -197,6 +208,9 @@ _REDIS_STATE = {
     Status.PENDING: RedisState.PENDING,
     Status.CONFIRMED: RedisState.CONFIRMED,
     Status.COMPENSATED: RedisState.RELEASED,
+    Status.HELD: RedisState.CONFIRMED,
+    Status.PAID: RedisState.CONFIRMED,
+    Status.EXPIRED: RedisState.RELEASED,
 }
 
 
@@ -212,18 +226,29 @@ class Tally:
     pending: int = 0
     confirmed: int = 0
     compensated: int = 0
+    held: int = 0
+    paid: int = 0
+    expired: int = 0
+
+    @property
+    def taken(self) -> int:
+        """Units Redis must hold confirmed: orders, held or not, paid or not."""
+        return self.confirmed + self.held + self.paid
 
 
 def tally(rows: Iterable[LedgerEntry]) -> Tally:
-    p = c = x = 0
+    units: dict[str, int] = dict.fromkeys(Status, 0)
     for r in rows:
-        if r.status == Status.PENDING:
-            p += r.quantity
-        elif r.status == Status.CONFIRMED:
-            c += r.quantity
-        elif r.status == Status.COMPENSATED:
-            x += r.quantity
-    return Tally(p, c, x)
+        if r.status in units:
+            units[r.status] += r.quantity
+    return Tally(
+        units[Status.PENDING],
+        units[Status.CONFIRMED],
+        units[Status.COMPENSATED],
+        units[Status.HELD],
+        units[Status.PAID],
+        units[Status.EXPIRED],
+    )
 
 
 def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confirmed: int) -> int:
@@ -237,7 +262,7 @@ def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confir
     whatever was settled in between, which is not drift."""
     t = obs.tally if obs.tally is not None else tally(obs.ledger.values())
     if not obs.redis_present:
-        return t.pending + t.confirmed
+        return t.pending + t.taken
     unexplained = sum(u.units for u in plan.unexplained)
     cutoff = obs.now_ms - obs.grace_ms
     in_flight = obs.in_flight
@@ -249,7 +274,7 @@ def measure_drift(obs: Observation, plan: Plan, redis_pending: int, redis_confir
         )
     if t.pending or in_flight:
         return unexplained
-    return max(unexplained, abs(redis_confirmed - t.confirmed) + abs(redis_pending - t.pending))
+    return max(unexplained, abs(redis_confirmed - t.taken) + abs(redis_pending - t.pending))
 
 
 __all__ = [

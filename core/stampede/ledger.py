@@ -92,6 +92,19 @@ class LedgerRow:
     attempts: int
     created_at: datetime
     settled_at: datetime | None
+    hold_expires_at: datetime | None = None  # held, paid, expired: when the hold ends (or ended)
+    closed_at: datetime | None = None  # paid, expired: when the hold ended
+    checkout_key: str | None = None  # paid: the Idempotency-Key of the checkout that paid it
+    payment_ref: str | None = None  # paid: the buyer's payment reference
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A reservation whose hold the ledger expired: its units go back on sale in Redis."""
+
+    reservation_id: str
+    sale: str
+    quantity: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +269,8 @@ class Ledger:
             return None  # not a uuid: no such reservation
         if row is None:
             return None
-        rid, sale, user, qty, status, reason, job_id, attempts, created, settled = row
-        return LedgerRow(rid, sale, user, qty, Status(status), reason, job_id, attempts, created, settled)
+        rid, sale, user, qty, status, reason, job_id, attempts, created, settled, *hold = row
+        return LedgerRow(rid, sale, user, qty, Status(status), reason, job_id, attempts, created, settled, *hold)
 
     async def rows(self, sale: str) -> list[audit.Row]:
         """Every reservation of the sale, as the audit reads them."""
@@ -283,6 +296,44 @@ class Ledger:
         (migration 0010). ``counts`` reads the rows themselves: the audit's independent view."""
         return (await self.suspects(sale, cutoff_ms=0, limit=0))[0]
 
+    async def checkout(self, reservation_id: str, *, user: str, key: str, payment_ref: str) -> bool:
+        """Pays for a held reservation of ``user``: ``held -> paid`` with the payment reference, if and only if
+        its hold has not expired by the ledger's clock and neither the expiry sweep nor another checkout moved
+        it first (one conditional UPDATE). Returns whether this call paid it; read the row to say why not."""
+        try:
+            async with self._conn() as conn:
+                cur = await conn.execute(
+                    self._q["checkout"],
+                    {"reservation_id": reservation_id, "user": user, "key": key, "payment_ref": payment_ref},
+                )
+                row = await cur.fetchone()
+        except psycopg.errors.InvalidTextRepresentation:
+            return False  # not a uuid: no such reservation
+        assert row is not None
+        return int(row[0]) == 1
+
+    async def expire_due(self, limit: int) -> list[Expired]:
+        """Expires up to ``limit`` held reservations whose hold has passed, earliest first, in one statement
+        (rows a checkout or another sweeper holds are skipped). Returns the rows this call expired: their
+        units are owed back to the sale in Redis (``StockEngine.expire``, then ``mark_returned``)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["expire_due"], {"limit": limit})
+            return [Expired(rid, sale, int(qty)) for rid, sale, qty in await cur.fetchall()]
+
+    async def expired_unreturned(self, *, older_s: float, limit: int, sale: str | None = None) -> list[Expired]:
+        """Expired reservations whose units Redis has not taken back ``older_s`` seconds after their expiry
+        (the sweeper died in between), oldest first; of one sale, or of every sale."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["expired_unreturned"], {"sale": sale, "older_s": older_s, "limit": limit})
+            return [Expired(rid, s, int(qty)) for rid, s, qty in await cur.fetchall()]
+
+    async def mark_returned(self, reservation_ids: Sequence[str]) -> None:
+        """Records that Redis has taken back the units of these expired reservations."""
+        if not reservation_ids:
+            return
+        async with self._conn() as conn:
+            await conn.execute(self._q["mark_returned"], {"ids": list(reservation_ids)})
+
     async def suspects(self, sale: str, *, cutoff_ms: int, limit: int) -> tuple[Tally, list[tuple[Any, ...]]]:
         """The sale's counts (as ``tally``) and, in the same snapshot, up to ``limit`` of its pending rows
         reserved at or before ``cutoff_ms`` (Redis clock) whose job will not settle them, oldest first: what
@@ -293,8 +344,9 @@ class Ledger:
                 self._q["tally_and_suspects"], {"sale": sale, "cutoff_ms": cutoff_ms, "limit": limit}
             )
             got = await cur.fetchall()
-        tally = Tally(int(got[0][0]), int(got[0][1]), int(got[0][2]))
-        return tally, [row[3:] for row in got if row[3] is not None]
+        head = got[0]
+        tally = Tally(int(head[0]), int(head[1]), int(head[2]), int(head[3]), int(head[4]), int(head[5]))
+        return tally, [row[6:] for row in got if row[6] is not None]
 
     async def import_settled(
         self, sale: str, reservations: Sequence[PendingReservation], status: Status, reason: Reason | None = None
@@ -370,9 +422,13 @@ class Ledger:
         buyer_burst: int = 0,
         ip_rate: float = 0.0,
         ip_burst: int = 0,
+        hold_seconds: int = 0,
     ) -> None:
         """Creates or updates the sale's mirror row (a no-op write when nothing changed). It holds all a
-        restore needs to put the sale back in Redis, rate limits included."""
+        restore needs to put the sale back in Redis, rate limits included, and the sale's checkout hold
+        (0: none), which the settling statement reads."""
+        if isinstance(hold_seconds, bool) or not isinstance(hold_seconds, int) or hold_seconds < 0:
+            raise errors.InvalidArgument("holdSeconds", "must be an integer >= 0")
         async with self._conn() as conn:
             await conn.execute(
                 self._q["ensure_sale"],
@@ -387,6 +443,7 @@ class Ledger:
                     "buyer_burst": buyer_burst,
                     "ip_rate": ip_rate,
                     "ip_burst": ip_burst,
+                    "hold_seconds": hold_seconds,
                 },
             )
 
@@ -646,6 +703,7 @@ __all__ = [
     "PAYLOAD_VERSION",
     "Claim",
     "Claimed",
+    "Expired",
     "Ledger",
     "LedgerRow",
     "LiveLedger",

@@ -58,6 +58,18 @@ WORKER_QUEUE_DEPTH = Gauge(
     "settle jobs in the queue by status (todo, doing), as last read by this worker",
     ["status"],
 )
+WORKER_HOLDS = Counter(
+    "stampede_worker_holds_total",
+    "checkout holds by what this worker did to them: held (a reservation settled as a hold), expired (moved "
+    "held -> expired by the sweep), returned (units given back in Redis after an expiry, including one a dead "
+    "sweeper left)",
+    ["outcome"],
+)
+WORKER_HOLD_SWEEP_SECONDS = Histogram(
+    "stampede_worker_hold_sweep_seconds",
+    "time of one expiry sweep (ledger, then Redis), by the rows it moved",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 WORKER_STALLED_RECOVERED = Counter(
     "stampede_worker_stalled_recovered_total",
     "jobs of dead workers put back to todo",
@@ -81,7 +93,7 @@ API_LATENCY = Histogram(
 API_RESERVATIONS = Counter(
     "stampede_api_reservations_total",
     "reservation attempts by outcome (accepted, replayed, sold_out, limit_reached, sale_closed, rate_limited, "
-    "idempotency_conflict, unavailable)",
+    "idempotency_conflict, not_admitted, unavailable)",
     ["sale", "outcome"],
 )
 API_STOCK_REMAINING = Gauge(
@@ -104,6 +116,12 @@ API_BATCH_SECONDS = Histogram(
     "stampede_api_batch_seconds",
     "time of one ledger transaction (pending rows + settle job)",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+API_CHECKOUTS = Counter(
+    "stampede_api_checkouts_total",
+    "checkout attempts by outcome (paid, replayed, hold_expired, already_paid, not_held, reservation_pending, "
+    "idempotency_conflict)",
+    ["sale", "outcome"],
 )
 API_STRATEGY_ACCEPTED = Counter(
     "stampede_api_strategy_accepted_total", "buys accepted by each demonstration strategy", ["strategy"]
@@ -141,7 +159,13 @@ OPERATOR_RECONCILE_ERRORS = Counter(
 )
 OPERATOR_STOCK = Gauge(
     "stampede_operator_stock_units",
-    "units of a sale by state as last reconciled (remaining, reserved, confirmed, compensated)",
+    "units of a sale by state as last reconciled (remaining, reserved, confirmed, compensated, and with checkout "
+    "holds held, paid, expired)",
+    ["sale", "state"],
+)
+OPERATOR_QUEUE = Gauge(
+    "stampede_operator_queue_tickets",
+    "tickets of a sale's waiting room as last reconciled (tickets, early, admitted, served, waiting)",
     ["sale", "state"],
 )
 
@@ -149,12 +173,14 @@ SALE_LABELLED = (
     API_RESERVATIONS,
     API_STOCK_REMAINING,
     API_DEFER_FAILURES,
+    API_CHECKOUTS,
     OPERATOR_DRIFT,
     OPERATOR_HEALED,
     OPERATOR_COMPENSATIONS,
     OPERATOR_RECONCILE_SECONDS,
     OPERATOR_RECONCILE_ERRORS,
     OPERATOR_STOCK,
+    OPERATOR_QUEUE,
 )
 
 

@@ -130,6 +130,57 @@ class SaleKeys:
         """String holding the token of the one process restoring the sale from the ledger (expires)."""
         return f"{self.base}:restore"
 
+    # --- the waiting room (stampede.waitroom; lua/room.lua) -------------------------------------------
+
+    @property
+    def room_config(self) -> str:
+        """Hash of the room's settings: on, open_ms, start_ms, end_ms, rate (reserve.lua reads ``on``)."""
+        return f"{self.base}:wr:cfg"
+
+    @property
+    def room_queue(self) -> str:
+        """Sorted set ticket -> score: early tickets a hidden uniform draw below 2^52, late ones 2^52 + arrival."""
+        return f"{self.base}:wr:queue"
+
+    @property
+    def room_buyers(self) -> str:
+        """Hash buyer -> ticket: one ticket per buyer."""
+        return f"{self.base}:wr:buyers"
+
+    @property
+    def room_tickets(self) -> str:
+        """Hash ticket -> buyer: only its buyer may poll a ticket."""
+        return f"{self.base}:wr:tickets"
+
+    @property
+    def room_admitted(self) -> str:
+        """Hash ticket -> Redis time (ms) of its first answer as admitted; the admission token expires from it."""
+        return f"{self.base}:wr:admitted"
+
+    @property
+    def room_polls(self) -> str:
+        """Hash ticket -> Redis time (ms) of its last poll, for the per-ticket poll interval."""
+        return f"{self.base}:wr:polls"
+
+    @property
+    def room_clock(self) -> str:
+        """Hash of the admission cursor (positions admitted), its Redis time, the late-arrival counter and
+        the number of early tickets."""
+        return f"{self.base}:wr:clock"
+
+    def room_all(self) -> tuple[str, ...]:
+        """The waiting room's keys in the order ``lua/room.lua`` takes them (the sale's meta last, read only)."""
+        return (
+            self.room_config,
+            self.room_queue,
+            self.room_buyers,
+            self.room_tickets,
+            self.room_admitted,
+            self.room_polls,
+            self.room_clock,
+            self.meta,
+        )
+
     def buyer_bucket(self, user: str) -> str:
         return f"{self.base}:rl:u:{user}"
 
@@ -138,7 +189,15 @@ class SaleKeys:
 
     def all_static(self) -> tuple[str, ...]:
         """Every fixed key of the sale (rate-limit buckets expire by themselves)."""
-        return (self.meta, self.reservations, self.pending, self.holds, self.idempotency, self.restore_lock)
+        return (
+            self.meta,
+            self.reservations,
+            self.pending,
+            self.holds,
+            self.idempotency,
+            self.restore_lock,
+            *self.room_all()[:-1],
+        )
 
 
 def sale_keys(sale: str) -> SaleKeys:

@@ -34,7 +34,7 @@ from .domain import ReservationRecord
 from .healing import redis_state
 from .ledger import Ledger, RestoreSource
 from .stock import SaleConfig, StockEngine
-from .vocabulary import Status
+from .vocabulary import TAKEN, Status
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _records(source: RestoreSource) -> list[ReservationRecord]:
 
 async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -> Restore:
     started = time.monotonic()
-    run_id = await stock.run_id()
+    run_id = await stock.run_id(sale)
     token = uuid.uuid4().hex
     if not await stock.lock_restore(sale, token, LOCK_TTL_MS):
         return Restore(BUSY)
@@ -91,7 +91,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
         if source is None or source.deleted:
             return Restore(GONE)
         pending = sum(q for _, _, q, status, _ in source.rows if status == Status.PENDING)
-        confirmed = sum(q for _, _, q, status, _ in source.rows if status == Status.CONFIRMED)
+        confirmed = sum(q for _, _, q, status, _ in source.rows if status in TAKEN)
         config = SaleConfig(
             total=source.stock,
             per_user_limit=source.per_user_limit,
@@ -189,7 +189,7 @@ async def lost(stock: StockEngine, sale: str) -> str | None:
     have = await stock.restored_run(sale)
     if have is None:
         return MISSING
-    return RESTARTED if have != await stock.run_id() else None
+    return RESTARTED if have != await stock.run_id(sale) else None
 
 
 __all__ = [

@@ -16,6 +16,8 @@ from typing import Any, TypeVar, get_type_hints
 
 from .names import DEFAULT_NAMESPACE, SALE_NAME_RE
 from .redact import redact_url, scrub
+from .redis_url import SCHEMES as REDIS_SCHEMES
+from .redis_url import is_cluster
 
 PREFIX = "STAMPEDE_"
 
@@ -86,7 +88,11 @@ def _url_problem(var: str, url: str) -> str | None:
         else:
             from redis.connection import parse_url
 
-            parse_url(url)  # type: ignore[no-untyped-call]
+            from .redis_url import client_url, cluster_problem, is_cluster
+
+            if is_cluster(url) and (problem := cluster_problem(url)):
+                return problem
+            parse_url(client_url(url))  # type: ignore[no-untyped-call]
     except Exception as exc:
         return str(exc) or type(exc).__name__
     return None
@@ -104,9 +110,18 @@ def _positive(name: str, value: float) -> None:
 class Common:
     """What every process needs to reach the shared state."""
 
-    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis holding the hot counters")
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis holding the hot counters; redis+cluster://host:port (rediss+cluster:// with TLS) for a Redis Cluster",
+    )
     database_url: str = setting("postgresql://stampede@127.0.0.1:5432/stampede", "PostgreSQL ledger and queue")
     redis_max_connections: int = setting(64, "Redis connection pool size per process")
+    redis_ack_replicas: int = setting(
+        -1,
+        "replicas that must hold a reservation (Redis WAIT) before it is written to the ledger and answered 202; "
+        "-1: 1 on a Redis Cluster, 0 on a single Redis",
+    )
+    redis_ack_timeout_ms: int = setting(1000, "how long a reserve waits for those replicas before answering 503")
     db_pool_min: int = setting(1, "smallest PostgreSQL pool per process")
     db_pool_max: int = setting(8, "largest PostgreSQL pool per process")
     db_timeout_s: float = setting(5.0, "seconds to wait for a PostgreSQL connection before answering 'unavailable'")
@@ -114,8 +129,19 @@ class Common:
     log_level: str = setting("INFO", "root log level")
     log_json: bool = setting(True, "structured JSON logs (false: plain text for a terminal)")
 
+    @property
+    def ack_replicas(self) -> int:
+        """``redis_ack_replicas`` resolved: -1 means 1 on a Redis Cluster (whose failover promotes a replica,
+        which must then hold every reservation a buyer was told about) and 0 on a single Redis."""
+        if self.redis_ack_replicas >= 0:
+            return self.redis_ack_replicas
+        return 1 if is_cluster(self.redis_url) else 0
+
     def validate(self) -> None:
         _positive("redis_max_connections", self.redis_max_connections)
+        _positive("redis_ack_timeout_ms", self.redis_ack_timeout_ms)
+        if self.redis_ack_replicas < -1:
+            raise SettingsError(f"STAMPEDE_REDIS_ACK_REPLICAS must be >= -1, got {self.redis_ack_replicas}")
         _positive("db_pool_max", self.db_pool_max)
         _positive("db_timeout_s", self.db_timeout_s)
         _positive("settle_shards", self.settle_shards)
@@ -124,7 +150,7 @@ class Common:
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError("STAMPEDE_DB_POOL_MIN must not exceed STAMPEDE_DB_POOL_MAX")
         for var, url, schemes in (
-            ("STAMPEDE_REDIS_URL", self.redis_url, ("redis://", "rediss://", "unix://")),
+            ("STAMPEDE_REDIS_URL", self.redis_url, REDIS_SCHEMES),
             ("STAMPEDE_DATABASE_URL", self.database_url, ("postgresql://", "postgres://")),
         ):
             # Every message about a URL shows it without its password.
@@ -157,7 +183,15 @@ class WorkerSettings(Common):
     worker_poll_s: float = setting(2.0, "job polling interval besides LISTEN/NOTIFY wake-ups")
     worker_depth_interval_s: float = setting(5.0, "how often the queue depth gauge is refreshed")
     worker_claim_max: int = setting(1000, "most pending rows a settle job claims and settles in one transaction")
+    worker_hold_sweep_s: float = setting(1.0, "how often a worker expires the checkout holds that are due")
+    worker_hold_sweep_max: int = setting(1000, "most holds one sweep statement expires (a sweep repeats while full)")
+    worker_hold_return_after_s: float = setting(
+        10.0, "an expired hold whose units Redis has not taken back this long after is given back again"
+    )
     worker_fault_sleep_ms: int = setting(0, "fault injection for tests: sleep between ledger and Redis writes")
+    worker_fault_expire_sleep_ms: int = setting(
+        0, "fault injection for tests: sleep between a sweep's ledger expiry and its Redis write"
+    )
     worker_fault_claim_sleep_ms: int = setting(0, "fault injection for tests: sleep inside a claim, rows locked")
 
     def validate(self) -> None:
@@ -168,6 +202,9 @@ class WorkerSettings(Common):
             "worker_retry_base_s",
             "worker_heartbeat_s",
             "worker_stalled_s",
+            "worker_hold_sweep_s",
+            "worker_hold_sweep_max",
+            "worker_hold_return_after_s",
         ):
             _positive(name, getattr(self, name))
         if self.worker_max_retries < 0:
@@ -231,6 +268,12 @@ class ApiSettings(Common):
         10.0, "reads per second per client of GET /v1/sales/{sale} and per buyer of polls"
     )
     public_read_burst: int = setting(20, "burst of those reads before 429")
+    admission_token_ttl_s: int = setting(
+        120, "waiting room: seconds an admitted buyer's admission token lets them buy (admission is given once)"
+    )
+    queue_poll_interval_ms: int = setting(
+        500, "waiting room: least time between two polls of one ticket (sooner: 429, the place unchanged)"
+    )
     strategies_enabled: bool = setting(False, "expose the /api/v1..v4/buy demonstration strategies (never in prod)")
     environment: str = setting(
         "production", "production | development: development-only features (demo buyers) are refused in production"
@@ -265,6 +308,8 @@ class ApiSettings(Common):
             raise SettingsError("STAMPEDE_TOKEN_CACHE_ENTRIES must be >= 0 (0: no cache)")
         if self.sale_namespace and not SALE_NAME_RE.match(self.sale_namespace):
             raise SettingsError("STAMPEDE_SALE_NAMESPACE must be a Kubernetes namespace name (or empty)")
+        for name in ("admission_token_ttl_s", "queue_poll_interval_ms"):
+            _positive(name, getattr(self, name))
         for name in ("max_header_bytes", "header_timeout_s", "idle_timeout_s", "public_read_rate", "public_read_burst"):
             _positive(name, getattr(self, name))
         if self.trusted_proxy_hops < 0:

@@ -1,35 +1,53 @@
 """The Redis stock engine: a thin typed wrapper over the Lua scripts in ``lua/``.
 
 Every state change of a sale's counters is one script, so it is atomic on a single Redis and, because
-all of a sale's keys share the ``{sale}`` hash tag, on a Redis Cluster too. Scripts are registered once
-per client (EVALSHA, reloaded on NOSCRIPT by redis-py). Arguments are checked here before any round trip
-and again inside the scripts; a script's answer becomes a typed result or a typed domain error, never a
-raw Redis string.
+all of a sale's keys share the ``{sale}`` hash tag, on a Redis Cluster too (``redis+cluster://`` URLs get
+redis-py's cluster client, which sends each script to the master of the sale's slot). Scripts are
+registered once per client (EVALSHA, reloaded on NOSCRIPT by redis-py). Arguments are checked here before
+any round trip and again inside the scripts; a script's answer becomes a typed result or a typed domain
+error, never a raw Redis string.
+
+With ``ack_replicas`` > 0 a reserve is answered only once that many replicas hold it (Redis ``WAIT`` on the
+connection that ran the script): a failover then promotes a replica that holds every reservation a buyer
+was told about (see "Redis Cluster and failover" in docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.typing import EncodableT, FieldT
 
 from . import errors
 from .domain import Outcome, ReservationRecord
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
 from .names import SaleKeys, sale_keys
+from .redis_errors import UNAVAILABLE
+from .redis_url import client_url, is_cluster
 from .vocabulary import Dependency, RedisState
+from .waitroom import WaitingRoom
 
-SCRIPTS = ("reserve", "confirm", "release", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
+# Errors of one reserve in a batch after which it is sent again: nothing ran (a slot that moved, a script
+# cache that was emptied, a node busy with a slot migration).
+_RESEND = (MovedError, NoScriptError, TryAgainError)
+
+SCRIPTS = ("reserve", "confirm", "release", "expire", "seed", "gate", "snapshot", "restore", "unlock", "suspects")
 
 
 @cache
@@ -200,6 +218,11 @@ _CONFIRM = {
     "released": Outcome.RELEASED,
     "unknown": Outcome.UNKNOWN,
 }
+_EXPIRE = {
+    "released": Outcome.RELEASED,
+    "already": Outcome.ALREADY,
+    "unknown": Outcome.UNKNOWN,
+}
 _RELEASE = {
     "released": Outcome.RELEASED,
     "already": Outcome.ALREADY,
@@ -239,6 +262,10 @@ class ReserveCall:
             raise errors.SaleClosed(sale)
         if code == "unknown_sale":
             raise errors.SaleNotFound(sale)
+        if code == "not_admitted":
+            raise errors.AdmissionRequired(sale)
+        if code == "admission_expired":
+            raise errors.AdmissionExpired(sale)
         if code == "rate_limited":
             raise errors.RateLimited(_s(state), number)
         if code == "idem_conflict":
@@ -256,39 +283,111 @@ def reserve_call(
     idempotency_key: str | None = None,
     reservation_id: str | None = None,
     client_ip: str | None = None,
+    admission_expires_ms: int | None = None,
 ) -> ReserveCall:
-    """Checks a reserve's arguments (InvalidArgument naming the field) and builds its call."""
+    """Checks a reserve's arguments (InvalidArgument naming the field) and builds its call.
+    ``admission_expires_ms`` is the expiry of the buyer's verified admission token (None: none shown); the
+    script refuses a buyer without one while the sale's waiting room is on."""
     k = _keys(sale)
     _check_user(user)
     _check_quantity(quantity)
     if idempotency_key is not None and not is_idempotency_key(idempotency_key):
         raise errors.InvalidArgument("Idempotency-Key", f"must be {IDEMPOTENCY_KEY_RULE}")
     rid = reservation_id or new_reservation_id()
-    keys = [
-        k.meta,
-        k.reservations,
-        k.pending,
-        k.holds,
-        k.idempotency,
-        k.buyer_bucket(user),
-        k.ip_bucket(client_ip) if client_ip else "",
-    ]
-    return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or ""])
+    keys = [k.meta, k.reservations, k.pending, k.holds, k.idempotency, k.buyer_bucket(user), k.room_config]
+    if client_ip:
+        # No IP, no eighth key: every key of a script must be in the sale's slot (an empty name is not).
+        keys.append(k.ip_bucket(client_ip))
+    if admission_expires_ms is not None and (
+        isinstance(admission_expires_ms, bool) or not isinstance(admission_expires_ms, int)
+    ):
+        raise errors.InvalidArgument("Admission-Token", "expiry must be an integer")
+    admission = "" if admission_expires_ms is None else admission_expires_ms
+    return ReserveCall(sale, user, quantity, rid, keys, [rid, user, quantity, idempotency_key or "", admission])
+
+
+Client = aioredis.Redis | RedisCluster
 
 
 class StockEngine:
-    """Atomic stock operations over one ``redis.asyncio`` client (pooled, shared per process)."""
+    """Atomic stock operations over one ``redis.asyncio`` client, or a ``RedisCluster`` client (pooled,
+    shared per process). ``ack_replicas``: replicas that must hold a reservation before ``reserve`` (and
+    ``reserve_batch``) answers it; ``ack_timeout_ms``: how long to wait for them."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = 1000,
+        max_in_flight: int | None = None,
+        wait_timeout: float = 5.0,
+    ) -> None:
         self._client = client
+        self.cluster = isinstance(client, RedisCluster)
+        # redis-py's cluster client refuses a call when a node's pool is exhausted instead of waiting for a
+        # free connection as the single client's blocking pool does: the engine queues its callers itself.
+        self._gate = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        self._wait_timeout = wait_timeout
+        self.ack_replicas = ack_replicas
+        self.ack_timeout_ms = ack_timeout_ms
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
+        self._room: WaitingRoom | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = 0.0
+
+    @property
+    def room(self) -> WaitingRoom:
+        """The sale waiting rooms' adapter over this engine's client (``stampede.waitroom``)."""
+        if self._room is None:
+            self._room = WaitingRoom(self._client, script_source("room"))
+        return self._room
 
     @classmethod
-    def from_url(cls, url: str, max_connections: int = 64, pool_timeout: float = 5.0) -> StockEngine:
+    def from_url(
+        cls,
+        url: str,
+        max_connections: int = 64,
+        pool_timeout: float = 5.0,
+        *,
+        ack_replicas: int | None = None,
+        ack_timeout_ms: int = 1000,
+    ) -> StockEngine:
         """A client whose pool makes callers wait for a free connection (up to ``pool_timeout``)
-        instead of failing: a burst of buyers must queue for Redis, not be refused by our own pool."""
+        instead of failing: a burst of buyers must queue for Redis, not be refused by our own pool.
+        A ``redis+cluster://`` URL gives redis-py's cluster client (``max_connections`` per node).
+        ``ack_replicas`` None: 1 on a cluster, 0 on a single Redis (the settings' default)."""
+        if ack_replicas is None:
+            ack_replicas = 1 if is_cluster(url) else 0
+        if is_cluster(url):
+            # Calls through the engine wait for one of ``max_connections`` slots; the headroom per node is for
+            # the few calls that go through the client itself (scans, a worker's pipelined reads).
+            cluster = RedisCluster.from_url(client_url(url), max_connections=max_connections + 16)
+            return cls(
+                cluster,
+                ack_replicas=ack_replicas,
+                ack_timeout_ms=ack_timeout_ms,
+                max_in_flight=max_connections,
+                wait_timeout=pool_timeout,
+            )
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout)
-        return cls(aioredis.Redis(connection_pool=pool))
+        return cls(aioredis.Redis(connection_pool=pool), ack_replicas=ack_replicas, ack_timeout_ms=ack_timeout_ms)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """One of the engine's in-flight slots on a cluster (waiting up to the pool timeout, as the single
+        client's blocking pool does); nothing on a single Redis, whose pool already waits."""
+        if self._gate is None:
+            yield
+            return
+        try:
+            await asyncio.wait_for(self._gate.acquire(), self._wait_timeout)
+        except TimeoutError:
+            raise errors.DependencyUnavailable(Dependency.REDIS, "no free connection in time") from None
+        try:
+            yield
+        finally:
+            self._gate.release()
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -297,21 +396,51 @@ class StockEngine:
         """One round trip to Redis (readiness); raises DependencyUnavailable when it cannot be made."""
         await self._read(self._client.ping())
 
-    def reserve_pipe(self) -> ReservePipe:
-        """A pipe of reserve calls over one connection of this engine's pool, for one flusher task."""
-        return ReservePipe(self._client, self._scripts["reserve"])
-
     async def flush_database(self) -> None:
         """Benchmarks and tests only: empties the whole Redis database this engine uses."""
         await self._read(self._client.flushdb())
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return await self._scripts[name](keys=list(keys), args=list(args))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
+            async with self._turn():
+                return await self._scripts[name](keys=list(keys), args=list(args))
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         except ResponseError as exc:
             raise errors.ScriptError(f"{name}.lua: {exc}") from exc
+
+    async def _node(self, key: str) -> ClusterNode | None:
+        """The master of ``key``'s slot on a cluster (None on a single Redis); reads the slot map first if
+        the client has not yet."""
+        if not self.cluster:
+            return None
+        client = cast(RedisCluster, self._client)
+        try:
+            await client.initialize()
+            node = client.get_node_from_key(key)
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
+        if node is None:  # only asked for a replica; the master is always there while the slot is covered
+            raise errors.DependencyUnavailable(Dependency.REDIS, f"no master for the slot of {key}")
+        return node
+
+    async def master_of(self, sale: str) -> str | None:
+        """``host:port`` of the cluster master holding the sale's slot (None on a single Redis)."""
+        node = await self._node(_keys(sale).meta)
+        return None if node is None else node.name
+
+    async def refresh_topology(self) -> None:
+        """Reads the cluster's slot map again (after a failover or a moved slot), at most every 100 ms."""
+        if not self.cluster:
+            return
+        client = cast(RedisCluster, self._client)
+        async with self._refresh_lock:
+            if time.monotonic() - self._refreshed_at < 0.1:
+                return
+            # Every known node down right now: the next failure tries again.
+            with contextlib.suppress(*UNAVAILABLE):
+                await client.nodes_manager.initialize()
+            self._refreshed_at = time.monotonic()
 
     # --- sale lifecycle ---------------------------------------------------------------------------
 
@@ -324,7 +453,7 @@ class StockEngine:
         if not isinstance(config.per_user_limit, int) or config.per_user_limit < 1:
             raise errors.InvalidArgument("perUserLimit", "must be an integer >= 1")
         gate = "" if open is None else ("1" if open else "0")
-        run_id = await self.run_id()
+        run_id = await self.run_id(sale)
         code, total, remaining, sold = await self._run(
             "seed",
             [k.meta],
@@ -353,21 +482,30 @@ class StockEngine:
             raise errors.SaleNotFound(sale)
         return prev == "1"
 
-    async def run_id(self) -> str:
-        """The Redis server's ``run_id``: it changes with every restart (and differs on a failover), so a
+    async def run_id(self, sale: str) -> str:
+        """The ``run_id`` of the Redis server holding the sale (on a cluster: the master of its slot). It
+        changes with every restart and differs on a failover (the promoted replica is another server), so a
         sale restored under another run_id may have lost what that run held."""
+        node = await self._node(_keys(sale).meta)
         try:
-            info = await self._client.info("server")
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
+            if node is None:
+                info = await self._client.info("server")
+            else:
+                info = await node.execute_command("INFO", "server")
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
+        if isinstance(info, bytes | str):  # a node's raw answer: "key:value" lines
+            text = info.decode() if isinstance(info, bytes) else info
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            return fields.get("run_id", "").strip()
         return str(info.get("run_id", ""))
 
     async def restored_run(self, sale: str) -> str | None:
         """The run_id the sale was last restored under ('' if never), or None if Redis does not know it."""
         try:
-            meta_total, run = await self._client.hmget(_keys(sale).meta, ["total", "run"])
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
+            meta_total, run = await self._read(self._client.hmget(_keys(sale).meta, ["total", "run"]))
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         if meta_total is None:
             return None
         return "" if run is None else _s(run)
@@ -375,9 +513,9 @@ class StockEngine:
     async def lock_restore(self, sale: str, token: str, ttl_ms: int) -> bool:
         """Takes the sale's restore lock for ``ttl_ms`` unless another holds it: one restore at a time."""
         try:
-            return bool(await self._client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
+            return bool(await self._read(self._client.set(_keys(sale).restore_lock, token, nx=True, px=ttl_ms)))
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
 
     async def unlock_restore(self, sale: str, token: str) -> bool:
         """Gives the restore lock back if it still holds ``token``."""
@@ -426,7 +564,14 @@ class StockEngine:
         """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
         k = _keys(sale)
         deleted = int(await self._client.delete(*k.all_static()))
-        async for key in self._client.scan_iter(match=f"{k.base}:rl:*", count=1000):
+        # The rate-limit buckets share the sale's slot: on a cluster only its master is scanned.
+        node = await self._node(k.meta)
+        scan = (
+            self._client.scan_iter(match=f"{k.base}:rl:*", count=1000)
+            if node is None
+            else self._client.scan_iter(match=f"{k.base}:rl:*", count=1000, target_nodes=node)
+        )
+        async for key in scan:
             deleted += int(await self._client.delete(key))
         return deleted
 
@@ -441,14 +586,143 @@ class StockEngine:
         idempotency_key: str | None = None,
         reservation_id: str | None = None,
         client_ip: str | None = None,
+        admission_expires_ms: int | None = None,
     ) -> Reservation:
         """Takes ``quantity`` units for ``user`` in one atomic step, or raises the domain error that
-        says why not (SaleNotFound, RateLimited, SaleClosed, LimitReached, SoldOut,
-        IdempotencyConflict). A replayed idempotency key returns the original reservation."""
+        says why not (SaleNotFound, RateLimited, SaleClosed, AdmissionRequired, AdmissionExpired,
+        LimitReached, SoldOut, IdempotencyConflict). A replayed idempotency key returns the original
+        reservation."""
         call = reserve_call(
-            sale, user, quantity, idempotency_key=idempotency_key, reservation_id=reservation_id, client_ip=client_ip
+            sale,
+            user,
+            quantity,
+            idempotency_key=idempotency_key,
+            reservation_id=reservation_id,
+            client_ip=client_ip,
+            admission_expires_ms=admission_expires_ms,
         )
+        if self.ack_replicas > 0:
+            (raw,) = await self.reserve_batch([call])
+            if isinstance(raw, BaseException):
+                raise raw
+            return call.answer(raw)
         return call.answer(await self._run("reserve", call.keys, call.args))
+
+    async def reserve_batch(self, calls: Sequence[ReserveCall]) -> list[Any]:
+        """Runs many reserves at once: one pipeline per Redis master (calls grouped by their sale's slot),
+        written as one buffer and read back in order, each script atomic on its own. With ``ack_replicas``
+        each pipeline ends with ``WAIT``: a reserve is answered only when the replicas hold it; when they do
+        not in time its units are given back (its idempotency key forgotten) and it is answered
+        DependencyUnavailable. A reserve that did not run (MOVED after a failover, NOSCRIPT, TRYAGAIN) is
+        sent again, twice at most. Returns, per call, the script's raw answer (``ReserveCall.answer`` reads
+        it) or the exception it is answered with (DependencyUnavailable, ScriptError)."""
+        out: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(3):
+            groups: dict[str, tuple[ClusterNode | None, list[int]]] = {}
+            lost_slot = False
+            for i in todo:
+                try:
+                    node = await self._node(calls[i].keys[0])
+                except errors.DependencyUnavailable as exc:
+                    out[i] = exc
+                    lost_slot = True
+                    continue
+                groups.setdefault("" if node is None else node.name, (node, []))[1].append(i)
+            sent = list(groups.values())
+            answers = await asyncio.gather(
+                *(self._reserve_on(node, [calls[i] for i in idx]) for node, idx in sent), return_exceptions=True
+            )
+            again: list[int] = []
+            lost_node, noscript = lost_slot, False
+            for (_, idx), got in zip(sent, answers, strict=True):
+                if isinstance(got, asyncio.CancelledError):
+                    raise got
+                if isinstance(got, BaseException):
+                    lost_node = True
+                    failure = errors.DependencyUnavailable(Dependency.REDIS, str(got) or type(got).__name__)
+                    for i in idx:
+                        out[i] = failure
+                    continue
+                for i, raw in zip(idx, got, strict=True):
+                    if isinstance(raw, _RESEND):
+                        again.append(i)
+                        lost_node = lost_node or not isinstance(raw, NoScriptError)
+                        noscript = noscript or isinstance(raw, NoScriptError)
+                        out[i] = errors.DependencyUnavailable(Dependency.REDIS, f"reserve.lua: {raw}")
+                    elif isinstance(raw, ResponseError):
+                        out[i] = errors.ScriptError(f"reserve.lua: {raw}")
+                    else:
+                        out[i] = raw
+            if lost_node:
+                await self.refresh_topology()
+            if noscript:
+                try:
+                    await self._client.script_load(self._scripts["reserve"].script)
+                except UNAVAILABLE:
+                    break
+            if not again:
+                break
+            todo = again
+        return out
+
+    async def _reserve_on(self, node: ClusterNode | None, calls: list[ReserveCall]) -> list[Any]:
+        """One pipeline of reserves on one server (the cluster ``node``, or the single Redis), then
+        ``WAIT`` when replicas must acknowledge. Error replies are returned in place, not raised."""
+        async with self._turn():
+            out = await self._pipeline(node, calls)
+        if self.ack_replicas > 0:
+            acked = out.pop()
+            if isinstance(acked, BaseException) or int(acked) < self.ack_replicas:
+                await self._unacknowledged(calls, out, acked)
+        return out
+
+    async def _pipeline(self, node: ClusterNode | None, calls: list[ReserveCall]) -> list[Any]:
+        sha = self._scripts["reserve"].sha
+        buffer = [resp_command(("EVALSHA", sha, len(c.keys), *c.keys, *c.args)) for c in calls]
+        if self.ack_replicas > 0:
+            buffer.append(resp_command(("WAIT", self.ack_replicas, self.ack_timeout_ms)))
+        if node is None:
+            pool = cast(aioredis.Redis, self._client).connection_pool
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        else:
+            conn = node.acquire_connection()
+        try:
+            await conn.send_packed_command(b"".join(buffer), check_health=False)
+            out: list[Any] = []
+            for _ in buffer:
+                try:
+                    out.append(await conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+        except BaseException:
+            # Half a pipeline may be unread: this connection can never be trusted again.
+            await conn.disconnect()
+            raise
+        finally:
+            if node is None:
+                await pool.release(conn)
+            else:
+                node.release(conn)
+        return out
+
+    async def _unacknowledged(self, calls: list[ReserveCall], out: list[Any], acked: Any) -> None:
+        """Reserves that ran but no replica acknowledged in time: a failover now could lose them, so no
+        buyer is told about them. Their units are given back (keys forgotten) and each is answered
+        DependencyUnavailable; a release that cannot reach Redis leaves them to the reconciler, which
+        releases a reservation without a ledger row after its grace period."""
+        failure = errors.DependencyUnavailable(
+            Dependency.REDIS, f"replicas acknowledged {acked!r} of {self.ack_replicas}"
+        )
+        by_sale: dict[str, list[int]] = {}
+        for i, (call, raw) in enumerate(zip(calls, out, strict=True)):
+            if isinstance(raw, list) and raw and _s(raw[0]) == "ok":
+                by_sale.setdefault(call.sale, []).append(i)
+                out[i] = failure
+        for sale, idx in by_sale.items():
+            forget = {calls[i].reservation_id: (calls[i].user, str(calls[i].args[3])) for i in idx if calls[i].args[3]}
+            with contextlib.suppress(errors.StampedeError):
+                await self.release(sale, [calls[i].reservation_id for i in idx], forget=forget)
 
     # --- settling ---------------------------------------------------------------------------------
 
@@ -480,6 +754,17 @@ class StockEngine:
         codes = await self._run("release", keys, args)
         return {rid: _RELEASE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
 
+    async def expire(self, sale: str, reservation_ids: Iterable[str]) -> dict[str, Outcome]:
+        """Gives back the units of holds the ledger expired (confirmed, or not yet confirmed, -> released):
+        one script call for the batch, idempotent (a repeat answers ``already``). Never call it for a
+        reservation the ledger has not expired: unlike ``release`` it takes back a confirmed one."""
+        ids = list(reservation_ids)
+        if not ids:
+            return {}
+        k = _keys(sale)
+        codes = await self._run("expire", [k.meta, k.reservations, k.pending, k.holds], ids)
+        return {rid: _EXPIRE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
+
     # --- reading ----------------------------------------------------------------------------------
 
     async def snapshot(self, sale: str) -> Snapshot:
@@ -499,7 +784,7 @@ class StockEngine:
         return _snapshot(sale, flat), counter_fields(flat)
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
-        raw = await self._client.hget(_keys(sale).reservations, reservation_id)
+        raw = await self._read(self._client.hget(_keys(sale).reservations, reservation_id))
         return None if raw is None else parse_record(reservation_id, _s(raw))
 
     async def reservations(self, sale: str) -> list[ReservationRecord]:
@@ -565,9 +850,10 @@ class StockEngine:
 
     async def _read(self, call: Awaitable[Any]) -> Any:
         try:
-            return await call
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
+            async with self._turn():
+                return await call
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
 
     async def import_settled(self, sale: str, records: Sequence[ReservationRecord]) -> None:
         """Benchmark and test data only: writes reservations that are already settled (``confirmed`` or
@@ -598,12 +884,12 @@ class StockEngine:
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
-        ids = await self._client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit)
+        ids = await self._read(self._client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit))
         return [_s(i) for i in ids]
 
     async def now_ms(self) -> int:
         """Redis's clock, the one reserve.lua stamps reservations with."""
-        sec, usec = await self._client.time()
+        sec, usec = await self._read(self._client.time())
         return int(sec) * 1000 + int(usec) // 1000
 
 
@@ -617,61 +903,11 @@ def resp_command(args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
-class ReservePipe:
-    """``reserve.lua`` calls written many at a time on one connection of the engine's pool, held by one
-    flusher task (``StockEngine.reserve_pipe``): one buffer encoded here (``pack``), one write, one reply
-    per call, without redis-py's per-call pool checkout and retry wrapper. A connection that fails, or a
-    round trip cancelled half way, is dropped and the next ``send`` takes a fresh one."""
-
-    def __init__(self, client: aioredis.Redis, script: AsyncScript) -> None:
-        self._client = client
-        self._script = script
-        self._conn: Any = None  # redis.asyncio Connection held between sends
-
-    def pack(self, call: ReserveCall) -> bytes:
-        """The EVALSHA of one reserve call, encoded."""
-        return resp_command(("EVALSHA", self._script.sha, len(call.keys), *call.keys, *call.args))
-
-    async def send(self, commands: list[bytes]) -> list[Any]:
-        """One write of every packed call, then one reply per call (an error reply is returned, not raised)."""
-        conn = self._conn
-        if conn is None:
-            # redis-py leaves get_connection untyped.
-            get: Callable[[], Awaitable[Any]] = self._client.connection_pool.get_connection
-            conn = self._conn = await get()
-        try:
-            await conn.send_packed_command(b"".join(commands), check_health=False)
-            out: list[Any] = []
-            for _ in commands:
-                try:
-                    out.append(await conn.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
-        except BaseException:
-            # Half a pipeline may be unread: this connection can never be trusted again.
-            self._conn = None
-            await conn.disconnect()
-            await self._client.connection_pool.release(conn)
-            raise
-        return out
-
-    async def load_script(self) -> None:
-        """Loads the script into Redis again (its script cache was lost: NOSCRIPT)."""
-        await self._client.script_load(self._script.script)
-
-    async def close(self) -> None:
-        """Gives the held connection back to the pool (the pool itself is the stock engine's)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._client.connection_pool.release(conn)
-
-
 __all__ = [
     "Outcome",
     "Reservation",
     "ReservationRecord",
     "ReserveCall",
-    "ReservePipe",
     "RestoreResult",
     "SaleConfig",
     "SeedResult",

@@ -8,11 +8,21 @@ from enum import StrEnum
 
 
 class Status(StrEnum):
-    """A reservation's status in the ledger. It moves only out of ``pending`` (migration 0001's trigger)."""
+    """A reservation's status in the ledger. It moves only forward (the trigger of migrations 0001 and 0020):
+    ``pending -> confirmed | compensated``, and in a sale with checkout holds ``pending -> held | compensated``,
+    then ``held -> paid | expired``."""
 
     PENDING = "pending"
     CONFIRMED = "confirmed"  # an order
     COMPENSATED = "compensated"  # given back, with a ``Reason``
+    HELD = "held"  # an order awaiting its buyer's checkout until its hold expires (checkout holds)
+    PAID = "paid"  # a hold its buyer paid for
+    EXPIRED = "expired"  # a hold that ran out unpaid: its units went back on sale
+
+
+# Ledger statuses whose units are sold (Redis holds them ``confirmed``), and those whose units went back on sale.
+TAKEN = frozenset({Status.CONFIRMED, Status.HELD, Status.PAID})
+RETURNED = frozenset({Status.COMPENSATED, Status.EXPIRED})
 
 
 class RedisState(StrEnum):
@@ -59,4 +69,4 @@ class Dependency(StrEnum):
     API = "api"  # the API process itself: starting up, shutting down, or its flusher broke
 
 
-__all__ = ["Dependency", "JobStatus", "Reason", "RedisState", "Status"]
+__all__ = ["RETURNED", "TAKEN", "Dependency", "JobStatus", "Reason", "RedisState", "Status"]

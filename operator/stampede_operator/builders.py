@@ -34,6 +34,14 @@ class InvalidSpec(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class AdmissionSpec:
+    """``spec.admission``: the sale's waiting room."""
+
+    open_queue_s: int
+    rate_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class SaleSpec:
     """A FlashSale's spec as the operator uses it, defaults applied (the CRD defaults them too)."""
 
@@ -55,6 +63,8 @@ class SaleSpec:
     namespace: str = ""
     trusted_proxy_hops: int | None = None  # None: the operator's STAMPEDE_API_TRUSTED_PROXY_HOPS
     client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
+    admission: AdmissionSpec | None = None  # None: no waiting room
+    hold_seconds: int = 0  # spec.checkout.holdSeconds: settled reservations are held this long for checkout
 
     @property
     def id(self) -> str:
@@ -118,6 +128,7 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
     if end <= start:
         raise InvalidSpec("InvalidWindow", "spec.window.end must be after spec.window.start")
     api, workers, reconcile = _obj(spec, "api"), _obj(spec, "workers"), _obj(spec, "reconcile")
+    checkout = _obj(spec, "checkout")
     rate = _obj(spec, "rateLimit")
     buyer = rate.get("perBuyer") or {}
     ip = rate.get("perIp") or {}
@@ -142,7 +153,19 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         if api.get("trustedProxyHops") is None
         else _int(api, "trustedProxyHops", 0, "spec.api", 0),
         client_ip_header=_header(api),
+        admission=_admission(spec),
+        hold_seconds=_int(checkout, "holdSeconds", 0, "spec.checkout", 0),
     )
+
+
+def _admission(spec: Mapping[str, Any]) -> AdmissionSpec | None:
+    if spec.get("admission") is None:
+        return None
+    node = _obj(spec, "admission")
+    rate = node.get("ratePerSecond")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0 or rate != rate:
+        raise InvalidSpec("InvalidSpec", f"spec.admission.ratePerSecond must be a number > 0, got {rate!r}")
+    return AdmissionSpec(_int(node, "openQueueSeconds", 600, "spec.admission", 0), float(rate))
 
 
 def _header(api: Mapping[str, Any]) -> str | None:

@@ -36,7 +36,7 @@ from stampede.settings import OperatorSettings
 from stampede.stock import SeedResult, StockEngine
 from stampede.vocabulary import Reason
 
-from . import builders, reconcile
+from . import builders, reconcile, waitroom
 from .builders import InvalidSpec, SaleSpec
 from .status import (
     FAILED,
@@ -110,7 +110,12 @@ async def open_deps(settings: OperatorSettings) -> Deps:
         config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
     except config.ConfigException:
         await config.load_kube_config()
-    stock = StockEngine.from_url(settings.redis_url, max_connections=settings.redis_max_connections)
+    stock = StockEngine.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        ack_replicas=settings.ack_replicas,
+        ack_timeout_ms=settings.redis_ack_timeout_ms,
+    )
     ledger = await Ledger.open(settings)
     return Deps(settings, stock, ledger, k8s.ApiClient())
 
@@ -283,7 +288,9 @@ async def ensure(
                 buyer_burst=sale.buyer_burst,
                 ip_rate=float(sale.ip_rate),
                 ip_burst=sale.ip_burst,
+                hold_seconds=sale.hold_seconds,
             )
+            await waitroom.apply(deps.stock, sale)
             await ensure_workloads(deps, sale, namespace, body)
 
             conds: list[tuple[str, str, str, str]] = []
@@ -357,7 +364,9 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
             )
             if outcome.snapshot is not None and outcome.snapshot.open != phase.open:
                 await deps.stock.set_open(sale_id, phase.open)  # a rebuild or a restart may have reset it
-            await _report(deps, memo, sale, namespace, phase, outcome, emit)
+            await waitroom.apply(deps.stock, sale)  # back within a pass if Redis lost it
+            queue = await waitroom.report(deps.stock, sale)
+            await _report(deps, memo, sale, namespace, phase, outcome, emit, queue)
     except errors.DependencyUnavailable as exc:
         metrics.OPERATOR_RECONCILE_ERRORS.labels(sale_id, exc.code).inc()
         memo.status_written = None
@@ -383,7 +392,14 @@ async def _safe_status(deps: Deps, name: str, namespace: str, reason: str, messa
 
 
 async def _report(
-    deps: Deps, memo: SaleMemo, sale: SaleSpec, namespace: str, phase: Phase, outcome: reconcile.Outcome, emit: Emit
+    deps: Deps,
+    memo: SaleMemo,
+    sale: SaleSpec,
+    namespace: str,
+    phase: Phase,
+    outcome: reconcile.Outcome,
+    emit: Emit,
+    queue: Mapping[str, Any] | None = None,
 ) -> None:
     name = sale.name
     extra = {"sale": sale.id}
@@ -391,16 +407,20 @@ async def _report(
     fields: dict[str, Any] = set_phase(
         {
             "reserved": outcome.tally.pending if snap is None else snap.pending,
-            "confirmed": outcome.tally.confirmed if snap is None else snap.confirmed,
+            "confirmed": outcome.tally.taken if snap is None else snap.confirmed,
             "compensated": outcome.tally.compensated,
             "drift": outcome.drift,
             "lastReconcileTime": rfc3339(_now()),
         },
         phase,
     )
+    if sale.hold_seconds or outcome.tally.held or outcome.tally.paid or outcome.tally.expired:
+        fields.update(held=outcome.tally.held, paid=outcome.tally.paid, expired=outcome.tally.expired)
     if snap is not None:
         fields["remaining"] = snap.remaining
         fields["stock"] = snap.total
+    if queue is not None:
+        fields["queue"] = dict(queue)
     conds: list[tuple[str, str, str, str]] = []
     if outcome.healed:
         summary = ", ".join(f"{kind} {n}" for kind, n in sorted(outcome.healed.items()))

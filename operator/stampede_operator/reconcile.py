@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stampede import compensation, domain, errors, healing, metrics, restore
 from stampede.healing import Observation, Plan
 from stampede.ledger import Ledger, entries
 from stampede.stock import Snapshot, StockEngine
-from stampede.vocabulary import Reason, Status
+from stampede.vocabulary import TAKEN, Reason, Status
 
 from .builders import SaleSpec
 
@@ -176,7 +177,30 @@ async def apply(
         elif action.kind == "replay_release":
             outcomes = await stock.release(sale, ids)
             count(action.kind, sum(1 for o in outcomes.values() if o is domain.Outcome.RELEASED))
+        elif action.kind == "replay_expire":
+            count(action.kind, await _give_back(ledger, stock, sale, ids))
     return healed
+
+
+async def _give_back(ledger: Ledger, stock: StockEngine, sale: str, ids: Sequence[str]) -> int:
+    """Redis takes back the units of holds the ledger expired, then the ledger records them returned.
+    Returns the reservations whose units went back now (a repeat counts none)."""
+    outcomes = await stock.expire(sale, ids)
+    await ledger.mark_returned(ids)  # one Redis does not know has nothing to give back (see worker holds.py)
+    returned = [rid for rid, o in outcomes.items() if o is domain.Outcome.RELEASED]
+    for rid in returned:
+        log.warning("gave back the units of an expired hold", extra={"sale": sale, "reservation_id": rid})
+    return len(returned)
+
+
+async def return_expired(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int, limit: int) -> int:
+    """Gives back the units of the sale's holds the ledger expired a grace period ago or more that Redis has
+    not taken back (their sweeper died between the ledger and Redis): found through the partial index of
+    such rows, so the cost is what is stuck. Returns the reservations whose units went back now."""
+    stuck = await ledger.expired_unreturned(sale=sale, older_s=grace_s, limit=limit)
+    if not stuck:
+        return 0
+    return await _give_back(ledger, stock, sale, [e.reservation_id for e in stuck])
 
 
 async def explain(ledger: Ledger, stock: StockEngine, sale: str, grace_s: int) -> tuple[int, list[healing.Unexplained]]:
@@ -241,6 +265,10 @@ async def reconcile_once(
         if restored.outcome == restore.RESTORED:
             healed["rebuild"] = 1
             metrics.OPERATOR_HEALED.labels(sale, "rebuild").inc()
+    returned = await return_expired(ledger, stock, sale, spec.grace_s, batch_max)
+    if returned:
+        healed["replay_expire"] = returned
+        metrics.OPERATOR_HEALED.labels(sale, "replay_expire").inc(returned)
     view = await observe(ledger, stock, sale, spec.grace_s, after=state.redis_after, scan_max=scan_max)
     if view.snapshot is None:  # Redis lost the sale
         for kind, n in (await rebuild_pass(ledger, stock, spec, open_=open_, batch_max=batch_max)).items():
@@ -267,7 +295,17 @@ async def reconcile_once(
         if drift > sum(u.units for u in plan.unexplained):
             # The counts disagree beyond what the suspects say: name the reservations behind it, once per
             # distinct disagreement (the sale's counts are its key).
-            key = (tally.pending, tally.confirmed, tally.compensated, snap.pending, snap.confirmed, snap.remaining)
+            key = (
+                tally.pending,
+                tally.confirmed,
+                tally.compensated,
+                tally.held,
+                tally.paid,
+                tally.expired,
+                snap.pending,
+                snap.confirmed,
+                snap.remaining,
+            )
             if state.explained is None or state.explained[0] != key:
                 units, named = await explain(ledger, stock, sale, spec.grace_s)
                 state.explained = (key, units, named)
@@ -284,6 +322,9 @@ async def reconcile_once(
             ("reserved", snap.pending),
             ("confirmed", snap.confirmed),
             ("compensated", tally.compensated),
+            ("held", tally.held),
+            ("paid", tally.paid),
+            ("expired", tally.expired),
         ):
             metrics.OPERATOR_STOCK.labels(sale, state_).set(units)
     return Outcome(snap, tally, drift, healed, unexplained, seconds)
@@ -297,5 +338,6 @@ async def phase_counts(ledger: Ledger, stock: StockEngine, spec: SaleSpec) -> tu
     except errors.SaleNotFound:
         counts = await ledger.counts(spec.id)
         reserved = counts[Status.PENDING]
-        return None, spec.stock - reserved - counts[Status.CONFIRMED], reserved
+        taken = sum(counts[s] for s in TAKEN)
+        return None, spec.stock - reserved - taken, reserved
     return snap, snap.remaining, snap.pending

@@ -101,7 +101,7 @@ async def test_reserve_flusher_answers_every_waiter_when_one_call_cannot_be_enco
 async def test_reserve_flusher_answers_every_waiter_on_any_exception_and_goes_on(stock, opener, sale, monkeypatch):
     await opener(sale, total=50, limit=1)
     coalescer = ReserveCoalescer(stock)
-    real_send = coalescer._send
+    real_send = stock._reserve_on
     calls = 0
 
     async def broken_once(*args: Any) -> Any:
@@ -111,7 +111,7 @@ async def test_reserve_flusher_answers_every_waiter_on_any_exception_and_goes_on
             raise RuntimeError("a bug in the flusher")
         return await real_send(*args)
 
-    monkeypatch.setattr(coalescer, "_send", broken_once)
+    monkeypatch.setattr(stock, "_reserve_on", broken_once)
     try:
         first = await asyncio.wait_for(
             asyncio.gather(*(coalescer.reserve(sale, f"b{i}", 1) for i in range(8)), return_exceptions=True), HANG_S
@@ -214,7 +214,7 @@ async def test_failed_write_releases_and_forgets_the_key_in_one_step(
 
     await opener(sale, total=3, limit=1)
     fl = FlakyLedger(ledger)
-    own = StockEngine(redis_client(stock))
+    own = StockEngine(redis_client(stock), ack_replicas=stock.ack_replicas)
     set_redis_client(own, _HdelFails(redis_client(stock)))
     app, _ = build(api_settings, own, fl)
     h = {**headers("retrier"), "Idempotency-Key": "retry-me"}

@@ -144,6 +144,23 @@ def test_default_install_objects(render: Render) -> None:
     assert len(secret["stringData"]["STAMPEDE_JWT_SECRET"]) >= 32
 
 
+def test_an_external_redis_cluster_reaches_every_process_as_one_url(render: Render) -> None:
+    """redis.external.url=redis+cluster://… goes into the Secret every pod reads, and the processes' own
+    settings take it as a Redis Cluster (cluster client, a replica acknowledging each reserve)."""
+    from stampede import settings
+
+    url = "redis+cluster://stampede:pw@redis-cluster.shop.svc:6379"
+    r = render(set=["redis.enabled=false", f"redis.external.url={url}"], namespace="shop")
+    assert r.get("Secret", "stampede-env")["stringData"]["STAMPEDE_REDIS_URL"] == url
+    assert all(d["metadata"]["name"] != "stampede-redis" for d in r.kinds("StatefulSet"))
+    env = {"STAMPEDE_REDIS_URL": url, "STAMPEDE_JWT_SECRET": "x" * 32}
+    for cls in (settings.ApiSettings, settings.WorkerSettings):
+        loaded = settings.load(cls, env)
+        assert loaded.redis_url == url and loaded.ack_replicas == 1
+    with pytest.raises(settings.SettingsError, match="only database 0"):
+        settings.load(settings.WorkerSettings, {"STAMPEDE_REDIS_URL": "redis+cluster://h:6379/3"})
+
+
 def test_secret_keys_are_settings_variables() -> None:
     from stampede import settings
 

@@ -14,6 +14,14 @@ def test_defaults_and_overrides_from_env() -> None:
     assert s.db_pool_max == 8
 
 
+def test_a_cluster_url_means_a_replica_acknowledges_each_reserve() -> None:
+    assert load(Common, {"STAMPEDE_REDIS_URL": "redis+cluster://h:7000"}).ack_replicas == 1
+    assert load(Common, {"STAMPEDE_REDIS_URL": "rediss+cluster://u:p@h:7000/0"}).ack_replicas == 1
+    assert load(Common, {"STAMPEDE_REDIS_URL": "redis://h:6379/0"}).ack_replicas == 0
+    chosen = {"STAMPEDE_REDIS_URL": "redis+cluster://h:7000", "STAMPEDE_REDIS_ACK_REPLICAS": "0"}
+    assert load(Common, chosen).ack_replicas == 0
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
@@ -22,6 +30,10 @@ def test_defaults_and_overrides_from_env() -> None:
         ({"STAMPEDE_REDIS_URL": "http://x"}, "STAMPEDE_REDIS_URL"),
         ({"STAMPEDE_DB_POOL_MIN": "9"}, "STAMPEDE_DB_POOL_MIN"),
         ({"STAMPEDE_DB_POOL_MAX": "0"}, "STAMPEDE_DB_POOL_MAX"),
+        ({"STAMPEDE_REDIS_URL": "redis+cluster://h:7000/2"}, "STAMPEDE_REDIS_URL.*only database 0"),
+        ({"STAMPEDE_REDIS_URL": "redis+cluster:///0"}, "STAMPEDE_REDIS_URL.*needs a host"),
+        ({"STAMPEDE_REDIS_ACK_REPLICAS": "-2"}, "STAMPEDE_REDIS_ACK_REPLICAS"),
+        ({"STAMPEDE_REDIS_ACK_TIMEOUT_MS": "0"}, "STAMPEDE_REDIS_ACK_TIMEOUT_MS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:

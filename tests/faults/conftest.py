@@ -42,6 +42,7 @@ SECRET = "fault-suite-secret-0123456789abcdef0123456789"
 class FaultServices:
     dir: Path
     env: dict[str, str]
+    cluster_url: str = ""  # the private pair's 6-node Redis Cluster (redis+cluster://…)
 
     def do(self, *args: str, env: dict[str, str] | None = None) -> None:
         subprocess.run(
@@ -70,7 +71,9 @@ class FaultServices:
 
 
 @pytest.fixture(scope="session")
-def fault_services() -> Iterator[FaultServices]:
+def fault_services(pytestconfig: pytest.Config) -> Iterator[FaultServices]:
+    """The private services: Redis, PostgreSQL and a 6-node Redis Cluster (the failover scenario's). With
+    --redis-cluster every scenario's processes use the cluster."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     d = ROOT / ".run" / "faults" / worker / "services"
     svc = FaultServices(d, {})
@@ -78,9 +81,12 @@ def fault_services() -> Iterator[FaultServices]:
     if d.exists():
         svc.do("down")
         shutil.rmtree(d)
-    svc.do("up")
+    mode = "cluster" if pytestconfig.getoption("--redis-cluster") else "single"
+    svc.do("up", env={"STAMPEDE_REDIS_MODE": "cluster"})
     env = dict(line.split("=", 1) for line in (d / "env").read_text().split() if "=" in line)
-    svc.env = {"STAMPEDE_REDIS_URL": env["STAMPEDE_REDIS_URL"], "STAMPEDE_DATABASE_URL": env["STAMPEDE_DATABASE_URL"]}
+    svc.cluster_url = env["STAMPEDE_REDIS_CLUSTER_URL"]
+    redis_url = svc.cluster_url if mode == "cluster" else f"redis://127.0.0.1:{env['STAMPEDE_REDIS_PORT']}/0"
+    svc.env = {"STAMPEDE_REDIS_URL": redis_url, "STAMPEDE_DATABASE_URL": env["STAMPEDE_DATABASE_URL"]}
     asyncio.run(migrate(svc.env["STAMPEDE_DATABASE_URL"]))
     yield svc
     svc.do("down")
@@ -234,7 +240,8 @@ class SaleRun:
     async def settle_and_audit(self, outcome: Outcome, timeout: float = 90) -> tuple[AuditReport, float]:  # noqa: ASYNC109
         """Waits until the ledger has nothing pending, the reconciler reports drift 0 and the audit is
         clean (or the timeout passes), and returns the last audit with the seconds it took."""
-        settings = load(Common, {**os.environ, **self.services.env})
+        redis_url = self.env["STAMPEDE_REDIS_URL"]
+        settings = load(Common, {**os.environ, **self.services.env, "STAMPEDE_REDIS_URL": redis_url})
         started = time.monotonic()
         ledger = await Ledger.open(settings)
         stock = StockEngine.from_url(settings.redis_url)

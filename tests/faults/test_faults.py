@@ -95,6 +95,7 @@ async def test_postgres_killed_mid_sale(sale_run) -> None:
     assert outcome.statuses.get(503, 0) > 0, outcome.statuses
 
 
+@pytest.mark.single_redis
 @pytest.mark.timeout(600)  # 2,000 units to settle: on a loaded 2-core machine the load alone can take minutes
 @pytest.mark.parametrize("aof", [False, True], ids=["no-persistence", "aof-everysec"])
 async def test_redis_killed_mid_sale(sale_run, aof: bool) -> None:
@@ -244,6 +245,7 @@ async def test_operator_leader_killed(sale_run) -> None:
     check(sale_run, "operator leader SIGKILL", outcome, report, heal)
 
 
+@pytest.mark.single_redis
 async def test_network_delay_and_cuts_between_api_and_redis(sale_run, chaos_proxy) -> None:
     """20 ms each way and 2 % of chunks cut: a reserve can run in Redis while its answer is lost, so the
     API answers 503 and the reservation is an orphan only the reconciler can find and release."""

@@ -254,3 +254,50 @@ def test_a_pid_file_naming_another_process_does_not_pass_for_a_server(
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_redis_cluster_comes_up_fails_over_and_goes_down(services_dir: tuple[Path, dict[str, str]]) -> None:
+    """REDIS_MODE=cluster: 3 masters and 3 replicas on loopback that STAMPEDE_REDIS_URL names; a node SIGKILLed
+    is replaced by its replica, started again it rejoins, `up` again keeps the ports, and `down` leaves no node
+    running and no data behind."""
+    run, env = services_dir
+    cluster_env = {**env, "STAMPEDE_REDIS_MODE": "cluster"}
+    _up(cluster_env)
+    conf = _read_env(run / "env")
+    ports = [int(p) for p in conf["STAMPEDE_REDIS_CLUSTER_PORTS"].split(",")]
+    assert conf["STAMPEDE_REDIS_URL"] == conf["STAMPEDE_REDIS_CLUSTER_URL"] == f"redis+cluster://127.0.0.1:{ports[0]}"
+
+    def roles() -> dict[int, str]:
+        out = {}
+        for port in ports:
+            try:
+                with redis.Redis(port=port, socket_timeout=1) as r:
+                    out[port] = r.execute_command("ROLE")[0].decode()
+            except redis.RedisError:
+                out[port] = "down"
+        return out
+
+    assert sorted(roles().values()) == ["master"] * 3 + ["slave"] * 3
+    victim = next(p for p, role in roles().items() if role == "master")
+    pid = _pid(run / "redis-cluster" / str(victim) / "redis.pid")
+    kill = subprocess.run([str(SERVICES), "kill-redis-node", str(victim)], env=env, capture_output=True, text=True)
+    assert kill.returncode == 0, kill.stderr
+    assert _gone(pid)
+    deadline = time.monotonic() + 60
+    while sorted(roles().values()) != ["down"] + ["master"] * 3 + ["slave"] * 2:
+        assert time.monotonic() < deadline, f"no replica was promoted: {roles()}"
+        time.sleep(0.2)
+    start = subprocess.run([str(SERVICES), "start-redis-node", str(victim)], env=env, capture_output=True, text=True)
+    assert start.returncode == 0, start.stderr
+    while roles()[victim] != "slave":
+        assert time.monotonic() < deadline, f"the old master did not rejoin as a replica: {roles()}"
+        time.sleep(0.2)
+
+    _up(cluster_env)
+    assert _read_env(run / "env") == conf
+    pids = [_pid(run / "redis-cluster" / str(p) / "redis.pid") for p in ports]
+    down = subprocess.run([str(SERVICES), "down"], env=env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    assert all(_gone(p) for p in pids)
+    assert not (run / "redis-cluster").exists()
+    assert "STAMPEDE_REDIS_CLUSTER_PORTS" not in (run / "env").read_text()

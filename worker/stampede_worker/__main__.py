@@ -2,8 +2,9 @@
 
 Opens one PostgreSQL pool shared by the procrastinate App and the Ledger, one Redis client, serves
 ``/metrics`` and ``/healthz``, and runs the procrastinate worker on the settle queue with the concurrency
-from settings. Beside it two small loops run: the queue depth gauge, and the recovery of jobs left
-``doing`` by workers that died without a word (their heartbeat stopped). SIGTERM/SIGINT stop fetching,
+from settings. Beside it three small loops run: the queue depth gauge, the recovery of jobs left
+``doing`` by workers that died without a word (their heartbeat stopped), and the expiry of checkout holds
+(``holds.sweep``). SIGTERM/SIGINT stop fetching,
 let in-flight jobs finish for ``worker_shutdown_timeout_s``, then put the rest back in the queue.
 """
 
@@ -28,7 +29,7 @@ from stampede.names import QUEUE_SETTLE
 from stampede.settings import SettingsError, WorkerSettings, load
 from stampede.stock import StockEngine
 
-from . import http, tasks
+from . import holds, http, tasks
 
 log = logging.getLogger("stampede_worker")
 
@@ -50,7 +51,12 @@ async def run(settings: WorkerSettings) -> None:
         await pool.close()
         raise pgerrors.unavailable(exc) from exc
     ledger = Ledger(pool, settle_shards=settings.settle_shards)
-    stock = StockEngine.from_url(settings.redis_url, settings.redis_max_connections)
+    stock = StockEngine.from_url(
+        settings.redis_url,
+        settings.redis_max_connections,
+        ack_replicas=settings.ack_replicas,
+        ack_timeout_ms=settings.redis_ack_timeout_ms,
+    )
     app = queue.build_app(settings)
     tasks.register(app, settings)
     await queue.open_app(app, pool)
@@ -63,6 +69,15 @@ async def run(settings: WorkerSettings) -> None:
         ids = await queue.recover_stalled(app, seconds_since_heartbeat=settings.worker_stalled_s)
         metrics.WORKER_STALLED_RECOVERED.inc(len(ids))
 
+    async def expire_holds() -> None:
+        await holds.sweep(
+            ledger,
+            stock,
+            limit=settings.worker_hold_sweep_max,
+            return_after_s=settings.worker_hold_return_after_s,
+            fault_sleep_ms=settings.worker_fault_expire_sleep_ms,
+        )
+
     async def healthy() -> bool:
         try:
             await asyncio.wait_for(ledger.ping(), 2)
@@ -73,14 +88,17 @@ async def run(settings: WorkerSettings) -> None:
     # Every labelled series exists from the start, so dashboards and rate() see zeros, not gaps.
     for outcome in ("succeeded", "retried", "failed"):
         metrics.WORKER_JOBS.labels(outcome)
-    for outcome in ("confirmed", "compensated"):
+    for outcome in ("confirmed", "held", "compensated"):
         metrics.WORKER_RESERVATIONS.labels(outcome)
+    for outcome in ("held", "expired", holds.RETURNED):
+        metrics.WORKER_HOLDS.labels(outcome)
     server = None
     if settings.worker_metrics_port:
         server = await http.serve(settings.worker_metrics_host, settings.worker_metrics_port, healthy)
     side = [
         asyncio.create_task(_every(settings.worker_depth_interval_s, "queue depth", depth)),
         asyncio.create_task(_every(max(1.0, settings.worker_stalled_s / 3), "stalled-job recovery", recover)),
+        asyncio.create_task(_every(settings.worker_hold_sweep_s, "hold expiry", expire_holds)),
     ]
     name = f"{socket.gethostname()}-{os.getpid()}"
     log.info("worker starting", extra={"worker": name, "concurrency": settings.worker_concurrency})

@@ -35,23 +35,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stampede import compensation, errors, metrics, restore
 from stampede.domain import Outcome, Settled, Settlement
 from stampede.ledger import PAYLOAD_VERSION, Claim, Ledger
 from stampede.names import sale_keys
+from stampede.redis_errors import UNAVAILABLE
 from stampede.stock import StockEngine
-from stampede.vocabulary import Reason, RedisState, Status
+from stampede.vocabulary import TAKEN, Reason, RedisState, Status
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     errors.DependencyUnavailable,
     psycopg.OperationalError,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *UNAVAILABLE,
     ConnectionError,
     TimeoutError,
 )
@@ -86,6 +84,7 @@ class Batch:
 @dataclass
 class Report:
     confirmed: int = 0  # rows this run moved to confirmed
+    held: int = 0  # rows this run moved to held (a sale with checkout holds)
     compensated: int = 0  # rows this run moved to compensated
     replayed: int = 0  # rows already final, outcome replayed to Redis
     disagreements: int = 0  # ledger outcomes Redis refused (left for the reconciler)
@@ -94,6 +93,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "confirmed": self.confirmed,
+            "held": self.held,
             "compensated": self.compensated,
             "replayed": self.replayed,
             "disagreements": self.disagreements,
@@ -221,15 +221,19 @@ def decide(batch: Batch, states: Mapping[str, tuple[str, str | None]]) -> list[S
 
 
 async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: Report, job_id: int | None) -> None:
-    """Makes Redis agree with the ledger for ``rows`` (confirm / release, one script call per sale and
-    outcome, sales in parallel)."""
+    """Makes Redis agree with the ledger for ``rows`` (confirm / release / expire, one script call per sale
+    and outcome, sales in parallel). A hold, paid or not, is an order for Redis; an expired one gives its units
+    back (a replay of a job whose rows expired since)."""
     confirm: dict[str, list[str]] = {}
     release: dict[str, list[str]] = {}
+    expire: dict[str, list[str]] = {}
     for r in rows:
-        if r.status == Status.CONFIRMED:
+        if r.status in TAKEN:
             confirm.setdefault(r.sale, []).append(r.reservation_id)
         elif r.status == Status.COMPENSATED:
             release.setdefault(r.sale, []).append(r.reservation_id)
+        elif r.status == Status.EXPIRED:
+            expire.setdefault(r.sale, []).append(r.reservation_id)
 
     async def one(sale: str) -> None:
         try:
@@ -247,8 +251,10 @@ async def follow_in_redis(stock: StockEngine, rows: Iterable[Settled], report: R
                     )
         if sale in release:
             _check_released(sale, await stock.release(sale, release[sale]), report, job_id)
+        if sale in expire:
+            await stock.expire(sale, expire[sale])
 
-    await asyncio.gather(*(one(s) for s in {*confirm, *release}))
+    await asyncio.gather(*(one(s) for s in {*confirm, *release, *expire}))
 
 
 def _check_released(sale: str, outcomes: Mapping[str, Outcome], report: Report, job_id: int | None) -> None:
@@ -277,6 +283,7 @@ def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], jo
 
 
 def _account(rows: Sequence[Settled], report: Report) -> None:
+    held = 0
     for r in rows:
         if not r.moved:
             if r.status != Status.PENDING:
@@ -286,9 +293,14 @@ def _account(rows: Sequence[Settled], report: Report) -> None:
             metrics.WORKER_SETTLE_LAG.observe(r.lag_s)
         if r.status == Status.CONFIRMED:
             report.confirmed += 1
+        elif r.status == Status.HELD:
+            held += 1
         else:
             report.compensated += 1
     metrics.WORKER_RESERVATIONS.labels(Status.CONFIRMED).inc(report.confirmed)
+    report.held += held
+    metrics.WORKER_RESERVATIONS.labels(Status.HELD).inc(held)
+    metrics.WORKER_HOLDS.labels(Status.HELD).inc(held)
     metrics.WORKER_RESERVATIONS.labels(Status.COMPENSATED).inc(report.compensated)
     metrics.WORKER_REPLAYED.inc(report.replayed)
 

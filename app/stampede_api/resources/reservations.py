@@ -14,9 +14,11 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from stampede import errors
+from stampede import admission, errors
 from stampede.identifiers import IDEMPOTENCY_KEY_RULE, is_idempotency_key
+from stampede.ledger import LedgerRow
 from stampede.names import SALE_NAME_RE, sale_id, split_sale_id
+from stampede.vocabulary import Status
 from stampede_api.body import int_member, read_object
 from stampede_api.client_ip import client_ip
 from stampede_api.errors import bad_request
@@ -41,6 +43,19 @@ def purchase_body(p: Purchase) -> dict[str, Any]:
 class SaleReservations:
     def __init__(self, services: Services) -> None:
         self.s = services
+        self._admission_key = admission.derive_key(services.settings.jwt_secret)
+
+    def _admission(self, req: falcon.asgi.Request, sale: str, buyer: str) -> int | None:
+        """The expiry of the buyer's admission token (``Admission-Token``), if one is shown; a token that is
+        not this buyer's for this sale, or not signed by this API, is refused at once. Whether the sale asks
+        for one at all, and whether it has expired, ``reserve.lua`` decides in the step that takes the stock."""
+        token = req.get_header("Admission-Token")
+        if token is None:
+            return None
+        try:
+            return admission.verify(self._admission_key, token.strip(), sale=sale, buyer=buyer).expires_ms
+        except admission.InvalidAdmission as exc:
+            raise errors.AdmissionRequired(sale, str(exc)) from None
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sale: str) -> None:
         settings = self.s.settings
@@ -53,6 +68,7 @@ class SaleReservations:
             raise bad_request("Idempotency-Key", f"must be {IDEMPOTENCY_KEY_RULE}")
         body = await read_object(req, settings.max_body_bytes, _BUY_MEMBERS)
         quantity = int_member(body, "quantity", default=1, lo=1, hi=settings.max_quantity)
+        admitted = self._admission(req, sale, buyer.id)
         stock, ledger, batcher = self.s.require()
         p = await buy(
             self.s.reserver or stock,
@@ -67,6 +83,7 @@ class SaleReservations:
             replay_wait_ms=settings.replay_wait_ms,
             retry_after_s=settings.retry_after_s,
             engine=stock,
+            admission_expires_ms=admitted,
         )
         resp.media = purchase_body(p)
         resp.location = f"/v1/reservations/{p.reservation_id}"
@@ -79,6 +96,29 @@ class SaleReservations:
 
 def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def record_body(row: LedgerRow, sale: str) -> dict[str, Any]:
+    """A reservation as its buyer sees it (``sale``: the name the buyer used); a checkout hold adds when it
+    ends and, once ended, when it was paid (with the payment reference) or expired."""
+    out: dict[str, Any] = {
+        "reservation_id": str(row.reservation_id),
+        "sale": sale,
+        "quantity": row.quantity,
+        "status": row.status,
+        "created_at": _iso(row.created_at),
+        "settled_at": _iso(row.settled_at),
+    }
+    if row.reason:
+        out["reason"] = row.reason
+    if row.hold_expires_at is not None:
+        out["hold_expires_at"] = _iso(row.hold_expires_at)
+    if row.status == Status.PAID:
+        out["paid_at"] = _iso(row.closed_at)
+        out["payment_reference"] = row.payment_ref
+    elif row.status == Status.EXPIRED:
+        out["expired_at"] = _iso(row.closed_at)
+    return out
 
 
 class ReservationItem:
@@ -102,16 +142,6 @@ class ReservationItem:
             raise errors.ReservationNotFound(rid) from None
         if namespace != self.s.settings.sale_namespace:
             raise errors.ReservationNotFound(rid)  # a sale of another namespace: not this API's to show
-        out: dict[str, Any] = {
-            "reservation_id": str(row.reservation_id),
-            "sale": sale,
-            "quantity": row.quantity,
-            "status": row.status,
-            "created_at": _iso(row.created_at),
-            "settled_at": _iso(row.settled_at),
-        }
-        if row.reason:
-            out["reason"] = row.reason
-        resp.media = out
+        resp.media = record_body(row, sale)
 
     on_head = on_get

@@ -1,4 +1,5 @@
 -- Named queries of the reconciler's reads and writes (stampede.ledger.Ledger, for stampede_operator.reconcile).
+-- `settled_age_ms`: how long ago the row last moved (its hold ended, else it was settled).
 -- Status moves still go only out of pending (the trigger of migration 0001 guards them too).
 
 -- name: sale_rows
@@ -7,7 +8,7 @@
 -- between two reads would otherwise look like a pending row whose job is done.
 SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
        j.status::text AS job_status,
-       (extract(epoch FROM now() - l.settled_at) * 1000)::bigint AS settled_age_ms
+       (extract(epoch FROM now() - coalesce(l.closed_at, l.settled_at)) * 1000)::bigint AS settled_age_ms
   FROM stampede_ledger l
   LEFT JOIN procrastinate_jobs j ON j.id = l.job_id
  WHERE l.sale = %(sale)s;
@@ -50,7 +51,7 @@ SELECT (SELECT id FROM job) AS job_id, (SELECT count(*) FROM upd) AS rows;
 -- suspects of ledger.sql's tally_and_suspects).
 SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
        j.status::text AS job_status,
-       (extract(epoch FROM now() - l.settled_at) * 1000)::bigint AS settled_age_ms
+       (extract(epoch FROM now() - coalesce(l.closed_at, l.settled_at)) * 1000)::bigint AS settled_age_ms
   FROM stampede_ledger l
   LEFT JOIN procrastinate_jobs j ON j.id = l.job_id
  WHERE l.reservation_id = ANY(%(ids)s::uuid[]) AND l.sale = %(sale)s;
@@ -60,7 +61,7 @@ SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.rese
 -- disagree and the reconciler looks for the reservations behind the difference.
 SELECT l.reservation_id::text, l.user_id, l.quantity, l.status, l.job_id, l.reserved_at_ms, l.reason,
        NULL::text AS job_status,
-       (extract(epoch FROM now() - l.settled_at) * 1000)::bigint AS settled_age_ms
+       (extract(epoch FROM now() - coalesce(l.closed_at, l.settled_at)) * 1000)::bigint AS settled_age_ms
   FROM stampede_ledger l
  WHERE l.sale = %(sale)s AND l.status <> 'pending';
 

@@ -32,27 +32,31 @@ SELECT reservation_id::text, sale, quantity, status
  WHERE job_id = %(job_id)s AND status <> 'pending';
 
 -- name: get_reservation
-SELECT reservation_id::text, sale, user_id, quantity, status, reason, job_id, attempts, created_at, settled_at
+SELECT reservation_id::text, sale, user_id, quantity, status, reason, job_id, attempts, created_at, settled_at,
+       hold_expires_at, closed_at, checkout_key, payment_ref
   FROM stampede_ledger
  WHERE reservation_id = %(reservation_id)s::uuid;
 
 -- name: ensure_sale
 -- A sale created again under a deleted one's name is a live sale again (deleted_at cleared).
 INSERT INTO stampede_sales (sale, sku, stock, per_user_limit, window_start, window_end,
-                            buyer_rate, buyer_burst, ip_rate, ip_burst)
+                            buyer_rate, buyer_burst, ip_rate, ip_burst, hold_seconds)
 VALUES (%(sale)s, %(sku)s, %(stock)s, %(per_user_limit)s, %(window_start)s, %(window_end)s,
-        %(buyer_rate)s, %(buyer_burst)s, %(ip_rate)s, %(ip_burst)s)
+        %(buyer_rate)s, %(buyer_burst)s, %(ip_rate)s, %(ip_burst)s, %(hold_seconds)s)
 ON CONFLICT (sale) DO UPDATE
    SET sku = EXCLUDED.sku, stock = EXCLUDED.stock, per_user_limit = EXCLUDED.per_user_limit,
        window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
        buyer_rate = EXCLUDED.buyer_rate, buyer_burst = EXCLUDED.buyer_burst,
-       ip_rate = EXCLUDED.ip_rate, ip_burst = EXCLUDED.ip_burst, deleted_at = NULL, updated_at = now()
+       ip_rate = EXCLUDED.ip_rate, ip_burst = EXCLUDED.ip_burst, hold_seconds = EXCLUDED.hold_seconds,
+       deleted_at = NULL, updated_at = now()
  WHERE (stampede_sales.sku, stampede_sales.stock, stampede_sales.per_user_limit,
         stampede_sales.window_start, stampede_sales.window_end, stampede_sales.buyer_rate,
-        stampede_sales.buyer_burst, stampede_sales.ip_rate, stampede_sales.ip_burst, stampede_sales.deleted_at)
+        stampede_sales.buyer_burst, stampede_sales.ip_rate, stampede_sales.ip_burst, stampede_sales.hold_seconds,
+        stampede_sales.deleted_at)
        IS DISTINCT FROM
        (EXCLUDED.sku, EXCLUDED.stock, EXCLUDED.per_user_limit, EXCLUDED.window_start, EXCLUDED.window_end,
-        EXCLUDED.buyer_rate, EXCLUDED.buyer_burst, EXCLUDED.ip_rate, EXCLUDED.ip_burst, NULL::timestamptz);
+        EXCLUDED.buyer_rate, EXCLUDED.buyer_burst, EXCLUDED.ip_rate, EXCLUDED.ip_burst, EXCLUDED.hold_seconds,
+        NULL::timestamptz);
 
 -- name: mark_sale_deleted
 -- The FlashSale is being deleted: from now on nobody restores it in Redis.
@@ -99,34 +103,45 @@ SELECT 1 FROM stampede_sales WHERE sale = %(sale)s AND deleted_at IS NULL;
 -- holds, with whether this statement moved it. The outer SELECT sees the rows as they were before the
 -- UPDATE (one snapshot), hence the CASE. A NULL sale matches any sale (compensation by id). A settle job
 -- stamps its id on the rows it moves (`job_id`; NULL keeps the row's job). The units it moved are added to
--- the sale's settled totals by the same statement.
+-- the sale's settled totals by the same statement. In a sale with checkout holds (migration 0020) a
+-- confirmation becomes a hold instead: `held` until now() + the sale's hold_seconds.
 WITH want AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(sales)s::text[], %(outcomes)s::text[], %(reasons)s::text[])
                   AS w(id, sale, outcome, reason)
+), hold AS (
+    SELECT s.sale, s.hold_seconds
+      FROM stampede_sales s
+     WHERE s.hold_seconds > 0 AND s.sale IN (SELECT DISTINCT sale FROM want WHERE sale IS NOT NULL)
 ), moved AS (
     UPDATE stampede_ledger l
-       SET status = w.outcome, reason = w.reason, settled_at = now(), attempts = %(attempt)s,
+       SET status = CASE WHEN w.outcome = 'confirmed' AND h.sale IS NOT NULL THEN 'held' ELSE w.outcome END,
+           hold_expires_at = CASE WHEN w.outcome = 'confirmed' AND h.sale IS NOT NULL
+                                  THEN now() + make_interval(secs => h.hold_seconds) END,
+           reason = w.reason, settled_at = now(), attempts = %(attempt)s,
            job_id = COALESCE(%(job_id)s::bigint, l.job_id)
       FROM want w
+      LEFT JOIN hold h ON h.sale = w.sale
      WHERE l.reservation_id = w.id
        AND l.status = 'pending'
        AND (w.sale IS NULL OR l.sale = w.sale)
     RETURNING l.reservation_id, l.sale, l.quantity, l.status,
               extract(epoch FROM now() - l.created_at)::float8 AS lag_s
 ), counted AS (
-    -- The sale's settled totals move in the same statement as its rows (migration 0010).
-    INSERT INTO stampede_sale_totals AS t (sale, shard, confirmed, compensated)
+    -- The sale's settled totals move in the same statement as its rows (migrations 0010, 0020).
+    INSERT INTO stampede_sale_totals AS t (sale, shard, confirmed, compensated, held)
     SELECT m.sale, (pg_backend_pid() %% 8)::smallint,
            coalesce(sum(m.quantity) FILTER (WHERE m.status = 'confirmed'), 0),
-           coalesce(sum(m.quantity) FILTER (WHERE m.status = 'compensated'), 0)
+           coalesce(sum(m.quantity) FILTER (WHERE m.status = 'compensated'), 0),
+           coalesce(sum(m.quantity) FILTER (WHERE m.status = 'held'), 0)
       FROM moved m
      GROUP BY m.sale
      ORDER BY m.sale
     ON CONFLICT (sale, shard) DO UPDATE
-       SET confirmed = t.confirmed + EXCLUDED.confirmed, compensated = t.compensated + EXCLUDED.compensated
+       SET confirmed = t.confirmed + EXCLUDED.confirmed, compensated = t.compensated + EXCLUDED.compensated,
+           held = t.held + EXCLUDED.held
 )
 SELECT l.reservation_id::text, l.sale, l.quantity,
-       CASE WHEN m.reservation_id IS NULL THEN l.status ELSE w.outcome END AS status,
+       CASE WHEN m.reservation_id IS NULL THEN l.status ELSE m.status END AS status,
        m.reservation_id IS NOT NULL AS moved,
        m.lag_s
   FROM want w
@@ -166,7 +181,10 @@ WITH counts AS (
     SELECT (SELECT coalesce(sum(quantity), 0) FROM stampede_ledger
              WHERE sale = %(sale)s AND status = 'pending')::bigint AS pending,
            coalesce(sum(confirmed), 0)::bigint AS confirmed,
-           coalesce(sum(compensated), 0)::bigint AS compensated
+           coalesce(sum(compensated), 0)::bigint AS compensated,
+           coalesce(sum(held), 0)::bigint AS held,
+           coalesce(sum(paid), 0)::bigint AS paid,
+           coalesce(sum(expired), 0)::bigint AS expired
       FROM stampede_sale_totals
      WHERE sale = %(sale)s
 ), suspects AS (
@@ -179,7 +197,7 @@ WITH counts AS (
      ORDER BY l.reserved_at_ms
      LIMIT %(limit)s
 )
-SELECT c.pending, c.confirmed, c.compensated, s.*
+SELECT c.pending, c.confirmed, c.compensated, c.held, c.paid, c.expired, s.*
   FROM counts c
   LEFT JOIN suspects s ON true
  ORDER BY s.reserved_at_ms;
@@ -206,3 +224,68 @@ WITH ins AS (
        SET confirmed = t.confirmed + EXCLUDED.confirmed, compensated = t.compensated + EXCLUDED.compensated
 )
 SELECT count(*) FROM ins;
+
+-- name: checkout
+-- The buyer's checkout: held -> paid, only while the hold runs (the ledger's clock) and only for its buyer,
+-- with the payment that paid it; the sale's totals move in the same statement. One conditional UPDATE: if
+-- the expiry sweep moved the row first, this one waits for its lock, finds it no longer held and moves
+-- nothing (and the other way round). Returns the rows moved (0 or 1); the caller reads the row afresh to say
+-- why not.
+WITH moved AS (
+    UPDATE stampede_ledger
+       SET status = 'paid', closed_at = now(), checkout_key = %(key)s, payment_ref = %(payment_ref)s
+     WHERE reservation_id = %(reservation_id)s::uuid AND user_id = %(user)s
+       AND status = 'held' AND hold_expires_at > now()
+    RETURNING sale, quantity
+), counted AS (
+    INSERT INTO stampede_sale_totals AS t (sale, shard, held, paid)
+    SELECT sale, (pg_backend_pid() %% 8)::smallint, -quantity, quantity FROM moved
+    ON CONFLICT (sale, shard) DO UPDATE SET held = t.held + EXCLUDED.held, paid = t.paid + EXCLUDED.paid
+)
+SELECT count(*) FROM moved;
+
+-- name: expire_due
+-- The expiry sweep: up to `limit` held rows whose hold has passed, earliest first, through the partial index
+-- of held rows (cost: the rows due), locked SKIP LOCKED (a checkout or another sweeper holding one keeps it),
+-- moved held -> expired with the sale's totals, in one statement. Returns the rows this statement expired:
+-- only their units may go back on sale in Redis.
+WITH due AS (
+    SELECT reservation_id
+      FROM stampede_ledger
+     WHERE status = 'held' AND hold_expires_at <= now()
+     ORDER BY hold_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE stampede_ledger l
+       SET status = 'expired', closed_at = now()
+      FROM due
+     WHERE l.reservation_id = due.reservation_id
+    RETURNING l.reservation_id, l.sale, l.quantity
+), counted AS (
+    INSERT INTO stampede_sale_totals AS t (sale, shard, held, expired)
+    SELECT sale, (pg_backend_pid() %% 8)::smallint, -sum(quantity), sum(quantity)
+      FROM moved
+     GROUP BY sale
+     ORDER BY sale
+    ON CONFLICT (sale, shard) DO UPDATE SET held = t.held + EXCLUDED.held, expired = t.expired + EXCLUDED.expired
+)
+SELECT reservation_id::text, sale, quantity FROM moved;
+
+-- name: expired_unreturned
+-- Expired rows whose units Redis has not taken back, expired at least `older_s` seconds ago (their sweeper
+-- died between the ledger and Redis), oldest first, through the partial index of such rows; one sale, or
+-- every sale when `sale` is NULL.
+SELECT reservation_id::text, sale, quantity
+  FROM stampede_ledger
+ WHERE status = 'expired' AND returned_at IS NULL
+   AND closed_at <= now() - make_interval(secs => %(older_s)s)
+   AND (%(sale)s::text IS NULL OR sale = %(sale)s::text)
+ ORDER BY closed_at
+ LIMIT %(limit)s;
+
+-- name: mark_returned
+-- Redis has taken back the units of these expired rows.
+UPDATE stampede_ledger
+   SET returned_at = now()
+ WHERE reservation_id = ANY(%(ids)s::uuid[]) AND status = 'expired' AND returned_at IS NULL;
