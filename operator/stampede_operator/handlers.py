@@ -122,7 +122,7 @@ async def open_deps(settings: OperatorSettings) -> Deps:
     from kubernetes_asyncio import config
 
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
     except config.ConfigException:
         await config.load_kube_config()
     stock = StockEngine.from_url(
@@ -171,7 +171,14 @@ async def write_status(
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": {**fields, "conditions": conds}}
         try:
             await deps.custom.patch_namespaced_custom_object_status(
-                names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL, name, body, _content_type=MERGE
+                # _content_type goes through **kwargs; the generated signature does not list it.
+                names.CRD_GROUP,
+                names.CRD_VERSION,
+                namespace,
+                names.CRD_PLURAL,
+                name,
+                body,
+                _content_type=MERGE,  # type: ignore[call-arg]
             )
             return
         except ApiException as exc:

@@ -34,6 +34,13 @@ def _deps(memo: kopf.Memo) -> Deps:
     return deps
 
 
+def _ns(namespace: str | None) -> str:
+    """The FlashSale's namespace: kopf passes None only for cluster-scoped resources, which it is not."""
+    if namespace is None:
+        raise kopf.PermanentError("a FlashSale is namespaced; kopf gave no namespace")
+    return namespace
+
+
 def _sale_memo(memo: kopf.Memo) -> SaleMemo:
     sale: SaleMemo | None = memo.get("sale")
     if sale is None:
@@ -109,26 +116,26 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(*RESOURCE, backoff=HANDLER_BACKOFF_S)
 @kopf.on.resume(*RESOURCE, backoff=HANDLER_BACKOFF_S)
 @kopf.on.update(*RESOURCE, field="spec", backoff=HANDLER_BACKOFF_S)
-async def ensure(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+async def ensure(body: kopf.Body, name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     await handlers.ensure(
-        _deps(memo), _sale_memo(memo), body=body, name=name, namespace=namespace, spec=spec, emit=_emitter(body)
+        _deps(memo), _sale_memo(memo), body=body, name=name, namespace=_ns(namespace), spec=spec, emit=_emitter(body)
     )
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=10.0, initial_delay=0.5)
 async def sale_loop(
-    body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-    **_: Any,
+    body: kopf.Body, name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo,
+    stopped: kopf.DaemonStopped, **_: Any,
 ) -> None:  # fmt: skip
     await handlers.run_sale(
-        _deps(memo), _sale_memo(memo), name=name, namespace=namespace, spec=spec, stopped=stopped,
+        _deps(memo), _sale_memo(memo), name=name, namespace=_ns(namespace), spec=spec, stopped=stopped,
         emit=_emitter(body), body=body,
     )  # fmt: skip
 
 
 @kopf.on.delete(*RESOURCE, backoff=HANDLER_BACKOFF_S)
-async def finalize(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    await handlers.finalize(_deps(memo), _sale_memo(memo), name=name, namespace=namespace, emit=_emitter(body))
+async def finalize(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    await handlers.finalize(_deps(memo), _sale_memo(memo), name=name, namespace=_ns(namespace), emit=_emitter(body))
 
 
 # The sale's children: kept as built (a deleted one created again, an edited one put back) and their replica
