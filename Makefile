@@ -102,7 +102,7 @@ operator: migrate cluster-up ## run the operator (kopf, with leader election) on
 
 ##@ Quality
 .PHONY: lint
-lint: setup ## ruff, mypy --strict on the core and the tooling, import contracts
+lint: setup ## ruff, mypy --strict on every package, import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -105,6 +105,8 @@ sale_live() {
         k wait "deployment/$SALE-$component" --for=create --timeout=2m
         k rollout status "deployment/$SALE-$component" --timeout=5m
     done
+    # Ready from real pods (this cluster has a kubelet): the counters seeded, every API and worker pod available.
+    k wait "flashsale/$SALE" --for=condition=Ready --timeout=5m
     k get pods -o wide
 }
 

@@ -9,19 +9,22 @@ their own and the app only adds what lives in the event loop (the batch flusher,
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import falcon
 import falcon.asgi
 import falcon.media
 import orjson
 
+from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 
 from . import errors
 from .auth import Authenticator
 from .batcher import Batcher
+from .errors import AsgiApp
 from .live_feed import LiveFeeds
 from .middleware import RequestContext
 from .read_limit import ReadLimiter
@@ -38,6 +41,9 @@ from .resources.strategies import StrategyBuy
 from .services import Services
 from .tally import TALLY
 
+if TYPE_CHECKING:
+    from .strategies import Strategy
+
 log = logging.getLogger("stampede_api")
 
 
@@ -47,7 +53,7 @@ class Lifespan:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         s = self.s
         cfg = s.settings
         if s.stock is None:
@@ -59,8 +65,6 @@ class Lifespan:
             )
             s.owned.append("stock")
         if s.ledger is None:
-            from stampede.ledger import Ledger
-
             s.ledger = await Ledger.open(cfg)
             s.owned.append("ledger")
         TALLY.start()
@@ -80,7 +84,7 @@ class Lifespan:
             s.strategy_pool = pool  # beside the strategies, never among them: only v1-v4 are routes
         log.info("api process ready", extra={"strategies": cfg.strategies_enabled})
 
-    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         s = self.s
         if s.batcher is not None:
             await s.batcher.close()
@@ -109,10 +113,10 @@ def _json_handler() -> falcon.media.JSONHandler:
 def create_app(
     settings: ApiSettings,
     stock: StockEngine | None = None,
-    ledger: Any = None,
+    ledger: Ledger | None = None,
     *,
-    strategies: Any = None,
-) -> falcon.asgi.App:
+    strategies: dict[str, Strategy] | None = None,
+) -> AsgiApp:
     """The ASGI app. Collaborators left ``None`` are opened per process at lifespan startup."""
     return build(settings, stock, ledger, strategies=strategies)[0]
 
@@ -120,10 +124,10 @@ def create_app(
 def build(
     settings: ApiSettings,
     stock: StockEngine | None = None,
-    ledger: Any = None,
+    ledger: Ledger | None = None,
     *,
-    strategies: Any = None,
-) -> tuple[falcon.asgi.App, Services]:
+    strategies: dict[str, Strategy] | None = None,
+) -> tuple[AsgiApp, Services]:
     """``create_app`` that also hands back the Services the resources share (tests look inside)."""
     services = Services(
         settings=settings,
@@ -133,7 +137,9 @@ def build(
         ledger=ledger,
         strategies=strategies,
     )
-    app = falcon.asgi.App(middleware=[RequestContext(), Lifespan(services)])
+    app: AsgiApp = falcon.asgi.App()
+    app.add_middleware(RequestContext())
+    app.add_middleware(Lifespan(services))
     handler = _json_handler()
     app.req_options.media_handlers[falcon.MEDIA_JSON] = handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = handler

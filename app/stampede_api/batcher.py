@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stampede import errors, metrics
+from stampede.ledger import PendingReservation, RecordedBatch
 from stampede.stock import StockEngine
 from stampede.vocabulary import Dependency
 from stampede_api.flusher import SingleFlusher, fail
@@ -39,12 +40,14 @@ log = logging.getLogger("stampede_api.batcher")
 
 
 class BatchWriter(Protocol):
-    async def record_batch(self, reservations: Sequence[Any]) -> Any: ...  # stampede.ledger.RecordedBatch
+    """What the batcher needs of the ledger (``Ledger``, or a test's wrapper of it)."""
+
+    async def record_batch(self, reservations: Sequence[PendingReservation]) -> RecordedBatch: ...
 
 
 @dataclass(slots=True)
 class _Item:
-    reservation: Any  # stampede.ledger.PendingReservation
+    reservation: PendingReservation
     idempotency_key: str | None
     request_id: str | None
     future: asyncio.Future[None]
@@ -75,7 +78,7 @@ class Batcher(SingleFlusher[_Item]):
         the write failed (its stock is already released then)."""
         if self._closing:
             await self._release([_Item(reservation, idempotency_key, request_id, asyncio.Future())])
-            raise errors.DependencyUnavailable("api", "shutting down")
+            raise errors.DependencyUnavailable(Dependency.API, "shutting down")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._submitted += 1
         self.inflight[reservation.reservation_id] = fut

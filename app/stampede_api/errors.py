@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeAlias
 
 import falcon
 import falcon.asgi
 
 from stampede import errors
+
+# The ASGI app with Falcon's own request and response types (its type parameters).
+AsgiApp: TypeAlias = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
 log = logging.getLogger("stampede_api.errors")
 
@@ -101,7 +105,7 @@ def map_domain(exc: errors.StampedeError, retry_after_s: int) -> ApiError:
     status = 500
     for cls in type(exc).__mro__:
         if cls in _DOMAIN:
-            status = _DOMAIN[cls]  # type: ignore[index]
+            status = _DOMAIN[cls]
             break
     headers: dict[str, str] = {}
     field = None
@@ -123,7 +127,7 @@ def map_domain(exc: errors.StampedeError, retry_after_s: int) -> ApiError:
     return ApiError(status, exc.code, message, field=field, headers=headers)
 
 
-def install(app: falcon.asgi.App, retry_after_s: int) -> None:
+def install(app: AsgiApp, retry_after_s: int) -> None:
     """Registers the handlers; Falcon picks the most specific one for each exception."""
 
     async def on_api_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: ApiError, params: Any) -> None:
@@ -152,7 +156,8 @@ def install(app: falcon.asgi.App, retry_after_s: int) -> None:
         message = ex.description or ex.title or code
         resp.status = status
         resp.media = _body(code, message)
-        for k, v in (ex.headers or {}).items():
+        headers = ex.headers or {}
+        for k, v in headers.items() if isinstance(headers, Mapping) else headers:
             resp.set_header(k, v)
 
     async def on_unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: Any) -> None:

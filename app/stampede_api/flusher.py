@@ -17,6 +17,7 @@ import logging
 from typing import Any, Generic, Protocol, TypeVar
 
 from stampede import errors
+from stampede.vocabulary import Dependency
 
 log = logging.getLogger("stampede_api.flusher")
 
@@ -59,7 +60,7 @@ class SingleFlusher(Generic[T]):
                 try:
                     await self._flush(batch)
                 except asyncio.CancelledError:
-                    self._abandon(batch, errors.DependencyUnavailable("api", "flush cancelled"))
+                    self._abandon(batch, errors.DependencyUnavailable(Dependency.API, "flush cancelled"))
                     raise
                 except Exception as exc:
                     log.error(
@@ -67,13 +68,15 @@ class SingleFlusher(Generic[T]):
                         exc_info=exc,
                         extra={"flusher": self._task_name, "batch": len(batch)},
                     )
-                    self._abandon(batch, errors.DependencyUnavailable("api", f"{type(exc).__name__} in the batch"))
+                    self._abandon(
+                        batch, errors.DependencyUnavailable(Dependency.API, f"{type(exc).__name__} in the batch")
+                    )
         finally:
             self._task = None
             if self._waiting:
                 # Cancelled with more waiting (shutdown): nobody will flush them, so answer them now.
                 waiting, self._waiting = self._waiting, []
-                self._abandon(waiting, errors.DependencyUnavailable("api", "shutting down"))
+                self._abandon(waiting, errors.DependencyUnavailable(Dependency.API, "shutting down"))
 
     def _abandon(self, batch: list[T], exc: BaseException) -> None:
         """Answers every waiter of ``batch`` not answered yet with ``exc``."""

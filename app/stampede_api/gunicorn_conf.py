@@ -32,7 +32,7 @@ http_protocol.LIMITS.update(
 )
 
 
-class StampedeWorker(UvicornWorker):
+class StampedeWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no type information
     """uvloop + httptools with bounded request heads (``stampede_api.http_protocol``: 431 past
     ``STAMPEDE_MAX_HEADER_BYTES``, 408 past ``STAMPEDE_HEADER_TIMEOUT_S``), lifespan required (a worker
     whose pools cannot open does not serve), proxy headers ignored (the client IP is decided by the app's
@@ -91,4 +91,4 @@ def on_starting(server: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid, _METRICS_DIR)
+    multiprocess.mark_process_dead(worker.pid, _METRICS_DIR)  # type: ignore[no-untyped-call]  # untyped upstream

@@ -101,7 +101,7 @@ def _live_paths(sale_param: dict[str, Any], demo_buyers: bool) -> dict[str, Any]
 
 
 def document(settings: ApiSettings) -> dict[str, Any]:
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     reservation_properties = {
         "reservation_id": {"type": "string", "format": "uuid"},
         "status": {

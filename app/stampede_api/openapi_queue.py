@@ -27,7 +27,7 @@ def paths(
     error: Any,
     common_errors: dict[str, Any],
 ) -> dict[str, Any]:
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     retry = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
     ticket_ref = {"$ref": "#/components/schemas/QueueTicket"}
     return {

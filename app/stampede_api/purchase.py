@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stampede import errors, metrics, restore
-from stampede.ledger import PendingReservation
+from stampede.ledger import Ledger, PendingReservation
 from stampede.stock import Reservation, StockEngine
 from stampede.vocabulary import Dependency, RedisState, Status
 
@@ -45,10 +45,6 @@ def _set_remaining(sale: str, remaining: int) -> None:
     if child is None:
         child = _remaining[sale] = metrics.API_STOCK_REMAINING.labels(sale)
     TALLY.set(child, remaining)
-
-
-class LedgerReader(Protocol):
-    async def get_reservation(self, reservation_id: str) -> Any: ...
 
 
 class Reserver(Protocol):
@@ -93,7 +89,7 @@ def _pending_reservation(r: Reservation) -> PendingReservation:
 async def buy(
     stock: Reserver,
     batcher: Batcher,
-    ledger: LedgerReader,
+    ledger: Ledger,
     *,
     sale: str,
     user: str,
@@ -174,7 +170,7 @@ def _outcome(exc: errors.StampedeError) -> str:
 
 async def _replay(
     batcher: Batcher,
-    ledger: LedgerReader,
+    ledger: Ledger,
     *,
     sale: str,
     reservation_id: str,

@@ -8,16 +8,23 @@ across a fork. Tests hand in their own before startup; resources read them at re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from psycopg_pool import AsyncConnectionPool
+
+from stampede.ledger import Ledger
 from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
+from stampede.vocabulary import Dependency
 
 from .auth import Authenticator
 from .batcher import Batcher
 from .live_feed import LiveFeeds
 from .read_limit import ReadLimiter
 from .reserver import ReserveCoalescer
+
+if TYPE_CHECKING:
+    from .strategies import Strategy  # imported only when the strategies are enabled
 
 
 @dataclass
@@ -26,17 +33,17 @@ class Services:
     auth: Authenticator
     read_limiter: ReadLimiter
     stock: StockEngine | None = None
-    ledger: Any = None  # stampede.ledger.Ledger (or a test double with the same methods)
+    ledger: Ledger | None = None
     batcher: Batcher | None = None
     reserver: ReserveCoalescer | None = None
-    strategies: Any = None  # {"v1": Strategy, …} when enabled
-    strategy_pool: Any = None  # the strategies' own PostgreSQL pool, opened (and closed) by the lifespan
+    strategies: dict[str, Strategy] | None = None  # {"v1": Strategy, …} when enabled
+    strategy_pool: AsyncConnectionPool | None = None  # the strategies' own pool, opened (and closed) by the lifespan
     live: LiveFeeds | None = None  # the live page's samplers, when STAMPEDE_LIVE_PAGE is on
     owned: list[str] = field(default_factory=list)  # what startup opened and shutdown must close
 
-    def require(self) -> tuple[StockEngine, Any, Batcher]:
+    def require(self) -> tuple[StockEngine, Ledger, Batcher]:
         if self.stock is None or self.ledger is None or self.batcher is None:
             from stampede import errors
 
-            raise errors.DependencyUnavailable("api", "starting up")
+            raise errors.DependencyUnavailable(Dependency.API, "starting up")
         return self.stock, self.ledger, self.batcher

@@ -11,6 +11,7 @@ keeps the subjects identity providers issue (opaque ids, UUIDs, e-mail addresses
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 BUYER_ID_MAX = 256
 IDEMPOTENCY_KEY_MAX = 255
@@ -23,11 +24,11 @@ BUYER_ID_RULE = f"1-{BUYER_ID_MAX} visible ASCII characters"
 IDEMPOTENCY_KEY_RULE = f"1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"
 
 
-def is_buyer_id(value: object) -> bool:
+def is_buyer_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` may name a buyer (a token's subject, a strategy's ``userId``)."""
     return isinstance(value, str) and BUYER_ID_RE.fullmatch(value) is not None
 
 
-def is_idempotency_key(value: object) -> bool:
+def is_idempotency_key(value: object) -> TypeGuard[str]:
     """Whether ``value`` may be an ``Idempotency-Key``."""
     return isinstance(value, str) and IDEMPOTENCY_KEY_RE.fullmatch(value) is not None

@@ -181,6 +181,15 @@ def batch_payload(reservations: Sequence[PendingReservation]) -> dict[str, Any]:
     return {"v": PAYLOAD_VERSION, "sales": sales}
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """A sale's settle backlog: its pending rows, their units, and how long the oldest has waited (ms)."""
+
+    rows: int
+    units: int
+    oldest_ms: int
+
+
 class Ledger:
     """Typed access to the ledger tables over one async psycopg pool (per process)."""
 
@@ -291,6 +300,15 @@ class Ledger:
             for status, units in await cur.fetchall():
                 out[status] = int(units)
         return out
+
+    async def settle_backlog(self, sale: str) -> Backlog:
+        """What the sale's workers still have to settle, read through the partial index of pending rows (its
+        cost follows the backlog, not the sale)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["settle_backlog"], {"sale": sale})
+            row = await cur.fetchone()
+        assert row is not None
+        return Backlog(int(row[0]), int(row[1]), max(0, int(row[2])))
 
     async def tally(self, sale: str) -> Tally:
         """Units of the sale by status, without reading its settled rows: pending through the partial
@@ -712,6 +730,7 @@ def entries(rows: Iterable[Sequence[Any]], jobs: dict[int, str]) -> dict[str, Le
 __all__ = [
     "PAYLOAD_SHARD_VERSION",
     "PAYLOAD_VERSION",
+    "Backlog",
     "Claim",
     "Claimed",
     "Expired",

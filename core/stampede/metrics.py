@@ -168,6 +168,16 @@ OPERATOR_QUEUE = Gauge(
     "tickets of a sale's waiting room as last reconciled (tickets, early, admitted, served, waiting)",
     ["sale", "state"],
 )
+OPERATOR_SETTLE_BACKLOG = Gauge(
+    "stampede_operator_settle_backlog_reservations",
+    "reservations of a sale pending in the ledger (accepted, not yet settled), as of the last pass",
+    ["sale"],
+)
+OPERATOR_SETTLE_OLDEST = Gauge(
+    "stampede_operator_settle_oldest_pending_seconds",
+    "how long the sale's oldest pending reservation has waited to be settled, as of the last pass",
+    ["sale"],
+)
 
 SALE_LABELLED = (
     API_RESERVATIONS,
@@ -181,6 +191,8 @@ SALE_LABELLED = (
     OPERATOR_RECONCILE_ERRORS,
     OPERATOR_STOCK,
     OPERATOR_QUEUE,
+    OPERATOR_SETTLE_BACKLOG,
+    OPERATOR_SETTLE_OLDEST,
 )
 
 

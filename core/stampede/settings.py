@@ -8,6 +8,7 @@ first buyer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -99,6 +100,34 @@ def _url_problem(var: str, url: str) -> str | None:
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_INT_OR_PERCENT = re.compile(r"[0-9]{1,9}%?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# What a sale's pod template may set (spec.api.template, spec.workers.template and the operator's defaults).
+POD_TEMPLATE_FIELDS = (
+    "resources",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "topologySpreadConstraints",
+    "priorityClassName",
+)
+
+
+def pod_template(name: str, raw: str) -> dict[str, Any]:
+    """The pod template defaults held in setting ``name`` (JSON), or SettingsError naming the variable."""
+    if not raw.strip():
+        return {}
+    var = f"STAMPEDE_{name.upper()}"
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{var} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{var} must be a JSON object")
+    unknown = sorted(set(value) - set(POD_TEMPLATE_FIELDS))
+    if unknown:
+        raise SettingsError(f"{var} may hold only {', '.join(POD_TEMPLATE_FIELDS)}; not {', '.join(unknown)}")
+    return {k: v for k, v in value.items() if v not in (None, "", [], {})}
 
 
 def _positive(name: str, value: float) -> None:
@@ -370,6 +399,25 @@ class OperatorSettings(Common):
     reconcile_batch_max: int = setting(1000, "most reservations one healing action (job, release) carries")
     drift_confirmations: int = setting(2, "consecutive passes a drift must persist before Drifted=True + Event")
     operator_metrics_port: int = setting(9103, "port of the operator's Prometheus /metrics (0: none)")
+    api_pod_template: str = setting(
+        "",
+        "JSON object: defaults for every sale's API pods (resources, nodeSelector, affinity, tolerations, "
+        "topologySpreadConstraints, priorityClassName); a FlashSale's spec.api.template overrides each field",
+    )
+    worker_pod_template: str = setting(
+        "", "JSON object: the same defaults for every sale's worker pods (spec.workers.template overrides them)"
+    )
+    image_pull_secrets: str = setting("", "comma-separated Secrets every sale pod pulls its image with")
+    autoscale_cooldown_s: float = setting(
+        60.0, "least seconds between an autoscaler's change of a sale's workers and a scale-down after it"
+    )
+    api_pdb_max_unavailable: str = setting(
+        "1", "maxUnavailable of each sale's API PodDisruptionBudget (an integer or a percentage; empty: no PDB)"
+    )
+
+    @property
+    def pull_secrets(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.image_pull_secrets.split(",") if n.strip())
 
     def validate(self) -> None:
         super().validate()
@@ -379,6 +427,7 @@ class OperatorSettings(Common):
             "worker_metrics_port",
             "peering_lifetime_s",
             "delete_drain_timeout_s",
+            "autoscale_cooldown_s",
         ):
             _positive(name, getattr(self, name))
         if self.api_trusted_proxy_hops < 0:
@@ -391,6 +440,12 @@ class OperatorSettings(Common):
             raise SettingsError("STAMPEDE_OPERATOR_METRICS_PORT must be a port number (0: none)")
         if self.peering_priority < 0:
             raise SettingsError("STAMPEDE_PEERING_PRIORITY must be >= 0 (0: derived from the pod name)")
+        for name in ("api_pod_template", "worker_pod_template"):
+            pod_template(name, getattr(self, name))
+        if any(not _DNS_LABEL.fullmatch(n) for n in self.pull_secrets):
+            raise SettingsError("STAMPEDE_IMAGE_PULL_SECRETS must be Secret names separated by commas")
+        if self.api_pdb_max_unavailable and not _INT_OR_PERCENT.fullmatch(self.api_pdb_max_unavailable):
+            raise SettingsError("STAMPEDE_API_PDB_MAX_UNAVAILABLE must be an integer or a percentage such as 25%")
         if not self.secret_name:
             raise SettingsError("STAMPEDE_SECRET_NAME must name the Secret of the sale's pods")
         if not self.sale_service_account:

@@ -205,7 +205,7 @@ def _check_quantity(quantity: object) -> int:
 def _check_user(user: object) -> str:
     if not is_buyer_id(user):
         raise errors.InvalidArgument("user", f"must be {BUYER_ID_RULE}")
-    return user  # type: ignore[return-value]  # is_buyer_id proved it is a str
+    return user
 
 
 def _keys(sale: object) -> SaleKeys:

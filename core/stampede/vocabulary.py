@@ -67,6 +67,7 @@ class Dependency(StrEnum):
 
     REDIS = "redis"
     POSTGRESQL = "postgresql"
+    API = "api"  # the API process itself: starting up, shutting down, or its flusher broke
 
 
 __all__ = ["RETURNED", "TAKEN", "Dependency", "JobStatus", "Reason", "RedisState", "Status"]

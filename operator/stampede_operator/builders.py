@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from stampede import names
-from stampede.settings import OperatorSettings
+from stampede.settings import POD_TEMPLATE_FIELDS, OperatorSettings, pod_template
 from stampede.stock import SaleConfig
 
 # A Service name is a DNS-1035 label: a letter first, at most 63 characters.
@@ -39,6 +39,16 @@ class AdmissionSpec:
 
     open_queue_s: int
     rate_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Autoscale:
+    """``spec.workers.autoscale``: the workers' replicas follow the settle backlog between ``min`` and ``max``,
+    aiming at a 202 -> settled lag under ``target_lag_ms``."""
+
+    min: int
+    max: int
+    target_lag_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,10 @@ class SaleSpec:
     client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
     admission: AdmissionSpec | None = None  # None: no waiting room
     hold_seconds: int = 0  # spec.checkout.holdSeconds: settled reservations are held this long for checkout
+    autoscale: Autoscale | None = None  # None: spec.workers.replicas, fixed
+    # spec.api.template / spec.workers.template: what the user sets of POD_TEMPLATE_FIELDS (over the chart's).
+    api_template: Mapping[str, Any] = field(default_factory=dict)
+    worker_template: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -155,6 +169,9 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         client_ip_header=_header(api),
         admission=_admission(spec),
         hold_seconds=_int(checkout, "holdSeconds", 0, "spec.checkout", 0),
+        autoscale=_autoscale(workers),
+        api_template=_template(api, "spec.api"),
+        worker_template=_template(workers, "spec.workers"),
     )
 
 
@@ -166,6 +183,49 @@ def _admission(spec: Mapping[str, Any]) -> AdmissionSpec | None:
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0 or rate != rate:
         raise InvalidSpec("InvalidSpec", f"spec.admission.ratePerSecond must be a number > 0, got {rate!r}")
     return AdmissionSpec(_int(node, "openQueueSeconds", 600, "spec.admission", 0), float(rate))
+
+
+# The JSON type each template field must have: resources, nodeSelector and affinity are objects, tolerations and
+# topologySpreadConstraints lists of objects, priorityClassName a name.
+_TEMPLATE_TYPES: dict[str, type] = {
+    "resources": Mapping,
+    "nodeSelector": Mapping,
+    "affinity": Mapping,
+    "tolerations": list,
+    "topologySpreadConstraints": list,
+    "priorityClassName": str,
+}
+
+
+def _template(node: Mapping[str, Any], path: str) -> dict[str, Any]:
+    template = node.get("template") or {}
+    if not isinstance(template, Mapping):
+        raise InvalidSpec("InvalidSpec", f"{path}.template must be an object")
+    out: dict[str, Any] = {}
+    for key, value in template.items():
+        if key not in _TEMPLATE_TYPES:
+            raise InvalidSpec("InvalidSpec", f"{path}.template.{key} is not one of {', '.join(POD_TEMPLATE_FIELDS)}")
+        if value in (None, "", [], {}):
+            continue
+        if not isinstance(value, _TEMPLATE_TYPES[key]) or (
+            isinstance(value, list) and not all(isinstance(v, Mapping) for v in value)
+        ):
+            raise InvalidSpec("InvalidSpec", f"{path}.template.{key} has the wrong type")
+        out[key] = value
+    return out
+
+
+def _autoscale(workers: Mapping[str, Any]) -> Autoscale | None:
+    node = workers.get("autoscale")
+    if node is None:
+        return None
+    if not isinstance(node, Mapping):
+        raise InvalidSpec("InvalidSpec", "spec.workers.autoscale must be an object")
+    path = "spec.workers.autoscale"
+    low, high = _int(node, "min", 1, path, 0), _int(node, "max", 4, path, 1)
+    if high < low:
+        raise InvalidSpec("InvalidSpec", f"{path}.max ({high}) must be >= min ({low})")
+    return Autoscale(low, high, _int(node, "targetLagMs", 1000, path, 1))
 
 
 def _header(api: Mapping[str, Any]) -> str | None:
@@ -248,6 +308,23 @@ def _container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
+DEFAULT_RESOURCES = {
+    names.COMPONENT_API: {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+    names.COMPONENT_WORKER: {"requests": {"cpu": "250m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
+}
+
+
+def pod_placement(spec: SaleSpec, component: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The template fields of a sale's ``component`` pods: the FlashSale's own, else the operator's defaults
+    (the chart's ``api.template`` / ``worker.template``), field by field; resources default to
+    ``DEFAULT_RESOURCES``."""
+    if component == names.COMPONENT_API:
+        defaults, own = pod_template("api_pod_template", settings.api_pod_template), spec.api_template
+    else:
+        defaults, own = pod_template("worker_pod_template", settings.worker_pod_template), spec.worker_template
+    return {"resources": DEFAULT_RESOURCES[component], **defaults, **own}
+
+
 def _deployment(
     spec: SaleSpec,
     component: str,
@@ -259,7 +336,13 @@ def _deployment(
     **deployment_spec: Any,
 ) -> dict[str, Any]:
     """The Deployment shape both of a sale's workloads share: labels, selector, scrape annotation, the
-    pod's ServiceAccount and security context; ``pod`` holds what differs (containers, grace period, volumes)."""
+    pod's ServiceAccount, security context, pull Secrets and placement (``pod_placement``); ``pod`` holds what
+    differs (containers, grace period, volumes). Placement fields left unset are sent as null, so a field
+    removed from the template is removed from the Deployment by the operator's patch."""
+    placement = pod_placement(spec, component, settings)
+    for c in pod["containers"]:
+        c["resources"] = placement["resources"]
+    pull = [{"name": n} for n in settings.pull_secrets]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -279,6 +362,8 @@ def _deployment(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": _pod_security(),
+                    "imagePullSecrets": pull or None,
+                    **{k: placement.get(k) for k in POD_TEMPLATE_FIELDS if k != "resources"},
                     **pod,
                 },
             },
@@ -287,9 +372,14 @@ def _deployment(
 
 
 def build_api_deployment(
-    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+    spec: SaleSpec,
+    namespace: str,
+    settings: OperatorSettings,
+    owner: Mapping[str, Any] | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The sale's API: gunicorn serving the buy API, ``spec.api.replicas`` pods."""
+    """The sale's API: gunicorn serving the buy API, ``replicas`` pods (None: ``spec.api.replicas``; the
+    operator passes fewer for a sale that has ended)."""
     component = names.COMPONENT_API
     container = {
         "name": component,
@@ -317,7 +407,6 @@ def build_api_deployment(
             },
             {"name": "STAMPEDE_CLIENT_IP_HEADER", "value": spec.client_ip_header or settings.api_client_ip_header},
         ],
-        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "readinessProbe": _http_probe("/readyz", "http", 5, 3),
         "livenessProbe": _http_probe("/healthz", "http", 10, 3),
         "startupProbe": _http_probe("/healthz", "http", 2, 30),
@@ -330,7 +419,7 @@ def build_api_deployment(
         namespace,
         settings,
         owner,
-        spec.api_replicas,
+        spec.api_replicas if replicas is None else replicas,
         {
             "terminationGracePeriodSeconds": 30,
             "containers": [container],
@@ -341,10 +430,15 @@ def build_api_deployment(
 
 
 def build_worker_deployment(
-    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+    spec: SaleSpec,
+    namespace: str,
+    settings: OperatorSettings,
+    owner: Mapping[str, Any] | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The sale's workers: ``spec.workers.replicas`` procrastinate workers, each running
-    ``spec.workers.concurrency`` settle jobs at once."""
+    """The sale's workers: ``replicas`` procrastinate workers (None: ``spec.workers.replicas``; the
+    operator's autoscaler or an ended sale decide otherwise), each running ``spec.workers.concurrency``
+    settle jobs at once."""
     component = names.COMPONENT_WORKER
     container = {
         "name": component,
@@ -358,7 +452,6 @@ def build_worker_deployment(
             {"name": "STAMPEDE_WORKER_METRICS_HOST", "value": "0.0.0.0"},
             {"name": "STAMPEDE_WORKER_METRICS_PORT", "value": str(settings.worker_metrics_port)},
         ],
-        "resources": {"requests": {"cpu": "250m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
         "readinessProbe": _http_probe("/healthz", "metrics", 10, 3),
         "livenessProbe": _http_probe("/healthz", "metrics", 15, 4),
         "securityContext": _container_security(),
@@ -370,7 +463,7 @@ def build_worker_deployment(
         namespace,
         settings,
         owner,
-        spec.worker_replicas,
+        spec.worker_replicas if replicas is None else replicas,
         {"terminationGracePeriodSeconds": 40, "containers": [container]},
     )
 
@@ -390,3 +483,25 @@ def build_api_service(
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def build_api_pdb(
+    spec: SaleSpec, namespace: str, settings: OperatorSettings, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The sale's own PodDisruptionBudget over its API pods: a node drain never takes more than
+    ``STAMPEDE_API_PDB_MAX_UNAVAILABLE`` of them at once, and selects no other sale's pods."""
+    sale, component = spec.name, names.COMPONENT_API
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(sale, component, namespace, owner),
+        "spec": {
+            "maxUnavailable": _int_or_percent(settings.api_pdb_max_unavailable),
+            "selector": {"matchLabels": build_selector(sale, component)},
+        },
+    }
+
+
+def _int_or_percent(value: str) -> int | str:
+    """An IntOrString as Kubernetes wants it: ``"1"`` is the integer 1, ``"25%"`` stays a string."""
+    return int(value) if value.isdigit() else value

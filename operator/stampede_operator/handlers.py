@@ -36,9 +36,11 @@ from stampede.settings import OperatorSettings
 from stampede.stock import SeedResult, StockEngine
 from stampede.vocabulary import Reason
 
-from . import builders, reconcile, waitroom
+from . import autoscale, builders, children, reconcile, waitroom
 from .builders import InvalidSpec, SaleSpec
+from .children import Replicas, Workload
 from .status import (
+    ENDED,
     FAILED,
     FALSE,
     TRUE,
@@ -74,6 +76,10 @@ class Deps:
     stock: StockEngine
     ledger: Ledger
     api: k8s.ApiClient
+    # (sale id, component) -> the Deployment's replica counts, kept by the children's watch (stampede_operator.keeper).
+    workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
+    # sale id -> (FlashSale generation, the replicas this process decided for it): what the keeper restores.
+    intents: dict[str, tuple[int | None, Replicas]] = field(default_factory=dict)
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
@@ -86,6 +92,10 @@ class Deps:
     @property
     def core(self) -> k8s.CoreV1Api:
         return k8s.CoreV1Api(self.api)
+
+    @property
+    def policy(self) -> k8s.PolicyV1Api:
+        return k8s.PolicyV1Api(self.api)
 
 
 @dataclass
@@ -101,13 +111,18 @@ class SaleMemo:
     passes: reconcile.PassState = field(default_factory=reconcile.PassState)  # carried between reconcile passes
     # What the loop last wrote into the status (without its time) and when (monotonic); None: write next time.
     status_written: tuple[str, float] | None = None
+    autoscaled: int | None = None  # the autoscaler's last decision of worker replicas (None: none yet)
+    autoscale_reason: str = ""  # why, in a sentence (status.workers.reason)
+    autoscaled_at: float = 0.0  # monotonic time of the last scale change (the cool-down counts from it)
+    done: bool = False  # Ended with nothing pending at the last pass
+    series_dropped: bool = False  # the sale's metric series were removed since it was done
 
 
 async def open_deps(settings: OperatorSettings) -> Deps:
     from kubernetes_asyncio import config
 
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
     except config.ConfigException:
         await config.load_kube_config()
     stock = StockEngine.from_url(
@@ -156,7 +171,14 @@ async def write_status(
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": {**fields, "conditions": conds}}
         try:
             await deps.custom.patch_namespaced_custom_object_status(
-                names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL, name, body, _content_type=MERGE
+                # _content_type goes through **kwargs; the generated signature does not list it.
+                names.CRD_GROUP,
+                names.CRD_VERSION,
+                namespace,
+                names.CRD_PLURAL,
+                name,
+                body,
+                _content_type=MERGE,  # type: ignore[call-arg]
             )
             return
         except ApiException as exc:
@@ -198,21 +220,23 @@ async def _ensure_object(create: Any, patch: Any, namespace: str, manifest: dict
         await patch(name, namespace, manifest, _content_type=STRATEGIC)
 
 
-async def ensure_workloads(deps: Deps, spec: SaleSpec, namespace: str, owner: Mapping[str, Any]) -> None:
-    """The sale's API and worker Deployments and the API Service, as the spec asks."""
+async def ensure_workloads(
+    deps: Deps, spec: SaleSpec, namespace: str, owner: Mapping[str, Any], replicas: Replicas
+) -> None:
+    """The sale's API and worker Deployments (with ``replicas``), its API Service and its API PDB."""
     s = deps.settings
-    apps, core = deps.apps, deps.core
+    apps, core, policy = deps.apps, deps.core, deps.policy
     await _ensure_object(
         apps.create_namespaced_deployment,
         apps.patch_namespaced_deployment,
         namespace,
-        builders.build_api_deployment(spec, namespace, s, owner),
+        builders.build_api_deployment(spec, namespace, s, owner, replicas.api),
     )
     await _ensure_object(
         apps.create_namespaced_deployment,
         apps.patch_namespaced_deployment,
         namespace,
-        builders.build_worker_deployment(spec, namespace, s, owner),
+        builders.build_worker_deployment(spec, namespace, s, owner, replicas.workers),
     )
     await _ensure_object(
         core.create_namespaced_service,
@@ -220,6 +244,70 @@ async def ensure_workloads(deps: Deps, spec: SaleSpec, namespace: str, owner: Ma
         namespace,
         builders.build_api_service(spec, namespace, s, owner),
     )
+    if s.api_pdb_max_unavailable:
+        await _ensure_object(
+            policy.create_namespaced_pod_disruption_budget,
+            policy.patch_namespaced_pod_disruption_budget,
+            namespace,
+            builders.build_api_pdb(spec, namespace, s, owner),
+        )
+
+
+def decide_replicas(
+    deps: Deps, memo: SaleMemo, sale: SaleSpec, phase: str, reserved: int | None, generation: int | None
+) -> Replicas:
+    """The replicas the sale's Deployments should run now (spec or autoscaler, and phase), remembered for the
+    keeper so it restores this decision and not the spec's number."""
+    workers, reason = sale.worker_replicas, ""
+    if sale.autoscale is not None:
+        workers = memo.autoscaled if memo.autoscaled is not None else sale.autoscale.min
+        workers = max(sale.autoscale.min, min(sale.autoscale.max, workers))
+        reason = memo.autoscale_reason or f"autoscale: starting at min {sale.autoscale.min}"
+    replicas = children.replicas_for(
+        phase, api=sale.api_replicas, workers=workers, reserved=reserved, workers_reason=reason
+    )
+    deps.intents[sale.id] = (generation, replicas)
+    return replicas
+
+
+async def apply_replicas(deps: Deps, sale: SaleSpec, replicas: Replicas) -> None:
+    """Scales a Deployment whose replicas (as the watch last saw them) differ from the decision."""
+    for component, n in ((names.COMPONENT_API, replicas.api), (names.COMPONENT_WORKER, replicas.workers)):
+        seen = deps.workloads.get((sale.id, component))
+        if seen is None or seen.desired == n:
+            continue
+        patch: Any = deps.apps.patch_namespaced_deployment  # the generated signature omits _content_type
+        try:
+            await patch(
+                names.component_name(sale.name, component),
+                sale.namespace,
+                {"spec": {"replicas": n}},
+                _content_type=MERGE,
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # 404: deleted; the keeper creates it again with these replicas
+                raise
+        log.info("scaled", extra={"sale": sale.id, "component": component, "from": seen.desired, "to": n})
+
+
+def serving_status(
+    deps: Deps, sale: SaleSpec, phase: str | None, replicas: Replicas, *, seeded: bool
+) -> tuple[dict[str, Any], tuple[str, str, str, str]]:
+    """status.api / status.workers (the decided replicas; ready and available as the Deployments report them)
+    and the Ready condition."""
+    api = deps.workloads.get((sale.id, names.COMPONENT_API))
+    workers = deps.workloads.get((sale.id, names.COMPONENT_WORKER))
+    fields = {
+        "api": {"desired": replicas.api, "ready": api.ready if api else 0, "available": api.available if api else 0},
+        "workers": {
+            "desired": replicas.workers,
+            "ready": workers.ready if workers else 0,
+            "available": workers.available if workers else 0,
+            "reason": replicas.workers_reason[:1000],
+        },
+    }
+    status, reason, message = children.readiness(phase, api, workers, seeded=seeded)
+    return fields, (names.COND_READY, status, reason, message)
 
 
 # --- create / resume / update ---------------------------------------------------------------------------
@@ -284,7 +372,12 @@ async def ensure(
                 hold_seconds=sale.hold_seconds,
             )
             await waitroom.apply(deps.stock, sale)
-            await ensure_workloads(deps, sale, namespace, body)
+            if sale.autoscale is not None and memo.autoscaled is None:  # a restart resumes the last decision
+                prior = ((body.get("status") or {}).get("workers") or {}).get("desired")
+                if isinstance(prior, int):
+                    memo.autoscaled, memo.autoscaled_at = prior, time.monotonic()
+            replicas = decide_replicas(deps, memo, sale, phase.phase, reserved, body["metadata"].get("generation"))
+            await ensure_workloads(deps, sale, namespace, body, replicas)
 
             conds: list[tuple[str, str, str, str]] = []
             if refused is not None:
@@ -301,16 +394,11 @@ async def ensure(
                 elif seeded.outcome == "created":
                     emit("Normal", "Seeded", f"seeded {seeded.total} units")
                     log.info("seeded", extra={**extra, "total": seeded.total})
-            conds.append(
-                (
-                    names.COND_READY,
-                    TRUE,
-                    "WorkloadsApplied",
-                    f"API x{sale.api_replicas}, workers x{sale.worker_replicas} "
-                    f"(concurrency {sale.worker_concurrency})",
-                )
+            serving, ready = serving_status(deps, sale, phase.phase, replicas, seeded=True)
+            conds.append(ready)
+            fields = set_phase(
+                {"stock": total, "observedGeneration": body["metadata"].get("generation"), **serving}, phase
             )
-            fields = set_phase({"stock": total, "observedGeneration": body["metadata"].get("generation")}, phase)
             await write_status(deps, name, namespace, fields, conds)
             memo.status_written = None
             memo.phase = phase.phase
@@ -323,7 +411,16 @@ async def ensure(
 # --- the sale's loop ---------------------------------------------------------------------------------------
 
 
-async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: Mapping[str, Any], emit: Emit) -> float:
+async def tick(
+    deps: Deps,
+    memo: SaleMemo,
+    *,
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    emit: Emit,
+    generation: int | None = None,
+) -> float:
     """One pass of the sale's loop. Returns seconds until the next one."""
     try:
         sale = builders.parse_spec(name, spec, namespace)
@@ -347,6 +444,7 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
             phase = phase_for(now, sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
             if snap is not None and snap.open != phase.open:
                 await deps.stock.set_open(sale_id, phase.open)
+            done = phase.phase == ENDED and memo.done  # ended and settled at the last pass: series dropped
             outcome = await reconcile.reconcile_once(
                 deps.ledger,
                 deps.stock,
@@ -354,12 +452,23 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
                 open_=phase.open,
                 batch_max=deps.settings.reconcile_batch_max,
                 state=memo.passes,
+                record=not done,
             )
             if outcome.snapshot is not None and outcome.snapshot.open != phase.open:
                 await deps.stock.set_open(sale_id, phase.open)  # a rebuild or a restart may have reset it
             await waitroom.apply(deps.stock, sale)  # back within a pass if Redis lost it
             queue = await waitroom.report(deps.stock, sale)
-            await _report(deps, memo, sale, namespace, phase, outcome, emit, queue)
+            pending = outcome.tally.pending if outcome.snapshot is None else outcome.snapshot.pending
+            backlog = await deps.ledger.settle_backlog(sale_id)
+            if not done:
+                metrics.OPERATOR_SETTLE_BACKLOG.labels(sale_id).set(backlog.rows)
+                metrics.OPERATOR_SETTLE_OLDEST.labels(sale_id).set(backlog.oldest_ms / 1000)
+            _drop_series_once_done(memo, sale_id, phase.phase == ENDED and pending == 0, outcome.drift)
+            if sale.autoscale is not None:
+                autoscale.step(deps, memo, sale, backlog, emit)
+            replicas = decide_replicas(deps, memo, sale, phase.phase, pending, generation)
+            await _report(deps, memo, sale, namespace, phase, outcome, emit, replicas, backlog.oldest_ms, queue)
+            await apply_replicas(deps, sale, replicas)
     except errors.DependencyUnavailable as exc:
         metrics.OPERATOR_RECONCILE_ERRORS.labels(sale_id, exc.code).inc()
         memo.status_written = None
@@ -377,6 +486,20 @@ async def tick(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, spec: M
     return interval
 
 
+def _drop_series_once_done(memo: SaleMemo, sale_id: str, done: bool, drift: int) -> None:
+    """An ended sale with nothing left to settle has no figure that moves: its series are dropped, so a
+    scrape carries only the sales that run. A drift found later is still exported (its alert must fire)."""
+    memo.done = done
+    if not done:
+        memo.series_dropped = False
+    elif drift:
+        metrics.OPERATOR_DRIFT.labels(sale_id).set(drift)
+        memo.series_dropped = False
+    elif not memo.series_dropped:
+        metrics.forget_sale(sale_id)
+        memo.series_dropped = True
+
+
 async def _safe_status(deps: Deps, name: str, namespace: str, reason: str, message: str) -> None:
     try:
         await write_status(deps, name, namespace, {}, [(names.COND_RECONCILED, FALSE, reason, message[:1000])])
@@ -392,6 +515,8 @@ async def _report(
     phase: Phase,
     outcome: reconcile.Outcome,
     emit: Emit,
+    replicas: Replicas,
+    lag_ms: int = 0,
     queue: Mapping[str, Any] | None = None,
 ) -> None:
     name = sale.name
@@ -403,6 +528,7 @@ async def _report(
             "confirmed": outcome.tally.taken if snap is None else snap.confirmed,
             "compensated": outcome.tally.compensated,
             "drift": outcome.drift,
+            "settleLagMs": lag_ms,
             "lastReconcileTime": rfc3339(_now()),
         },
         phase,
@@ -414,7 +540,9 @@ async def _report(
         fields["stock"] = snap.total
     if queue is not None:
         fields["queue"] = dict(queue)
-    conds: list[tuple[str, str, str, str]] = []
+    serving, ready = serving_status(deps, sale, phase.phase, replicas, seeded=snap is not None)
+    fields.update(serving)
+    conds: list[tuple[str, str, str, str]] = [ready]
     if outcome.healed:
         summary = ", ".join(f"{kind} {n}" for kind, n in sorted(outcome.healed.items()))
         conds.append((names.COND_RECONCILED, TRUE, "Healed", f"healed: {summary}"))
@@ -466,11 +594,13 @@ async def run_sale(
     spec: Mapping[str, Any],
     stopped: Any,
     emit: Emit,
+    body: Mapping[str, Any] | None = None,
 ) -> None:
-    """The sale's loop until kopf stops it (deletion, operator pause or exit). ``spec`` is kopf's live
-    view, so a changed interval or window takes effect at the next tick."""
+    """The sale's loop until kopf stops it (deletion, operator pause or exit). ``spec`` and ``body`` are kopf's
+    live views, so a changed interval or window takes effect at the next tick."""
     while not stopped:
-        delay = await tick(deps, memo, name=name, namespace=namespace, spec=spec, emit=emit)
+        generation = None if body is None else body["metadata"].get("generation")
+        delay = await tick(deps, memo, name=name, namespace=namespace, spec=spec, emit=emit, generation=generation)
         await stopped.wait(delay)
 
 
@@ -506,4 +636,7 @@ async def finalize(deps: Deps, memo: SaleMemo, *, name: str, namespace: str, emi
             log.info("sale removed from Redis; the ledger keeps its rows", extra={**extra, "keys": deleted})
     except errors.DependencyUnavailable as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
+    deps.intents.pop(sale_id, None)
+    for component in (names.COMPONENT_API, names.COMPONENT_WORKER):
+        deps.workloads.pop((sale_id, component), None)
     metrics.forget_sale(sale_id)  # every sale-labelled series, not only drift

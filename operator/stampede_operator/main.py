@@ -10,7 +10,9 @@ kopf wrote into ``status``), and opens Redis, PostgreSQL and the Kubernetes clie
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 import prometheus_client
@@ -18,7 +20,7 @@ import prometheus_client
 from stampede import logs, names
 from stampede.settings import OperatorSettings, load
 
-from . import handlers, peering
+from . import handlers, keeper, peering
 from .handlers import Deps, SaleMemo
 
 RESOURCE = (names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL)
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 def _deps(memo: kopf.Memo) -> Deps:
     deps: Deps = memo["deps"]
     return deps
+
+
+def _ns(namespace: str | None) -> str:
+    """The FlashSale's namespace: kopf passes None only for cluster-scoped resources, which it is not."""
+    if namespace is None:
+        raise kopf.PermanentError("a FlashSale is namespaced; kopf gave no namespace")
+    return namespace
 
 
 def _sale_memo(memo: kopf.Memo) -> SaleMemo:
@@ -46,9 +55,11 @@ def _drop_kopf_settings(record: logging.LogRecord) -> bool:
     return True
 
 
-def _emitter(body: kopf.Body) -> handlers.Emit:
+def _emitter(body: Mapping[str, Any]) -> handlers.Emit:
+    """Posts Events about the FlashSale ``body`` (kopf's, or one read from the API by the keeper)."""
+
     def emit(type_: str, reason: str, message: str) -> None:
-        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+        kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message[:1024])
 
     return emit
 
@@ -65,6 +76,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prefix=names.ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # Events come from handlers on purpose, not from every log line
+    # Events say who wrote them: the operator (and which replica), not the framework it is built on.
+    settings.posting.reporting_component = names.MANAGER
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME") or names.MANAGER
+    settings.posting.event_name_prefix = f"{names.APP_NAME}-"
     # kopf's own flags (--peering, --priority, --standalone) win over the settings when given.
     if settings.peering.name == KOPF_DEFAULT_PEERING:
         settings.peering.name = ours.peering_name
@@ -101,23 +116,35 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(*RESOURCE, backoff=HANDLER_BACKOFF_S)
 @kopf.on.resume(*RESOURCE, backoff=HANDLER_BACKOFF_S)
 @kopf.on.update(*RESOURCE, field="spec", backoff=HANDLER_BACKOFF_S)
-async def ensure(body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+async def ensure(body: kopf.Body, name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     await handlers.ensure(
-        _deps(memo), _sale_memo(memo), body=body, name=name, namespace=namespace, spec=spec, emit=_emitter(body)
+        _deps(memo), _sale_memo(memo), body=body, name=name, namespace=_ns(namespace), spec=spec, emit=_emitter(body)
     )
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=10.0, initial_delay=0.5)
 async def sale_loop(
-    body: kopf.Body, name: str, namespace: str, spec: kopf.Spec, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-    **_: Any,
+    body: kopf.Body, name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo,
+    stopped: kopf.DaemonStopped, **_: Any,
 ) -> None:  # fmt: skip
     await handlers.run_sale(
-        _deps(memo), _sale_memo(memo), name=name, namespace=namespace, spec=spec, stopped=stopped,
-        emit=_emitter(body),
+        _deps(memo), _sale_memo(memo), name=name, namespace=_ns(namespace), spec=spec, stopped=stopped,
+        emit=_emitter(body), body=body,
     )  # fmt: skip
 
 
 @kopf.on.delete(*RESOURCE, backoff=HANDLER_BACKOFF_S)
-async def finalize(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    await handlers.finalize(_deps(memo), _sale_memo(memo), name=name, namespace=namespace, emit=_emitter(body))
+async def finalize(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    await handlers.finalize(_deps(memo), _sale_memo(memo), name=name, namespace=_ns(namespace), emit=_emitter(body))
+
+
+# The sale's children: kept as built (a deleted one created again, an edited one put back) and their replica
+# counts reported in the sale's status. Only objects labelled as the operator's are handled.
+OWNED = {names.LABEL_MANAGED_BY: names.MANAGER}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+@kopf.on.event("", "v1", "services", labels=OWNED)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
+async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    await keeper.on_child_event(_deps(memo), event.get("type"), event["object"], _emitter)

@@ -252,10 +252,12 @@ async def reconcile_once(
     batch_max: int = 1000,
     state: PassState | None = None,
     scan_max: int = SCAN_MAX,
+    record: bool = True,
 ) -> Outcome:
     """Observe where something can be wrong, heal, observe again; the second observation gives the counts
     and the drift. ``state`` carries the pending-set cursor and the last explained disagreement from one
-    pass of the sale to the next (a fresh one: start from the oldest, explain anew)."""
+    pass of the sale to the next (a fresh one: start from the oldest, explain anew). ``record`` False
+    leaves the sale's gauges and timings alone (an ended, settled sale whose series were dropped)."""
     started = time.monotonic()
     state = state if state is not None else PassState()
     sale = spec.id
@@ -315,6 +317,8 @@ async def reconcile_once(
             unexplained += [u for u in named if u.reservation_id not in seen]
             drift = max(drift, units)
     seconds = time.monotonic() - started
+    if not record:
+        return Outcome(snap, tally, drift, healed, unexplained, seconds)
     metrics.OPERATOR_RECONCILE_SECONDS.labels(sale).observe(seconds)
     metrics.OPERATOR_DRIFT.labels(sale).set(drift)
     if snap is not None:

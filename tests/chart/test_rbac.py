@@ -35,6 +35,11 @@ NEEDED_IN_NAMESPACE = [
     ("get", "deployments.apps", ""),
     ("create", "services", ""),
     ("patch", "services", ""),
+    ("watch", "deployments.apps", ""),
+    ("watch", "services", ""),
+    ("create", "poddisruptionbudgets.policy", ""),
+    ("patch", "poddisruptionbudgets.policy", ""),
+    ("watch", "poddisruptionbudgets.policy", ""),
     ("create", "events", ""),
 ]
 # What it must never be able to do in a namespace it watches.
@@ -52,6 +57,7 @@ FORBIDDEN_IN_NAMESPACE = [
     ("update", "flashsales.stampede.dev", ""),
     ("delete", "deployments.apps", ""),
     ("delete", "services", ""),
+    ("delete", "poddisruptionbudgets.policy", ""),
     ("create", "roles.rbac.authorization.k8s.io", ""),
     ("create", "rolebindings.rbac.authorization.k8s.io", ""),
     ("create", "configmaps", ""),

@@ -6,6 +6,7 @@ builders give them, and the `helm test` pod (k6 smoke, then the audit). Needs he
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,12 +216,47 @@ def test_chart_defaults_match_operator_settings_defaults(render: Render) -> None
     assert values["api"]["metricsPort"] == defaults.api_metrics_port == settings.ApiSettings.metrics_port
     assert values["api"]["trustedProxyHops"] == defaults.api_trusted_proxy_hops
     assert values["api"]["clientIpHeader"] == defaults.api_client_ip_header
+    assert str(values["api"]["pdb"]["maxUnavailable"]) == defaults.api_pdb_max_unavailable
 
 
 def test_the_proxy_in_front_of_the_sales_reaches_the_operator(render: Render) -> None:
     env = _env(_operator_container(render(set=["api.trustedProxyHops=1", "api.clientIpHeader=Forwarded"])))
     assert env["STAMPEDE_API_TRUSTED_PROXY_HOPS"] == "1"
     assert env["STAMPEDE_API_CLIENT_IP_HEADER"] == "Forwarded"
+
+
+def test_each_sale_gets_its_own_disruption_budget_from_the_operator(render: Render) -> None:
+    """The chart renders no budget over every sale's API pods: the operator creates one per sale."""
+    r = render(namespace="shop")
+    assert [d["metadata"]["name"] for d in r.docs if d["kind"] == "PodDisruptionBudget"] == ["stampede-operator"]
+    assert _env(_operator_container(r))["STAMPEDE_API_PDB_MAX_UNAVAILABLE"] == "1"
+    assert _env(_operator_container(render(set=["api.pdb.maxUnavailable=25%"])))[
+        "STAMPEDE_API_PDB_MAX_UNAVAILABLE"
+    ] == "25%"  # fmt: skip
+    assert _env(_operator_container(render(set=["api.pdb.enabled=false"])))["STAMPEDE_API_PDB_MAX_UNAVAILABLE"] == ""
+
+
+def test_sale_pods_get_the_charts_templates_and_pull_secrets(render: Render) -> None:
+    import json
+
+    from stampede import settings
+    from stampede_operator import builders
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    env = _env(_operator_container(render(namespace="shop")))
+    for component, key in (("api", "STAMPEDE_API_POD_TEMPLATE"), ("worker", "STAMPEDE_WORKER_POD_TEMPLATE")):
+        assert json.loads(env[key]) == values[component]["template"]
+        # The chart's defaults are the operator's own (a local run without the chart sizes pods the same).
+        assert values[component]["template"]["resources"] == builders.DEFAULT_RESOURCES[component]
+    assert env["STAMPEDE_IMAGE_PULL_SECRETS"] == ""
+    env = _env(
+        _operator_container(render(set=["image.pullSecrets={regcred,mirror}", "api.template.priorityClassName=sales"]))
+    )
+    assert env["STAMPEDE_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    keys = ("STAMPEDE_IMAGE_PULL_SECRETS", "STAMPEDE_API_POD_TEMPLATE", "STAMPEDE_WORKER_POD_TEMPLATE")
+    ours = settings.load(settings.OperatorSettings, env={k: env[k] for k in keys})  # the operator accepts them
+    assert ours.pull_secrets == ("regcred", "mirror")
+    assert json.loads(env["STAMPEDE_API_POD_TEMPLATE"])["priorityClassName"] == "sales"
 
 
 def test_sale_metrics_are_scraped_apart_from_the_buyers(render: Render) -> None:
@@ -231,6 +267,28 @@ def test_sale_metrics_are_scraped_apart_from_the_buyers(render: Render) -> None:
     assert [p["port"] for p in buyers["ports"]] == [8000]
     metrics_rules = [rule for rule in others if [p["port"] for p in rule["ports"]] == [9101]]
     assert len(metrics_rules) == 1
+
+
+def test_every_sale_series_carries_the_sale_and_every_panel_filters_by_it(render: Render) -> None:
+    import json
+
+    from stampede import names
+
+    r = render("charts/stampede/ci/production-values.yaml", namespace="shop")
+    sale_label = "__meta_kubernetes_pod_label_" + names.LABEL_SALE.replace(".", "_").replace("/", "_")
+    for component in ("api", "worker"):
+        (endpoint,) = r.get("PodMonitor", f"stampede-{component}")["spec"]["podMetricsEndpoints"]
+        assert endpoint["honorLabels"] is True  # a series naming its own sale keeps it
+        assert {"sourceLabels": ["__meta_kubernetes_namespace", sale_label], "separator": names.SALE_ID_SEPARATOR,
+                "targetLabel": "sale"} in endpoint["relabelings"]  # fmt: skip
+    dashboard = json.loads((CHART / "dashboards" / "stampede.json").read_text())
+
+    def panels(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [q for p in node.get("panels", []) for q in (p, *panels(p))]
+
+    exprs = [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
+    assert len(exprs) == json.dumps(dashboard).count('"expr"')
+    assert [e for e in exprs if 'sale=~"$sale"' not in e] == []
 
 
 @pytest.mark.parametrize(
@@ -309,9 +367,11 @@ def test_chart_selects_sale_pods_by_the_labels_the_operator_gives_them(render: R
     def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in selector.items())
 
-    pdb = r.get("PodDisruptionBudget", "stampede-api")
+    pdb = builders.build_api_pdb(spec, "shop", s)  # one per sale, created by the operator
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels["api"])
     assert not selects(pdb["spec"]["selector"]["matchLabels"], pod_labels["worker"])
+    other = builders.build_api_deployment(dataclasses.replace(spec, name="other"), "shop", s)
+    assert not selects(pdb["spec"]["selector"]["matchLabels"], other["spec"]["template"]["metadata"]["labels"])
     for component in ("api", "worker"):
         monitor = r.get("PodMonitor", f"stampede-{component}")
         assert selects(monitor["spec"]["selector"]["matchLabels"], pod_labels[component])
@@ -462,3 +522,24 @@ def test_network_policies_let_the_test_pod_reach_the_api_and_the_data_stores(ren
     for store, port in (("redis", 6379), ("postgresql", 5432)):
         if r.kinds("StatefulSet") and any(d["metadata"]["name"] == f"stampede-{store}" for d in r.kinds("StatefulSet")):
             assert admits(r.get("NetworkPolicy", f"stampede-{store}"), port), store
+
+
+def test_alerts_are_opt_in_and_each_has_a_runbook(render: Render) -> None:
+    assert not [d for d in render().docs if d["kind"] == "PrometheusRule"]
+    r = render(set=["metrics.prometheusRule.enabled=true", "metrics.prometheusRule.runbookBaseUrl=https://x.test/r"])
+    (rule,) = [d for d in r.docs if d["kind"] == "PrometheusRule"]
+    alerts = {a["alert"]: a for g in rule["spec"]["groups"] for a in g["rules"]}
+    assert sorted(alerts) == sorted([
+        "StampedeDrift", "StampedeSettleLagHigh", "StampedeApiErrors", "StampedeApiUnavailable",
+        "StampedeReconcileErrors", "StampedeSettleBacklogGrowing", "StampedeOperatorAbsent",
+    ])  # fmt: skip
+    readme = (CHART / "README.md").read_text()
+    for name, alert in alerts.items():
+        assert f"\n### {name}\n" in readme, f"no runbook paragraph for {name}"
+        assert alert["annotations"]["runbook_url"] == f"https://x.test/r#{name.lower()}"
+        assert alert["labels"]["severity"] in ("warning", "critical")
+    # The operator's job as its ServiceMonitor names it (the Service), in the release namespace.
+    assert 'job="stampede-operator"' in alerts["StampedeOperatorAbsent"]["expr"]
+    # Without a base URL no runbook_url is invented.
+    bare = [d for d in render(set=["metrics.prometheusRule.enabled=true"]).docs if d["kind"] == "PrometheusRule"]
+    assert all("runbook_url" not in a["annotations"] for g in bare[0]["spec"]["groups"] for a in g["rules"])

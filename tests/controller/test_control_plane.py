@@ -208,15 +208,94 @@ def test_status_subresource_keeps_the_operator_fields(
 def test_kubectl_get_shows_the_printer_columns(control_plane: ControlPlane, namespace: str, sneaker_drop: str) -> None:
     control_plane.kubectl(
         "patch", "fs", sneaker_drop, "-n", namespace, "--subresource=status", "--type=merge",
-        "-p", '{"status": {"phase": "Live", "remaining": 4990, "confirmed": 6, "reserved": 4, "drift": 0}}',
+        "-p", json.dumps({"status": {
+            "phase": "Live", "remaining": 4990, "confirmed": 6, "reserved": 4, "drift": 0,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "serving",
+                            "lastTransitionTime": "2026-11-27T10:00:00Z"}],
+        }}),
         check=True,
     )  # fmt: skip
     lines = control_plane.kubectl("get", "fs", "-n", namespace, check=True).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "AGE"]
+    assert lines[0].split() == ["NAME", "READY", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "AGE"]
     row = next(line.split() for line in lines[1:] if line.split()[0] == sneaker_drop)
-    assert row[1:6] == ["Live", "5000", "4990", "6", "0"]
+    assert row[1:7] == ["True", "Live", "5000", "4990", "6", "0"]
 
     wide = control_plane.kubectl("get", "fs", sneaker_drop, "-n", namespace, "-o", "wide", check=True)
     header, values = (line.split() for line in wide.stdout.splitlines()[:2])
-    assert header == ["NAME", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "RESERVED", "START", "AGE"]
-    assert values[6:8] == ["4", "2026-11-27T10:00:00Z"]
+    assert header == [
+        "NAME", "READY", "PHASE", "STOCK", "REMAINING", "CONFIRMED", "DRIFT", "RESERVED", "START", "AGE",
+    ]  # fmt: skip
+    assert values[7:9] == ["4", "2026-11-27T10:00:00Z"]
+
+
+# --- what admission refuses before the operator sees it -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x" * 57, "9lives", "a" * 40 + "-" + "b" * 16],  # too long for <name>-worker, not a letter first, 57 chars
+)
+def test_a_name_the_children_cannot_carry_is_refused_at_admission(
+    control_plane: ControlPlane, flashsale_crd: str, namespace: str, name: str
+) -> None:
+    result = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(minimal_sale(name)))
+    assert result.returncode != 0, f"{name} was accepted"
+    assert "metadata.name" in result.stderr
+    assert "DNS-1035 label" in result.stderr and "<name>-worker fits in 63" in result.stderr, result.stderr
+    assert control_plane.kubectl("get", "fs", name, "-n", namespace).returncode != 0
+
+
+def test_the_longest_name_is_accepted(control_plane: ControlPlane, flashsale_crd: str, namespace: str) -> None:
+    name = "l" * 56
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(minimal_sale(name)), check=True)
+    control_plane.kubectl("delete", "fs", name, "-n", namespace, "--wait=false", check=True)
+
+
+def test_what_was_sold_is_immutable_once_the_sale_opened(
+    control_plane: ControlPlane, flashsale_crd: str, namespace: str
+) -> None:
+    cp, name = control_plane, "immutable-product"
+    sale = minimal_sale(name)
+    sale["spec"]["product"].update({"price": "10.00", "currency": "EUR"})
+    cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sale), check=True)
+
+    def patch(spec: dict[str, Any]) -> Any:
+        body = json.dumps({"spec": spec})
+        return cp.kubectl("patch", "fs", name, "-n", namespace, "--type=merge", "-p", body)
+
+    # Scheduled: the product may still be corrected.
+    cp.kubectl(
+        "patch", "fs", name, "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", '{"status": {"phase": "Scheduled"}}', check=True,
+    )  # fmt: skip
+    assert patch({"product": {"price": "12.00"}}).returncode == 0
+    cp.kubectl(
+        "patch", "fs", name, "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", '{"status": {"phase": "Live"}}', check=True,
+    )  # fmt: skip
+    for change in ({"sku": "OTHER-1"}, {"price": "9.00"}, {"currency": "USD"}, {"price": None}):
+        refused = patch({"product": change})
+        assert refused.returncode != 0, f"{change} was accepted on a Live sale"
+        assert "cannot change once the sale has opened" in refused.stderr, refused.stderr
+    assert patch({"stock": 20, "product": {"name": "Renamed"}}).returncode == 0  # the rest may change
+    product = cp.kubectl_json("get", "fs", name, "-n", namespace)["spec"]["product"]
+    assert product == {"sku": "TEE-42", "price": "12.00", "currency": "EUR", "name": "Renamed"}
+    cp.kubectl("delete", "fs", name, "-n", namespace, "--wait=false", check=True)
+
+
+def test_every_field_is_explained(control_plane: ControlPlane, flashsale_crd: str) -> None:
+    crd = control_plane.kubectl_json("get", "crd", flashsale_crd)
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+    def undescribed(node: dict[str, Any], path: str) -> list[str]:
+        out = [] if node.get("description") else [path or "."]
+        for key, child in (node.get("properties") or {}).items():
+            out += undescribed(child, f"{path}.{key}")
+        if "items" in node:
+            out += undescribed(node["items"], f"{path}[]")
+        return out
+
+    # metadata is Kubernetes' ObjectMeta, which a CRD may not describe (kubectl explain shows its own text).
+    assert undescribed(schema, "") == [".metadata"]
+    explained = control_plane.kubectl("explain", "flashsales.spec.workers.autoscale.targetLagMs", check=True).stdout
+    assert "Longest a pending reservation should wait" in explained

@@ -3,6 +3,7 @@ No cluster, Redis or PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -213,3 +214,161 @@ async def test_a_dependency_down_is_a_temporary_error_an_invalid_spec_is_not() -
         )  # fmt: skip
     assert info.value.delay == handlers.RETRY_DELAY_S
     assert events == []
+
+
+# --- children: replicas by phase, readiness, what a hand edit changed, autoscaling ------------------------
+
+from stampede.ledger import Backlog  # noqa: E402
+from stampede_operator import autoscale, children  # noqa: E402
+
+
+def test_replicas_go_to_zero_only_when_ended_and_settled() -> None:
+    assert children.replicas_for("Live", api=3, workers=2, reserved=0) == children.Replicas(
+        3, 2, "spec.workers.replicas is 2"
+    )
+
+    def counts(r: children.Replicas) -> tuple[int, int]:
+        return r.api, r.workers
+
+    assert counts(children.replicas_for("Ended", api=3, workers=2, reserved=4)) == (3, 2)
+    assert counts(children.replicas_for("Ended", api=3, workers=2, reserved=0)) == (0, 0)
+    assert counts(children.replicas_for("SoldOut", api=3, workers=2, reserved=0)) == (3, 2)
+
+
+def test_ready_means_seeded_and_every_pod_available() -> None:
+    up = children.Workload(desired=2, ready=2, available=2, current=True)
+    half = children.Workload(desired=2, ready=2, available=1, current=True)
+    stale = children.Workload(desired=3, ready=2, available=2, current=False)
+    assert children.readiness("Live", up, up, seeded=True)[:2] == ("True", "Serving")
+    assert children.readiness("Live", up, up, seeded=False)[:2] == ("False", "NotSeeded")
+    assert children.readiness("Live", up, half, seeded=True) == (
+        "False",
+        "WorkloadsUnavailable",
+        "workers: 1/2 available",
+    )
+    assert children.readiness("Live", stale, up, seeded=True)[1] == "WorkloadsUnavailable"
+    assert children.readiness("Live", None, up, seeded=True)[2] == "API: no Deployment"
+    assert children.readiness("Ended", up, up, seeded=True)[:2] == ("False", "Ended")
+    zero = children.Workload(desired=0, ready=0, available=0, current=True)
+    assert children.readiness("Live", zero, up, seeded=True)[0] == "False"
+
+
+def test_changes_name_what_a_hand_edit_changed_and_nothing_else() -> None:
+    s = builders.parse_spec("drop", spec())
+    want = builders.build_api_deployment(s, "shop", SETTINGS, OWNER, 2)
+    got: dict[str, Any] = json.loads(json.dumps(want))
+    got["status"] = {"availableReplicas": 2}  # what Kubernetes adds is not a change
+    got["metadata"]["labels"]["team"] = "checkout"
+    got["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
+    assert children.changes(want, got) == []
+    got["spec"]["replicas"] = 7
+    c = got["spec"]["template"]["spec"]["containers"][0]
+    c["image"] = "evil:1"
+    c["env"] = [e for e in c["env"] if e["name"] != "STAMPEDE_BIND"] + [{"name": "EXTRA", "value": "1"}]
+    got["metadata"]["labels"]["stampede.dev/sale"] = "other"
+    assert children.changes(want, got) == [
+        "replicas 7 -> 2",
+        "label stampede.dev/sale='other' -> 'drop'",
+        "api image 'evil:1' -> 'stampede-api:latest'",
+        "api env STAMPEDE_BIND (removed)",
+        "api env EXTRA (added by hand)",
+    ]
+    patch = children.restore_patch(want)
+    assert "selector" not in patch["spec"]  # immutable
+    assert patch["spec"]["template"]["spec"]["containers"] == want["spec"]["template"]["spec"]["containers"]
+
+
+def test_pdb_and_service_changes() -> None:
+    s = builders.parse_spec("drop", spec())
+    pdb = builders.build_api_pdb(s, "shop", SETTINGS, OWNER)
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"stampede.dev/sale": "drop", "app.kubernetes.io/component": "api"}},
+    }
+    edited = json.loads(json.dumps(pdb))
+    edited["spec"]["maxUnavailable"] = 5
+    assert children.changes(pdb, edited) == ["maxUnavailable 5 -> 1"]
+    svc = builders.build_api_service(s, "shop", SETTINGS, OWNER)
+    edited = json.loads(json.dumps(svc))
+    edited["spec"]["type"] = "NodePort"
+    assert children.changes(svc, edited) == ["type NodePort -> ClusterIP"]
+
+
+def test_sale_of_a_child_follows_its_owner_and_name() -> None:
+    s = builders.parse_spec("drop", spec())
+    d = builders.build_worker_deployment(s, "shop", SETTINGS, {"metadata": {"name": "drop", "uid": "u"}})
+    d["metadata"]["labels"]["stampede.dev/sale"] = "other"
+    assert children.sale_of(d) == ("drop", "worker")
+    assert children.sale_of({"metadata": {"name": "drop-worker", "labels": {"stampede.dev/sale": "drop"}}}) == (
+        "drop", "worker",
+    )  # fmt: skip
+    assert children.sale_of({"metadata": {"name": "unrelated", "labels": {"stampede.dev/sale": "drop"}}}) is None
+
+
+def test_parse_autoscale() -> None:
+    s = builders.parse_spec("drop", spec(workers={"autoscale": {"min": 1, "max": 5, "targetLagMs": 250}}))
+    assert s.autoscale == builders.Autoscale(1, 5, 250)
+    with pytest.raises(InvalidSpec):
+        builders.parse_spec("drop", spec(workers={"autoscale": {"min": 4, "max": 2}}))
+
+
+AUTO = builders.Autoscale(min=1, max=6, target_lag_ms=500)
+
+
+@pytest.mark.parametrize(
+    ("current", "backlog", "since", "want", "why"),
+    [
+        (1, Backlog(100, 100, 2000), 0.0, 4, "scaled up: settle lag 2000 ms"),  # 4x over target: 4 workers
+        (1, Backlog(1, 1, 600), 0.0, 2, "scaled up"),  # just over: one more
+        (5, Backlog(100, 100, 9000), 0.0, 6, "scaled up"),  # capped at max
+        (6, Backlog(100, 100, 9000), 0.0, 6, "at max 6"),
+        (4, Backlog(3, 3, 100), 100.0, 4, ""),  # under target, not drained: hold
+        (4, Backlog(0, 0, 0), 1.0, 4, "backlog drained; cooling down"),
+        (4, Backlog(0, 0, 0), 60.0, 1, "scaled down: backlog drained"),
+        (1, Backlog(0, 0, 0), 60.0, 1, ""),
+    ],
+)
+def test_autoscale_decision(current: int, backlog: Backlog, since: float, want: int, why: str) -> None:
+    got, reason = autoscale.decide(current, backlog, AUTO, since_change_s=since, cooldown_s=30)
+    assert got == want
+    assert reason.startswith(why)
+
+
+def test_pods_are_placed_by_the_sale_over_the_operator_defaults() -> None:
+    from stampede.settings import SettingsError
+
+    settings = load(
+        OperatorSettings,
+        env={
+            "STAMPEDE_API_POD_TEMPLATE": json.dumps(
+                {"nodeSelector": {"pool": "buy"}, "priorityClassName": "sales", "tolerations": [], "affinity": {}}
+            ),
+            "STAMPEDE_IMAGE_PULL_SECRETS": "regcred, other",
+        },
+    )
+    own = {"resources": {"requests": {"cpu": "2"}}, "tolerations": [{"key": "spot", "operator": "Exists"}]}
+    s = builders.parse_spec("drop", spec(api={"template": own}))
+    pod = builders.build_api_deployment(s, "shop", settings, OWNER)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "buy"}  # the chart's default
+    assert pod["priorityClassName"] == "sales"
+    assert pod["tolerations"] == own["tolerations"]  # the sale's own
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "2"}}
+    assert pod["affinity"] is None and pod["topologySpreadConstraints"] is None  # null: removed by a patch
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    worker = builders.build_worker_deployment(s, "shop", settings, OWNER)["spec"]["template"]["spec"]
+    assert worker["nodeSelector"] is None  # the API's template is not the workers'
+    assert worker["containers"][0]["resources"] == builders.DEFAULT_RESOURCES["worker"]
+    assert worker["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    bare = builders.build_worker_deployment(s, "shop", SETTINGS, OWNER)["spec"]["template"]["spec"]
+    assert bare["imagePullSecrets"] is None
+    with pytest.raises(InvalidSpec):
+        builders.parse_spec("drop", spec(api={"template": {"hostNetwork": True}}))
+    with pytest.raises(InvalidSpec):
+        builders.parse_spec("drop", spec(workers={"template": {"tolerations": "all"}}))
+    for env in (
+        {"STAMPEDE_WORKER_POD_TEMPLATE": "{not json"},
+        {"STAMPEDE_WORKER_POD_TEMPLATE": '{"volumes": []}'},
+        {"STAMPEDE_IMAGE_PULL_SECRETS": "Bad_Name"},
+    ):
+        with pytest.raises(SettingsError, match=next(iter(env))):
+            load(OperatorSettings, env=env)

@@ -523,7 +523,7 @@ async def settle_batch(
 
 
 async def _give_up(
-    batch: Batch, reason: str, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None
+    batch: Batch, reason: Reason, *, ledger: Ledger, stock: StockEngine, attempt: int, job_id: int | None
 ) -> None:
     try:
         await compensate_all(batch, reason, ledger=ledger, stock=stock, attempt=attempt, job_id=job_id)

@@ -24,7 +24,7 @@ def registry() -> CollectorRegistry:
     """Every worker process's samples under gunicorn (multiprocess mode), else this process's own."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         reg = CollectorRegistry()
-        MultiProcessCollector(reg)
+        MultiProcessCollector(reg)  # type: ignore[no-untyped-call]  # prometheus-client leaves it untyped
         return reg
     return REGISTRY
 

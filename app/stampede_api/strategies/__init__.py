@@ -11,11 +11,11 @@ compares the number of accepted buys with the stock it started from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from stampede import errors
+from stampede.ledger import Ledger
 from stampede.stock import SaleConfig, StockEngine
 
 from .base import Backends, BuyResult, Strategy, q
@@ -55,7 +55,7 @@ async def setup_product(
     *,
     pool: AsyncConnectionPool | None = None,
     stock: StockEngine | None = None,
-    ledger: Any = None,
+    ledger: Ledger | None = None,
     per_user_limit: int = 1_000_000,
 ) -> Setup:
     """Resets ``product`` for one strategy to ``stock_units`` (tests and the benchmark call this; the

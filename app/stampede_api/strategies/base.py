@@ -11,8 +11,10 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from stampede import errors, metrics, pgerrors, sqlfiles
+from stampede.ledger import Ledger
 from stampede.stock import StockEngine
 from stampede_api.batcher import Batcher
+from stampede_api.purchase import Reserver
 
 
 def q(name: str) -> str:
@@ -23,11 +25,11 @@ def q(name: str) -> str:
 class Backends:
     pool: AsyncConnectionPool | None
     stock: StockEngine
-    ledger: Any
+    ledger: Ledger
     batcher: Batcher
     replay_wait_ms: int = 1000
     retry_after_s: int = 1
-    reserver: Any = None  # the process's ReserveCoalescer (v4); StockEngine otherwise
+    reserver: Reserver | None = None  # the process's ReserveCoalescer (v4); the StockEngine when None
 
 
 @dataclass(frozen=True, slots=True)

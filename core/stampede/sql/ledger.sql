@@ -296,3 +296,12 @@ SELECT reservation_id::text, sale, quantity, user_id
 UPDATE stampede_ledger
    SET returned_at = now()
  WHERE reservation_id = ANY(%(ids)s::uuid[]) AND status = 'expired' AND returned_at IS NULL;
+
+-- name: settle_backlog
+-- The sale's settle backlog: pending rows, their units, and the age of the oldest in ms by the database's
+-- clock (0 when none), through the partial index of pending rows: what the operator scales the workers on.
+SELECT count(*)::bigint,
+       coalesce(sum(quantity), 0)::bigint,
+       coalesce((extract(epoch FROM clock_timestamp() - min(created_at)) * 1000)::bigint, 0)
+  FROM stampede_ledger
+ WHERE sale = %(sale)s AND status = 'pending';
