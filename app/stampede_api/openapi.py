@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stampede.settings import ApiSettings
 from stampede.vocabulary import SalePhase
+from stampede_api.settings import ApiSettings
 
 from . import openapi_queue
 

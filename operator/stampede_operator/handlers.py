@@ -30,11 +30,12 @@ import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from stampede import compensation, errors, metrics, names, restore
+from stampede import compensation, errors, names, restore
 from stampede.ledger import Ledger
-from stampede.settings import OperatorSettings
 from stampede.stock import SeedResult, StockEngine
 from stampede.vocabulary import Reason, SalePhase
+from stampede_operator import metrics
+from stampede_operator.settings import OperatorSettings
 
 from . import autoscale, builders, children, reconcile, waitroom
 from .builders import InvalidSpec, SaleSpec

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import falcon.asgi
 
-from stampede import errors, metrics, restore
+from stampede import errors, restore
 from stampede.names import SALE_NAME_RE, sale_id
 from stampede.stock import Snapshot
 from stampede.vocabulary import SalePhase
+from stampede_api import metrics
 from stampede_api.client_ip import client_ip
 from stampede_api.services import Services
 

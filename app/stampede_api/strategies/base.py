@@ -10,9 +10,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from stampede import errors, metrics, pgerrors, sqlfiles
+from stampede import errors, pgerrors, sqlfiles
 from stampede.ledger import Ledger
 from stampede.stock import StockEngine
+from stampede_api import metrics
 from stampede_api.batcher import Batcher
 from stampede_api.purchase import Reserver
 
