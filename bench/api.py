@@ -35,8 +35,9 @@ from stampede import tokens
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
-from stampede.settings import ApiSettings, load
+from stampede.settings import load
 from stampede.stock import SaleConfig, StockEngine
+from stampede_api.settings import ApiSettings
 from stampede_dev.devstack import free_port
 
 HERE = Path(__file__).resolve().parent

@@ -349,9 +349,10 @@ def run_operator(ns: argparse.Namespace, namespace: str, names: list[str], big: 
 
 async def passes(sales: list[str], n: int, stock_total: int) -> dict[str, Any]:
     from stampede.ledger import Ledger
-    from stampede.settings import OperatorSettings, load
+    from stampede.settings import load
     from stampede.stock import StockEngine
     from stampede_operator import builders, reconcile
+    from stampede_operator.settings import OperatorSettings
 
     settings = load(OperatorSettings)
     ledger = await Ledger.open(settings)

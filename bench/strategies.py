@@ -25,12 +25,12 @@ from typing import Any
 
 import psycopg
 
-from stampede import sqlfiles
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
 from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
 from stampede_api.strategies.schema import migration_files as strategy_migrations
+from stampede_api.strategies.schema import queries as strategy_queries
 from stampede_dev.devstack import LocalStack, free_port
 from stampede_dev.sale_audit import lag, wait_settled
 
@@ -54,7 +54,7 @@ def tool(name: str) -> str:
 async def prepare(settings: Common, strategy: str, product: str, stock: int, limit: int = 1) -> None:
     """A fresh product with ``stock`` units (``limit`` per buyer where the strategy has limits)."""
     if strategy in ("v1", "v2"):
-        q = sqlfiles.queries("strategies.sql")
+        q = strategy_queries()
         async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
             await conn.execute(q["upsert_product"], {"product_id": product, "stock": stock})
             await conn.execute(q["delete_orders"], {"product_id": product})

@@ -18,8 +18,8 @@ import falcon.media
 import orjson
 
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
+from stampede_api.settings import ApiSettings
 
 from . import errors
 from .auth import Authenticator

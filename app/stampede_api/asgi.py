@@ -7,7 +7,8 @@ holds a connection across the fork (gunicorn loads the app in each worker; ``pre
 from __future__ import annotations
 
 from stampede import logs
-from stampede.settings import ApiSettings, load
+from stampede.settings import load
+from stampede_api.settings import ApiSettings
 
 from .app import create_app
 

@@ -23,8 +23,8 @@ import falcon.asgi
 import jwt
 
 from stampede.identifiers import BUYER_ID_RULE, is_buyer_id
-from stampede.settings import ApiSettings
 from stampede.tokens import SCOPE_BUY
+from stampede_api.settings import ApiSettings
 
 from .errors import ApiError, unauthorized
 

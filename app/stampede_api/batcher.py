@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stampede import errors, metrics
+from stampede import errors
 from stampede.ledger import PendingReservation, RecordedBatch
 from stampede.stock import StockEngine
 from stampede.vocabulary import Dependency
+from stampede_api import metrics
 from stampede_api.flusher import SingleFlusher, fail
 
 log = logging.getLogger("stampede_api.batcher")

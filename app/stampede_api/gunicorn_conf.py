@@ -18,8 +18,9 @@ from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
-from stampede.settings import ApiSettings, load
+from stampede.settings import load
 from stampede_api import http_protocol
+from stampede_api.settings import ApiSettings
 
 _settings = load(ApiSettings)
 

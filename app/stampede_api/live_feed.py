@@ -27,33 +27,33 @@ from typing import Any
 from stampede import errors
 from stampede.ledger import Ledger, LiveLedger
 from stampede.stock import Snapshot, StockEngine
-from stampede.vocabulary import Status
+from stampede.vocabulary import SalePhase, Status
 
 log = logging.getLogger("stampede_api.live")
 
 Sample = dict[str, Any]
 
 
-def phase(snap: Snapshot, start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime) -> str:
+def phase(snap: Snapshot, start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime) -> SalePhase:
     """The FlashSale phase from Redis and the window the ledger mirrors (the operator's status stays the
     authority; this is what it will say): Scheduled before the window, SoldOut once nothing is left, Ended
     after the window, else Live while Redis is open."""
     if start is not None and now < start:
-        return "Scheduled"
+        return SalePhase.SCHEDULED
     if snap.remaining <= 0 and snap.total > 0:
-        return "SoldOut"
+        return SalePhase.SOLD_OUT
     if end is not None and now >= end:
-        return "Ended"
+        return SalePhase.ENDED
     if snap.open:
-        return "Live"
-    return "Ended" if snap.reservations > 0 else "Scheduled"
+        return SalePhase.LIVE
+    return SalePhase.ENDED if snap.reservations > 0 else SalePhase.SCHEDULED
 
 
 def countdown(phase_: str, start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime) -> Sample | None:
     """Seconds to the window's next edge: its start while Scheduled, its end while Live; None otherwise."""
-    if phase_ == "Scheduled" and start is not None:
+    if phase_ == SalePhase.SCHEDULED and start is not None:
         return {"to": "start", "seconds": max(0.0, (start - now).total_seconds())}
-    if phase_ == "Live" and end is not None:
+    if phase_ == SalePhase.LIVE and end is not None:
         return {"to": "end", "seconds": max(0.0, (end - now).total_seconds())}
     return None
 

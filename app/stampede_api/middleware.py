@@ -16,7 +16,7 @@ from typing import Any
 
 import falcon.asgi
 
-from stampede import metrics
+from stampede_api import metrics
 
 from .tally import TALLY
 

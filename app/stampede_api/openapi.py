@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from stampede.settings import ApiSettings
+from stampede.vocabulary import SalePhase
+from stampede_api.settings import ApiSettings
 
 from . import openapi_queue
+
+# The phases the sale read can answer (Pending and Failed are the operator's alone).
+_READ_PHASES = (SalePhase.SCHEDULED, SalePhase.LIVE, SalePhase.SOLD_OUT, SalePhase.ENDED)
 
 SALE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
@@ -414,7 +418,7 @@ def document(settings: ApiSettings) -> dict[str, Any]:
                     "required": ["sale", "phase", "open", "stock", "remaining", "pending", "confirmed"],
                     "properties": {
                         "sale": {"type": "string"},
-                        "phase": {"type": "string", "enum": ["Scheduled", "Live", "SoldOut", "Ended"]},
+                        "phase": {"type": "string", "enum": [str(p) for p in _READ_PHASES]},
                         "open": {"type": "boolean"},
                         "stock": {"type": "integer"},
                         "remaining": {"type": "integer"},

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stampede.settings import ApiSettings
 from stampede.waitroom import TicketStatus
+from stampede_api.settings import ApiSettings
 
 ADMISSION_HEADER = {
     "name": "Admission-Token",

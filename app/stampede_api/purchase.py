@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stampede import errors, metrics, restore
+from stampede import errors, restore
 from stampede.ledger import Ledger, PendingReservation
 from stampede.stock import Reservation, StockEngine
 from stampede.vocabulary import Dependency, RedisState, Status
+from stampede_api import metrics
 
 from .batcher import Batcher
 from .errors import ApiError

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from psycopg_pool import AsyncConnectionPool
 
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede.vocabulary import Dependency
+from stampede_api.settings import ApiSettings
 
 from .auth import Authenticator
 from .batcher import Batcher

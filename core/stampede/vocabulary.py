@@ -1,5 +1,5 @@
 """The words every part must spell the same: reservation statuses in the ledger, reservation states in
-Redis, compensation reasons, job statuses and the names of the dependencies. Each is a ``StrEnum`` defined
+Redis, compensation reasons, job statuses, sale phases and the names of the dependencies. Each is a ``StrEnum`` defined
 only here; a member is its string, so it goes into SQL, JSON, logs and metric labels unchanged."""
 
 from __future__ import annotations
@@ -62,6 +62,18 @@ class JobStatus(StrEnum):
     ABORTED = "aborted"
 
 
+class SalePhase(StrEnum):
+    """A FlashSale's phase, as its ``status.phase`` (the operator's, the authority) and the API's sale
+    read and live feed (read from Redis) spell it."""
+
+    PENDING = "Pending"  # created, not reconciled yet
+    SCHEDULED = "Scheduled"  # before ``window.start``: gate closed
+    LIVE = "Live"  # in the window: gate open
+    SOLD_OUT = "SoldOut"  # every unit sold and confirmed: gate closed
+    ENDED = "Ended"  # after ``window.end``: gate closed
+    FAILED = "Failed"  # its spec is invalid
+
+
 class Dependency(StrEnum):
     """What a ``DependencyUnavailable`` names, and the readiness check of each."""
 
@@ -70,4 +82,4 @@ class Dependency(StrEnum):
     API = "api"  # the API process itself: starting up, shutting down, or its flusher broke
 
 
-__all__ = ["RETURNED", "TAKEN", "Dependency", "JobStatus", "Reason", "RedisState", "Status"]
+__all__ = ["RETURNED", "TAKEN", "Dependency", "JobStatus", "Reason", "RedisState", "SalePhase", "Status"]

@@ -89,8 +89,8 @@ def _mint_token_args(p: argparse.ArgumentParser) -> None:
 
 @command("mint-token", "mint HS256 buyer tokens with STAMPEDE_JWT_SECRET (dev, tests, k6)", _mint_token_args)
 def _mint_token(ns: argparse.Namespace) -> int:
-    from stampede.settings import ApiSettings
     from stampede.tokens import mint, mint_many
+    from stampede_api.settings import ApiSettings
 
     s = load(ApiSettings)
     out = sys.stdout if ns.out == "-" else open(ns.out, "w", encoding="utf-8")  # noqa: SIM115

@@ -29,6 +29,7 @@ from stampede.migrate import migrate
 from stampede.names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
+from stampede.vocabulary import SalePhase
 
 from . import pictures
 from .devstack import LocalStack, free_port
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.operator(kubeconfig)
             deadline = time.monotonic() + 60
             phase = ""
-            while time.monotonic() < deadline and phase != "Live":
+            while time.monotonic() < deadline and phase != SalePhase.LIVE:
                 phase = subprocess.run(
                     [kubectl, "get", CRD_PLURAL, sale, "-o", "jsonpath={.status.phase}"],
                     env=kube_env,
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     check=False,
                 ).stdout.strip()
                 time.sleep(0.5)
-            if phase != "Live":
+            if phase != SalePhase.LIVE:
                 print(
                     f"stampede demo: the sale never went Live (phase {phase!r}); operator log:\n"
                     f"{stack.procs['operator'].tail()}",

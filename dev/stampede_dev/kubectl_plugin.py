@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stampede.names import CRD_GROUP, CRD_KIND, CRD_PLURAL, DEFAULT_NAMESPACE, sale_id
+from stampede.vocabulary import SalePhase
 
 EVENTS_SHOWN = 8
 
@@ -73,7 +74,7 @@ def render_status(fs: Mapping[str, Any], events: Sequence[Mapping[str, Any]], no
     window = spec.get("window") or {}
     lines = [
         f"FlashSale {meta['namespace']}/{meta['name']}: {product.get('sku', '?')}{price}",
-        f"  Phase:      {st.get('phase', 'Pending')} - {st.get('phaseReason', 'not reconciled yet')}",
+        f"  Phase:      {st.get('phase', SalePhase.PENDING)} - {st.get('phaseReason', 'not reconciled yet')}",
         f"  Ready:      {ready.get('status', 'Unknown')} ({ready.get('reason', '-')}: {ready.get('message', '')})",
         f"  Window:     {window.get('start', '?')} .. {window.get('end', '?')}",
         f"  Stock:      {st.get('stock', spec.get('stock', '?'))}  remaining {st.get('remaining', '-')}  "

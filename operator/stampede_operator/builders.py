@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from stampede import names
-from stampede.settings import POD_TEMPLATE_FIELDS, OperatorSettings, pod_template
 from stampede.stock import SaleConfig
+from stampede_operator.settings import POD_TEMPLATE_FIELDS, OperatorSettings, pod_template
 
 # A Service name is a DNS-1035 label: a letter first, at most 63 characters.
 MAX_COMPONENT_NAME = 63

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from stampede import names
+from stampede.vocabulary import SalePhase
 
-from .status import ENDED, FALSE, TRUE
+from .status import FALSE, TRUE
 
 DEPLOYMENT = "Deployment"
 SERVICE = "Service"
@@ -68,7 +69,7 @@ def replicas_for(
     """The replicas of a sale in ``phase``: ``api`` and ``workers`` (the spec's, or the autoscaler's decision)
     while it runs; zero for both once it has Ended and nothing is left to settle. An ended sale with pending
     reservations keeps its workers to settle them and its API so buyers can still read their outcome."""
-    if phase == ENDED and reserved == 0:
+    if phase == SalePhase.ENDED and reserved == 0:
         return Replicas(0, 0, "the sale has ended and everything is settled")
     return Replicas(api, workers, workers_reason or f"spec.workers.replicas is {workers}")
 
@@ -78,7 +79,7 @@ def readiness(
 ) -> tuple[str, str, str]:
     """The ``Ready`` condition (status, reason, message): True only when the sale's Redis counters are seeded
     and both Deployments have every desired pod available, i.e. the sale is serving."""
-    if phase == ENDED:
+    if phase == SalePhase.ENDED:
         return FALSE, "Ended", "the sale has ended"
     if not seeded:
         return FALSE, "NotSeeded", "the sale's counters are not in Redis yet"

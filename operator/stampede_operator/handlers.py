@@ -30,18 +30,17 @@ import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from stampede import compensation, errors, metrics, names, restore
+from stampede import compensation, errors, names, restore
 from stampede.ledger import Ledger
-from stampede.settings import OperatorSettings
 from stampede.stock import SeedResult, StockEngine
-from stampede.vocabulary import Reason
+from stampede.vocabulary import Reason, SalePhase
+from stampede_operator import metrics
+from stampede_operator.settings import OperatorSettings
 
 from . import autoscale, builders, children, reconcile, waitroom
 from .builders import InvalidSpec, SaleSpec
 from .children import Replicas, Workload
 from .status import (
-    ENDED,
-    FAILED,
     FALSE,
     TRUE,
     Phase,
@@ -195,7 +194,7 @@ async def report_invalid(deps: Deps, memo: SaleMemo, name: str, namespace: str, 
         deps,
         name,
         namespace,
-        {"phase": FAILED, "phaseReason": exc.message},
+        {"phase": SalePhase.FAILED, "phaseReason": exc.message},
         [(names.COND_READY, FALSE, exc.reason, exc.message)],
     )
     if memo.invalid != exc.message:
@@ -444,7 +443,7 @@ async def tick(
             phase = phase_for(now, sale.window_start, sale.window_end, remaining=remaining, reserved=reserved)
             if snap is not None and snap.open != phase.open:
                 await deps.stock.set_open(sale_id, phase.open)
-            done = phase.phase == ENDED and memo.done  # ended and settled at the last pass: series dropped
+            done = phase.phase == SalePhase.ENDED and memo.done  # ended and settled at the last pass: series dropped
             outcome = await reconcile.reconcile_once(
                 deps.ledger,
                 deps.stock,
@@ -463,7 +462,7 @@ async def tick(
             if not done:
                 metrics.OPERATOR_SETTLE_BACKLOG.labels(sale_id).set(backlog.rows)
                 metrics.OPERATOR_SETTLE_OLDEST.labels(sale_id).set(backlog.oldest_ms / 1000)
-            _drop_series_once_done(memo, sale_id, phase.phase == ENDED and pending == 0, outcome.drift)
+            _drop_series_once_done(memo, sale_id, phase.phase == SalePhase.ENDED and pending == 0, outcome.drift)
             if sale.autoscale is not None:
                 autoscale.step(deps, memo, sale, backlog, emit)
             replicas = decide_replicas(deps, memo, sale, phase.phase, pending, generation)

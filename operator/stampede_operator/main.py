@@ -18,7 +18,8 @@ import kopf
 import prometheus_client
 
 from stampede import logs, names
-from stampede.settings import OperatorSettings, load
+from stampede.settings import load
+from stampede_operator.settings import OperatorSettings
 
 from . import handlers, keeper, peering
 from .handlers import Deps, SaleMemo

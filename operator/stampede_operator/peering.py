@@ -18,7 +18,7 @@ import zlib
 from typing import Any
 
 from stampede import names
-from stampede.settings import OperatorSettings
+from stampede_operator.settings import OperatorSettings
 
 PRIORITY_SPAN = 1_000_000
 

@@ -26,11 +26,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from stampede import compensation, domain, errors, healing, metrics, restore
+from stampede import compensation, domain, errors, healing, restore
 from stampede.healing import Observation, Plan
 from stampede.ledger import Ledger, entries
 from stampede.stock import Snapshot, StockEngine
 from stampede.vocabulary import TAKEN, Reason, Status
+from stampede_operator import metrics
 
 from .builders import SaleSpec
 

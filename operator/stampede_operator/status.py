@@ -16,12 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-SCHEDULED = "Scheduled"
-LIVE = "Live"
-SOLD_OUT = "SoldOut"
-ENDED = "Ended"
-PENDING = "Pending"
-FAILED = "Failed"
+from stampede.vocabulary import SalePhase
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
@@ -32,7 +27,7 @@ def rfc3339(moment: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Phase:
-    phase: str
+    phase: SalePhase
     reason: str  # a sentence for status.phaseReason
     open: bool  # whether reservations are taken
     next_change: datetime | None  # when the window alone would move the phase next
@@ -41,12 +36,12 @@ class Phase:
 def phase_for(now: datetime, start: datetime, end: datetime, *, remaining: int | None, reserved: int | None) -> Phase:
     """The phase of a sale at ``now``; ``remaining``/``reserved`` from Redis (None: unknown)."""
     if now >= end:
-        return Phase(ENDED, f"The window ended at {rfc3339(end)}.", False, None)
+        return Phase(SalePhase.ENDED, f"The window ended at {rfc3339(end)}.", False, None)
     if now < start:
-        return Phase(SCHEDULED, f"Opens at {rfc3339(start)}.", False, start)
+        return Phase(SalePhase.SCHEDULED, f"Opens at {rfc3339(start)}.", False, start)
     if remaining == 0 and reserved == 0:
-        return Phase(SOLD_OUT, "Every unit is sold and confirmed.", False, end)
-    return Phase(LIVE, f"Open until {rfc3339(end)}.", True, end)
+        return Phase(SalePhase.SOLD_OUT, "Every unit is sold and confirmed.", False, end)
+    return Phase(SalePhase.LIVE, f"Open until {rfc3339(end)}.", True, end)
 
 
 def set_condition(

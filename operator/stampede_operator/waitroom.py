@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stampede import metrics
 from stampede.stock import StockEngine
+from stampede_operator import metrics
 
 from .builders import SaleSpec
 

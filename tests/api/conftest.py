@@ -11,9 +11,10 @@ from falcon import testing
 
 from stampede import tokens
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings, load
+from stampede.settings import load
 from stampede.stock import SaleConfig, StockEngine
 from stampede_api.app import build
+from stampede_api.settings import ApiSettings
 
 SECRET = "test-secret-" + "s" * 32
 

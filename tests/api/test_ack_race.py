@@ -14,9 +14,9 @@ from falcon import testing
 
 from stampede import audit
 from stampede.ledger import Ledger, RecordedBatch
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede_api.app import build
+from stampede_api.settings import ApiSettings
 from stampede_operator import builders, reconcile
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

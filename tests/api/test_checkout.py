@@ -23,9 +23,9 @@ from prometheus_client import REGISTRY
 from stampede.audit import audit, counts_from
 from stampede.domain import Settlement
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede.vocabulary import Status
+from stampede_api.settings import ApiSettings
 from stampede_dev.devstack import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]

@@ -26,8 +26,8 @@ import pytest
 from stampede import tokens
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
+from stampede_api.settings import ApiSettings
 from stampede_api.strategies import open_pool, setup_product
 from stampede_dev.devstack import free_port
 

@@ -12,10 +12,10 @@ from falcon import testing
 
 from stampede import errors
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede.vocabulary import Dependency
 from stampede_api.app import build
+from stampede_api.settings import ApiSettings
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 

@@ -16,11 +16,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stampede import errors
 from stampede.ledger import Ledger, PendingReservation
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede_api.app import build
 from stampede_api.batcher import Batcher
 from stampede_api.reserver import ReserveCoalescer, _Call
+from stampede_api.settings import ApiSettings
 from tests.stores import ledger_pool, redis_client, set_redis_client
 
 from .conftest import SECRET

@@ -15,11 +15,12 @@ import pytest
 from falcon import testing
 
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings, SettingsError, load
+from stampede.settings import SettingsError, load
 from stampede.stock import SaleConfig, Snapshot, StockEngine, counter_fields
 from stampede_api.app import build
 from stampede_api.auth import Authenticator
 from stampede_api.live_feed import Feed, countdown, phase
+from stampede_api.settings import ApiSettings
 
 from .conftest import auth
 

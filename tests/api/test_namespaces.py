@@ -15,9 +15,9 @@ from falcon import testing
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
 from stampede.names import sale_id
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede_api.app import build
+from stampede_api.settings import ApiSettings
 
 from .conftest import auth, open_sale
 

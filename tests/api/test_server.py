@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stampede.settings import ApiSettings
+from stampede_api.settings import ApiSettings
 from stampede_dev.devstack import free_port
 
 from .test_e2e import ROOT, SECRET, _stop

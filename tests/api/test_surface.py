@@ -9,9 +9,10 @@ import pytest
 from falcon import testing
 from prometheus_client import generate_latest
 
-from stampede.settings import ApiSettings, load
+from stampede.settings import load
 from stampede_api.app import create_app
 from stampede_api.resources.metrics import registry
+from stampede_api.settings import ApiSettings
 from stampede_api.strategies import open_pool, setup_product
 from stampede_api.tally import TALLY
 

@@ -7,9 +7,10 @@ import jwt
 import pytest
 
 from stampede import tokens
-from stampede.settings import ApiSettings, SettingsError, load
+from stampede.settings import SettingsError, load
 from stampede_api.auth import Authenticator
 from stampede_api.errors import ApiError
+from stampede_api.settings import ApiSettings
 from stampede_dev import cli
 
 SECRET = "k" * 40

@@ -15,11 +15,11 @@ from falcon import testing
 from stampede import admission
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede.vocabulary import Status
 from stampede.waitroom import admission_violations
 from stampede_api.app import build
+from stampede_api.settings import ApiSettings
 
 from .conftest import SECRET, auth, open_sale
 

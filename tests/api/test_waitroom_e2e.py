@@ -21,10 +21,10 @@ import pytest
 
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
-from stampede.settings import ApiSettings
 from stampede.stock import StockEngine
 from stampede.vocabulary import Status
 from stampede.waitroom import admission_violations
+from stampede_api.settings import ApiSettings
 from stampede_dev.devstack import free_port
 from stampede_dev.sale_audit import k6_accepted
 

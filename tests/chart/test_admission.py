@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from stampede.settings import OperatorSettings, load
+from stampede.settings import load
 from stampede_operator import builders
+from stampede_operator.settings import OperatorSettings
 
 if TYPE_CHECKING:
     from tests.chart.conftest import NewNamespace, Render

@@ -55,10 +55,13 @@ def _defined_metrics() -> set[str]:
     """Every sample name the processes can expose (a histogram's _bucket/_sum/_count included)."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from stampede import metrics
+    from stampede_api import metrics as api_metrics
+    from stampede_operator import metrics as operator_metrics
+    from stampede_worker import metrics as worker_metrics
 
     names: set[str] = set()
-    for value in vars(metrics).values():
+    defined = [*vars(api_metrics).values(), *vars(worker_metrics).values(), *vars(operator_metrics).values()]
+    for value in defined:
         if isinstance(value, MetricWrapperBase):
             base = value._name  # prometheus_client keeps the name here
             kind = value._type

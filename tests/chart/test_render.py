@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from stampede_api.settings import ApiSettings
 from stampede_dev import cli
+from stampede_operator.settings import OperatorSettings
+from stampede_worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from tests.chart.conftest import Render
@@ -155,17 +158,17 @@ def test_an_external_redis_cluster_reaches_every_process_as_one_url(render: Rend
     assert r.get("Secret", "stampede-env")["stringData"]["STAMPEDE_REDIS_URL"] == url
     assert all(d["metadata"]["name"] != "stampede-redis" for d in r.kinds("StatefulSet"))
     env = {"STAMPEDE_REDIS_URL": url, "STAMPEDE_JWT_SECRET": "x" * 32}
-    for cls in (settings.ApiSettings, settings.WorkerSettings):
+    for cls in (ApiSettings, WorkerSettings):
         loaded = settings.load(cls, env)
         assert loaded.redis_url == url and loaded.ack_replicas == 1
     with pytest.raises(settings.SettingsError, match="only database 0"):
-        settings.load(settings.WorkerSettings, {"STAMPEDE_REDIS_URL": "redis+cluster://h:6379/3"})
+        settings.load(WorkerSettings, {"STAMPEDE_REDIS_URL": "redis+cluster://h:6379/3"})
 
 
 def test_secret_keys_are_settings_variables() -> None:
     from stampede import settings
 
-    variables = {v for cls in (settings.ApiSettings, settings.WorkerSettings) for v, _, _ in settings.describe(cls)}
+    variables = {v for cls in (ApiSettings, WorkerSettings) for v, _, _ in settings.describe(cls)}
     assert {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET"} <= variables
 
 
@@ -181,7 +184,7 @@ def _operator_container(r: Any) -> dict[str, Any]:
 def test_operator_env_is_what_operator_settings_reads(render: Render) -> None:
     from stampede import settings
 
-    known = {var for var, _, _ in settings.describe(settings.OperatorSettings)}
+    known = {var for var, _, _ in settings.describe(OperatorSettings)}
     env = _env(_operator_container(render()))
     stampede_vars = {k for k in env if k.startswith("STAMPEDE_")}
     assert stampede_vars - known == set(), f"env the operator's settings do not read: {stampede_vars - known}"
@@ -198,22 +201,21 @@ def test_operator_env_is_what_operator_settings_reads(render: Render) -> None:
     # The operator loads and validates exactly this environment.
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
     plain |= {"STAMPEDE_PEERING_PRIORITY": "100"}
-    loaded = settings.load(settings.OperatorSettings, env=plain)
+    loaded = settings.load(OperatorSettings, env=plain)
     assert loaded.secret_name == "stampede-env"
     assert loaded.peering_name == "stampede"
     assert loaded.standalone is False
 
 
 def test_chart_defaults_match_operator_settings_defaults(render: Render) -> None:
-    from stampede import settings
 
-    defaults = settings.OperatorSettings()
+    defaults = OperatorSettings()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["api"]["port"] == defaults.api_port
     assert values["worker"]["metricsPort"] == defaults.worker_metrics_port
-    assert values["worker"]["metricsPort"] == settings.WorkerSettings().worker_metrics_port
+    assert values["worker"]["metricsPort"] == WorkerSettings().worker_metrics_port
     assert values["operator"]["metricsPort"] == defaults.operator_metrics_port
-    assert values["api"]["metricsPort"] == defaults.api_metrics_port == settings.ApiSettings.metrics_port
+    assert values["api"]["metricsPort"] == defaults.api_metrics_port == ApiSettings.metrics_port
     assert values["api"]["trustedProxyHops"] == defaults.api_trusted_proxy_hops
     assert values["api"]["clientIpHeader"] == defaults.api_client_ip_header
     assert str(values["api"]["pdb"]["maxUnavailable"]) == defaults.api_pdb_max_unavailable
@@ -254,7 +256,7 @@ def test_sale_pods_get_the_charts_templates_and_pull_secrets(render: Render) -> 
     )
     assert env["STAMPEDE_IMAGE_PULL_SECRETS"] == "regcred,mirror"
     keys = ("STAMPEDE_IMAGE_PULL_SECRETS", "STAMPEDE_API_POD_TEMPLATE", "STAMPEDE_WORKER_POD_TEMPLATE")
-    ours = settings.load(settings.OperatorSettings, env={k: env[k] for k in keys})  # the operator accepts them
+    ours = settings.load(OperatorSettings, env={k: env[k] for k in keys})  # the operator accepts them
     assert ours.pull_secrets == ("regcred", "mirror")
     assert json.loads(env["STAMPEDE_API_POD_TEMPLATE"])["priorityClassName"] == "sales"
 
@@ -350,14 +352,13 @@ def test_operator_migrates_before_it_starts(render: Render) -> None:
 def test_chart_selects_sale_pods_by_the_labels_the_operator_gives_them(render: Render) -> None:
     from datetime import UTC, datetime
 
-    from stampede import settings
     from stampede_operator import builders
 
     spec = builders.SaleSpec(
         name="drop", sku="S-1", stock=10, per_user_limit=1,
         window_start=datetime(2026, 1, 1, tzinfo=UTC), window_end=datetime(2026, 1, 2, tzinfo=UTC),
     )  # fmt: skip
-    s = settings.OperatorSettings()
+    s = OperatorSettings()
     pod_labels = {
         "api": builders.build_api_deployment(spec, "shop", s)["spec"]["template"]["metadata"]["labels"],
         "worker": builders.build_worker_deployment(spec, "shop", s)["spec"]["template"]["metadata"]["labels"],
@@ -454,14 +455,13 @@ def test_helm_test_pod_runs_k6_smoke_then_the_audit(render: Render) -> None:
 def test_api_service_port_is_what_the_load_test_calls() -> None:
     from datetime import UTC, datetime
 
-    from stampede import settings
     from stampede_operator import builders
 
     spec = builders.SaleSpec(
         name="drop", sku="S-1", stock=10, per_user_limit=1,
         window_start=datetime(2026, 1, 1, tzinfo=UTC), window_end=datetime(2026, 1, 2, tzinfo=UTC),
     )  # fmt: skip
-    service = builders.build_api_service(spec, "shop", settings.OperatorSettings())
+    service = builders.build_api_service(spec, "shop", OperatorSettings())
     assert service["metadata"]["name"] == "drop-api"
     assert [p["port"] for p in service["spec"]["ports"]] == [80], "the load test calls http://<sale>-api.<ns>.svc"
 

@@ -647,8 +647,8 @@ async def test_a_deployment_of_an_older_version_loses_its_envfrom(
 ) -> None:
     """Upgrade: a sale's worker Deployment written with envFrom (every key of the Secret, the JWT secret included)
     is patched to read only its own keys."""
-    from stampede.settings import OperatorSettings
     from stampede_operator import builders
+    from stampede_operator.settings import OperatorSettings
 
     cp, ns = control_plane, op_namespace
     window = {"start": iso(-60), "end": iso(600)}
@@ -690,8 +690,8 @@ async def namespace_api(
     """The buy API as the operator configures a sale's API pods in ``namespace`` (in process)."""
     from falcon import testing
 
-    from stampede.settings import ApiSettings
     from stampede_api.app import build
+    from stampede_api.settings import ApiSettings
 
     settings = load(
         ApiSettings, env={}, redis_url=redis_url, database_url=database_url, jwt_secret=JWT_SECRET,

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from stampede.settings import OperatorSettings, load
+from stampede.settings import load
 from stampede_operator.peering import build_peering_object
+from stampede_operator.settings import OperatorSettings
 
 from .test_operator import create_sale, eventually, status_where
 

@@ -11,9 +11,10 @@ import kopf
 import pytest
 
 from stampede import errors
-from stampede.settings import OperatorSettings, SettingsError, load
+from stampede.settings import SettingsError, load
 from stampede_operator import builders, handlers, peering, status
 from stampede_operator.builders import InvalidSpec
+from stampede_operator.settings import OperatorSettings
 
 SETTINGS = load(OperatorSettings, env={})
 START = datetime(2026, 11, 27, 10, tzinfo=UTC)

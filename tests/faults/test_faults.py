@@ -194,8 +194,9 @@ async def test_api_killed_between_reserve_and_record(sale_run) -> None:
 
 
 async def test_operator_leader_killed(sale_run) -> None:
-    from stampede.settings import OperatorSettings, load
+    from stampede.settings import load
     from stampede_operator.peering import build_peering_crds, build_peering_object
+    from stampede_operator.settings import OperatorSettings
 
     docs = [*build_peering_crds(), build_peering_object(load(OperatorSettings), sale_run.namespace)]
     applied = sale_run.kubectl(

@@ -22,10 +22,11 @@ from stampede.audit import AuditReport, audit, counts_from
 from stampede.ledger import Ledger, PendingReservation
 from stampede.migrate import migrate
 from stampede.names import QUEUE_SETTLE
-from stampede.settings import WorkerSettings, load
+from stampede.settings import load
 from stampede.stock import SaleConfig, StockEngine
 from stampede.vocabulary import JobStatus
 from stampede_worker import tasks
+from stampede_worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import pytest
 from procrastinate.jobs import Job
 
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
-from stampede.settings import SettingsError, WorkerSettings, load
+from stampede.settings import SettingsError, load
+from stampede_worker.settings import WorkerSettings
 from stampede_worker.settle import SettleFailed, Transient
 from stampede_worker.tasks import SettleRetry
 

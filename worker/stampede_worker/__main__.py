@@ -22,12 +22,14 @@ import procrastinate
 import procrastinate.exceptions
 import psycopg
 
-from stampede import logs, metrics, pgerrors, queue
+from stampede import logs, pgerrors, queue
 from stampede.errors import DependencyUnavailable
 from stampede.ledger import Ledger
 from stampede.names import QUEUE_SETTLE
-from stampede.settings import SettingsError, WorkerSettings, load
+from stampede.settings import SettingsError, load
 from stampede.stock import StockEngine
+from stampede_worker import metrics
+from stampede_worker.settings import WorkerSettings
 
 from . import holds, http, tasks
 

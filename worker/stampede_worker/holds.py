@@ -23,11 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stampede import metrics
 from stampede.domain import Outcome
 from stampede.ledger import Expired, Ledger
 from stampede.stock import StockEngine
 from stampede.vocabulary import Status
+from stampede_worker import metrics
 
 log = logging.getLogger(__name__)
 

@@ -36,13 +36,14 @@ from typing import Any
 
 import psycopg
 
-from stampede import compensation, errors, metrics, restore
+from stampede import compensation, errors, restore
 from stampede.domain import Outcome, Settled, Settlement
 from stampede.ledger import PAYLOAD_VERSION, Claim, Ledger
 from stampede.names import sale_keys
 from stampede.redis_errors import UNAVAILABLE
 from stampede.stock import StockEngine
 from stampede.vocabulary import TAKEN, Reason, RedisState, Status
+from stampede_worker import metrics
 
 log = logging.getLogger(__name__)
 

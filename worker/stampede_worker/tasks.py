@@ -23,10 +23,10 @@ from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
-from stampede import metrics
 from stampede.ledger import PAYLOAD_SHARD_VERSION
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
-from stampede.settings import WorkerSettings
+from stampede_worker import metrics
+from stampede_worker.settings import WorkerSettings
 
 from .settle import SettleFailed, Transient, parse_shard, settle_batch, settle_shard
 

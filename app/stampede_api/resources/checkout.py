@@ -24,11 +24,12 @@ import uuid
 import falcon
 import falcon.asgi
 
-from stampede import errors, metrics
+from stampede import errors
 from stampede.identifiers import IDEMPOTENCY_KEY_RULE, is_idempotency_key
 from stampede.ledger import LedgerRow
 from stampede.names import split_sale_id
 from stampede.vocabulary import Status
+from stampede_api import metrics
 from stampede_api.body import read_object, str_member
 from stampede_api.errors import ApiError, bad_request
 from stampede_api.resources.reservations import record_body

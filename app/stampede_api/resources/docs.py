@@ -5,8 +5,8 @@ from __future__ import annotations
 import falcon.asgi
 import orjson
 
-from stampede.settings import ApiSettings
 from stampede_api.openapi import document
+from stampede_api.settings import ApiSettings
 
 
 class OpenApi:

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import falcon.asgi
 
-from stampede import errors, metrics, restore
+from stampede import errors, restore
 from stampede.names import SALE_NAME_RE, sale_id
 from stampede.stock import Snapshot
+from stampede.vocabulary import SalePhase
+from stampede_api import metrics
 from stampede_api.client_ip import client_ip
 from stampede_api.services import Services
 
 
-def phase(snap: Snapshot) -> str:
+def phase(snap: Snapshot) -> SalePhase:
     if snap.remaining <= 0 and snap.total > 0:
-        return "SoldOut"
+        return SalePhase.SOLD_OUT
     if snap.open:
-        return "Live"
-    return "Ended" if snap.reservations > 0 else "Scheduled"
+        return SalePhase.LIVE
+    return SalePhase.ENDED if snap.reservations > 0 else SalePhase.SCHEDULED
 
 
 class Sale:

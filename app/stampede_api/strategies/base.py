@@ -10,15 +10,17 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from stampede import errors, metrics, pgerrors, sqlfiles
+from stampede import errors, pgerrors
 from stampede.ledger import Ledger
 from stampede.stock import StockEngine
+from stampede_api import metrics
 from stampede_api.batcher import Batcher
 from stampede_api.purchase import Reserver
+from stampede_api.strategies.schema import queries
 
 
 def q(name: str) -> str:
-    return sqlfiles.queries("strategies.sql")[name]
+    return queries()[name]
 
 
 @dataclass

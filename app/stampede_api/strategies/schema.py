@@ -1,4 +1,4 @@
-"""The tables of the demonstration strategies, applied only where the strategies run.
+"""The tables of the demonstration strategies, applied only where the strategies run, and their SQL.
 
 Production databases never get them: ``stampede migrate --with-strategies`` (used by ``make serve``, the
 strategy benchmark and the API tests) passes these files to the core's migration runner as extra migrations.
@@ -6,7 +6,17 @@ strategy benchmark and the API tests) passes these files to the core's migration
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
+
+from stampede import sqlfiles
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The strategies' named queries (``strategies/strategies.sql``): demonstration tables, not the ledger,
+    so their SQL lives beside them rather than in the core."""
+    return sqlfiles.parse((resources.files(__package__) / "strategies.sql").read_text(encoding="utf-8"))
 
 
 def migration_files() -> list[tuple[str, str]]:

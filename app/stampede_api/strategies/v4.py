@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stampede import metrics
+from stampede_api import metrics
 from stampede_api.purchase import buy
 
 from .base import BuyResult, Strategy, _stats
