@@ -161,8 +161,3 @@ class Common:
             problem = _url_problem(var, url)
             if problem:
                 raise SettingsError(f"{var}={redact_url(url)!r}: {scrub(problem)}")
-
-
-@dataclass(frozen=True)
-class StockSettings(Common):
-    """The stock engine on its own (the burst command, benchmarks)."""
