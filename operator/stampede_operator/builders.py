@@ -410,6 +410,9 @@ def build_api_deployment(
         "readinessProbe": _http_probe("/readyz", "http", 5, 3),
         "livenessProbe": _http_probe("/healthz", "http", 10, 3),
         "startupProbe": _http_probe("/healthz", "http", 2, 30),
+        # A deleted pod keeps serving for a few seconds before gunicorn's graceful stop: endpoints and
+        # kube-proxy's rules forget the pod asynchronously, and until they do new connections still reach it.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }

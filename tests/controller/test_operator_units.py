@@ -94,6 +94,9 @@ def test_api_deployment_by_value() -> None:
     assert {p: c[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe", "startupProbe")} == {
         "readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/healthz",
     }  # fmt: skip
+    # Serves on while the deleted pod leaves the Service's endpoints, inside the grace period.
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 15  # the pause, then the API's default graceful stop
     assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
 
 
