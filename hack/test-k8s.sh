@@ -148,7 +148,8 @@ api_pod_deleted_mid_spike() {
         sleep 1
     done
     sleep 15 # into the spike's second stage
-    victim="$(k get pods -o name | grep -m1 "^pod/$SALE-api-")"
+    # awk reads the whole list: an early exit would kill kubectl with SIGPIPE, fatal under pipefail.
+    victim="$(k get pods -o name | awk -v p="^pod/$SALE-api-" '$0 ~ p && !n { print; n = 1 }')"
     log "  deleting $victim during the spike"
     k delete "$victim" --wait=false
     local rc=0
