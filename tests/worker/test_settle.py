@@ -244,3 +244,21 @@ async def test_while_another_process_restores_the_sale_the_job_waits(harness, sa
     assert await harness.job_statuses([job]) == ["succeeded"]
     assert {r.status for r in await harness.ledger.rows(sale)} == {Status.CONFIRMED}
     await harness.audit(sale, total=5, accepted=[r.reservation_id for r in res])
+
+
+def test_each_claim_adds_only_its_own_rows_to_the_metrics() -> None:
+    # A job settles several claims into one running report; the counters must grow by each claim's rows, not
+    # by the report's running total.
+    def row(status: Status, moved: bool = True) -> Settled:
+        return Settled(str(uuid.uuid4()), "s", 1, status, moved, 0.01 if moved else None)
+
+    def count(status: Status) -> float:
+        return settle.metrics.WORKER_RESERVATIONS.labels(status)._value.get()
+
+    before = {s: count(s) for s in (Status.CONFIRMED, Status.COMPENSATED)}
+    report = settle.Report()
+    settle._account([row(Status.CONFIRMED), row(Status.CONFIRMED), row(Status.COMPENSATED)], report)
+    settle._account([row(Status.CONFIRMED), row(Status.CONFIRMED, moved=False)], report)
+    assert (report.confirmed, report.compensated, report.replayed) == (3, 1, 1)
+    assert count(Status.CONFIRMED) - before[Status.CONFIRMED] == 3
+    assert count(Status.COMPENSATED) - before[Status.COMPENSATED] == 1

@@ -287,26 +287,31 @@ def _count_compensated(rows: Sequence[Settled], wanted: Sequence[Settlement], jo
 
 
 def _account(rows: Sequence[Settled], report: Report) -> None:
-    held = 0
+    """Adds one claim's rows to the job's report and to the metrics; the metrics get this claim's counts
+    only, since a job settles several claims and its report runs on across them."""
+    part = Report()
     for r in rows:
         if not r.moved:
             if r.status != Status.PENDING:
-                report.replayed += 1
+                part.replayed += 1
             continue
         if r.lag_s is not None:
             metrics.WORKER_SETTLE_LAG.observe(r.lag_s)
         if r.status == Status.CONFIRMED:
-            report.confirmed += 1
+            part.confirmed += 1
         elif r.status == Status.HELD:
-            held += 1
+            part.held += 1
         else:
-            report.compensated += 1
-    metrics.WORKER_RESERVATIONS.labels(Status.CONFIRMED).inc(report.confirmed)
-    report.held += held
-    metrics.WORKER_RESERVATIONS.labels(Status.HELD).inc(held)
-    metrics.WORKER_HOLDS.labels(Status.HELD).inc(held)
-    metrics.WORKER_RESERVATIONS.labels(Status.COMPENSATED).inc(report.compensated)
-    metrics.WORKER_REPLAYED.inc(report.replayed)
+            part.compensated += 1
+    report.confirmed += part.confirmed
+    report.held += part.held
+    report.compensated += part.compensated
+    report.replayed += part.replayed
+    metrics.WORKER_RESERVATIONS.labels(Status.CONFIRMED).inc(part.confirmed)
+    metrics.WORKER_RESERVATIONS.labels(Status.HELD).inc(part.held)
+    metrics.WORKER_HOLDS.labels(Status.HELD).inc(part.held)
+    metrics.WORKER_RESERVATIONS.labels(Status.COMPENSATED).inc(part.compensated)
+    metrics.WORKER_REPLAYED.inc(part.replayed)
 
 
 async def _settle(
