@@ -86,14 +86,18 @@ def release(
 
 
 def _enforced(rel: Release) -> None:
-    """Waits until the API server enforces the new policies (they are loaded asynchronously)."""
-    bad = rel.deployment()
-    bad["spec"]["template"]["spec"]["containers"][0]["image"] = "busybox:1"
+    """Waits until the API server enforces both new policies: each is loaded asynchronously and on its own, so a
+    refused Deployment says nothing about the Service policy."""
+    bad_deployment = rel.deployment()
+    bad_deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "busybox:1"
+    bad_service = rel.service()
+    bad_service["spec"]["type"] = "LoadBalancer"
     deadline = time.monotonic() + 30
-    while rel.create(bad)[0]:
-        if time.monotonic() > deadline:
-            pytest.fail("the admission policy was not enforced within 30 s")
-        time.sleep(0.3)
+    for bad in (bad_deployment, bad_service):
+        while rel.create(bad)[0]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the admission policy for {bad['kind']} was not enforced within 30 s")
+            time.sleep(0.3)
 
 
 def _pod(d: dict[str, Any]) -> dict[str, Any]:
