@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the project's pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) from the
-# Go module proxy.
+# Build the project's pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs, promtool)
+# from the Go module proxy.
 #
 # Binaries are cached by version in the git-ignored folder .tools/ at the repository root:
 #   .tools/bin/kube-apiserver-v1.33.13   the build of that version
@@ -8,7 +8,7 @@
 # A tool whose versioned binary exists is not built again, so a second run returns in seconds.
 #
 # Usage:
-#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|all   build what is missing
+#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|promtool|all   build what is missing
 #   hack/tools.sh node                      build the node's tools too (kubelet, kube-controller-manager,
 #                                           kube-scheduler, kube-proxy, coredns), for hack/k8s.sh
 #   hack/tools.sh path NAME                 print the binary's path (building it first if missing)
@@ -31,7 +31,7 @@ source "$TOOLS_MOD_DIR/versions.env"
 
 TOOLS_DIR="${STAMPEDE_TOOLS_DIR:-$ROOT/.tools}"
 BIN_DIR="$TOOLS_DIR/bin"
-TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs)
+TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs promtool)
 # The rest of a real cluster (hack/k8s.sh): built only on request, from the same k8s.io/kubernetes version.
 NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns)
 HEARTBEAT_PID=""
@@ -86,6 +86,7 @@ version_of() {
     helm) printf '%s\n' "$HELM_VERSION" ;;
     actionlint) printf '%s\n' "$ACTIONLINT_VERSION" ;;
     helm-docs) printf '%s\n' "$HELM_DOCS_VERSION" ;;
+    promtool) printf '%s\n' "$PROMETHEUS_VERSION" ;;
     *) die "unknown tool '$1' (expected one of: ${TOOLS[*]} ${NODE_TOOLS[*]})" ;;
     esac
 }
@@ -256,6 +257,21 @@ build_helm_docs() { # OUT
     mv "$gobin/helm-docs" "$1"
 }
 
+build_promtool() { # OUT
+    # Prometheus's rule checker and rule unit-test runner. The module's Go versions are v0.X.Y for Prometheus
+    # 3.X.Y; the version is stamped the way Prometheus's own build does.
+    local gobin release common=github.com/prometheus/common/version minor
+    mktemp_tracked -d
+    gobin="$REPLY"
+    minor="${PROMETHEUS_VERSION#v0.}" # 316.0
+    [[ "$minor" =~ ^([0-9]+)([0-9][0-9])\.([0-9]+)$ ]] || die "cannot read PROMETHEUS_VERSION $PROMETHEUS_VERSION"
+    release="${BASH_REMATCH[1]}.$((10#${BASH_REMATCH[2]})).${BASH_REMATCH[3]}" # 3.16.0
+    GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w \
+        -X $common.Version=$release -X $common.Branch=HEAD -X $common.Revision=$PROMETHEUS_VERSION" \
+        "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+    mv "$gobin/promtool" "$1"
+}
+
 build_helm() { # OUT
     # Like helm's own Makefile: stamp the version, and the Kubernetes version of its client libraries as the
     # default .Capabilities.KubeVersion of `helm template`/`helm lint`.
@@ -291,6 +307,7 @@ build() { # NAME OUT
     helm) build_helm "$out" ;;
     actionlint) build_actionlint "$out" ;;
     helm-docs) build_helm_docs "$out" ;;
+    promtool) build_promtool "$out" ;;
     esac
 }
 

@@ -26,6 +26,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "stampede"
+CHART_CRDS = CHART / "files" / "crds"  # the CRDs templates/crds.yaml installs
 CLUSTER_SH = REPO_ROOT / "hack" / "cluster.sh"
 TOOLS_SH = REPO_ROOT / "hack" / "tools.sh"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -52,6 +53,12 @@ def _tool(name: str) -> Path:
 def helm_bin() -> Path:
     """The pinned helm (built by hack/tools.sh on first use)."""
     return _tool("helm")
+
+
+@pytest.fixture(scope="session")
+def promtool_bin() -> Path:
+    """The pinned promtool, Prometheus's rule checker (built by hack/tools.sh on first use)."""
+    return _tool("promtool")
 
 
 @dataclass(frozen=True)
@@ -127,12 +134,13 @@ def _wait_served(cp: ControlPlane, resource: str, timeout: float = 30) -> None:
 
 @pytest.fixture(scope="session")
 def chart_crds(control_plane: ControlPlane) -> list[str]:
-    """The chart's CRDs (crds/: FlashSale and kopf's peerings), applied for real and Established: Helm installs
-    them before any template, so FlashSale and KopfPeering objects validate against them."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"), check=True)
+    """The chart's CRDs (files/crds/: FlashSale and kopf's peerings), applied for real and Established, so
+    FlashSale and KopfPeering objects validate against them. Releases installed by the tests leave them to this
+    fixture (``crds.install=false``): the cluster's CRDs are shared by every test."""
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART_CRDS), check=True)
     names = [
         yaml.safe_load(doc)["metadata"]["name"]
-        for path in sorted((CHART / "crds").glob("*.yaml"))
+        for path in sorted(CHART_CRDS.glob("*.yaml"))
         for doc in path.read_text().split("\n---\n")
         if doc.strip() and yaml.safe_load(doc)
     ]
