@@ -200,8 +200,8 @@ chart-docs: ## regenerate charts/stampede/README.md from values.yaml comments (h
 	  --sort-values-order file --skip-version-footer --log-level warning
 
 .PHONY: chart-crds
-chart-crds: ## copy crds/flashsale.yaml into the chart (tests/chart checks they are equal; files/k6 links to k6/)
-	cp crds/flashsale.yaml $(CHART)/crds/flashsale.yaml
+chart-crds: ## copy crds/flashsale.yaml into the chart's files/crds/ (tests/chart checks they are equal; files/k6 links to k6/)
+	cp crds/flashsale.yaml $(CHART)/files/crds/flashsale.yaml
 
 .PHONY: chart-lint
 chart-lint: ## helm lint the chart with its default values and with each ci/*-values.yaml

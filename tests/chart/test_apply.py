@@ -1,15 +1,17 @@
 """Everything the chart renders, validated by a real API server: `helm template` of each scenario piped into
 `kubectl apply --dry-run=server` against the local kube-apiserver, with the chart's CRDs applied for real first
-(as Helm installs crds/ before the templates), so KopfPeering and FlashSale objects are validated too. Strict
+(the templates' own CRDs are dry-run too), so KopfPeering and FlashSale objects are validated too. Strict
 field validation refuses any field the API does not know.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -96,7 +98,7 @@ def test_helm_install_dry_run_against_the_server(
     """helm itself against the API server: install --dry-run=server renders, validates and prints the NOTES."""
     ns = new_namespace()
     result = subprocess.run(
-        [str(helm_bin), "install", "stampede", str(CHART), "-n", ns, "--dry-run=server", "--skip-crds"],
+        [str(helm_bin), "install", "stampede", str(CHART), "-n", ns, "--dry-run=server", "--set=crds.install=false"],
         capture_output=True,
         text=True,
         env=control_plane.env,
@@ -127,12 +129,12 @@ def test_install_then_upgrade_keeps_generated_secrets(
             for name in ("stampede-env", "stampede-datastores")
         }
 
-    installed = helm("install", "stampede", str(CHART), "--skip-crds")
+    installed = helm("install", "stampede", str(CHART), "--set", "crds.install=false")
     assert installed.returncode == 0, installed.stderr
     try:
         before = secrets()
         assert set(before["stampede-env"]) == {"STAMPEDE_REDIS_URL", "STAMPEDE_DATABASE_URL", "STAMPEDE_JWT_SECRET"}
-        upgraded = helm("upgrade", "stampede", str(CHART), "--skip-crds", "--set", "operator.replicas=3")
+        upgraded = helm("upgrade", "stampede", str(CHART), "--reuse-values", "--set", "operator.replicas=3")
         assert upgraded.returncode == 0, upgraded.stderr
         assert secrets() == before
         sts = control_plane.kubectl_json("get", "statefulset", "stampede-operator", "-n", ns)
@@ -140,3 +142,70 @@ def test_install_then_upgrade_keeps_generated_secrets(
     finally:
         uninstalled = helm("uninstall", "stampede", "--wait=false")
         assert uninstalled.returncode == 0, uninstalled.stderr
+
+
+FLASHSALE_CRD = "flashsales.stampede.dev"
+
+
+def test_crds_upgrade_with_the_chart_and_stay_after_uninstall(
+    control_plane: ControlPlane, chart_crds: list[str], new_namespace: NewNamespace, helm_bin: Path, tmp_path: Path
+) -> None:
+    """The CRDs are the release's templates: `helm upgrade` changes them (here a copy of the chart whose FlashSale
+    CRD gained a status field), and `helm uninstall` leaves them in place (helm.sh/resource-policy: keep). The
+    cluster's CRDs already exist (the fixture applied them, as an install of an older chart did): the first install
+    takes them over with --take-ownership. At the end they are replaced by the repository's own again."""
+    ns = new_namespace()
+    chart = tmp_path / "stampede"
+    shutil.copytree(CHART, chart)
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(helm_bin), *args, "-n", ns], capture_output=True, text=True, env=control_plane.env, timeout=180
+        )
+
+    def crd() -> dict[str, Any]:
+        got: dict[str, Any] = control_plane.kubectl_json("get", "crd", FLASHSALE_CRD)
+        return got
+
+    def status_fields() -> set[str]:
+        schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        return set(schema["properties"]["status"]["properties"])
+
+    try:
+        installed = helm("install", "stampede", str(chart), "--take-ownership")
+        assert installed.returncode == 0, installed.stderr
+        for name in chart_crds:
+            notes = control_plane.kubectl_json("get", "crd", name)["metadata"].get("annotations") or {}
+            assert notes.get("helm.sh/resource-policy") == "keep", name
+            assert notes.get("meta.helm.sh/release-namespace") == ns, name
+        assert "upgradeProbe" not in status_fields()
+
+        path = chart / "files" / "crds" / "flashsale.yaml"
+        doc = yaml.safe_load(path.read_text())
+        status = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        status["properties"]["upgradeProbe"] = {"type": "string", "description": "added by the next chart version"}
+        path.write_text(yaml.safe_dump(doc))
+        upgraded = helm("upgrade", "stampede", str(chart), "--reuse-values")
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert "upgradeProbe" in status_fields()
+
+        uninstalled = helm("uninstall", "stampede", "--wait=false")
+        assert uninstalled.returncode == 0, uninstalled.stderr
+        assert "upgradeProbe" in status_fields(), "the CRD went with the release"
+        for name in chart_crds:
+            assert control_plane.kubectl("get", "crd", name).returncode == 0, name
+    finally:
+        helm("uninstall", "stampede", "--wait=false")
+        _restore_crds(control_plane)
+
+
+def _restore_crds(cp: ControlPlane) -> None:
+    """The repository's CRDs whole again (no release annotations, no probe field) for the tests that follow: each
+    replaced by its source at the live resourceVersion."""
+    for path in sorted((CHART / "files" / "crds").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            live = cp.kubectl_json("get", "crd", doc["metadata"]["name"])
+            doc["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+            cp.kubectl("replace", "-f", "-", input=json.dumps(doc), check=True)
