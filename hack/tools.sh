@@ -266,7 +266,8 @@ build_promtool() { # OUT
     minor="${PROMETHEUS_VERSION#v0.}" # 316.0
     [[ "$minor" =~ ^([0-9]+)([0-9][0-9])\.([0-9]+)$ ]] || die "cannot read PROMETHEUS_VERSION $PROMETHEUS_VERSION"
     release="${BASH_REMATCH[1]}.$((10#${BASH_REMATCH[2]})).${BASH_REMATCH[3]}" # 3.16.0
-    GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w \
+    # Its go directive may be newer than the tools modules' (v0.316.0: go 1.26.7): let go fetch that toolchain.
+    GOTOOLCHAIN=auto GOBIN="$gobin" gorun install -trimpath -ldflags "-s -w \
         -X $common.Version=$release -X $common.Branch=HEAD -X $common.Revision=$PROMETHEUS_VERSION" \
         "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
     mv "$gobin/promtool" "$1"

@@ -9,6 +9,7 @@ handlers turn into ``Ready=False`` and an Event instead of a crash.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,16 @@ class Autoscale:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiAutoscale:
+    """``spec.api.autoscale`` (or the chart's ``api.autoscale``): a HorizontalPodAutoscaler keeps the API pods
+    between ``min`` and ``max`` at ``target_cpu_percent`` of their CPU request."""
+
+    min: int
+    max: int
+    target_cpu_percent: int
+
+
+@dataclass(frozen=True, slots=True)
 class SaleSpec:
     """A FlashSale's spec as the operator uses it, defaults applied (the CRD defaults them too)."""
 
@@ -76,6 +87,7 @@ class SaleSpec:
     admission: AdmissionSpec | None = None  # None: no waiting room
     hold_seconds: int = 0  # spec.checkout.holdSeconds: settled reservations are held this long for checkout
     autoscale: Autoscale | None = None  # None: spec.workers.replicas, fixed
+    api_autoscale: ApiAutoscale | None = None  # None: the operator's default (STAMPEDE_API_AUTOSCALE), if any
     # spec.api.template / spec.workers.template: what the user sets of POD_TEMPLATE_FIELDS (over the chart's).
     api_template: Mapping[str, Any] = field(default_factory=dict)
     worker_template: Mapping[str, Any] = field(default_factory=dict)
@@ -170,6 +182,7 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         admission=_admission(spec),
         hold_seconds=_int(checkout, "holdSeconds", 0, "spec.checkout", 0),
         autoscale=_autoscale(workers),
+        api_autoscale=api_autoscale_of(api.get("autoscale"), "spec.api.autoscale"),
         api_template=_template(api, "spec.api"),
         worker_template=_template(workers, "spec.workers"),
     )
@@ -226,6 +239,27 @@ def _autoscale(workers: Mapping[str, Any]) -> Autoscale | None:
     if high < low:
         raise InvalidSpec("InvalidSpec", f"{path}.max ({high}) must be >= min ({low})")
     return Autoscale(low, high, _int(node, "targetLagMs", 1000, path, 1))
+
+
+def api_autoscale_of(node: Any, path: str) -> ApiAutoscale | None:
+    """The API's HPA settings in ``node`` (``spec.api.autoscale``, or the operator's default), or None."""
+    if node is None:
+        return None
+    if not isinstance(node, Mapping):
+        raise InvalidSpec("InvalidSpec", f"{path} must be an object")
+    low, high = _int(node, "min", 2, path, 1), _int(node, "max", 0, path, 1)
+    if high < low:
+        raise InvalidSpec("InvalidSpec", f"{path}.max ({high}) must be >= min ({low})")
+    return ApiAutoscale(low, high, _int(node, "targetCPUPercent", 70, path, 1))
+
+
+def api_autoscale(spec: SaleSpec, settings: OperatorSettings) -> ApiAutoscale | None:
+    """The sale's API autoscaling: its own ``spec.api.autoscale``, else the chart's default, else none."""
+    if spec.api_autoscale is not None:
+        return spec.api_autoscale
+    if not settings.api_autoscale.strip():
+        return None
+    return api_autoscale_of(json.loads(settings.api_autoscale), "STAMPEDE_API_AUTOSCALE")
 
 
 def _header(api: Mapping[str, Any]) -> str | None:
@@ -508,3 +542,38 @@ def build_api_pdb(
 def _int_or_percent(value: str) -> int | str:
     """An IntOrString as Kubernetes wants it: ``"1"`` is the integer 1, ``"25%"`` stays a string."""
     return int(value) if value.isdigit() else value
+
+
+def build_api_hpa(
+    spec: SaleSpec,
+    namespace: str,
+    settings: OperatorSettings,
+    autoscale: ApiAutoscale,
+    owner: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The HorizontalPodAutoscaler of the sale's API Deployment, on the pods' CPU (``spec.api.autoscale``). It
+    owns the Deployment's replicas while it runs; the operator sets them only to start and when the sale ends."""
+    sale, component = spec.name, names.COMPONENT_API
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(sale, component, namespace, owner),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": names.component_name(sale, component),
+            },
+            "minReplicas": autoscale.min,
+            "maxReplicas": autoscale.max,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": autoscale.target_cpu_percent},
+                    },
+                }
+            ],
+        },
+    }

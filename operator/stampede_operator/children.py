@@ -22,6 +22,7 @@ from .status import FALSE, TRUE
 DEPLOYMENT = "Deployment"
 SERVICE = "Service"
 PDB = "PodDisruptionBudget"
+HPA = "HorizontalPodAutoscaler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +62,33 @@ class Replicas:
     api: int
     workers: int
     workers_reason: str
+    # The API's HorizontalPodAutoscaler owns its replicas (``api`` is then only what a new Deployment starts with).
+    api_autoscaled: bool = False
 
 
 def replicas_for(
-    phase: str | None, *, api: int, workers: int, reserved: int | None, workers_reason: str = ""
+    phase: str | None,
+    *,
+    api: int,
+    workers: int,
+    reserved: int | None,
+    workers_reason: str = "",
+    api_autoscaled: bool = False,
 ) -> Replicas:
     """The replicas of a sale in ``phase``: ``api`` and ``workers`` (the spec's, or the autoscaler's decision)
-    while it runs; zero for both once it has Ended and nothing is left to settle. An ended sale with pending
-    reservations keeps its workers to settle them and its API so buyers can still read their outcome."""
+    while it runs; zero for both once it has Ended and nothing is left to settle (an API HPA does not scale a
+    Deployment at zero back up). An ended sale with pending reservations keeps its workers to settle them and its
+    API so buyers can still read their outcome."""
     if phase == SalePhase.ENDED and reserved == 0:
         return Replicas(0, 0, "the sale has ended and everything is settled")
-    return Replicas(api, workers, workers_reason or f"spec.workers.replicas is {workers}")
+    return Replicas(api, workers, workers_reason or f"spec.workers.replicas is {workers}", api_autoscaled)
+
+
+def unscaled(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """``deployment`` without ``spec.replicas``: what the operator keeps of a Deployment whose replicas an HPA
+    decides (compared and patched without them, so the HPA's choice stands)."""
+    spec = {k: v for k, v in deployment["spec"].items() if k != "replicas"}
+    return {**deployment, "spec": spec}
 
 
 def readiness(
@@ -126,7 +143,7 @@ def _env_changed(container: str, want: Iterable[Mapping[str, Any]], got: Iterabl
 def _deployment_changes(want: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
     out = []
     ws, gs = want["spec"], got.get("spec") or {}
-    if gs.get("replicas") != ws["replicas"]:
+    if "replicas" in ws and gs.get("replicas") != ws["replicas"]:
         out.append(f"replicas {gs.get('replicas')} -> {ws['replicas']}")
     out += _labels_changed("", want["metadata"].get("labels"), (got.get("metadata") or {}).get("labels"))
     wt, gt = ws["template"], gs.get("template") or {}
@@ -170,6 +187,15 @@ def _pdb_changes(want: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _hpa_changes(want: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
+    out = _labels_changed("", want["metadata"].get("labels"), (got.get("metadata") or {}).get("labels"))
+    ws, gs = want["spec"], got.get("spec") or {}
+    for key in ("scaleTargetRef", "minReplicas", "maxReplicas", "metrics"):
+        if gs.get(key) != ws[key]:
+            out.append(f"{key} {gs.get(key)} -> {ws[key]}" if key.endswith("Replicas") else key)
+    return out
+
+
 def changes(want: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
     """What in ``got`` (a child as it is) differs from ``want`` (as the operator builds it), in words for the
     Event; empty when the child is as the operator wants it."""
@@ -180,6 +206,8 @@ def changes(want: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:
         return _service_changes(want, got)
     if kind == PDB:
         return _pdb_changes(want, got)
+    if kind == HPA:
+        return _hpa_changes(want, got)
     raise ValueError(f"not a child of a sale: {kind}")
 
 

@@ -96,6 +96,10 @@ class Deps:
     def policy(self) -> k8s.PolicyV1Api:
         return k8s.PolicyV1Api(self.api)
 
+    @property
+    def autoscaling(self) -> k8s.AutoscalingV2Api:
+        return k8s.AutoscalingV2Api(self.api)
+
 
 @dataclass
 class SaleMemo:
@@ -208,28 +212,43 @@ async def report_invalid(deps: Deps, memo: SaleMemo, name: str, namespace: str, 
 # --- Kubernetes objects -------------------------------------------------------------------------------
 
 
-async def _ensure_object(create: Any, patch: Any, namespace: str, manifest: dict[str, Any]) -> None:
-    """Creates the object, or brings an existing one to ``manifest`` (strategic merge)."""
+async def _ensure_object(
+    create: Any,
+    patch: Any,
+    namespace: str,
+    manifest: dict[str, Any],
+    existing: dict[str, Any] | None = None,
+    *,
+    merge: bool = False,
+) -> None:
+    """Creates the object, or brings an existing one to ``existing`` (default: ``manifest``) by a strategic merge
+    patch (a JSON merge patch with ``merge``: for kinds without strategic merge, such as the HPA, whose lists are
+    then replaced whole)."""
     name = manifest["metadata"]["name"]
     try:
         await create(namespace, manifest)
     except ApiException as exc:
         if exc.status != 409:
             raise
-        await patch(name, namespace, manifest, _content_type=STRATEGIC)
+        await patch(name, namespace, existing or manifest, _content_type=MERGE if merge else STRATEGIC)
 
 
 async def ensure_workloads(
     deps: Deps, spec: SaleSpec, namespace: str, owner: Mapping[str, Any], replicas: Replicas
 ) -> None:
-    """The sale's API and worker Deployments (with ``replicas``), its API Service and its API PDB."""
+    """The sale's API and worker Deployments (with ``replicas``), its API Service, its API PDB and, with
+    ``spec.api.autoscale`` (or the chart's default), its API HPA; an HPA the sale no longer asks for is deleted."""
     s = deps.settings
     apps, core, policy = deps.apps, deps.core, deps.policy
+    api = builders.build_api_deployment(spec, namespace, s, owner, replicas.api)
+    # An HPA owns the replicas of an existing Deployment: a new one starts with ``replicas.api``, an existing one
+    # keeps what the HPA chose.
     await _ensure_object(
         apps.create_namespaced_deployment,
         apps.patch_namespaced_deployment,
         namespace,
-        builders.build_api_deployment(spec, namespace, s, owner, replicas.api),
+        api,
+        children.unscaled(api) if replicas.api_autoscaled else None,
     )
     await _ensure_object(
         apps.create_namespaced_deployment,
@@ -250,6 +269,25 @@ async def ensure_workloads(
             namespace,
             builders.build_api_pdb(spec, namespace, s, owner),
         )
+    hpa = deps.autoscaling
+    scaling = builders.api_autoscale(spec, s)
+    if scaling is not None:
+        await _ensure_object(
+            hpa.create_namespaced_horizontal_pod_autoscaler,
+            hpa.patch_namespaced_horizontal_pod_autoscaler,
+            namespace,
+            builders.build_api_hpa(spec, namespace, s, scaling, owner),
+            merge=True,
+        )
+    else:
+        try:
+            await hpa.delete_namespaced_horizontal_pod_autoscaler(
+                names.component_name(spec.name, names.COMPONENT_API), namespace
+            )
+            log.info("API autoscaler removed", extra={"sale": spec.id})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
 def decide_replicas(
@@ -258,12 +296,19 @@ def decide_replicas(
     """The replicas the sale's Deployments should run now (spec or autoscaler, and phase), remembered for the
     keeper so it restores this decision and not the spec's number."""
     workers, reason = sale.worker_replicas, ""
+    api_scaling = builders.api_autoscale(sale, deps.settings)
+    api = sale.api_replicas if api_scaling is None else max(api_scaling.min, min(api_scaling.max, sale.api_replicas))
     if sale.autoscale is not None:
         workers = memo.autoscaled if memo.autoscaled is not None else sale.autoscale.min
         workers = max(sale.autoscale.min, min(sale.autoscale.max, workers))
         reason = memo.autoscale_reason or f"autoscale: starting at min {sale.autoscale.min}"
     replicas = children.replicas_for(
-        phase, api=sale.api_replicas, workers=workers, reserved=reserved, workers_reason=reason
+        phase,
+        api=api,
+        workers=workers,
+        reserved=reserved,
+        workers_reason=reason,
+        api_autoscaled=api_scaling is not None,
     )
     deps.intents[sale.id] = (generation, replicas)
     return replicas
@@ -273,8 +318,8 @@ async def apply_replicas(deps: Deps, sale: SaleSpec, replicas: Replicas) -> None
     """Scales a Deployment whose replicas (as the watch last saw them) differ from the decision."""
     for component, n in ((names.COMPONENT_API, replicas.api), (names.COMPONENT_WORKER, replicas.workers)):
         seen = deps.workloads.get((sale.id, component))
-        if seen is None or seen.desired == n:
-            continue
+        if seen is None or seen.desired == n or (component == names.COMPONENT_API and replicas.api_autoscaled):
+            continue  # the API's HPA, when it has one, sets its replicas
         patch: Any = deps.apps.patch_namespaced_deployment  # the generated signature omits _content_type
         try:
             await patch(
@@ -296,8 +341,9 @@ def serving_status(
     and the Ready condition."""
     api = deps.workloads.get((sale.id, names.COMPONENT_API))
     workers = deps.workloads.get((sale.id, names.COMPONENT_WORKER))
+    api_desired = api.desired if replicas.api_autoscaled and api is not None else replicas.api  # the HPA's choice
     fields = {
-        "api": {"desired": replicas.api, "ready": api.ready if api else 0, "available": api.available if api else 0},
+        "api": {"desired": api_desired, "ready": api.ready if api else 0, "available": api.available if api else 0},
         "workers": {
             "desired": replicas.workers,
             "ready": workers.ready if workers else 0,

@@ -45,6 +45,9 @@ def wanted(deps: Deps, sale: SaleSpec, kind: str, component: str, owner: Mapping
         return builders.build_api_service(sale, ns, s, owner)
     if kind == children.PDB and component == names.COMPONENT_API and s.api_pdb_max_unavailable:
         return builders.build_api_pdb(sale, ns, s, owner)
+    scaling = builders.api_autoscale(sale, s)
+    if kind == children.HPA and component == names.COMPONENT_API and scaling is not None:
+        return builders.build_api_hpa(sale, ns, s, scaling, owner)
     return None
 
 
@@ -59,8 +62,14 @@ def replicas_of(deps: Deps, sale: SaleSpec, flashsale: Mapping[str, Any]) -> Rep
     scaled = (status.get("workers") or {}).get("desired")
     if sale.autoscale is not None and isinstance(scaled, int):
         workers = max(sale.autoscale.min, min(sale.autoscale.max, scaled))
+    api_scaling = builders.api_autoscale(sale, deps.settings)
+    api = sale.api_replicas if api_scaling is None else max(api_scaling.min, min(api_scaling.max, sale.api_replicas))
     return children.replicas_for(
-        status.get("phase"), api=sale.api_replicas, workers=workers, reserved=status.get("reserved")
+        status.get("phase"),
+        api=api,
+        workers=workers,
+        reserved=status.get("reserved"),
+        api_autoscaled=api_scaling is not None,
     )
 
 
@@ -83,6 +92,9 @@ def _client(deps: Deps, kind: str) -> tuple[Any, Any]:
         return deps.apps.create_namespaced_deployment, deps.apps.patch_namespaced_deployment
     if kind == children.SERVICE:
         return deps.core.create_namespaced_service, deps.core.patch_namespaced_service
+    if kind == children.HPA:
+        hpa = deps.autoscaling
+        return hpa.create_namespaced_horizontal_pod_autoscaler, hpa.patch_namespaced_horizontal_pod_autoscaler
     return deps.policy.create_namespaced_pod_disruption_budget, deps.policy.patch_namespaced_pod_disruption_budget
 
 
@@ -123,23 +135,31 @@ async def on_child_event(deps: Deps, event_type: str | None, child: Mapping[str,
         sale = builders.parse_spec(name, flashsale.get("spec") or {}, namespace)
     except InvalidSpec:
         return  # reported by the sale's own handlers
-    want = wanted(deps, sale, kind, component, flashsale, replicas_of(deps, sale, flashsale))
+    replicas = replicas_of(deps, sale, flashsale)
+    want = wanted(deps, sale, kind, component, flashsale, replicas)
     if want is not None:
-        await _keep(deps, sale, want, child, event_type, emitter(flashsale))
+        # A Deployment scaled by its HPA is kept without its replicas (created again with them if deleted).
+        kept = (
+            children.unscaled(want)
+            if kind == children.DEPLOYMENT and replicas.api_autoscaled and (component == names.COMPONENT_API)
+            else want
+        )
+        await _keep(deps, sale, kept, child, event_type, emitter(flashsale), create=want)
     if changed:
         await report_readiness(deps, sale, flashsale)
 
 
 async def _keep(
     deps: Deps, sale: SaleSpec, want: Mapping[str, Any], child: Mapping[str, Any], event_type: str | None,
-    emit: Emit,
+    emit: Emit, create: Mapping[str, Any] | None = None,
 ) -> None:  # fmt: skip
+    """Puts ``child`` back to ``want`` (or creates ``create``, default ``want``, if it was deleted)."""
     kind, name = want["kind"], want["metadata"]["name"]
     extra = {"sale": sale.id, "kind": kind, "object": name}
     try:
         if event_type == DELETED:
             try:
-                await _create(deps, sale.namespace, want)
+                await _create(deps, sale.namespace, create or want)
             except ApiException as exc:
                 if exc.status != 409:  # 409: already created again (by ensure, or an earlier event)
                     raise

@@ -147,5 +147,6 @@ OWNED = {names.LABEL_MANAGED_BY: names.MANAGER}
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("", "v1", "services", labels=OWNED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     await keeper.on_child_event(_deps(memo), event.get("type"), event["object"], _emitter)

@@ -88,6 +88,11 @@ class OperatorSettings(Common):
     autoscale_cooldown_s: float = setting(
         60.0, "least seconds between an autoscaler's change of a sale's workers and a scale-down after it"
     )
+    api_autoscale: str = setting(
+        "",
+        'JSON object {"min": 2, "max": 10, "targetCPUPercent": 70}: every sale\'s API gets a HorizontalPodAutoscaler '
+        "on CPU unless its spec.api.autoscale says otherwise (empty: only sales that ask for one)",
+    )
     api_pdb_max_unavailable: str = setting(
         "1", "maxUnavailable of each sale's API PodDisruptionBudget (an integer or a percentage; empty: no PDB)"
     )
@@ -117,6 +122,8 @@ class OperatorSettings(Common):
             raise SettingsError("STAMPEDE_OPERATOR_METRICS_PORT must be a port number (0: none)")
         if self.peering_priority < 0:
             raise SettingsError("STAMPEDE_PEERING_PRIORITY must be >= 0 (0: derived from the pod name)")
+        if self.api_autoscale.strip():
+            _check_api_autoscale(self.api_autoscale)
         for name in ("api_pod_template", "worker_pod_template"):
             pod_template(name, getattr(self, name))
         if any(not _DNS_LABEL.fullmatch(n) for n in self.pull_secrets):
@@ -127,3 +134,19 @@ class OperatorSettings(Common):
             raise SettingsError("STAMPEDE_SECRET_NAME must name the Secret of the sale's pods")
         if not self.sale_service_account:
             raise SettingsError("STAMPEDE_SALE_SERVICE_ACCOUNT must name the ServiceAccount of the sale's pods")
+
+
+def _check_api_autoscale(raw: str) -> None:
+    """STAMPEDE_API_AUTOSCALE must be a JSON object of min, max (>= min) and targetCPUPercent, all positive."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"STAMPEDE_API_AUTOSCALE must be a JSON object: {exc}") from None
+    keys = ("min", "max", "targetCPUPercent")
+    if not isinstance(value, dict) or set(value) - set(keys) or "max" not in value:
+        raise SettingsError(f"STAMPEDE_API_AUTOSCALE must be a JSON object of {', '.join(keys)} (max required)")
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SettingsError(f"STAMPEDE_API_AUTOSCALE.{k} must be an integer >= 1")
+    if value["max"] < value.get("min", 2):
+        raise SettingsError("STAMPEDE_API_AUTOSCALE.max must be at least min")

@@ -101,7 +101,7 @@ def test_combinations_that_cannot_work_are_refused(render: Render, settings: lis
 def test_every_pod_is_hardened_and_pinned(render: Render, values: Path | None) -> None:
     docs = render(*([values] if values else []), namespace="shop").docs
     cluster_scoped = {
-        "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
+        "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "CustomResourceDefinition",
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }  # fmt: skip
     for doc in docs:
@@ -131,8 +131,8 @@ def test_default_install_objects(render: Render) -> None:
     kinds = sorted({d["kind"] for d in r.docs})
     assert kinds == sorted(
         [
-            "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CronJob", "KopfPeering", "Pod",
-            "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet",
+            "ClusterRole", "ClusterRoleBinding", "ConfigMap", "CronJob", "CustomResourceDefinition", "KopfPeering",
+            "Pod", "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service", "ServiceAccount", "StatefulSet",
             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
         ]
     )  # fmt: skip
@@ -543,3 +543,20 @@ def test_alerts_are_opt_in_and_each_has_a_runbook(render: Render) -> None:
     # Without a base URL no runbook_url is invented.
     bare = [d for d in render(set=["metrics.prometheusRule.enabled=true"]).docs if d["kind"] == "PrometheusRule"]
     assert all("runbook_url" not in a["annotations"] for g in bare[0]["spec"]["groups"] for a in g["rules"])
+
+
+def test_crds_are_the_sources_kept_on_uninstall(render: Render) -> None:
+    """The release's CRDs are crds/flashsale.yaml and kopf's peering CRDs as the operator builds them, unchanged but
+    for the release's labels and `helm.sh/resource-policy: keep`; crds.install=false renders none."""
+    from stampede_operator import peering
+
+    sources = [*yaml.safe_load_all((REPO_ROOT / "crds" / "flashsale.yaml").read_text()), *peering.build_peering_crds()]
+    rendered = {d["metadata"]["name"]: d for d in render().kinds("CustomResourceDefinition")}
+    assert sorted(rendered) == sorted(d["metadata"]["name"] for d in sources if d)
+    for source in (d for d in sources if d):
+        got = rendered[source["metadata"]["name"]]
+        assert got["spec"] == source["spec"]
+        assert got["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert got["metadata"]["labels"]["app.kubernetes.io/instance"] == "stampede"
+        assert source["metadata"].get("labels", {}).items() <= got["metadata"]["labels"].items()
+    assert not render(set=["crds.install=false"]).kinds("CustomResourceDefinition")

@@ -1032,3 +1032,60 @@ async def test_kubectl_stampede_status_and_audit(
     assert "not found" in missing.stderr and "Traceback" not in missing.stderr
     bad = run("-n", ns, "status", "Not_A_Name")
     assert bad.returncode == 1 and "invalid sale name" in bad.stderr
+
+
+async def test_api_autoscaler_is_created_kept_and_owns_the_api_replicas(
+    control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str
+) -> None:
+    """spec.api.autoscale gives the sale's API a HorizontalPodAutoscaler on CPU, kept like the other children
+    (deleted: created again; edited: put back). It owns the API's replicas: a scale the HPA would make (played
+    here by hand: the local control plane runs no HPA controller) is left alone, while the workers' replicas are
+    still put back. Without spec.api.autoscale the HPA is deleted and the spec's replicas return."""
+    cp, ns = control_plane, op_namespace
+    create_sale(cp, ns, sale, stock=5, api={"replicas": 3, "autoscale": {"min": 2, "max": 6, "targetCPUPercent": 60}})
+    await eventually(status_where(cp, ns, sale, phase="Live"))
+    api = f"{sale}-api"
+    uid = get_fs(cp, ns, sale)["metadata"]["uid"]
+
+    def hpa_as_asked() -> dict[str, Any]:
+        hpa = cp.kubectl_json("get", "hpa", api, "-n", ns)
+        spec = hpa["spec"]
+        assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 6)
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": api}
+        (metric,) = spec["metrics"]
+        assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}
+        assert hpa["metadata"]["ownerReferences"][0]["uid"] == uid
+        return hpa
+
+    await eventually(hpa_as_asked)
+    assert cp.kubectl_json("get", "deployment", api, "-n", ns)["spec"]["replicas"] == 3  # where it starts
+
+    cp.kubectl("delete", "hpa", api, "-n", ns, "--wait=false", check=True)
+    await eventually(restored(cp, ns, sale, "Recreated", "HorizontalPodAutoscaler", api))
+    await eventually(hpa_as_asked)
+    cp.kubectl("patch", "hpa", api, "-n", ns, "--type=merge", "-p", '{"spec": {"maxReplicas": 50}}', check=True)
+    await eventually(restored(cp, ns, sale, "Restored", "HorizontalPodAutoscaler", "maxReplicas 50 -> 6"))
+    await eventually(hpa_as_asked)
+
+    # The HPA's scale of the API stands; a hand scale of the workers is still put back.
+    cp.kubectl("scale", "deployment", api, "-n", ns, "--replicas=5", check=True)
+    cp.kubectl("scale", "deployment", f"{sale}-worker", "-n", ns, "--replicas=7", check=True)
+    await eventually(restored(cp, ns, sale, "Restored", f"{sale}-worker", "replicas 7 -> 2"))
+    make_available(cp, ns, api)
+
+    def hpa_choice_reported() -> None:
+        assert get_fs(cp, ns, sale)["status"]["api"] == {"desired": 5, "ready": 5, "available": 5}
+
+    await eventually(hpa_choice_reported)
+    assert cp.kubectl_json("get", "deployment", api, "-n", ns)["spec"]["replicas"] == 5
+
+    # Autoscaling dropped from the spec: no HPA, and the spec's replicas again.
+    cp.kubectl("patch", "fs", sale, "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/spec/api/autoscale"}]',
+               check=True)  # fmt: skip
+
+    def unscaled() -> None:
+        assert cp.kubectl("get", "hpa", api, "-n", ns).returncode != 0
+        assert cp.kubectl_json("get", "deployment", api, "-n", ns)["spec"]["replicas"] == 3
+
+    await eventually(unscaled)
+    assert operator.alive()

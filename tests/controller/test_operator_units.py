@@ -376,3 +376,51 @@ def test_pods_are_placed_by_the_sale_over_the_operator_defaults() -> None:
     ):
         with pytest.raises(SettingsError, match=next(iter(env))):
             load(OperatorSettings, env=env)
+
+
+# --- the API's HPA ------------------------------------------------------------------------------------------
+
+
+def test_api_autoscale_from_the_sale_else_the_operator_default() -> None:
+    own = builders.parse_spec("drop", spec(api={"autoscale": {"min": 3, "max": 9, "targetCPUPercent": 50}}))
+    assert builders.api_autoscale(own, SETTINGS) == builders.ApiAutoscale(3, 9, 50)
+    plain = builders.parse_spec("drop", spec())
+    assert builders.api_autoscale(plain, SETTINGS) is None
+    default = load(OperatorSettings, env={"STAMPEDE_API_AUTOSCALE": '{"max": 8}'})
+    assert builders.api_autoscale(plain, default) == builders.ApiAutoscale(2, 8, 70)
+    assert builders.api_autoscale(own, default) == builders.ApiAutoscale(3, 9, 50)  # the sale's own wins
+    with pytest.raises(InvalidSpec, match="max"):
+        builders.parse_spec("drop", spec(api={"autoscale": {"min": 5, "max": 2}}))
+    for bad in ('{"max": 0}', '{"min": 4, "max": 2}', '{"min": 1}', "[]", '{"max": 3, "cpu": 1}', "{"):
+        with pytest.raises(SettingsError, match="STAMPEDE_API_AUTOSCALE"):
+            load(OperatorSettings, env={"STAMPEDE_API_AUTOSCALE": bad})
+
+
+def test_api_hpa_by_value_and_its_hand_edits() -> None:
+    sale = builders.parse_spec("drop", spec(), "shop")
+    hpa = builders.build_api_hpa(sale, "shop", SETTINGS, builders.ApiAutoscale(2, 6, 60))
+    assert hpa["metadata"]["name"] == "drop-api" and hpa["metadata"]["namespace"] == "shop"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "drop-api"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
+    edited = json.loads(json.dumps(hpa))
+    edited["spec"]["maxReplicas"] = 50
+    assert children.changes(hpa, edited) == ["maxReplicas 50 -> 6"]
+    assert children.changes(hpa, hpa) == []
+    assert children.sale_of({**hpa, "metadata": {**hpa["metadata"], "ownerReferences": []}}) == ("drop", "api")
+
+
+def test_a_deployment_scaled_by_its_hpa_is_kept_without_its_replicas() -> None:
+    sale = builders.parse_spec("drop", spec(), "shop")
+    want = builders.build_api_deployment(sale, "shop", SETTINGS, replicas=2)
+    scaled = json.loads(json.dumps(want))
+    scaled["spec"]["replicas"] = 7
+    assert children.changes(want, scaled) == ["replicas 7 -> 2"]
+    assert children.changes(children.unscaled(want), scaled) == []  # the HPA's choice stands
+    assert "replicas" not in children.restore_patch(children.unscaled(want))["spec"]
+    scaled["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    assert children.changes(children.unscaled(want), scaled) == ["api image 'evil:1' -> 'stampede-api:latest'"]
+    running = children.replicas_for("Live", api=3, workers=2, reserved=5, api_autoscaled=True)
+    assert running.api_autoscaled and running.api == 3
+    ended = children.replicas_for("Ended", api=3, workers=2, reserved=0, api_autoscaled=True)
+    assert (ended.api, ended.workers, ended.api_autoscaled) == (0, 0, False)  # an HPA does not scale from zero

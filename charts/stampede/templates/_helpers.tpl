@@ -282,6 +282,10 @@ namespaces (any namespace when the list is empty). Usage: include "stampede.netp
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# The sale's API HPA (spec.api.autoscale / api.autoscale): deleted when the sale stops asking for one.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
