@@ -208,3 +208,32 @@ def test_without_the_policy_the_operators_rbac_alone_would_admit_it(release: Cal
     BREAKS["a host path"][0](d)
     ok, msg = rel.create(d)
     assert ok, msg
+
+
+@pytest.mark.parametrize(
+    ("change", "admitted"),
+    [
+        (lambda h: None, True),
+        (lambda h: h["spec"]["scaleTargetRef"].update(name="checkout"), False),  # another Deployment
+        (lambda h: h["spec"].update(maxReplicas=5000), False),
+        (lambda h: h["metadata"]["labels"].pop("stampede.dev/sale"), False),
+    ],
+    ids=["own", "another-deployment", "too-many-pods", "no-sale-label"],
+)
+def test_the_operator_writes_only_a_sales_own_api_hpa(
+    release: Callable[..., Release], change: Callable[[dict[str, Any]], None], admitted: bool
+) -> None:
+    """RBAC lets the operator write HPAs (spec.api.autoscale); the policy admits only the sale's own API HPA."""
+    rel = release()
+    _enforced(rel)
+    hpa = builders.build_api_hpa(SPEC, rel.namespace, rel.settings, builders.ApiAutoscale(2, 6, 70))
+    change(hpa)
+    deadline = time.monotonic() + 30  # the HPA policy loads on its own, like the others
+    while True:
+        ok, msg = rel.create(hpa)
+        if ok == admitted or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert ok == admitted, msg
+    if not admitted:
+        assert "ValidatingAdmissionPolicy" in msg and "API HPA" in msg, msg

@@ -40,6 +40,10 @@ NEEDED_IN_NAMESPACE = [
     ("create", "poddisruptionbudgets.policy", ""),
     ("patch", "poddisruptionbudgets.policy", ""),
     ("watch", "poddisruptionbudgets.policy", ""),
+    ("create", "horizontalpodautoscalers.autoscaling", ""),
+    ("patch", "horizontalpodautoscalers.autoscaling", ""),
+    ("watch", "horizontalpodautoscalers.autoscaling", ""),
+    ("delete", "horizontalpodautoscalers.autoscaling", ""),
     ("create", "events", ""),
 ]
 # What it must never be able to do in a namespace it watches.
