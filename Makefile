@@ -62,7 +62,7 @@ browser: ## install Debian's Chromium for the live page's browser test (hack/chr
 	@hack/chromium.sh
 
 .PHONY: tools
-tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) into .tools (cached)
+tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs, promtool) into .tools (cached)
 	@hack/tools.sh all
 
 .PHONY: cluster-up cluster-down
