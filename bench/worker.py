@@ -220,7 +220,8 @@ async def lag(
     finally:
         stop(proc)
         await ledger.close()
-    p50, p90, p99, pmax = await fetch_row(settings.database_url, Q["lag"], sale=sale)
+    (quantiles,) = await fetch_row(settings.database_url, Q["lag"], sale=sale)
+    p50, p90, p99, pmax = quantiles
     await stock.delete(sale)
     return {"offered": offered, "p50": p50, "p90": p90, "p99": p99, "max": pmax}
 
