@@ -15,7 +15,7 @@ from tests.stores import redis_client
 pytestmark = pytest.mark.redis
 
 
-async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, sale: str):
+async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=5, per_user_limit=2), open=True)
     co = ReserveCoalescer(stock)
 
@@ -51,7 +51,7 @@ async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, s
         await co.reserve("Bad Name", "d", 1)
 
 
-async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
+async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
     co = ReserveCoalescer(stock)
     await co.reserve(sale, "a", 1)
@@ -60,7 +60,7 @@ async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
     assert [r.remaining for r in got] == [8, 7, 6]
 
 
-async def test_dead_redis_is_dependency_unavailable():
+async def test_dead_redis_is_dependency_unavailable() -> None:
     dead = StockEngine.from_url("redis://127.0.0.1:1/0")
     co = ReserveCoalescer(dead)
     with pytest.raises(errors.DependencyUnavailable):
@@ -68,7 +68,7 @@ async def test_dead_redis_is_dependency_unavailable():
     await dead.close()
 
 
-def test_hand_packed_commands_match_redis_py():
+def test_hand_packed_commands_match_redis_py() -> None:
     from redis.asyncio.connection import Connection
 
     from stampede.stock import resp_command as _resp
@@ -77,7 +77,7 @@ def test_hand_packed_commands_match_redis_py():
     assert _resp(args) == b"".join(Connection().pack_command(*args))
 
 
-async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock: StockEngine, sale: str):
+async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=1, per_user_limit=1), open=True)
     co = ReserveCoalescer(stock, sold_out_cache_ms=200)
     first = await co.reserve(sale, "a", 1, idempotency_key="k")

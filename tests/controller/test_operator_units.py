@@ -12,6 +12,7 @@ import pytest
 
 from stampede import errors
 from stampede.settings import SettingsError, load
+from stampede.vocabulary import Dependency
 from stampede_operator import builders, handlers, peering, status
 from stampede_operator.builders import InvalidSpec
 from stampede_operator.settings import OperatorSettings
@@ -207,7 +208,7 @@ def test_operator_settings_are_validated() -> None:
 async def test_a_dependency_down_is_a_temporary_error_an_invalid_spec_is_not() -> None:
     class RedisDown:
         async def snapshot(self, sale: str) -> None:
-            raise errors.DependencyUnavailable("redis", "connection refused")
+            raise errors.DependencyUnavailable(Dependency.REDIS, "connection refused")
 
     deps = handlers.Deps(SETTINGS, RedisDown(), None, None)  # type: ignore[arg-type]
     events: list[tuple[str, str, str]] = []
