@@ -112,7 +112,8 @@ def _container(d: dict[str, Any]) -> dict[str, Any]:
     return _pod(d)["containers"][0]  # type: ignore[no-any-return]
 
 
-BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+# Each break edits the Deployment in place (what its expression returns is ignored), and the refusal it meets.
+BREAKS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "another image": (lambda d: _container(d).update(image="registry.example.com/miner:1"), "chart's images"),
     "a second container": (
         lambda d: _pod(d)["containers"].append({**copy.deepcopy(_container(d)), "name": "sidecar"}), "one container"

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import httpx
 import jwt
@@ -17,6 +18,9 @@ import pytest
 
 from .conftest import SECRET
 from .test_faults import check, start_all
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import SaleRun
 
 pytestmark = [
     pytest.mark.faults,
@@ -160,7 +164,7 @@ async def hostile_burst(port: int, sale: str) -> Counter[str]:
     return seen
 
 
-async def test_hostile_burst_during_a_live_sale(sale_run) -> None:
+async def test_hostile_burst_during_a_live_sale(sale_run: SaleRun) -> None:
     # Public reads at 1/s (burst 5) per address and process: 200 reads cannot all pass, however slowly this
     # shared box serves them. The honest buyers never read.
     api_env = {
