@@ -108,7 +108,8 @@ async def test_checkout_pays_a_hold_and_replays(
     assert (
         await client.simulate_post(f"/v1/reservations/{rid}/checkout", json={"payment_reference": "p"})
     ).status_code == 401
-    assert (await ledger.get_reservation(rid)).status == Status.HELD  # type: ignore[union-attr]
+    row = await ledger.get_reservation(rid)
+    assert row is not None and row.status == Status.HELD
 
     paid = await _checkout(client, headers, "alice", rid, "k1", "pay-1")
     assert paid.status_code == 200, paid.text
@@ -137,7 +138,8 @@ async def test_expired_hold_and_a_sale_without_holds_refuse_checkout(
     # Its time passed by the ledger's clock; no sweep has run yet: still refused, and still unpaid.
     late = await _checkout(client, headers, "bob", rid, "k1")
     assert late.status_code == 409 and late.json["error"]["code"] == "hold_expired"
-    assert (await ledger.get_reservation(rid)).status == Status.HELD  # type: ignore[union-attr]
+    row = await ledger.get_reservation(rid)
+    assert row is not None and row.status == Status.HELD
     (expired,) = await ledger.expire_due(100)
     assert expired.reservation_id == rid
     late = await _checkout(client, headers, "bob", rid, "k1")
@@ -151,7 +153,8 @@ async def test_expired_hold_and_a_sale_without_holds_refuse_checkout(
     await _settle(ledger, stock, plain, rid)
     refused = await _checkout(client, headers, "carol", rid, "k1")
     assert refused.status_code == 409 and refused.json["error"]["code"] == "not_held"
-    assert (await ledger.get_reservation(rid)).status == Status.CONFIRMED  # type: ignore[union-attr]
+    row = await ledger.get_reservation(rid)
+    assert row is not None and row.status == Status.CONFIRMED
 
 
 def _start_worker(settings: ApiSettings, log: Path) -> subprocess.Popen[bytes]:

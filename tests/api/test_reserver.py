@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from stampede import errors
-from stampede.stock import SaleConfig, StockEngine
+from stampede.stock import Reservation, SaleConfig, StockEngine
 from stampede_api.reserver import ReserveCoalescer
 from tests.stores import redis_client
 
@@ -19,7 +19,7 @@ async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, s
     await stock.seed(sale, SaleConfig(total=5, per_user_limit=2), open=True)
     co = ReserveCoalescer(stock)
 
-    async def attempt(user: str, qty: int, key: str | None = None) -> object:
+    async def attempt(user: str, qty: int, key: str | None = None) -> Reservation | str:
         try:
             return await co.reserve(sale, user, qty, idempotency_key=key)
         except errors.StampedeError as exc:
@@ -35,10 +35,12 @@ async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, s
         attempt("c", 1),
     )
     first, replay, conflict, limit, b, sold_out, c = answers
-    assert first.replay is False and first.remaining == 3  # type: ignore[attr-defined]
-    assert replay.replay is True and replay.reservation_id == first.reservation_id  # type: ignore[attr-defined]
+    assert isinstance(first, Reservation) and isinstance(replay, Reservation), answers
+    assert first.replay is False and first.remaining == 3
+    assert replay.replay is True and replay.reservation_id == first.reservation_id
     assert (conflict, limit, sold_out) == ("idempotency_conflict", "limit_reached", "sold_out")
-    assert b.remaining == 1 and c.remaining == 0  # type: ignore[attr-defined]
+    assert isinstance(b, Reservation) and isinstance(c, Reservation), answers
+    assert b.remaining == 1 and c.remaining == 0
     snap = await stock.snapshot(sale)
     assert (snap.remaining, snap.pending) == (0, 5) and snap.balanced
     assert await attempt("d", 1) == "sold_out"

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -78,19 +78,19 @@ async def hostile_burst(port: int, sale: str) -> Counter[str]:
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as c:
 
-        async def post(kind: str, **kw: object) -> None:
+        async def post(kind: str, **kw: Any) -> None:
             await get(kind, buy, "POST", **kw)
 
-        async def get(kind: str, path: str, method: str = "GET", **kw: object) -> None:
+        async def get(kind: str, path: str, method: str = "GET", **kw: Any) -> None:  # httpx request options
             try:
-                r = await c.request(method, path, **kw)  # type: ignore[arg-type]
+                r = await c.request(method, path, **kw)
             except httpx.TransportError as exc:
                 seen[f"{kind} {type(exc).__name__}"] += 1
                 return
             seen[f"{kind} {r.status_code}"] += 1
 
-        def raw(kind: str, payload: bytes, **kw: float) -> None:
-            answer = _raw(port, payload, **kw)  # type: ignore[arg-type]
+        def raw(kind: str, payload: bytes, trickle_s: float = 0.0) -> None:
+            answer = _raw(port, payload, trickle_s=trickle_s)
             seen[f"{kind} {answer[:12].decode(errors='replace').strip() or 'closed'}"] += 1
 
         replay = {"Authorization": f"Bearer {_token('hostile-replayer')}", "Idempotency-Key": "replay-me"}

@@ -121,6 +121,7 @@ async def test_failure_for_good_compensates_and_returns_stock_once(
     snap = await harness.stock.snapshot(sale)
     assert (snap.remaining, snap.pending, snap.released) == (40, 0, 40)
     # The same job delivered again (and a good worker this time): outcomes stay, stock is not returned twice.
+    # procrastinate annotates retry_at as a datetime; None (retry at once) is what its SQL takes.
     await harness.app.job_manager.retry_job_by_id_async(job, retry_at=None)  # type: ignore[arg-type]
     await harness.drain()
     snap = await harness.stock.snapshot(sale)
