@@ -35,10 +35,15 @@ demo-down: ## stop the demo's services and control plane (PostgreSQL's data is d
 test: setup tools browser ## set everything up on a fresh machine and run the whole suite
 	@hack/services.sh up
 	@hack/cluster.sh up >/dev/null
-	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || rc=$$?; \
+	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not promtool" $(PYTEST_ARGS) || rc=$$?; \
 	  if [ $$rc = 0 ]; then echo "==> again on the Redis Cluster: $(CLUSTER_SMOKE)"; \
 	    $(PY) -m pytest -n $(PYTEST_WORKERS) --redis-cluster $(CLUSTER_SMOKE) || rc=$$?; fi; \
 	  hack/cluster.sh down; hack/services.sh down; exit $$rc
+
+.PHONY: test-alerts
+test-alerts: setup ## the chart's alerts through promtool check rules / test rules (builds promtool on first use)
+	@hack/tools.sh promtool
+	@$(PY) -m pytest -m promtool tests/chart/test_alerts.py $(PYTEST_ARGS)
 
 .PHONY: test-cluster
 test-cluster: setup tools ## the core, API, worker, controller and fault suites against the local 6-node Redis Cluster
@@ -62,7 +67,7 @@ browser: ## install Debian's Chromium for the live page's browser test (hack/chr
 	@hack/chromium.sh
 
 .PHONY: tools
-tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs, promtool) into .tools (cached)
+tools: ## build the pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) into .tools (cached)
 	@hack/tools.sh all
 
 .PHONY: cluster-up cluster-down

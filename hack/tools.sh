@@ -8,7 +8,8 @@
 # A tool whose versioned binary exists is not built again, so a second run returns in seconds.
 #
 # Usage:
-#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|promtool|all   build what is missing
+#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|all   build what is missing
+#   hack/tools.sh promtool                  build promtool (not in `all`: make test-alerts)
 #   hack/tools.sh node                      build the node's tools too (kubelet, kube-controller-manager,
 #                                           kube-scheduler, kube-proxy, coredns), for hack/k8s.sh
 #   hack/tools.sh path NAME                 print the binary's path (building it first if missing)
@@ -31,7 +32,9 @@ source "$TOOLS_MOD_DIR/versions.env"
 
 TOOLS_DIR="${STAMPEDE_TOOLS_DIR:-$ROOT/.tools}"
 BIN_DIR="$TOOLS_DIR/bin"
-TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs promtool)
+TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs)
+# Built only on request (make test-alerts): its first build is long.
+EXTRA_TOOLS=(promtool)
 # The rest of a real cluster (hack/k8s.sh): built only on request, from the same k8s.io/kubernetes version.
 NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns)
 HEARTBEAT_PID=""
@@ -87,7 +90,7 @@ version_of() {
     actionlint) printf '%s\n' "$ACTIONLINT_VERSION" ;;
     helm-docs) printf '%s\n' "$HELM_DOCS_VERSION" ;;
     promtool) printf '%s\n' "$PROMETHEUS_VERSION" ;;
-    *) die "unknown tool '$1' (expected one of: ${TOOLS[*]} ${NODE_TOOLS[*]})" ;;
+    *) die "unknown tool '$1' (expected one of: ${TOOLS[*]} ${EXTRA_TOOLS[*]} ${NODE_TOOLS[*]})" ;;
     esac
 }
 

@@ -10,9 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from .conftest import FIXTURES, Render
+
+# promtool's first build is long (all of Prometheus's service discovery): `make test-alerts` runs these.
+pytestmark = pytest.mark.promtool
 
 TESTS = FIXTURES / "alerts-tests.yaml"
 
