@@ -1,9 +1,15 @@
 """Fixtures of the API tests: a migrated database, a real Ledger and StockEngine, the app under Falcon's
-ASGI conductor (lifespan included), and helpers that open a sale and mint buyer tokens."""
+ASGI conductor (lifespan included), the API as deployed over real HTTP (gunicorn and a settle worker), and
+helpers that open a sale and mint buyer tokens."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +19,10 @@ from stampede import tokens
 from stampede.ledger import Ledger
 from stampede.settings import load
 from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import Status
 from stampede_api.app import build
 from stampede_api.settings import ApiSettings
+from stampede_dev.devstack import LocalStack, free_port
 
 SECRET = "test-secret-" + "s" * 32
 
@@ -67,6 +75,58 @@ async def api(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> 
 @pytest.fixture(scope="session")
 def client(api: Any) -> testing.ASGIConductor:
     return api[0]
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    """The metrics port of ``server`` (never the default: parallel runs must not share one)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(api_settings: ApiSettings, metrics_port: int, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The API as a Pod runs it, on loopback: gunicorn with 2 uvicorn workers on this worker's Redis db and
+    database (strategies mounted, waiting-room polls hinted every 200 ms), and one settle worker; yields the
+    base URL. Their logs are kept (path printed) when a test of the module failed, and no request may have
+    ended in an unhandled error."""
+    failed_before = request.session.testsfailed
+    logdir = Path(tempfile.mkdtemp(prefix="stampede-e2e-"))
+    (logdir / "metrics").mkdir()
+    env = {
+        "STAMPEDE_REDIS_URL": api_settings.redis_url,
+        "STAMPEDE_DATABASE_URL": api_settings.database_url,
+        "STAMPEDE_JWT_SECRET": SECRET,
+        "STAMPEDE_SALE_NAMESPACE": api_settings.sale_namespace,
+        "STAMPEDE_STRATEGIES_ENABLED": "true",
+        "STAMPEDE_LOG_LEVEL": "WARNING",
+        "STAMPEDE_QUEUE_POLL_INTERVAL_MS": "200",
+        "STAMPEDE_ADMISSION_TOKEN_TTL_S": "60",
+        "STAMPEDE_WORKER_POLL_S": "0.5",
+        "PROMETHEUS_MULTIPROC_DIR": str(logdir / "metrics"),
+    }
+    port = free_port()
+    with LocalStack(logdir, env) as stack:
+        # gunicorn and the worker start slowly on a loaded machine: a start-up limit, not a test of speed.
+        api = stack.api(port=port, workers=2, env={"STAMPEDE_METRICS_PORT": str(metrics_port)}, timeout=90)
+        stack.worker(timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    text = api.output()
+    if request.session.testsfailed == failed_before and "unhandled error" not in text:
+        shutil.rmtree(logdir, ignore_errors=True)
+    else:
+        print(f"server logs kept in {logdir}")
+    assert "unhandled error" not in text, text[-3000:]
+
+
+async def settled_counts(ledger: Ledger, sale: str, seconds: float = 60) -> dict[str, int]:
+    """The sale's units by status once none is pending (or after ``seconds``: the caller's assertions then say
+    what was left)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        counts = await ledger.counts(sale)
+        if counts[Status.PENDING] == 0 or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.25)
 
 
 def token_for(user: str, **kw: Any) -> str:

@@ -11,13 +11,10 @@ import functools
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,104 +24,14 @@ from stampede import tokens
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger
 from stampede.stock import StockEngine
-from stampede_api.settings import ApiSettings
 from stampede_api.strategies import open_pool, setup_product
-from stampede_dev.devstack import free_port
+
+from .conftest import SECRET, settled_counts
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SECRET = "e2e-secret-" + "e" * 32
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def metrics_port() -> int:
-    """The server's own metrics port (never the default: parallel runs must not share one)."""
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def server(api_settings: ApiSettings, metrics_port: int, request: pytest.FixtureRequest) -> Iterator[str]:
-    """gunicorn with 2 uvicorn workers + one settle worker; yields the base URL. Their logs are kept
-    (path printed) when a test of the module failed."""
-    failed_before = request.session.testsfailed
-    port = free_port()
-    logdir = Path(tempfile.mkdtemp(prefix="stampede-e2e-"))
-    env = {
-        **os.environ,
-        "STAMPEDE_REDIS_URL": api_settings.redis_url,
-        "STAMPEDE_DATABASE_URL": api_settings.database_url,
-        "STAMPEDE_JWT_SECRET": SECRET,
-        "STAMPEDE_SALE_NAMESPACE": api_settings.sale_namespace,
-        "STAMPEDE_STRATEGIES_ENABLED": "true",
-        "STAMPEDE_BIND": f"127.0.0.1:{port}",
-        "STAMPEDE_METRICS_HOST": "127.0.0.1",
-        "STAMPEDE_METRICS_PORT": str(metrics_port),
-        "STAMPEDE_WORKERS": "2",
-        "STAMPEDE_LOG_LEVEL": "WARNING",
-        "STAMPEDE_WORKER_METRICS_PORT": "0",
-        "STAMPEDE_WORKER_POLL_S": "0.5",
-        "PROMETHEUS_MULTIPROC_DIR": str(logdir / "metrics"),
-    }
-    (logdir / "metrics").mkdir()
-    api_log = open(logdir / "api.log", "wb")  # noqa: SIM115
-    worker_log = open(logdir / "worker.log", "wb")  # noqa: SIM115
-    api = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "python:stampede_api.gunicorn_conf", "stampede_api.asgi:app"],
-        env=env,
-        stdout=api_log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "stampede_worker"], env=env, stdout=worker_log, stderr=subprocess.STDOUT, cwd=ROOT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or api.poll() is not None or worker.poll() is not None:
-                api_log.flush()
-                pytest.fail("server did not become ready:\n" + (logdir / "api.log").read_text()[-3000:])
-            time.sleep(0.2)
-        yield base
-    finally:
-        _stop(api)
-        _stop(worker)
-        api_log.close()
-        worker_log.close()
-        text = (logdir / "api.log").read_text(errors="replace")
-        if request.session.testsfailed == failed_before and "unhandled error" not in text:
-            shutil.rmtree(logdir, ignore_errors=True)
-        else:
-            print(f"server logs kept in {logdir}")
-        # No request may have ended in an unhandled error.
-        assert "unhandled error" not in text, text[-3000:]
-
-
-async def _wait_settled(ledger: Ledger, sale: str, seconds: float = 60) -> dict[str, int]:
-    deadline = time.monotonic() + seconds
-    while True:
-        counts = await ledger.counts(sale)
-        if counts["pending"] == 0 or time.monotonic() > deadline:
-            return counts
-        await asyncio.sleep(0.25)
 
 
 class Fleet:
@@ -180,7 +87,7 @@ async def test_k6_buys_with_minted_tokens_and_never_the_secret(server, opener, l
 
     accepted = k6_accepted(summary)
     assert accepted > 0
-    counts = await _wait_settled(ledger, sale)
+    counts = await settled_counts(ledger, sale)
     assert sum(counts.values()) == accepted and counts["confirmed"] == accepted, counts
 
 
@@ -212,7 +119,7 @@ async def test_spike_audits_clean(server, metrics_port, opener, stock: StockEngi
         t1 = time.monotonic()
         assert sum(codes.values()) == attempts
         assert codes[202] == stock_units, codes  # 300 buyers want 200 units: it sells out exactly
-        counts = await _wait_settled(ledger, sale)
+        counts = await settled_counts(ledger, sale)
         print(f"spike: {attempts} buys in {t1 - t0:.1f}s, settled {time.monotonic() - t1:.1f}s later")
         snap = await stock.snapshot(sale)
         report = audit(
@@ -263,7 +170,7 @@ async def test_strategies_race(server, api_settings, stock, ledger, sale, versio
     else:
         assert (accepted, stats["oversold"], stats["stock"]) == (units, 0, 0), stats
     if version == "v4":
-        await _wait_settled(ledger, sale)
+        await settled_counts(ledger, sale)
         ids = [a.json()["reservation_id"] for a in answers if a.status_code == 202]
         report = audit(
             sale,
