@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from stampede import tokens
@@ -145,6 +146,30 @@ async def test_spike_audits_clean(server, metrics_port, opener, stock: StockEngi
         assert 'stampede_api_reservations_total{outcome="accepted",sale="' + sale + '"} 200.0' in metrics
 
 
+async def _contended(database_url: str, product: str, buying: asyncio.Future[list[httpx.Response]]) -> None:
+    """Holds the product's row locked while the buys start and lets it go once two buyers wait to write it.
+
+    The race is then certain, not left to timing (a client slower than the server, as on a loaded machine,
+    sends one buy after another): every buyer that read the stock meanwhile read the same number."""
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query ILIKE '%UPDATE strategy_products%'"
+    )
+    async with (
+        await psycopg.AsyncConnection.connect(database_url) as holder,
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watcher,
+    ):
+        await holder.execute("SELECT 1 FROM strategy_products WHERE product_id = %s FOR UPDATE", (product,))
+        deadline = time.monotonic() + 120
+        while not buying.done():
+            row = await (await watcher.execute(waiting)).fetchone()
+            if row is not None and row[0] >= 2:
+                break
+            assert time.monotonic() < deadline, "no two buyers came to write the stock within 120 s"
+            await asyncio.sleep(0.05)
+        await holder.rollback()
+
+
 @pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
 async def test_strategies_race(server, api_settings, stock, ledger, sale, version):
     units, buys = 50, 400
@@ -154,9 +179,12 @@ async def test_strategies_race(server, api_settings, stock, ledger, sale, versio
     finally:
         await pool.close()
     async with Fleet(server, buys, clients=4) as fleet:
-        answers = await asyncio.gather(
+        buying = asyncio.gather(
             *(fleet().post(f"/api/{version}/buy", json={"productId": sale, "userId": f"u{i}"}) for i in range(buys))
         )
+        if version in ("v1", "v2"):
+            await _contended(api_settings.database_url, sale, buying)
+        answers = await buying
         ok = Counter(a.status_code for a in answers)
         assert set(ok) <= {201, 202, 409}, ok
         accepted = ok[201] + ok[202]
