@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +26,7 @@ from stampede_api.settings import ApiSettings
 from stampede_dev.devstack import LocalStack, free_port
 
 SECRET = "test-secret-" + "s" * 32
+TOOLS_SH = Path(__file__).resolve().parents[2] / "hack" / "tools.sh"
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +77,16 @@ async def api(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> 
 @pytest.fixture(scope="session")
 def client(api: Any) -> testing.ASGIConductor:
     return api[0]
+
+
+@pytest.fixture(scope="session")
+def k6_bin() -> str:
+    """The pinned k6 (hack/tools.sh builds it on first use); a test that needs it is skipped when it cannot be
+    built."""
+    found = subprocess.run([str(TOOLS_SH), "path", "k6"], capture_output=True, text=True, timeout=180)
+    if found.returncode != 0:
+        pytest.skip(f"k6 is not built and cannot be (hack/tools.sh): {found.stderr.strip()[-200:]}")
+    return found.stdout.strip()
 
 
 @pytest.fixture(scope="module")
