@@ -10,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.conftest import ControlPlane
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_LIMIT_S = 120
@@ -48,11 +51,19 @@ class OperatorProcess:
             self.proc.wait(5)
 
 
+class OperatorStarter(Protocol):
+    """The ``start_operator`` fixture: ``start(namespace, name, **env)``."""
+
+    def __call__(
+        self, namespace: str | tuple[str, ...], name: str = ..., wait_for: str = ..., **env: str
+    ) -> OperatorProcess: ...
+
+
 @pytest.fixture(scope="module")
 def start_operator(
-    control_plane: Any, flashsale_crd: str, redis_url: str, migrated_database_url: str,
+    control_plane: ControlPlane, flashsale_crd: str, redis_url: str, migrated_database_url: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., OperatorProcess]]:  # fmt: skip
+) -> Iterator[OperatorStarter]:  # fmt: skip
     """A factory of operator subprocesses watching one namespace, on this test worker's Redis database and
     migrated PostgreSQL database; ``start(namespace, name, **env)`` returns once the operator has started
     (``namespace`` may be a tuple of namespaces to watch).
