@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End to end on a real cluster (hack/k8s.sh, images loaded by hack/images.sh): `make test-k8s`.
 #
-#   0. the network rule: the cluster's network namespace has no link out and an unreachable default route
+#   0. the network rule: the cluster's network namespace has no link out, an unreachable default route, and no
+#      route to an outside address or to any of the host's
 #   1. helm install of the chart with the bundled Redis and PostgreSQL (ci/kind-values.yaml + hack/k8s/values.yaml)
 #   2. the operator Ready; the FlashSale hack/k8s/flashsale.yaml Live, its API and worker pods Ready
 #   3. helm test: the k6 smoke in-cluster, then the integrity audit
@@ -27,7 +28,8 @@ HELM="$("$ROOT/hack/tools.sh" path helm)"
 OUT="$ROOT/.run/k8s"
 FAILED=()
 
-log() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=hack/lib.sh
+source "$ROOT/hack/lib.sh"
 k() { "$ROOT/hack/k8s.sh" exec "$KUBECTL" -n "$NS" "$@"; }
 h() { "$ROOT/hack/k8s.sh" exec "$HELM" "$@"; }
 
@@ -85,6 +87,14 @@ network_rule() {
         return 1
     }
     "$ROOT/hack/k8s.sh" exec ip route show default | grep -qE '^unreachable default *$'
+    # The kernel's own answer for an outside address and for each of the host's: no route (a lookup; nothing sent).
+    local addr
+    for addr in 1.1.1.1 $(ip -o -4 addr show scope global | awk '{ sub(/\/.*/, "", $4); print $4 }'); do
+        if "$ROOT/hack/k8s.sh" exec ip route get "$addr" >/dev/null 2>&1; then
+            log "the cluster's network namespace has a route to $addr"
+            return 1
+        fi
+    done
 }
 
 install() {
