@@ -356,16 +356,17 @@ cmd_up() {
 
 # Stop every process of the cluster (components in reverse order, then whatever is left), then remove cgroups.
 stop_all() {
-    local i pid pids
+    local i pid pids daemon_pids=()
     HOLDER="$(holder_pid || true)"
     for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
         if pid="$(running_pid "${DAEMONS[$i]}")"; then
+            daemon_pids+=("$pid")
             kill -TERM "$pid" 2>/dev/null || true
         fi
     done
-    for ((i = 0; i < 50; i++)); do # 5 s for a graceful stop
+    for ((i = 0; i < 50; i++)); do # 5 s for a graceful stop (kill -0 is a builtin: no process per check)
         pids=""
-        for name in "${DAEMONS[@]}"; do pid="$(running_pid "$name")" && pids+=" $pid"; done
+        for pid in "${daemon_pids[@]}"; do kill -0 "$pid" 2>/dev/null && pids+=" $pid"; done
         [[ -z "$pids" ]] && break
         sleep 0.1
     done

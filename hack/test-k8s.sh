@@ -73,8 +73,14 @@ job_passes() {
         [[ "$status" == 1/* || "$status" == */1 ]] && break
         sleep 1
     done
-    k logs "job/$job" --all-containers --prefix | grep -E 'k6\] (spike|smoke):|thresholds|EOF|audit\]' | sort | uniq -c |
-        sort -rn | head -n 12 || true
+    local logs
+    logs="$(k logs "job/$job" --all-containers --prefix || true)"
+    grep -E 'k6\] (spike|smoke):|thresholds|EOF|audit\]' <<<"$logs" | sort | uniq -c | sort -rn | head -n 12 || true
+    # k6's thresholds hold vacuously for a run that sent nothing (a starved pod): that is no pass.
+    if ! grep -qE 'k6\] (spike|smoke): requests [1-9]' <<<"$logs"; then
+        log "  k6 sent no request"
+        return 1
+    fi
     [[ "$status" == 1/* ]]
 }
 
@@ -123,8 +129,14 @@ sale_live() {
 helm_test() {
     local rc=0
     h test "$RELEASE" -n "$NS" --logs --timeout 10m >"$OUT/helm-test.log" 2>&1 || rc=$?
-    k logs "$RELEASE-test-smoke" -c k6 | grep -E '^smoke:|thresholds' || true
+    local smoke
+    smoke="$(k logs "$RELEASE-test-smoke" -c k6 || true)"
+    grep -E '^smoke:|thresholds' <<<"$smoke" || true
     grep -E 'Phase|audit|CLEAN|VIOLATION' "$OUT/helm-test.log" | tail -n 20 || true
+    if ! grep -qE '^smoke: requests [1-9]' <<<"$smoke"; then
+        log "  k6 sent no request"
+        return 1
+    fi
     return "$rc"
 }
 
