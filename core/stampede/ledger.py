@@ -99,6 +99,14 @@ class LedgerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldWork:
+    """What the expiry sweep has to do (``Ledger.hold_work``)."""
+
+    due: bool  # a held reservation whose hold has passed
+    unreturned: bool  # an expired reservation whose units Redis has not taken back in time
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     """A reservation whose hold the ledger expired: its units go back on sale in Redis, and its buyer's
     allowance (Redis may keep the reservation only as a compact settled entry, which has no buyer)."""
@@ -339,6 +347,16 @@ class Ledger:
         async with self._conn() as conn:
             cur = await conn.execute(self._q["expire_due"], {"limit": limit})
             return [Expired(rid, sale, int(qty), user) for rid, sale, qty, user in await cur.fetchall()]
+
+    async def hold_work(self, *, older_s: float) -> HoldWork:
+        """Whether any held reservation is due and whether any expired one has waited ``older_s`` seconds for
+        Redis to take its units back, in one statement over the partial indexes of such rows: what the expiry
+        sweep asks first, so a ledger without holds costs it one cheap read."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["hold_work"], {"older_s": older_s})
+            row = await cur.fetchone()
+        assert row is not None
+        return HoldWork(due=bool(row[0]), unreturned=bool(row[1]))
 
     async def expired_unreturned(self, *, older_s: float, limit: int, sale: str | None = None) -> list[Expired]:
         """Expired reservations whose units Redis has not taken back ``older_s`` seconds after their expiry
@@ -734,6 +752,7 @@ __all__ = [
     "Claim",
     "Claimed",
     "Expired",
+    "HoldWork",
     "Ledger",
     "LedgerRow",
     "LiveLedger",

@@ -364,6 +364,10 @@ class StockEngine:
         self._room: WaitingRoom | None = None
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = 0.0
+        # The reserve pipe's own connection on a single Redis, kept between batches: taking one from the
+        # blocking pool per batch (its condition, timeout and readability probe) cost more client CPU than the
+        # batch's own encoding. None while a batch holds it (a concurrent batch then takes one from the pool).
+        self._reserve_conn: Any = None
 
     @property
     def room(self) -> WaitingRoom:
@@ -419,6 +423,9 @@ class StockEngine:
             self._gate.release()
 
     async def close(self) -> None:
+        conn, self._reserve_conn = self._reserve_conn, None
+        if conn is not None:
+            await cast(aioredis.Redis, self._client).connection_pool.release(conn)
         await self._client.aclose()
 
     async def ping(self) -> None:
@@ -656,7 +663,9 @@ class StockEngine:
         for _ in range(3):
             groups: dict[str, tuple[ClusterNode | None, list[int]]] = {}
             lost_slot = False
-            for i in todo:
+            if not self.cluster:
+                groups[""] = (None, todo)  # one server: no slot to look up
+            for i in todo if self.cluster else ():
                 try:
                     node = await self._node(calls[i].keys[0])
                 except errors.DependencyUnavailable as exc:
@@ -665,9 +674,19 @@ class StockEngine:
                     continue
                 groups.setdefault("" if node is None else node.name, (node, []))[1].append(i)
             sent = list(groups.values())
-            answers = await asyncio.gather(
-                *(self._reserve_on(node, [calls[i] for i in idx]) for node, idx in sent), return_exceptions=True
-            )
+            answers: list[Any]
+            if len(sent) == 1:  # one pipeline (a single Redis, or one master): no task to gather
+                node, idx = sent[0]
+                try:
+                    answers = [await self._reserve_on(node, [calls[i] for i in idx])]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    answers = [exc]
+            else:
+                answers = await asyncio.gather(
+                    *(self._reserve_on(node, [calls[i] for i in idx]) for node, idx in sent), return_exceptions=True
+                )
             again: list[int] = []
             lost_node, noscript = lost_slot, False
             for (_, idx), got in zip(sent, answers, strict=True):
@@ -719,10 +738,15 @@ class StockEngine:
             buffer.append(resp_command(("WAIT", self.ack_replicas, self.ack_timeout_ms)))
         if node is None:
             pool = cast(aioredis.Redis, self._client).connection_pool
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            conn, self._reserve_conn = self._reserve_conn, None
+            if conn is None:
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         else:
             conn = node.acquire_connection()
+        whole = False
         try:
+            if not _open(conn):
+                await conn.disconnect()  # the server closed it while idle: the write below connects afresh
             await conn.send_packed_command(b"".join(buffer), check_health=False)
             out: list[Any] = []
             for _ in buffer:
@@ -730,15 +754,18 @@ class StockEngine:
                     out.append(await conn.read_response())
                 except ResponseError as exc:
                     out.append(exc)
+            whole = True
         except BaseException:
             # Half a pipeline may be unread: this connection can never be trusted again.
             await conn.disconnect()
             raise
         finally:
-            if node is None:
-                await pool.release(conn)
-            else:
+            if node is not None:
                 node.release(conn)
+            elif whole and self._reserve_conn is None:
+                self._reserve_conn = conn  # every reply read: the next batch writes on it at once
+            else:
+                await pool.release(conn)
         return out
 
     async def _unacknowledged(self, calls: list[ReserveCall], out: list[Any], acked: Any) -> None:
@@ -908,12 +935,7 @@ class StockEngine:
                 )
             )
         else:
-            pipe = cast(aioredis.Redis, self._client).pipeline(transaction=False)
-            script = self._scripts["records"]
-            for sale in sales:
-                k = _keys(sale)
-                await script(keys=[k.meta, k.reservations, k.settled], args=list(by_sale[sale]), client=pipe)
-            answers = await self._read(pipe.execute())
+            answers = await self._records_pipelined(sales, by_sale)
         out: dict[str, dict[str, str | None] | None] = {sale: {} for sale in by_sale}
         for sale, raws in zip(sales, answers, strict=True):
             ids = by_sale[sale]
@@ -923,6 +945,29 @@ class StockEngine:
                 else None
             )
         return out
+
+    async def _records_pipelined(self, sales: Sequence[str], by_sale: Mapping[str, Sequence[str]]) -> list[Any]:
+        """``records.lua`` for each sale in one pipelined round trip on a single Redis. EVALSHA goes in the
+        pipeline as it is (redis-py's script objects would first ask SCRIPT EXISTS, one more round trip per
+        call); NOSCRIPT (Redis lost its script cache) loads the script and sends the pipeline once more."""
+        script = self._scripts["records"]
+
+        async def send() -> list[Any]:
+            pipe = cast(aioredis.Redis, self._client).pipeline(transaction=False)
+            for sale in sales:
+                k = _keys(sale)
+                pipe.evalsha(script.sha, 3, k.meta, k.reservations, k.settled, *by_sale[sale])
+            answers: list[Any] = await self._read(pipe.execute(raise_on_error=False))
+            return answers
+
+        answers = await send()
+        if any(isinstance(a, NoScriptError) for a in answers):
+            await self._read(self._client.script_load(script.script))
+            answers = await send()
+        for a in answers:
+            if isinstance(a, ResponseError):
+                raise errors.ScriptError(f"records.lua: {a}")
+        return answers
 
     async def suspects(self, sale: str, grace_ms: int, after: tuple[int, str] | None, limit: int) -> SuspectView:
         """What a reconcile pass reads of the sale, in one atomic step (``suspects.lua``): the clock, the
@@ -969,6 +1014,14 @@ class StockEngine:
         """Redis's clock, the one reserve.lua stamps reservations with."""
         sec, usec = await self._read(self._client.time())
         return int(sec) * 1000 + int(usec) // 1000
+
+
+def _open(conn: Any) -> bool:
+    """Whether a kept ``redis.asyncio`` connection is still open as far as this process has heard: connected,
+    and no end of stream from the server (a restart or an idle kill) seen by its reader. A check without a
+    round trip or a wait, unlike the pool's own probe."""
+    reader = getattr(conn, "_reader", None)
+    return bool(conn.is_connected) and reader is not None and not reader.at_eof()
 
 
 def resp_command(args: Sequence[Any]) -> bytes:

@@ -4,22 +4,26 @@ flushed script cache, and turns a dead Redis into DependencyUnavailable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from stampede import errors
-from stampede.stock import SaleConfig, StockEngine
+from stampede.stock import Reservation, ReserveCall, SaleConfig, StockEngine, reserve_call
 from stampede_api.reserver import ReserveCoalescer
 from tests.stores import redis_client
 
 pytestmark = pytest.mark.redis
 
 
-async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, sale: str):
+async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=5, per_user_limit=2), open=True)
     co = ReserveCoalescer(stock)
 
-    async def attempt(user: str, qty: int, key: str | None = None) -> object:
+    async def attempt(user: str, qty: int, key: str | None = None) -> Reservation | str:
         try:
             return await co.reserve(sale, user, qty, idempotency_key=key)
         except errors.StampedeError as exc:
@@ -35,10 +39,12 @@ async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, s
         attempt("c", 1),
     )
     first, replay, conflict, limit, b, sold_out, c = answers
-    assert first.replay is False and first.remaining == 3  # type: ignore[attr-defined]
-    assert replay.replay is True and replay.reservation_id == first.reservation_id  # type: ignore[attr-defined]
+    assert isinstance(first, Reservation) and isinstance(replay, Reservation), answers
+    assert first.replay is False and first.remaining == 3
+    assert replay.replay is True and replay.reservation_id == first.reservation_id
     assert (conflict, limit, sold_out) == ("idempotency_conflict", "limit_reached", "sold_out")
-    assert b.remaining == 1 and c.remaining == 0  # type: ignore[attr-defined]
+    assert isinstance(b, Reservation) and isinstance(c, Reservation), answers
+    assert b.remaining == 1 and c.remaining == 0
     snap = await stock.snapshot(sale)
     assert (snap.remaining, snap.pending) == (0, 5) and snap.balanced
     assert await attempt("d", 1) == "sold_out"
@@ -51,7 +57,7 @@ async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, s
         await co.reserve("Bad Name", "d", 1)
 
 
-async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
+async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
     co = ReserveCoalescer(stock)
     await co.reserve(sale, "a", 1)
@@ -60,7 +66,7 @@ async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
     assert [r.remaining for r in got] == [8, 7, 6]
 
 
-async def test_dead_redis_is_dependency_unavailable():
+async def test_dead_redis_is_dependency_unavailable() -> None:
     dead = StockEngine.from_url("redis://127.0.0.1:1/0")
     co = ReserveCoalescer(dead)
     with pytest.raises(errors.DependencyUnavailable):
@@ -68,7 +74,7 @@ async def test_dead_redis_is_dependency_unavailable():
     await dead.close()
 
 
-def test_hand_packed_commands_match_redis_py():
+def test_hand_packed_commands_match_redis_py() -> None:
     from redis.asyncio.connection import Connection
 
     from stampede.stock import resp_command as _resp
@@ -77,7 +83,7 @@ def test_hand_packed_commands_match_redis_py():
     assert _resp(args) == b"".join(Connection().pack_command(*args))
 
 
-async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock: StockEngine, sale: str):
+async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=1, per_user_limit=1), open=True)
     co = ReserveCoalescer(stock, sold_out_cache_ms=200)
     first = await co.reserve(sale, "a", 1, idempotency_key="k")
@@ -91,3 +97,56 @@ async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock
     await asyncio.sleep(0.25)
     got = await co.reserve(sale, "c", 1)  # memory expired: Redis has the unit again
     assert got.remaining == 0
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_before_a_batch_is_written(
+    redis_url: str, services: dict[str, str], sale: str
+) -> None:
+    """The reserve pipe keeps its connection between batches (no pool checkout per batch); when Redis closes
+    it while idle (a restart, an idle timeout, CLIENT KILL), the next batch goes on a fresh connection and
+    every buyer in it is answered, none refused for a connection nobody was using."""
+    single = redis_url if redis_url.startswith("redis://") else f"redis://127.0.0.1:{services['STAMPEDE_REDIS_PORT']}/1"
+    name = f"kept-{uuid.uuid4().hex[:12]}"
+    stock = StockEngine.from_url(f"{single}?client_name={name}")
+    admin = aioredis.Redis.from_url(single)
+    try:
+        await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
+        co = ReserveCoalescer(stock)
+        assert (await co.reserve(sale, "a", 1)).remaining == 9
+        mine = [c["id"] for c in await admin.client_list() if c.get("name") == name]
+        assert mine  # at least the kept reserve connection
+        for client_id in mine:
+            await admin.client_kill_filter(_id=client_id)
+        await asyncio.sleep(0.2)  # the kept connection's reader takes in the end of the stream
+        got = await asyncio.gather(*(co.reserve(sale, f"b{i}", 1) for i in range(3)))
+        assert {r.remaining for r in got} == {6, 7, 8}
+        snap = await stock.snapshot(sale)
+        assert (snap.remaining, snap.pending) == (6, 4) and snap.balanced
+    finally:
+        await admin.aclose()
+        await stock.close()
+
+
+async def test_a_call_that_cannot_be_encoded_is_answered_alone(
+    stock: StockEngine, sale: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only non-ASCII strings are test-encoded before a batch is sent; one that cannot be (a lone surrogate
+    a bug let through) is refused on its own and its neighbours in the same pipeline are reserved."""
+    await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
+
+    def with_a_bad_one(sale_: str, user: str, quantity: int, **kw: Any) -> ReserveCall:
+        call = reserve_call(sale_, user, quantity, **kw)
+        if user == "bad":
+            call = dataclasses.replace(call, args=[call.args[0], "bad\ud800", *call.args[2:]])
+        return call
+
+    monkeypatch.setattr("stampede_api.reserver.reserve_call", with_a_bad_one)
+    co = ReserveCoalescer(stock)
+    first, bad, last = await asyncio.gather(
+        co.reserve(sale, "good-1", 1), co.reserve(sale, "bad", 1), co.reserve(sale, "good-2", 1), return_exceptions=True
+    )
+    assert isinstance(bad, errors.InvalidArgument)
+    assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
+    assert {first.remaining, last.remaining} == {8, 9}
+    snap = await stock.snapshot(sale)
+    assert (snap.remaining, snap.pending) == (8, 2) and snap.balanced

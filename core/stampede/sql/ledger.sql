@@ -279,6 +279,15 @@ SELECT reservation_id::text, sale, quantity, user_id
   FROM stampede_ledger
  WHERE reservation_id = ANY(%(ids)s::uuid[]) AND status = 'expired';
 
+-- name: hold_work
+-- What the expiry sweep has to do, in one read through the two partial indexes below it: a held row that is
+-- due, and an expired row Redis has not taken back `older_s` seconds after its expiry. A ledger without holds
+-- answers from two empty index ranges, so a sweep of it costs this one statement.
+SELECT EXISTS (SELECT 1 FROM stampede_ledger WHERE status = 'held' AND hold_expires_at <= now()),
+       EXISTS (SELECT 1 FROM stampede_ledger
+                WHERE status = 'expired' AND returned_at IS NULL
+                  AND closed_at <= now() - make_interval(secs => %(older_s)s));
+
 -- name: expired_unreturned
 -- Expired rows whose units Redis has not taken back, expired at least `older_s` seconds ago (their sweeper
 -- died between the ledger and Redis), oldest first, through the partial index of such rows; one sale, or
