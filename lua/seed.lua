@@ -3,7 +3,8 @@
 -- below what is already sold is refused.
 -- KEYS: meta
 -- ARGV: total, per_user_limit, open ('1', '0', or '' to keep), buyer_rate, buyer_burst, ip_rate, ip_burst,
---       run_id (of this Redis run: a sale created now holds everything this run took for it)
+--       run_id (of this Redis run: a sale created now holds everything this run took for it), buckets
+--       (the sale's stock buckets, written on every bucket at creation; '' or absent: one)
 -- Returns {code, total, remaining, sold}: created | restocked | unchanged | below_sold | bad_args
 local meta = KEYS[1]
 local total, limit, open = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -15,6 +16,7 @@ local cur = redis.call('HMGET', meta, 'total', 'remaining', 'pending', 'confirme
 if cur[1] == false then
   redis.call('HSET', meta, 'total', total, 'remaining', total, 'pending', 0, 'confirmed', 0, 'released', 0,
     'open', open == '1' and '1' or '0', 'run', ARGV[8] or '', unpack(cfg))
+  if (tonumber(ARGV[9] or '') or 1) > 1 then redis.call('HSET', meta, 'buckets', ARGV[9]) end
   return {'created', total, total, 0}
 end
 local ctotal, remaining = tonumber(cur[1]), tonumber(cur[2])

@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 
 from . import errors
 from .identifiers import BUYER_ID_RULE, is_buyer_id
-from .names import check_sale, sale_keys
+from .names import bucket_keys, check_sale, sale_keys
 from .redis_errors import UNAVAILABLE
 from .vocabulary import Dependency
 
@@ -162,6 +162,17 @@ class WaitingRoom:
         )
         if code != "configured":
             raise errors.ScriptError("room.lua refused a configuration that passed validation")
+        await self._mirror(sale, on)
+
+    async def _mirror(self, sale: str, on: bool) -> None:
+        """The room's on/off flag copied to the sale's other stock buckets, whose reserve reads the flag in
+        its own slot (``names.bucket_keys``)."""
+        try:
+            buckets = int(await self._client.hget(sale_keys(sale).meta, "buckets") or 1)
+            for k in bucket_keys(sale, buckets)[1:]:
+                await self._client.hset(k.room_config, "on", "1" if on else "0")
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def disable(self, sale: str) -> None:
         """Turns the room off if the sale has one (a spec that dropped ``admission``)."""
@@ -171,6 +182,7 @@ class WaitingRoom:
                 await self._client.hset(key, "on", "0")
         except UNAVAILABLE as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
+        await self._mirror(sale, False)
 
     async def join(
         self, sale: str, buyer: str, *, token_ttl_ms: int, min_interval_ms: int = 0, ticket: str | None = None
