@@ -430,7 +430,7 @@ class StockEngine:
     def room(self) -> WaitingRoom:
         """The sale waiting rooms' adapter over this engine's client (``stampede.waitroom``)."""
         if self._room is None:
-            self._room = WaitingRoom(self._client, script_source("room"))
+            self._room = WaitingRoom(self._client, script_source("room"), self._turn)
         return self._room
 
     @classmethod
@@ -466,7 +466,19 @@ class StockEngine:
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
         """One of the engine's in-flight slots on a cluster (waiting up to the pool timeout, as the single
-        client's blocking pool does); nothing on a single Redis, whose pool already waits."""
+        client's blocking pool does), once the client knows the slot map; nothing on a single Redis, whose
+        pool already waits.
+
+        The slot map first: redis-py's cluster client picks a command's node before it reads a slot map it
+        does not have yet, so commands started together on a new client (or right after a failover) go to
+        the startup node's connections, which the map's arrival then recycles under them (``Connection
+        closed by server``, ``'NoneType' object has no attribute 'writelines'``). ``initialize`` is a no-op
+        once the map is read and lets one caller read it while the others wait."""
+        if self.cluster:
+            try:
+                await cast(RedisCluster, self._client).initialize()
+            except UNAVAILABLE as exc:
+                raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         if self._gate is None:
             yield
             return
