@@ -531,6 +531,14 @@ class StockEngine:
         node = await self._node(_keys(sale).meta)
         return None if node is None else node.name
 
+    async def masters_of(self, sale: str) -> list[str | None]:
+        """``host:port`` of the master of each of the sale's stock buckets (None each on a single Redis)."""
+        out: list[str | None] = []
+        for k in await self._all(sale):
+            node = await self._node(k.meta)
+            out.append(None if node is None else node.name)
+        return out
+
     async def refresh_topology(self) -> None:
         """Reads the cluster's slot map again (after a failover or a moved slot), at most every 100 ms."""
         if not self.cluster:
