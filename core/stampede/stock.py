@@ -321,9 +321,12 @@ class ReserveCall:
     def routed(self, buckets: int) -> ReserveCall:
         """This call sent to the buyer's home bucket of a sale of ``buckets`` stock buckets, telling the
         script the bucket count it was routed by (a sale whose count differs answers ``bad_buckets``)."""
-        home = bucket_keys(self.sale, buckets)[home_bucket(self.user, buckets)]
-        cut = len(sale_keys(self.sale).base)
-        keys = [home.base + key[cut:] for key in self.keys]
+        if buckets == 1:
+            keys = self.keys
+        else:
+            home = bucket_keys(self.sale, buckets)[home_bucket(self.user, buckets)]
+            cut = len(sale_keys(self.sale).base)
+            keys = [home.base + key[cut:] for key in self.keys]
         return ReserveCall(self.sale, self.user, self.quantity, self.reservation_id, keys, [*self.args[:6], buckets])
 
     def answer(self, raw: Sequence[Any]) -> Reservation:
@@ -425,6 +428,7 @@ class StockEngine:
         # Stock buckets per sale as bucket 0's meta says (fixed while the sale exists; reserve.lua answers
         # ``bad_buckets`` to a call routed by a stale count, which drops the entry).
         self._nbuckets: dict[str, int] = {}
+        self._nbuckets_reads: dict[str, asyncio.Future[int]] = {}
 
     @property
     def room(self) -> WaitingRoom:
@@ -559,6 +563,15 @@ class StockEngine:
         n = self._nbuckets.get(sale)
         if n is not None:
             return n
+        # One read per sale however many callers miss at once (a burst on a sale this process has not seen).
+        task = self._nbuckets_reads.get(sale)
+        if task is None:
+            task = asyncio.ensure_future(self._read_buckets(sale))
+            self._nbuckets_reads[sale] = task
+            task.add_done_callback(lambda _: self._nbuckets_reads.pop(sale, None))
+        return await asyncio.shield(task)
+
+    async def _read_buckets(self, sale: str) -> int:
         total, raw = await self._read(self._client.hmget(_keys(sale).meta, ["total", "buckets"]))
         n = int(raw or 1)
         if total is not None:
