@@ -17,8 +17,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -184,9 +185,20 @@ async def test_k6_buys_with_minted_tokens_and_never_the_secret(server, opener, l
     assert sum(counts.values()) == accepted and counts["confirmed"] == accepted, counts
 
 
-async def test_spike_audits_clean(server, metrics_port, opener, stock: StockEngine, ledger: Ledger, sale):
+@pytest.mark.parametrize("buckets", [1, 4])
+async def test_spike_audits_clean(
+    server: str,
+    metrics_port: int,
+    opener: Callable[..., Any],
+    stock: StockEngine,
+    ledger: Ledger,
+    sale: str,
+    buckets: int,
+) -> None:
+    """300 buyers race 1,200 buys for 200 units through the API and the settle worker; the audit ends clean.
+    With 4 stock buckets too: the units are spread over 4 hash tags (over the masters on a cluster)."""
     stock_units, users, attempts = 200, 300, 1200
-    await opener(sale, total=stock_units, limit=1)
+    await opener(sale, total=stock_units, limit=1, buckets=buckets)
     rng = random.Random(4)
     buyers = [f"buyer-{i}" for i in range(users)]
     plan = [buyers[i % users] for i in range(attempts)]

@@ -257,8 +257,8 @@ async def test_restore_puts_each_reservation_in_its_home_bucket(
         assert result.outcome == restore.RESTORED and await fresh.buckets(sale) == BUCKETS
         snap = await fresh.snapshot(sale)
         assert (snap.total, snap.pending + snap.confirmed) == (20, sold) and snap.balanced
-        for r in rows:
-            held = await client.hget(keys[home_bucket(r.user, BUCKETS)].holds, r.user)
-            assert int(held or 0) == r.quantity
+        for row in rows:
+            held = await client.hget(keys[home_bucket(row.user, BUCKETS)].holds, row.user)
+            assert int(held or 0) == row.quantity
     finally:
         await fresh.close()
