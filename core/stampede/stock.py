@@ -626,7 +626,8 @@ class StockEngine:
             "give", [keys[donor].meta, keys[donor].moves_out], [move, max(quantity, (units + 1) // 2), home]
         )
         if int(given) < 0:
-            raise errors.SaleRestoring(sale)
+            await asyncio.sleep(0.05)  # a restock or restore holds the buckets still for a moment
+            return True
         if int(given) == 0:
             return True  # another buyer emptied it first: read again
         if not acked:
@@ -650,6 +651,12 @@ class StockEngine:
                 await self._read(self._client.hdel(giver.moves_out, move))
         for k in keys:
             await self._read(self._client.delete(k.moves_in))
+
+    async def _moves_seen(self, keys: tuple[SaleKeys, ...]) -> tuple[int, ...]:
+        """Moves in the buckets' outboxes, then each bucket's count of units ever given."""
+        waiting = sum([int(await self._read(self._client.hlen(k.moves_out))) for k in keys])
+        given = [int(await self._read(self._client.hget(k.meta, "moved_out")) or 0) for k in keys]
+        return (waiting, *given)
 
     async def _freeze(self, keys: tuple[SaleKeys, ...], ms: int | None) -> list[bool]:
         """Freezes (for ``ms``) or thaws (None) every bucket's giving; which buckets exist."""
@@ -699,7 +706,7 @@ class StockEngine:
         return SeedResult(code, total, remaining, sold)
 
     async def _seed_bucket(
-        self, k: SaleKeys, total: int, config: SaleConfig, gate: str, buckets: int
+        self, k: SaleKeys, total: int | str, config: SaleConfig, gate: str, buckets: int
     ) -> tuple[str, int, int, int]:
         run_id = await self._run_id(k.meta)
         code, total_, remaining, sold = await self._run(
@@ -722,7 +729,16 @@ class StockEngine:
     async def _restock(self, sale: str, keys: tuple[SaleKeys, ...], config: SaleConfig, gate: str) -> SeedResult:
         """Seeds an existing sale of several buckets: its configuration and gate on every bucket, and the
         change of total (added to bucket 0; a cut taken from the buckets' unsold units), read and written
-        with the buckets frozen and their moves finished, so no unit is in flight between buckets."""
+        with the buckets frozen and their moves finished, so no unit is in flight between buckets. When the
+        total does not change (every operator pass) nothing is frozen: the buckets' totals, read between two
+        reads of their give counters that agree with no move in an outbox, sum to the total, and the
+        configuration is written without touching any total."""
+        before = await self._moves_seen(keys)
+        totals_now = [int(await self._read(self._client.hget(k.meta, "total")) or 0) for k in keys]
+        if before[0] == 0 and before == await self._moves_seen(keys) and sum(totals_now) == config.total:
+            answers = [await self._seed_bucket(k, "", config, gate, len(keys)) for k in keys]
+            if all(code == "unchanged" for code, *_ in answers):
+                return SeedResult("unchanged", config.total, sum(a[2] for a in answers), sum(a[3] for a in answers))
         await self._freeze(keys, FREEZE_MS)
         try:
             await self._settle_moves(keys)
