@@ -325,7 +325,7 @@ class ReserveCall:
             keys = self.keys
         else:
             home = bucket_keys(self.sale, buckets)[home_bucket(self.user, buckets)]
-            cut = len(sale_keys(self.sale).base)
+            cut = len(SaleKeys(self.sale).base)  # reserve_call checked the sale
             keys = [home.base + key[cut:] for key in self.keys]
         return ReserveCall(self.sale, self.user, self.quantity, self.reservation_id, keys, [*self.args[:6], buckets])
 
