@@ -64,7 +64,7 @@ SCRIPTS = (
     "freeze",
 )
 FREEZE_MS = 15_000  # how long a restock or a restore stops moves between buckets at most (if it dies)
-MOVE_ROUNDS = 16  # moves one reserve may make before it is answered "retry" instead of waiting on others
+MOVE_ROUNDS = 64  # moves one reserve may make before it is answered "retry" instead of waiting on others
 _INCLUDE = "--#include "
 IMPORT_CHUNK = 2000  # reservations per import.lua call: Redis stays responsive between calls
 
