@@ -103,7 +103,7 @@ operator: migrate cluster-up ## run the operator (kopf, with leader election) on
 
 ##@ Quality
 .PHONY: lint
-lint: setup ## ruff, mypy --strict on every package, import contracts
+lint: setup ## ruff, mypy --strict on every package, the tests, benchmarks and scripts, import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -111,7 +111,7 @@ lint: setup ## ruff, mypy --strict on every package, import contracts
 
 .PHONY: fmt
 fmt: setup ## format and auto-fix
-	$(VENV)/bin/ruff format core dev app worker operator tests
+	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 ##@ Run

@@ -55,6 +55,7 @@ async def seed_big(sale: str, rows: int, stock_total: int) -> str:
     from stampede.ledger import Ledger, PendingReservation
     from stampede.settings import Common, load
     from stampede.stock import ReservationRecord, SaleConfig, StockEngine
+    from stampede.vocabulary import RedisState, Status
 
     settings = load(Common)
     ledger = await Ledger.open(settings)
@@ -80,9 +81,10 @@ async def seed_big(sale: str, rows: int, stock_total: int) -> str:
                 PendingReservation(str(uuid.uuid4()), sale, f"buyer-{i}", 1, base + i)
                 for i in range(start, min(rows, start + CHUNK))
             ]
-            await ledger.import_settled(sale, batch, "confirmed")
+            await ledger.import_settled(sale, batch, Status.CONFIRMED)
             await stock.import_settled(
-                sale, [ReservationRecord(r.reservation_id, "confirmed", 1, r.reserved_at_ms, r.user) for r in batch]
+                sale,
+                [ReservationRecord(r.reservation_id, RedisState.CONFIRMED, 1, r.reserved_at_ms, r.user) for r in batch],
             )
         return "seeded"
     finally:
@@ -114,7 +116,9 @@ async def create_sales(namespace: str, names: list[str], big: dict[str, int]) ->
                 break
             await asyncio.sleep(0.2)
         try:
-            await client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+            await client.CoreV1Api(api).create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -154,7 +158,11 @@ async def cleanup(namespace: str) -> None:
         for fs in (await custom.list_namespaced_custom_object(*coords))["items"]:
             name = fs["metadata"]["name"]
             await custom.patch_namespaced_custom_object(
-                *coords, name, {"metadata": {"finalizers": None}}, _content_type="application/merge-patch+json"
+                *coords,
+                name,
+                {"metadata": {"finalizers": None}},
+                # _content_type goes through **kwargs; the generated signature does not list it.
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
             )
             await custom.delete_namespaced_custom_object(*coords, name)
 

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from api import free_port, services_env  # noqa: E402
+from api import services_env  # noqa: E402
+
+from stampede_dev.devstack import free_port  # noqa: E402
 
 PROTOCOLS = {
     "httptools (uvicorn, unbounded; baseline)": "httptools",
@@ -72,7 +74,10 @@ def wrk(base: str, ns: argparse.Namespace) -> tuple[float, float]:
         ["wrk", f"-t{ns.threads}", f"-c{ns.connections}", f"-d{ns.seconds}s", "--latency", base + "/healthz"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    rps_line = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps_line is None:
+        raise SystemExit(f"wrk printed no Requests/sec line:\n{out}")
+    rps = float(rps_line.group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     return rps, float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")

@@ -76,7 +76,7 @@ def main() -> None:
     r = redis.Redis.from_url(settings.redis_url)
     sale = f"mem-{uuid.uuid4().hex[:8]}"
     k = sale_keys(sale)
-    n = ns.reservations
+    n: int = ns.reservations
     load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
     before = int(r.info("memory")["used_memory"])
@@ -104,7 +104,9 @@ def main() -> None:
     asyncio.run(StockEngine.from_url(settings.redis_url).delete(sale))
     load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
-    per = lambda b: b / n  # noqa: E731
+    def per(b: float) -> float:
+        return b / n
+
     rows = [
         ("used_memory delta / reservation", per(after - before), per(b_after - b_before)),
         ("settled reservations (MEMORY USAGE)", per(settled), per(b_res)),

@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import redis
@@ -360,7 +360,7 @@ def main() -> int:
         capture_output=True,
     )
     manifest = flashsale(sale, stock, limit, minutes=int(ns.minutes) + 30)
-    spec: dict[str, Any] = manifest["spec"]  # type: ignore[assignment]
+    spec = cast(dict[str, Any], manifest["spec"])
     spec.pop("reconcile")  # the FlashSale's default reconcile interval, as a real sale runs
     spec["workers"] = {"replicas": ns.worker_processes, "concurrency": 16}
     subprocess.run(

@@ -207,7 +207,7 @@ def waiting_room(
         engine = StockEngine.from_url(settings.redis_url)
         try:
             now = await engine.now_ms()
-            start = now + 10_000 + ns.room_buyers * 10  # k6 starts one user per buyer first
+            start: int = now + 10_000 + ns.room_buyers * 10  # k6 starts one user per buyer first
             await engine.room.configure(
                 product, on=True, open_ms=now, start_ms=start, end_ms=0, rate_per_s=ns.room_rate
             )

@@ -144,17 +144,21 @@ def start_worker(settings: Common, concurrency: int, log: Path) -> subprocess.Po
     )
 
 
-async def scalar(url: str, query: str, **kw: object) -> object:
+async def fetch_row(url: str, query: str, **kw: object) -> tuple[Any, ...]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
         cur = await c.execute(query, kw)
         row = await cur.fetchone()
         assert row is not None
-        return row if len(row) > 1 else row[0]
+        return row
+
+
+async def count(url: str, query: str, **kw: object) -> int:
+    return int((await fetch_row(url, query, **kw))[0])
 
 
 async def wait_settled(url: str, sale: str, proc: subprocess.Popen[bytes], limit_s: float) -> None:
     deadline = time.monotonic() + limit_s
-    while await scalar(url, Q["pending"], sale=sale):
+    while await count(url, Q["pending"], sale=sale):
         if proc.poll() is not None:
             raise SystemExit(f"worker exited with {proc.returncode}")
         if time.monotonic() > deadline:
@@ -183,7 +187,7 @@ async def drain(settings: Common, stock: StockEngine, n: int, concurrency: int, 
     finally:
         wall = time.perf_counter() - t0
         stop(proc)
-    settled, span, _ = await scalar(settings.database_url, Q["settled_span"], sale=sale)  # type: ignore[misc]
+    settled, span, _ = await fetch_row(settings.database_url, Q["settled_span"], sale=sale)
     snap = await stock.snapshot(sale)
     assert snap.confirmed == n and snap.pending == 0, snap
     await stock.delete(sale)
@@ -216,7 +220,8 @@ async def lag(
     finally:
         stop(proc)
         await ledger.close()
-    p50, p90, p99, pmax = await scalar(settings.database_url, Q["lag"], sale=sale)  # type: ignore[misc]
+    (quantiles,) = await fetch_row(settings.database_url, Q["lag"], sale=sale)
+    p50, p90, p99, pmax = quantiles
     await stock.delete(sale)
     return {"offered": offered, "p50": p50, "p90": p90, "p99": p99, "max": pmax}
 
@@ -236,9 +241,9 @@ async def main() -> None:
     base = load(Common)
     server, _, _ = base.database_url.rpartition("/")
     db = "stampede_bench_worker"
-    async with await psycopg.AsyncConnection.connect(f"{server}/postgres", autocommit=True) as c:
-        await c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await c.execute(f'CREATE DATABASE "{db}"')
+    async with await psycopg.AsyncConnection.connect(f"{server}/postgres", autocommit=True) as admin:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{db}"')
     settings = load(Common, database_url=f"{server}/{db}")
     await migrate(settings.database_url)
     stock = StockEngine.from_url(settings.redis_url)
@@ -253,7 +258,7 @@ async def main() -> None:
     )
 
     lines: list[str] = []
-    plain = {}
+    plain: dict[int, float] = {}
     for c in sorted({1, *levels, 4}):
         plain[c] = await plain_insert(settings.database_url, n, c)
         print(f"  plain INSERT (unnest, {BATCH}/statement), {c:>2} connections: {plain[c]:>9,.0f} rows/s", flush=True)
@@ -271,7 +276,7 @@ async def main() -> None:
             f"{d['wall_rate']:,.0f}/s); recorded at {d['record_rate']:,.0f}/s",
             flush=True,
         )
-    lags = []
+    lags: list[dict[str, float]] = []
     for rate in (int(x) for x in ns.lag_rates.split(",") if x):
         lg = await lag(settings, stock, rate, ns.lag_seconds, ns.lag_concurrency, log)
         lags.append(lg)

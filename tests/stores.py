@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg_pool
-import redis.asyncio as aioredis
 
 from stampede.ledger import Ledger
-from stampede.stock import StockEngine
+from stampede.stock import Client, StockEngine
 
 
 def ledger_pool(ledger: Ledger) -> psycopg_pool.AsyncConnectionPool:
@@ -22,9 +21,16 @@ def ledger_pool(ledger: Ledger) -> psycopg_pool.AsyncConnectionPool:
     return pool
 
 
-def redis_client(stock: StockEngine) -> aioredis.Redis:
+def redis_client(stock: StockEngine) -> Client:
     """The stock engine's own Redis client."""
     return stock._client
+
+
+def redis_bytes(value: bytes | str | None) -> bytes:
+    """A value read through ``redis_client``: bytes, as the engine's client does not decode responses
+    (redis-py types every reply ``bytes | str`` whatever the client's setting)."""
+    assert isinstance(value, bytes), value
+    return value
 
 
 def set_redis_client(stock: StockEngine, client: Any) -> None:

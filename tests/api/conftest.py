@@ -3,8 +3,8 @@ ASGI conductor (lifespan included), and helpers that open a sale and mint buyer 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Protocol, TypedDict, Unpack
 
 import pytest
 from falcon import testing
@@ -14,9 +14,59 @@ from stampede.ledger import Ledger
 from stampede.settings import load
 from stampede.stock import SaleConfig, StockEngine
 from stampede_api.app import build
+from stampede_api.services import Services
 from stampede_api.settings import ApiSettings
 
 SECRET = "test-secret-" + "s" * 32
+
+# The app under test and the Services its resources share (tests look inside).
+Api = tuple[testing.ASGIConductor, Services]
+
+
+class TokenOptions(TypedDict, total=False):
+    """``tokens.mint``'s options."""
+
+    ttl_s: int
+    issuer: str
+    audience: str
+    scope: str
+    now: int | None
+
+
+class Rates(TypedDict, total=False):
+    """A sale's rate limits, as ``SaleConfig`` and ``Ledger.ensure_sale`` name them (default: none)."""
+
+    buyer_rate: float
+    buyer_burst: int
+    ip_rate: float
+    ip_burst: int
+
+
+class SaleOptions(Rates, total=False):
+    """What ``open_sale`` sets beside the sale's name."""
+
+    total: int
+    limit: int
+    is_open: bool
+    buckets: int
+
+
+class Minter(Protocol):
+    """The ``mint`` fixture: a buyer's token."""
+
+    def __call__(self, user: str, **kw: Unpack[TokenOptions]) -> str: ...
+
+
+class Headers(Protocol):
+    """The ``headers`` fixture: the Authorization header of a buyer's token."""
+
+    def __call__(self, user: str, **kw: Unpack[TokenOptions]) -> dict[str, str]: ...
+
+
+class Opener(Protocol):
+    """The ``opener`` fixture: ``await opener(sale, total=..., limit=..., buyer_rate=..., ...)``."""
+
+    async def __call__(self, sale: str, **kw: Unpack[SaleOptions]) -> None: ...
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +107,7 @@ async def ledger(api_settings: ApiSettings) -> AsyncIterator[Ledger]:
 
 
 @pytest.fixture(scope="session")
-async def api(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> AsyncIterator[Any]:
+async def api(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> AsyncIterator[Api]:
     """(conductor, services) of one app for the whole session."""
     app, services = build(api_settings, stock, ledger)
     async with testing.ASGIConductor(app) as conductor:
@@ -65,20 +115,20 @@ async def api(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> 
 
 
 @pytest.fixture(scope="session")
-def client(api: Any) -> testing.ASGIConductor:
+def client(api: Api) -> testing.ASGIConductor:
     return api[0]
 
 
-def token_for(user: str, **kw: Any) -> str:
+def token_for(user: str, **kw: Unpack[TokenOptions]) -> str:
     return tokens.mint(SECRET, user, **kw)
 
 
-def auth(user: str, **kw: Any) -> dict[str, str]:
+def auth(user: str, **kw: Unpack[TokenOptions]) -> dict[str, str]:
     return {"Authorization": f"Bearer {token_for(user, **kw)}"}
 
 
 @pytest.fixture
-def headers() -> Callable[..., dict[str, str]]:
+def headers() -> Headers:
     return auth
 
 
@@ -90,25 +140,33 @@ async def open_sale(
     total: int = 10,
     limit: int = 1,
     is_open: bool = True,
-    **rates: float,
+    buckets: int = 1,
+    **rates: Unpack[Rates],
 ) -> None:
     """Seeds the sale in Redis and mirrors it in the ledger, as the operator does."""
-    await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, **rates), open=is_open)  # type: ignore[arg-type]
+    await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, buckets=buckets, **rates), open=is_open)
     await ledger.ensure_sale(
-        sale, sku=f"SKU-{sale}", stock=total, per_user_limit=limit, window_start=None, window_end=None, **rates
-    )  # type: ignore[arg-type]
+        sale,
+        sku=f"SKU-{sale}",
+        stock=total,
+        per_user_limit=limit,
+        window_start=None,
+        window_end=None,
+        buckets=buckets,
+        **rates,
+    )
 
 
 @pytest.fixture
-def opener(stock: StockEngine, ledger: Ledger) -> Callable[..., Any]:
+def opener(stock: StockEngine, ledger: Ledger) -> Opener:
     """``await opener(sale, total=..., limit=..., buyer_rate=..., ...)``."""
 
-    async def _open(sale: str, **kw: Any) -> None:
+    async def _open(sale: str, **kw: Unpack[SaleOptions]) -> None:
         await open_sale(stock, ledger, sale, **kw)
 
     return _open
 
 
 @pytest.fixture
-def mint() -> Callable[..., str]:
+def mint() -> Minter:
     return token_for

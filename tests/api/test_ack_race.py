@@ -7,17 +7,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from falcon import testing
 
 from stampede import audit
-from stampede.ledger import Ledger, RecordedBatch
+from stampede.ledger import Ledger, PendingReservation, RecordedBatch
 from stampede.stock import StockEngine
 from stampede_api.app import build
 from stampede_api.settings import ApiSettings
 from stampede_operator import builders, reconcile
+
+if TYPE_CHECKING:
+    from tests.api.conftest import Headers, Opener
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -31,7 +34,7 @@ class HeldLedger:
         self.open.set()
         self.waiting = asyncio.Event()  # set once a write is held
 
-    async def record_batch(self, reservations: Sequence[Any]) -> RecordedBatch:
+    async def record_batch(self, reservations: Sequence[PendingReservation]) -> RecordedBatch:
         if not self.open.is_set():
             self.waiting.set()
             await self.open.wait()
@@ -42,10 +45,10 @@ class HeldLedger:
 
 
 async def test_write_that_loses_to_the_reconciler_answers_503(
-    api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, opener: Any, headers: Any, sale: str
+    api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, opener: Opener, headers: Headers, sale: str
 ) -> None:
     held = HeldLedger(ledger)
-    app, _ = build(api_settings, stock, held)
+    app, _ = build(api_settings, stock, cast(Ledger, held))
     total, late_buyers = 30, 12
     await opener(sale, total=total, limit=1)
     now = datetime.now(UTC)
@@ -56,7 +59,7 @@ async def test_write_that_loses_to_the_reconciler_answers_503(
 
     async with testing.ASGIConductor(app) as client:
 
-        async def buy(user: str) -> Any:
+        async def buy(user: str) -> testing.Result:
             return await client.simulate_post(url, json={"quantity": 1}, headers=headers(user))
 
         early = await asyncio.gather(*(buy(f"early-{i}") for i in range(5)))

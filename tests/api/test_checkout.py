@@ -13,11 +13,13 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from falcon import testing
 from prometheus_client import REGISTRY
 
 from stampede.audit import audit, counts_from
@@ -28,11 +30,14 @@ from stampede.vocabulary import Status
 from stampede_api.settings import ApiSettings
 from stampede_dev.devstack import free_port
 
+if TYPE_CHECKING:
+    from tests.api.conftest import Headers, Opener
+
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _open(stock: StockEngine, ledger: Ledger, opener: Any, sale: str, total: int, hold_seconds: int) -> None:
+async def _open(stock: StockEngine, ledger: Ledger, opener: Opener, sale: str, total: int, hold_seconds: int) -> None:
     await opener(sale, total=total)
     await ledger.ensure_sale(
         sale,
@@ -45,7 +50,7 @@ async def _open(stock: StockEngine, ledger: Ledger, opener: Any, sale: str, tota
     )
 
 
-async def _buy(client: Any, headers: Any, sale: str, user: str) -> str:
+async def _buy(client: testing.ASGIConductor, headers: Headers, sale: str, user: str) -> str:
     r = await client.simulate_post(f"/v1/sales/{sale}/reservations", json={}, headers=headers(user))
     assert r.status_code == 202, r.text
     return str(r.json["reservation_id"])
@@ -58,7 +63,15 @@ async def _settle(ledger: Ledger, stock: StockEngine, sale: str, rid: str) -> No
     assert settled.moved
 
 
-def _checkout(client: Any, headers: Any, user: str, rid: str, key: str | None, ref: Any = "pay-1", **kw: Any) -> Any:
+def _checkout(
+    client: testing.ASGIConductor,
+    headers: Headers,
+    user: str,
+    rid: str,
+    key: str | None,
+    ref: object = "pay-1",
+    **kw: Any,
+) -> Awaitable[testing.Result]:
     h = dict(headers(user))
     if key is not None:
         h["Idempotency-Key"] = key
@@ -66,7 +79,9 @@ def _checkout(client: Any, headers: Any, user: str, rid: str, key: str | None, r
     return client.simulate_post(f"/v1/reservations/{rid}/checkout", json=body, headers=h, **kw)
 
 
-async def test_checkout_pays_a_hold_and_replays(client, opener, headers, sale, ledger: Ledger, stock: StockEngine):
+async def test_checkout_pays_a_hold_and_replays(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, ledger: Ledger, stock: StockEngine
+) -> None:
     await _open(stock, ledger, opener, sale, total=3, hold_seconds=60)
     rid = await _buy(client, headers, sale, "alice")
     pending = await _checkout(client, headers, "alice", rid, "k1")
@@ -93,7 +108,8 @@ async def test_checkout_pays_a_hold_and_replays(client, opener, headers, sale, l
     assert (
         await client.simulate_post(f"/v1/reservations/{rid}/checkout", json={"payment_reference": "p"})
     ).status_code == 401
-    assert (await ledger.get_reservation(rid)).status == Status.HELD  # type: ignore[union-attr]
+    row = await ledger.get_reservation(rid)
+    assert row is not None and row.status == Status.HELD
 
     paid = await _checkout(client, headers, "alice", rid, "k1", "pay-1")
     assert paid.status_code == 200, paid.text
@@ -113,8 +129,8 @@ async def test_checkout_pays_a_hold_and_replays(client, opener, headers, sale, l
 
 
 async def test_expired_hold_and_a_sale_without_holds_refuse_checkout(
-    client, opener, headers, sale, ledger: Ledger, stock: StockEngine
-):
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, ledger: Ledger, stock: StockEngine
+) -> None:
     await _open(stock, ledger, opener, sale, total=3, hold_seconds=1)
     rid = await _buy(client, headers, sale, "bob")
     await _settle(ledger, stock, sale, rid)
@@ -122,7 +138,8 @@ async def test_expired_hold_and_a_sale_without_holds_refuse_checkout(
     # Its time passed by the ledger's clock; no sweep has run yet: still refused, and still unpaid.
     late = await _checkout(client, headers, "bob", rid, "k1")
     assert late.status_code == 409 and late.json["error"]["code"] == "hold_expired"
-    assert (await ledger.get_reservation(rid)).status == Status.HELD  # type: ignore[union-attr]
+    row = await ledger.get_reservation(rid)
+    assert row is not None and row.status == Status.HELD
     (expired,) = await ledger.expire_due(100)
     assert expired.reservation_id == rid
     late = await _checkout(client, headers, "bob", rid, "k1")
@@ -136,7 +153,8 @@ async def test_expired_hold_and_a_sale_without_holds_refuse_checkout(
     await _settle(ledger, stock, plain, rid)
     refused = await _checkout(client, headers, "carol", rid, "k1")
     assert refused.status_code == 409 and refused.json["error"]["code"] == "not_held"
-    assert (await ledger.get_reservation(rid)).status == Status.CONFIRMED  # type: ignore[union-attr]
+    row = await ledger.get_reservation(rid)
+    assert row is not None and row.status == Status.CONFIRMED
 
 
 def _start_worker(settings: ApiSettings, log: Path) -> subprocess.Popen[bytes]:
@@ -161,8 +179,15 @@ def _tail(log: Path) -> str:
 
 
 async def test_buyers_pay_while_holds_expire(
-    client, opener, headers, sale, ledger: Ledger, stock: StockEngine, api_settings: ApiSettings, tmp_path: Path
-):
+    client: testing.ASGIConductor,
+    opener: Opener,
+    headers: Headers,
+    sale: str,
+    ledger: Ledger,
+    stock: StockEngine,
+    api_settings: ApiSettings,
+    tmp_path: Path,
+) -> None:
     """30 units held 8 s (time enough for a prompt payer on a loaded machine). A third of the buyers pay at
     once (and replay their checkout concurrently), a third pay around the instant their hold expires, a third
     never pay; another buyer tries to pay for each; 30 late buyers keep trying to buy and pay for what expiry
@@ -280,7 +305,7 @@ async def test_buyers_pay_while_holds_expire(
     )
 
 
-async def test_openapi_documents_checkout_and_hold_states(client):
+async def test_openapi_documents_checkout_and_hold_states(client: testing.ASGIConductor) -> None:
     doc = (await client.simulate_get("/openapi.json")).json
     op = doc["paths"]["/v1/reservations/{reservation_id}/checkout"]["post"]
     assert {"200", "400", "401", "403", "404", "409", "429", "503"} <= set(op["responses"])

@@ -7,7 +7,6 @@ ledger; the four strategies raced the same way (v1 oversells, v2-v4 do not); sch
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import random
 import shutil
@@ -17,9 +16,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -31,6 +30,9 @@ from stampede.stock import StockEngine
 from stampede_api.settings import ApiSettings
 from stampede_api.strategies import open_pool, setup_product
 from stampede_dev.devstack import free_port
+
+if TYPE_CHECKING:
+    from tests.api.conftest import Opener
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -156,10 +158,15 @@ class Fleet:
             await c.aclose()
 
 
-async def test_k6_buys_with_minted_tokens_and_never_the_secret(server, opener, ledger, sale, tmp_path):
+async def test_k6_buys_with_minted_tokens_and_never_the_secret(
+    server: str, opener: Opener, ledger: Ledger, sale: str, tmp_path: Path
+) -> None:
     """The cluster's load tests as the chart runs them: `stampede mint-token --count` writes the buyers' tokens, k6
     buys with them (TOKENS_PATH) without being given the signing secret, and every 202 it counted is in the ledger."""
-    run = functools.partial(asyncio.to_thread, subprocess.run, capture_output=True, text=True, timeout=180)
+
+    async def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=180, env=env)
+
     found = await run([str(ROOT / "hack" / "tools.sh"), "path", "k6"])
     if found.returncode != 0:
         pytest.skip(f"k6 is not built and cannot be (hack/tools.sh): {found.stderr.strip()[-200:]}")
@@ -187,13 +194,7 @@ async def test_k6_buys_with_minted_tokens_and_never_the_secret(server, opener, l
 
 @pytest.mark.parametrize("buckets", [1, 4])
 async def test_spike_audits_clean(
-    server: str,
-    metrics_port: int,
-    opener: Callable[..., Any],
-    stock: StockEngine,
-    ledger: Ledger,
-    sale: str,
-    buckets: int,
+    server: str, metrics_port: int, opener: Opener, stock: StockEngine, ledger: Ledger, sale: str, buckets: int
 ) -> None:
     """300 buyers race 1,200 buys for 200 units through the API and the settle worker; the audit ends clean.
     With 4 stock buckets too: the units are spread over 4 hash tags (over the masters on a cluster)."""
@@ -251,7 +252,9 @@ async def test_spike_audits_clean(
 
 
 @pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
-async def test_strategies_race(server, api_settings, stock, ledger, sale, version):
+async def test_strategies_race(
+    server: str, api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, sale: str, version: str
+) -> None:
     units, buys = 50, 400
     pool = await open_pool(api_settings.database_url, min_size=1, max_size=2)
     try:
@@ -288,7 +291,7 @@ async def test_strategies_race(server, api_settings, stock, ledger, sale, versio
         assert report.ok, report.render()
 
 
-def test_schemathesis_no_5xx_and_schema_conformance(server):
+def test_schemathesis_no_5xx_and_schema_conformance(server: str) -> None:
     token = tokens.mint(SECRET, "fuzzer", ttl_s=3600)
     st = shutil.which("st", path=str(BIN)) or str(BIN / "st")
     proc = subprocess.run(

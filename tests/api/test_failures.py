@@ -4,18 +4,21 @@ same Idempotency-Key reserves afresh, a bug is a JSON 500 with no traceback, rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from falcon import testing
 
 from stampede import errors
-from stampede.ledger import Ledger
+from stampede.ledger import Ledger, LedgerRow, PendingReservation, RecordedBatch
 from stampede.stock import StockEngine
 from stampede.vocabulary import Dependency
 from stampede_api.app import build
 from stampede_api.settings import ApiSettings
+
+if TYPE_CHECKING:
+    from tests.api.conftest import Headers, Opener
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -28,7 +31,7 @@ class FlakyLedger:
         self.failing = False
         self.batches: list[int] = []
 
-    async def record_batch(self, reservations: Sequence[Any]) -> int:
+    async def record_batch(self, reservations: Sequence[PendingReservation]) -> RecordedBatch:
         self.batches.append(len(reservations))
         if self.failing:
             raise errors.DependencyUnavailable(Dependency.POSTGRESQL, "injected")
@@ -39,19 +42,24 @@ class FlakyLedger:
 
 
 class BrokenReads(FlakyLedger):
-    async def get_reservation(self, reservation_id: str) -> Any:
+    async def get_reservation(self, reservation_id: str) -> LedgerRow | None:
         raise RuntimeError("a bug with a secret detail")
 
 
+Flaky = tuple[testing.ASGIConductor, FlakyLedger]
+
+
 @pytest.fixture
-async def flaky(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger):
+async def flaky(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> AsyncIterator[Flaky]:
     fl = FlakyLedger(ledger)
-    app, _ = build(api_settings, stock, fl)
+    app, _ = build(api_settings, stock, cast(Ledger, fl))  # the real ledger behind a switch
     async with testing.ASGIConductor(app) as conductor:
         yield conductor, fl
 
 
-async def test_failed_write_releases_and_answers_503(flaky, opener, headers, sale, stock, ledger):
+async def test_failed_write_releases_and_answers_503(
+    flaky: Flaky, opener: Opener, headers: Headers, sale: str, stock: StockEngine, ledger: Ledger
+) -> None:
     client, fl = flaky
     await opener(sale, total=3, limit=1)
     fl.failing = True
@@ -71,7 +79,9 @@ async def test_failed_write_releases_and_answers_503(flaky, opener, headers, sal
     assert len(await ledger.rows(sale)) == 1
 
 
-async def test_concurrent_buys_share_batches(flaky, opener, headers, sale, ledger):
+async def test_concurrent_buys_share_batches(
+    flaky: Flaky, opener: Opener, headers: Headers, sale: str, ledger: Ledger
+) -> None:
     client, fl = flaky
     await opener(sale, total=100, limit=1)
     answers = await asyncio.gather(
@@ -86,8 +96,10 @@ async def test_concurrent_buys_share_batches(flaky, opener, headers, sale, ledge
     assert len(await ledger.rows(sale)) == 60
 
 
-async def test_unexpected_error_is_json_500_without_traceback(api_settings, stock, ledger, headers, caplog):
-    app, _ = build(api_settings, stock, BrokenReads(ledger))
+async def test_unexpected_error_is_json_500_without_traceback(
+    api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, headers: Headers, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = build(api_settings, stock, cast(Ledger, BrokenReads(ledger)))
     async with testing.ASGIConductor(app) as client:
         r = await client.simulate_get(
             "/v1/reservations/7b0e9f5e-4a57-4b55-9a3e-2f1a7c1d9a10", headers={**headers("a"), "X-Request-ID": "rq-9"}
@@ -96,10 +108,10 @@ async def test_unexpected_error_is_json_500_without_traceback(api_settings, stoc
     assert r.json == {"error": {"code": "internal", "message": "internal error"}}
     assert "secret detail" not in r.text and "Traceback" not in r.text
     logged = [rec for rec in caplog.records if rec.getMessage() == "unhandled error"]
-    assert logged and logged[0].request_id == "rq-9"
+    assert logged and logged[0].__dict__["request_id"] == "rq-9"
 
 
-async def test_readiness_names_the_missing_dependency(api_settings, ledger):
+async def test_readiness_names_the_missing_dependency(api_settings: ApiSettings, ledger: Ledger) -> None:
     dead = StockEngine.from_url("redis://127.0.0.1:1/0")
     app, _ = build(api_settings, dead, ledger)
     async with testing.ASGIConductor(app) as client:
@@ -110,12 +122,14 @@ async def test_readiness_names_the_missing_dependency(api_settings, ledger):
     await dead.close()
 
 
-async def test_ready_when_both_answer(client):
+async def test_ready_when_both_answer(client: testing.ASGIConductor) -> None:
     r = await client.simulate_get("/readyz")
     assert r.status_code == 200 and r.json["checks"] == {"redis": "ok", "postgresql": "ok"}
 
 
-async def test_sale_lost_from_redis_is_503_not_404_until_restored(client, opener, headers, sale, stock):
+async def test_sale_lost_from_redis_is_503_not_404_until_restored(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, stock: StockEngine
+) -> None:
     """Redis restarted without persistence: the ledger still knows the sale, so reads and buys answer 503
     with Retry-After: 1 while the first of them restores it from the ledger, and buying resumes with the
     reservations the ledger holds counted; a sale the ledger never heard of stays a 404."""

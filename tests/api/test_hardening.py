@@ -8,10 +8,11 @@ import asyncio
 import random
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jwt
 import pytest
+from falcon import testing
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stampede import errors
@@ -25,13 +26,16 @@ from tests.stores import ledger_pool, redis_client, set_redis_client
 
 from .conftest import SECRET
 
+if TYPE_CHECKING:
+    from tests.api.conftest import Headers, Opener
+
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 # A waiter that is never answered would hang the test: everything waits at most this long.
 HANG_S = 10.0
 
 
-def hostile_token(sub: Any) -> dict[str, str]:
+def hostile_token(sub: str) -> dict[str, str]:
     """A validly signed token with any subject at all (PyJWT, so the subject is not checked on the way)."""
     now = int(time.time())
     claims = {"sub": sub, "iss": "stampede", "aud": "stampede-api", "scope": "buy", "iat": now, "exp": now + 300}
@@ -39,7 +43,9 @@ def hostile_token(sub: Any) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("sub", ["x\ud800", "a\x00b", "tab\there", "two words", "caf\u00e9", "x" * 257, ""])
-async def test_subject_outside_the_safe_set_is_401(client, opener, sale, sub):
+async def test_subject_outside_the_safe_set_is_401(
+    client: testing.ASGIConductor, opener: Opener, sale: str, sub: str
+) -> None:
     await opener(sale, total=5, limit=1)
     r = await asyncio.wait_for(
         client.simulate_post(f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers=hostile_token(sub)),
@@ -49,7 +55,9 @@ async def test_subject_outside_the_safe_set_is_401(client, opener, sale, sub):
     assert r.json["error"]["code"] == "unauthorized"
 
 
-async def test_hostile_subjects_never_hurt_the_buyers_sharing_their_batch(client, opener, headers, sale, stock, ledger):
+async def test_hostile_subjects_never_hurt_the_buyers_sharing_their_batch(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, stock: StockEngine, ledger: Ledger
+) -> None:
     """The review's probe: surrogate and NUL subjects in flight together with honest buyers."""
     await opener(sale, total=100, limit=1)
     hostile = [hostile_token("x\ud800"), hostile_token("nul\x00")] * 10
@@ -69,14 +77,18 @@ async def test_hostile_subjects_never_hurt_the_buyers_sharing_their_batch(client
 
 
 @pytest.mark.parametrize(("user", "field"), [("nul\\u0000", "userId"), ("x\\ud800", "body"), (" ", "userId")])
-async def test_strategy_user_id_outside_the_safe_set_is_400(client, sale, user, field):
+async def test_strategy_user_id_outside_the_safe_set_is_400(
+    client: testing.ASGIConductor, sale: str, user: str, field: str
+) -> None:
     body = b'{"productId": "%s", "userId": "%s"}' % (sale.encode(), user.encode())
     r = await client.simulate_post("/api/v4/buy", body=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert r.json["error"]["field"] == field
 
 
-async def test_reserve_flusher_answers_every_waiter_when_one_call_cannot_be_encoded(stock, opener, sale):
+async def test_reserve_flusher_answers_every_waiter_when_one_call_cannot_be_encoded(
+    stock: StockEngine, opener: Opener, sale: str
+) -> None:
     await opener(sale, total=50, limit=1)
     coalescer = ReserveCoalescer(stock)
     try:
@@ -98,7 +110,9 @@ async def test_reserve_flusher_answers_every_waiter_when_one_call_cannot_be_enco
         await coalescer.close()
 
 
-async def test_reserve_flusher_answers_every_waiter_on_any_exception_and_goes_on(stock, opener, sale, monkeypatch):
+async def test_reserve_flusher_answers_every_waiter_on_any_exception_and_goes_on(
+    stock: StockEngine, opener: Opener, sale: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await opener(sale, total=50, limit=1)
     coalescer = ReserveCoalescer(stock)
     real_send = stock._reserve_on
@@ -133,7 +147,9 @@ def _pending(sale: str, user: Any, rid: str | None = None) -> PendingReservation
     )
 
 
-async def test_ledger_flusher_fails_only_the_entry_the_ledger_refuses(stock, ledger, opener, sale):
+async def test_ledger_flusher_fails_only_the_entry_the_ledger_refuses(
+    stock: StockEngine, ledger: Ledger, opener: Opener, sale: str
+) -> None:
     """A NUL made PostgreSQL refuse the whole micro-batch (12 of 20 co-batched buyers got 503): the batch
     is written in halves until the refused entry stands alone."""
     await opener(sale, total=50, limit=1)
@@ -156,7 +172,9 @@ class _Broken:
     reservation_id = "not-a-reservation"
 
 
-async def test_ledger_flusher_answers_every_waiter_whatever_an_entry_breaks(stock, ledger, opener, sale):
+async def test_ledger_flusher_answers_every_waiter_whatever_an_entry_breaks(
+    stock: StockEngine, ledger: Ledger, opener: Opener, sale: str
+) -> None:
     await opener(sale, total=50, limit=1)
     batcher = Batcher(ledger, stock)
     good = [_pending(sale, f"g{i}") for i in range(9)]
@@ -172,7 +190,9 @@ async def test_ledger_flusher_answers_every_waiter_whatever_an_entry_breaks(stoc
     assert later.reservation_id in {r.reservation_id for r in await ledger.rows(sale)}
 
 
-async def test_idempotent_replays_spend_the_rate_limit(client, opener, headers, sale):
+async def test_idempotent_replays_spend_the_rate_limit(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str
+) -> None:
     await opener(sale, total=10, limit=1, buyer_rate=1.0, buyer_burst=3)
     h = {**headers("replayer"), "Idempotency-Key": "same-key"}
     first = await client.simulate_post(f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers=h)
@@ -203,8 +223,8 @@ class _HdelFails:
 
 
 async def test_failed_write_releases_and_forgets_the_key_in_one_step(
-    api_settings, stock, ledger, opener, headers, sale
-):
+    api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, opener: Opener, headers: Headers, sale: str
+) -> None:
     """If the ledger write fails, the units go back and the idempotency key is forgotten together: a lost
     connection between two separate calls once left the key naming a released reservation, and every
     retry of that key answered 503."""
@@ -216,7 +236,7 @@ async def test_failed_write_releases_and_forgets_the_key_in_one_step(
     fl = FlakyLedger(ledger)
     own = StockEngine(redis_client(stock), ack_replicas=stock.ack_replicas)
     set_redis_client(own, _HdelFails(redis_client(stock)))
-    app, _ = build(api_settings, own, fl)
+    app, _ = build(api_settings, own, cast(Ledger, fl))
     h = {**headers("retrier"), "Idempotency-Key": "retry-me"}
     async with testing.ASGIConductor(app) as client:
         fl.failing = True
@@ -227,14 +247,20 @@ async def test_failed_write_releases_and_forgets_the_key_in_one_step(
         assert again.status_code == 202, again.text
 
 
-async def test_ledger_row_carries_the_redis_reserve_time(client, opener, headers, sale, stock, ledger, monkeypatch):
+async def test_ledger_row_carries_the_redis_reserve_time(
+    client: testing.ASGIConductor,
+    opener: Opener,
+    headers: Headers,
+    sale: str,
+    stock: StockEngine,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """reserved_at_ms is Redis's clock (the pending set's score), not the API host's."""
-    import stampede_api.purchase as purchase
-
     await opener(sale, total=3, limit=1)
     h = headers("clock")
     skewed = time.time() - 3600  # an API host an hour behind
-    monkeypatch.setattr(purchase.time, "time", lambda: skewed)
+    monkeypatch.setattr("stampede_api.purchase.time.time", lambda: skewed)
     r = await client.simulate_post(f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers=h)
     monkeypatch.undo()
     assert r.status_code == 202, r.text
@@ -246,11 +272,11 @@ async def test_ledger_row_carries_the_redis_reserve_time(client, opener, headers
         row = await cur.fetchone()
     assert row is not None and row[0] == record.reserved_at_ms
     score = await redis_client(stock).zscore(f"stampede:{{{sale}}}:pending", rid)
-    assert int(score) == record.reserved_at_ms
+    assert score is not None and int(score) == record.reserved_at_ms
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/_pool/stats?productId=x"), ("POST", "/api/_pool/buy")])
-async def test_strategy_pool_is_not_a_route(client, method, path):
+async def test_strategy_pool_is_not_a_route(client: testing.ASGIConductor, method: str, path: str) -> None:
     if method == "GET":
         r = await client.simulate_get(path.split("?")[0], query_string=path.split("?")[1])
     else:
@@ -258,7 +284,9 @@ async def test_strategy_pool_is_not_a_route(client, method, path):
     assert r.status_code == 404, r.text
 
 
-async def test_duplicate_json_members_are_400(client, opener, headers, sale, ledger):
+async def test_duplicate_json_members_are_400(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, ledger: Ledger
+) -> None:
     await opener(sale, total=5, limit=3)
     r = await client.simulate_post(
         f"/v1/sales/{sale}/reservations",
@@ -271,18 +299,20 @@ async def test_duplicate_json_members_are_400(client, opener, headers, sale, led
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/v1/sales/{sale}"])
-async def test_head_answers_like_get_without_a_body(client, opener, sale, path):
+async def test_head_answers_like_get_without_a_body(
+    client: testing.ASGIConductor, opener: Opener, sale: str, path: str
+) -> None:
     await opener(sale, total=5, limit=1)
     r = await client.simulate_head(path.format(sale=sale))
     assert r.status_code == 200, r.text
     assert r.content == b""
 
 
-async def test_metrics_are_not_served_on_the_buyer_port(client):
+async def test_metrics_are_not_served_on_the_buyer_port(client: testing.ASGIConductor) -> None:
     assert (await client.simulate_get("/metrics")).status_code == 404
 
 
-async def test_readiness_is_cached_briefly(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger):
+async def test_readiness_is_cached_briefly(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> None:
     pings = 0
 
     class CountingLedger:
@@ -299,14 +329,16 @@ async def test_readiness_is_cached_briefly(api_settings: ApiSettings, stock: Sto
 
     from falcon import testing
 
-    app, _ = build(api_settings, stock, CountingLedger(ledger))
+    app, _ = build(api_settings, stock, cast(Ledger, CountingLedger(ledger)))
     async with testing.ASGIConductor(app) as client:
         answers = await asyncio.gather(*(client.simulate_get("/readyz") for _ in range(50)))
         assert {a.status_code for a in answers} == {200}
     assert 1 <= pings <= 2, pings
 
 
-async def test_public_sale_reads_are_rate_limited(client, opener, sale, stock, monkeypatch):
+async def test_public_sale_reads_are_rate_limited(
+    client: testing.ASGIConductor, opener: Opener, sale: str, stock: StockEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await opener(sale, total=5, limit=1)
     snapshots = 0
     real = stock.snapshot
@@ -326,7 +358,9 @@ async def test_public_sale_reads_are_rate_limited(client, opener, sale, stock, m
     assert snapshots < 200
 
 
-async def test_client_ip_is_the_proxy_header_counted_from_the_right(api_settings, stock, ledger, opener, headers, sale):
+async def test_client_ip_is_the_proxy_header_counted_from_the_right(
+    api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, opener: Opener, headers: Headers, sale: str
+) -> None:
     """Behind one trusted proxy appending to X-Forwarded-For, a buyer's own Forwarded or X-Forwarded-For
     entries pick neither their bucket nor another address's."""
     from falcon import testing
@@ -375,7 +409,7 @@ async def test_client_ip_is_the_proxy_header_counted_from_the_right(api_settings
         ("Forwarded", 1, {"Forwarded": "for=1.1.1.1", "X-Forwarded-For": "9.9.9.9"}, "1.1.1.1"),
     ],
 )
-def test_client_ip_reading(header, hops, sent, expected):
+def test_client_ip_reading(header: str, hops: int, sent: dict[str, str], expected: str) -> None:
     from falcon import testing
 
     from stampede_api.client_ip import client_ip

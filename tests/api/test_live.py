@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from falcon import testing
@@ -23,6 +23,9 @@ from stampede_api.live_feed import Feed, countdown, phase
 from stampede_api.settings import ApiSettings
 
 from .conftest import auth
+
+if TYPE_CHECKING:
+    from tests.api.conftest import Api
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -108,7 +111,7 @@ async def test_one_sampler_serves_every_stream_and_stops_when_none_is_left() -> 
 
 
 @pytest.fixture
-async def live_client(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> AsyncIterator[Any]:
+async def live_client(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> AsyncIterator[Api]:
     cfg = load(
         ApiSettings,
         env={},
@@ -135,14 +138,14 @@ async def test_routes_are_absent_unless_the_page_is_on(client: testing.ASGICondu
     assert (await client.simulate_post("/live/demo-token")).status_code == 404
 
 
-async def test_openapi_lists_the_live_routes_only_when_on(live_client: Any, client: testing.ASGIConductor) -> None:
+async def test_openapi_lists_the_live_routes_only_when_on(live_client: Api, client: testing.ASGIConductor) -> None:
     on = (await live_client[0].simulate_get("/openapi.json")).json["paths"]
     assert {"/live", "/live/events", "/live/sales/{sale}", "/live/sales/{sale}/events", "/live/demo-token"} <= set(on)
     off = (await client.simulate_get("/openapi.json")).json["paths"]
     assert not [p for p in off if p.startswith("/live")]
 
 
-async def test_page_assets_and_unknown_names(live_client: Any, stock: StockEngine, sale: str) -> None:
+async def test_page_assets_and_unknown_names(live_client: Api, stock: StockEngine, sale: str) -> None:
     client, _ = live_client
     await stock.seed(sale, SaleConfig(total=5), open=True)
     page = await client.simulate_get(f"/live/sales/{sale}")
@@ -160,7 +163,7 @@ async def test_page_assets_and_unknown_names(live_client: Any, stock: StockEngin
     assert bad.status_code == 404 and "error" in bad.json
 
 
-async def test_demo_token_buys_through_the_real_path(live_client: Any, stock: StockEngine, sale: str) -> None:
+async def test_demo_token_buys_through_the_real_path(live_client: Api, stock: StockEngine, sale: str) -> None:
     client, services = live_client
     await stock.seed(sale, SaleConfig(total=5), open=True)
     got = await client.simulate_post("/live/demo-token")
@@ -175,7 +178,7 @@ async def test_demo_token_buys_through_the_real_path(live_client: Any, stock: St
     assert bought.status_code == 202, bought.text
 
 
-async def test_stream_samples_equal_the_stores(live_client: Any, stock: StockEngine, ledger: Ledger, sale: str) -> None:
+async def test_stream_samples_equal_the_stores(live_client: Api, stock: StockEngine, ledger: Ledger, sale: str) -> None:
     client, _ = live_client
     await stock.seed(sale, SaleConfig(total=20, per_user_limit=2), open=True)
     answers = await asyncio.gather(
@@ -197,12 +200,14 @@ async def test_stream_samples_equal_the_stores(live_client: Any, stock: StockEng
     assert last["phase"] == "Live"
 
 
-async def test_open_streams_are_capped(live_client: Any, stock: StockEngine, sale: str) -> None:
+async def test_open_streams_are_capped(live_client: Api, stock: StockEngine, sale: str) -> None:
     client, services = live_client
     await stock.seed(sale, SaleConfig(total=5), open=True)
-    services.live.streams = services.settings.live_max_streams  # as if that many were open
+    live = services.live
+    assert live is not None  # the live page is on in this app
+    live.streams = services.settings.live_max_streams  # as if that many were open
     try:
         capped = await client.simulate_get(f"/live/sales/{sale}/events")
     finally:
-        services.live.streams = 0
+        live.streams = 0
     assert capped.status_code == 429 and capped.headers["retry-after"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from falcon import testing
@@ -25,9 +24,11 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 
 @pytest.fixture
-async def apis(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) -> AsyncIterator[dict[str, Any]]:
+async def apis(
+    api_settings: ApiSettings, stock: StockEngine, ledger: Ledger
+) -> AsyncIterator[dict[str, testing.ASGIConductor]]:
     """One API per namespace, on the same Redis and ledger."""
-    out: dict[str, Any] = {}
+    out: dict[str, testing.ASGIConductor] = {}
     async with (
         testing.ASGIConductor(build(dataclasses.replace(api_settings, sale_namespace="shop-a"), stock, ledger)[0]) as a,
         testing.ASGIConductor(build(dataclasses.replace(api_settings, sale_namespace="shop-b"), stock, ledger)[0]) as b,
@@ -37,7 +38,7 @@ async def apis(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger) ->
 
 
 async def test_same_name_in_two_namespaces_are_two_sales(
-    apis: dict[str, Any], sale: str, stock: StockEngine, ledger: Ledger
+    apis: dict[str, testing.ASGIConductor], sale: str, stock: StockEngine, ledger: Ledger
 ) -> None:
     units = {"shop-a": 3, "shop-b": 7}
     for ns, total in units.items():
@@ -79,7 +80,7 @@ async def test_same_name_in_two_namespaces_are_two_sales(
 
 
 async def test_a_namespace_without_the_sale_does_not_see_another_namespaces_sale(
-    apis: dict[str, Any], sale: str, stock: StockEngine, ledger: Ledger
+    apis: dict[str, testing.ASGIConductor], sale: str, stock: StockEngine, ledger: Ledger
 ) -> None:
     await open_sale(stock, ledger, sale_id("shop-a", sale), total=5)
     r = await apis["shop-b"].simulate_post(f"/v1/sales/{sale}/reservations", json={}, headers=auth("eve"))

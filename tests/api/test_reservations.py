@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from falcon import testing
 
 from stampede.ledger import Ledger
 from stampede.stock import StockEngine
+
+if TYPE_CHECKING:
+    from tests.api.conftest import Headers, Minter, Opener
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -18,7 +23,9 @@ def url(sale: str) -> str:
     return f"/v1/sales/{sale}/reservations"
 
 
-async def test_reserve_is_durable_before_202(client, opener, headers, sale, ledger: Ledger, stock: StockEngine):
+async def test_reserve_is_durable_before_202(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, ledger: Ledger, stock: StockEngine
+) -> None:
     await opener(sale, total=5, limit=2)
     r = await client.simulate_post(url(sale), json={"quantity": 2}, headers=headers("alice"))
     assert r.status_code == 202, r.text
@@ -33,14 +40,18 @@ async def test_reserve_is_durable_before_202(client, opener, headers, sale, ledg
     assert (snap.remaining, snap.pending) == (3, 2)
 
 
-async def test_quantity_defaults_to_one_and_request_id_is_echoed(client, opener, headers, sale):
+async def test_quantity_defaults_to_one_and_request_id_is_echoed(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str
+) -> None:
     await opener(sale)
     r = await client.simulate_post(url(sale), json={}, headers={**headers("bob"), "X-Request-ID": "abc-123"})
     assert r.status_code == 202 and r.json["quantity"] == 1
     assert r.headers["x-request-id"] == "abc-123"
 
 
-async def test_get_reservation_only_for_its_buyer(client, opener, headers, sale):
+async def test_get_reservation_only_for_its_buyer(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str
+) -> None:
     await opener(sale)
     rid = (await client.simulate_post(url(sale), json={"quantity": 1}, headers=headers("carol"))).json["reservation_id"]
     mine = await client.simulate_get(f"/v1/reservations/{rid}", headers=headers("carol"))
@@ -69,7 +80,15 @@ async def test_get_reservation_only_for_its_buyer(client, opener, headers, sale)
     ],
     ids=["missing", "not-bearer", "garbage", "expired", "wrong-audience", "too-long-lived", "no-buy-scope"],
 )
-async def test_token_refusals(client, opener, sale, mint, make_header, status, code):
+async def test_token_refusals(
+    client: testing.ASGIConductor,
+    opener: Opener,
+    sale: str,
+    mint: Minter,
+    make_header: Callable[[Minter], dict[str, str]],
+    status: int,
+    code: str,
+) -> None:
     await opener(sale)
     r = await client.simulate_post(url(sale), json={"quantity": 1}, headers=make_header(mint))
     assert r.status_code == status, r.text
@@ -78,7 +97,7 @@ async def test_token_refusals(client, opener, sale, mint, make_header, status, c
         assert r.headers["www-authenticate"].startswith("Bearer")
 
 
-async def test_badly_signed_token_is_401(client, opener, sale):
+async def test_badly_signed_token_is_401(client: testing.ASGIConductor, opener: Opener, sale: str) -> None:
     from stampede import tokens
 
     await opener(sale)
@@ -104,7 +123,15 @@ async def test_badly_signed_token_is_401(client, opener, sale):
     ],
     ids=["415", "malformed", "not-object", "empty", "string", "float", "bool", "zero", "huge", "unknown", "413"],
 )
-async def test_body_refusals_name_the_field(client, opener, headers, sale, kwargs, status, field):
+async def test_body_refusals_name_the_field(
+    client: testing.ASGIConductor,
+    opener: Opener,
+    headers: Headers,
+    sale: str,
+    kwargs: dict[str, Any],
+    status: int,
+    field: str | None,
+) -> None:
     await opener(sale)
     h = headers("dave")
     if "content_type" in kwargs:
@@ -116,7 +143,9 @@ async def test_body_refusals_name_the_field(client, opener, headers, sale, kwarg
         assert r.json["error"]["field"] == field
 
 
-async def test_bad_idempotency_key_is_400(client, opener, headers, sale):
+async def test_bad_idempotency_key_is_400(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str
+) -> None:
     await opener(sale)
     r = await client.simulate_post(
         url(sale), json={"quantity": 1}, headers={**headers("erin"), "Idempotency-Key": "x" * 300}
@@ -124,7 +153,9 @@ async def test_bad_idempotency_key_is_400(client, opener, headers, sale):
     assert r.status_code == 400 and r.json["error"]["field"] == "Idempotency-Key"
 
 
-async def test_domain_refusals_have_distinct_codes(client, opener, headers, sale, stock):
+async def test_domain_refusals_have_distinct_codes(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, stock: StockEngine
+) -> None:
     await opener(sale, total=2, limit=1)
     assert (await client.simulate_post(url(sale), json={"quantity": 1}, headers=headers("a"))).status_code == 202
     limit = await client.simulate_post(url(sale), json={"quantity": 1}, headers=headers("a"))
@@ -141,7 +172,9 @@ async def test_domain_refusals_have_distinct_codes(client, opener, headers, sale
     assert invalid.status_code == 404
 
 
-async def test_rate_limit_is_429_with_retry_after(client, opener, headers, sale):
+async def test_rate_limit_is_429_with_retry_after(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str
+) -> None:
     await opener(sale, total=100, limit=100, buyer_rate=0.5, buyer_burst=2)
     codes = [
         (await client.simulate_post(url(sale), json={"quantity": 1}, headers=headers("greedy"))).status_code
@@ -153,7 +186,9 @@ async def test_rate_limit_is_429_with_retry_after(client, opener, headers, sale)
     assert int(r.headers["retry-after"]) >= 1
 
 
-async def test_idempotent_replay_returns_the_same_reservation(client, opener, headers, sale, ledger):
+async def test_idempotent_replay_returns_the_same_reservation(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, ledger: Ledger
+) -> None:
     await opener(sale, total=5, limit=1)
     h = {**headers("frank"), "Idempotency-Key": "order-1"}
     first = await client.simulate_post(url(sale), json={"quantity": 1}, headers=h)
@@ -166,7 +201,9 @@ async def test_idempotent_replay_returns_the_same_reservation(client, opener, he
     assert (await ledger.counts(sale))["pending"] == 1
 
 
-async def test_concurrent_replays_record_once(client, opener, headers, sale, ledger):
+async def test_concurrent_replays_record_once(
+    client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str, ledger: Ledger
+) -> None:
     await opener(sale, total=5, limit=1)
     h = {**headers("gina"), "Idempotency-Key": "same-key"}
     answers = await asyncio.gather(
@@ -179,7 +216,7 @@ async def test_concurrent_replays_record_once(client, opener, headers, sale, led
     assert len(rows) == 1
 
 
-async def test_sale_view(client, opener, headers, sale):
+async def test_sale_view(client: testing.ASGIConductor, opener: Opener, headers: Headers, sale: str) -> None:
     await opener(sale, total=3, limit=3)
     await client.simulate_post(url(sale), json={"quantity": 2}, headers=headers("hal"))
     r = await client.simulate_get(f"/v1/sales/{sale}")
@@ -196,7 +233,9 @@ async def test_sale_view(client, opener, headers, sale):
     assert (await client.simulate_get("/v1/sales/never-seeded-x")).status_code == 404
 
 
-async def test_sale_phase_before_and_after(client, opener, stock, sale):
+async def test_sale_phase_before_and_after(
+    client: testing.ASGIConductor, opener: Opener, stock: StockEngine, sale: str
+) -> None:
     await opener(sale, total=3, is_open=False)
     assert (await client.simulate_get(f"/v1/sales/{sale}")).json["phase"] == "Scheduled"
     await stock.set_open(sale, True)
@@ -205,7 +244,7 @@ async def test_sale_phase_before_and_after(client, opener, stock, sale):
     assert (await client.simulate_get(f"/v1/sales/{sale}")).json["phase"] == "Ended"
 
 
-async def test_unknown_route_and_method_are_json(client: testing.ASGIConductor):
+async def test_unknown_route_and_method_are_json(client: testing.ASGIConductor) -> None:
     r = await client.simulate_get("/nope")
     assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
     r = await client.simulate_delete("/v1/sales/x")

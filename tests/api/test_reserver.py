@@ -8,18 +8,18 @@ import asyncio
 import pytest
 
 from stampede import errors
-from stampede.stock import SaleConfig, StockEngine
+from stampede.stock import Reservation, SaleConfig, StockEngine
 from stampede_api.reserver import ReserveCoalescer
 from tests.stores import redis_client
 
 pytestmark = pytest.mark.redis
 
 
-async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, sale: str):
+async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=5, per_user_limit=2), open=True)
     co = ReserveCoalescer(stock)
 
-    async def attempt(user: str, qty: int, key: str | None = None) -> object:
+    async def attempt(user: str, qty: int, key: str | None = None) -> Reservation | str:
         try:
             return await co.reserve(sale, user, qty, idempotency_key=key)
         except errors.StampedeError as exc:
@@ -35,10 +35,12 @@ async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, s
         attempt("c", 1),
     )
     first, replay, conflict, limit, b, sold_out, c = answers
-    assert first.replay is False and first.remaining == 3  # type: ignore[attr-defined]
-    assert replay.replay is True and replay.reservation_id == first.reservation_id  # type: ignore[attr-defined]
+    assert isinstance(first, Reservation) and isinstance(replay, Reservation), answers
+    assert first.replay is False and first.remaining == 3
+    assert replay.replay is True and replay.reservation_id == first.reservation_id
     assert (conflict, limit, sold_out) == ("idempotency_conflict", "limit_reached", "sold_out")
-    assert b.remaining == 1 and c.remaining == 0  # type: ignore[attr-defined]
+    assert isinstance(b, Reservation) and isinstance(c, Reservation), answers
+    assert b.remaining == 1 and c.remaining == 0
     snap = await stock.snapshot(sale)
     assert (snap.remaining, snap.pending) == (0, 5) and snap.balanced
     assert await attempt("d", 1) == "sold_out"
@@ -51,7 +53,7 @@ async def test_concurrent_reserves_are_pipelined_and_typed(stock: StockEngine, s
         await co.reserve("Bad Name", "d", 1)
 
 
-async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
+async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
     co = ReserveCoalescer(stock)
     await co.reserve(sale, "a", 1)
@@ -60,7 +62,7 @@ async def test_survives_a_flushed_script_cache(stock: StockEngine, sale: str):
     assert [r.remaining for r in got] == [8, 7, 6]
 
 
-async def test_dead_redis_is_dependency_unavailable():
+async def test_dead_redis_is_dependency_unavailable() -> None:
     dead = StockEngine.from_url("redis://127.0.0.1:1/0")
     co = ReserveCoalescer(dead)
     with pytest.raises(errors.DependencyUnavailable):
@@ -68,7 +70,7 @@ async def test_dead_redis_is_dependency_unavailable():
     await dead.close()
 
 
-def test_hand_packed_commands_match_redis_py():
+def test_hand_packed_commands_match_redis_py() -> None:
     from redis.asyncio.connection import Connection
 
     from stampede.stock import resp_command as _resp
@@ -77,7 +79,7 @@ def test_hand_packed_commands_match_redis_py():
     assert _resp(args) == b"".join(Connection().pack_command(*args))
 
 
-async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock: StockEngine, sale: str):
+async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock: StockEngine, sale: str) -> None:
     await stock.seed(sale, SaleConfig(total=1, per_user_limit=1), open=True)
     co = ReserveCoalescer(stock, sold_out_cache_ms=200)
     first = await co.reserve(sale, "a", 1, idempotency_key="k")

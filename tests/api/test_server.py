@@ -122,7 +122,7 @@ def _read_all(s: socket.socket, timeout: float) -> bytes:
     return out
 
 
-def test_an_oversized_header_is_431_and_never_read_whole(served: Served):
+def test_an_oversized_header_is_431_and_never_read_whole(served: Served) -> None:
     before = _rss_kib(served.pid)
     s = _connect(served.port)
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
@@ -151,7 +151,7 @@ def test_an_oversized_header_is_431_and_never_read_whole(served: Served):
     assert httpx.get(served.base + "/healthz").status_code == 200
 
 
-def test_a_complete_head_over_the_limit_is_431(served: Served):
+def test_a_complete_head_over_the_limit_is_431(served: Served) -> None:
     headers = {f"X-H{i}": "v" * 1000 for i in range(MAX_HEADER_BYTES // 1000 + 2)}
     r = httpx.get(served.base + "/healthz", headers=headers)
     assert r.status_code == 431, r.text
@@ -160,7 +160,7 @@ def test_a_complete_head_over_the_limit_is_431(served: Served):
     assert ok.status_code == 200
 
 
-def test_a_trickled_head_is_cut_after_the_header_timeout(served: Served):
+def test_a_trickled_head_is_cut_after_the_header_timeout(served: Served) -> None:
     s = _connect(served.port)
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     started = time.monotonic()
@@ -186,7 +186,7 @@ def test_a_trickled_head_is_cut_after_the_header_timeout(served: Served):
     assert elapsed < HEADER_TIMEOUT_S * 3, elapsed
 
 
-def test_a_connection_that_sends_nothing_is_closed(served: Served):
+def test_a_connection_that_sends_nothing_is_closed(served: Served) -> None:
     s = _connect(served.port)
     started = time.monotonic()
     answer = _read_all(s, HEADER_TIMEOUT_S * 4)
@@ -196,7 +196,7 @@ def test_a_connection_that_sends_nothing_is_closed(served: Served):
     assert elapsed < HEADER_TIMEOUT_S * 3, elapsed
 
 
-def test_keep_alive_requests_are_not_cut_by_the_head_timeout(served: Served):
+def test_keep_alive_requests_are_not_cut_by_the_head_timeout(served: Served) -> None:
     with httpx.Client(base_url=served.base) as client:
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
@@ -204,13 +204,13 @@ def test_keep_alive_requests_are_not_cut_by_the_head_timeout(served: Served):
         assert client.get("/healthz").status_code == 200
 
 
-def test_metrics_are_served_on_their_own_port_only(served: Served):
+def test_metrics_are_served_on_their_own_port_only(served: Served) -> None:
     assert httpx.get(served.base + "/metrics").status_code == 404
     r = httpx.get(f"http://127.0.0.1:{served.metrics_port}/metrics")
     assert r.status_code == 200
     assert "stampede_api_requests_total" in r.text
 
 
-def test_gunicorn_creates_no_control_socket(served: Served):
+def test_gunicorn_creates_no_control_socket(served: Served) -> None:
     found = [p for p in served.home.rglob("*") if p.name.endswith(".ctl") or p.is_socket()]
     assert found == []

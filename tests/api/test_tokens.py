@@ -3,12 +3,14 @@ API's settings refuse to start without a real secret."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jwt
 import pytest
 
 from stampede import tokens
 from stampede.settings import SettingsError, load
-from stampede_api.auth import Authenticator
+from stampede_api.auth import Authenticator, Buyer
 from stampede_api.errors import ApiError
 from stampede_api.settings import ApiSettings
 from stampede_dev import cli
@@ -20,7 +22,7 @@ def settings(**kw: object) -> ApiSettings:
     return load(ApiSettings, env={}, jwt_secret=SECRET, **kw)
 
 
-def test_core_minted_token_verifies_with_pyjwt_and_the_authenticator():
+def test_core_minted_token_verifies_with_pyjwt_and_the_authenticator() -> None:
     tok = tokens.mint(SECRET, "alice", ttl_s=60)
     claims = jwt.decode(tok, SECRET, algorithms=["HS256"], audience="stampede-api", issuer="stampede")
     assert claims["sub"] == "alice" and claims["scope"] == "buy" and claims["exp"] - claims["iat"] == 60
@@ -29,7 +31,7 @@ def test_core_minted_token_verifies_with_pyjwt_and_the_authenticator():
     assert auth.verify(tok).id == "alice"  # second time from the verified-token cache
 
 
-def test_cached_token_still_expires():
+def test_cached_token_still_expires() -> None:
     auth = Authenticator(settings(jwt_leeway_s=0))
     import time
 
@@ -41,7 +43,7 @@ def test_cached_token_still_expires():
     assert exc.value.status == 401
 
 
-def test_mint_token_cli(monkeypatch, capsys, tmp_path):
+def test_mint_token_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     monkeypatch.setenv("STAMPEDE_JWT_SECRET", SECRET)
     assert cli.main(["mint-token", "carol", "--ttl", "120"]) == 0
     tok = capsys.readouterr().out.strip()
@@ -53,7 +55,7 @@ def test_mint_token_cli(monkeypatch, capsys, tmp_path):
     assert all(Authenticator(settings()).verify(t).id == s for s, t in lines)
 
 
-def test_api_settings_demand_a_secret():
+def test_api_settings_demand_a_secret() -> None:
     with pytest.raises(SettingsError, match="STAMPEDE_JWT_SECRET"):
         load(ApiSettings, env={})
     with pytest.raises(SettingsError, match="STAMPEDE_JWT_SECRET"):
@@ -62,12 +64,12 @@ def test_api_settings_demand_a_secret():
     assert s.workers == 4 and s.strategies_enabled is False
 
 
-def test_token_cache_is_bounded_and_least_recently_used(monkeypatch):
+def test_token_cache_is_bounded_and_least_recently_used(monkeypatch: pytest.MonkeyPatch) -> None:
     auth = Authenticator(settings(token_cache_entries=2))
     decoded: list[str] = []
     real = auth._decode
 
-    def counting(token: str):  # counts full verifications; the cache is what spares them
+    def counting(token: str) -> tuple[Buyer, float]:  # counts full verifications; the cache is what spares them
         decoded.append(token)
         return real(token)
 

@@ -49,7 +49,9 @@ async def _buy(client: testing.ASGIConductor, sale: str, user: str, token: str |
     return await client.simulate_post(f"/v1/sales/{sale}/reservations", json={"quantity": 1}, headers=headers)
 
 
-async def test_join_poll_admit_and_buy(client, stock, ledger, sale):
+async def test_join_poll_admit_and_buy(
+    client: testing.ASGIConductor, stock: StockEngine, ledger: Ledger, sale: str
+) -> None:
     await open_sale(stock, ledger, sale, total=5)
     await _room(stock, sale, start_in_ms=400, rate=50)
     first = await _join(client, sale, "alice")
@@ -84,10 +86,13 @@ async def test_join_poll_admit_and_buy(client, stock, ledger, sale):
 
     bought = await _buy(client, sale, "alice", token)
     assert bought.status_code == 202, bought.text
-    assert (await ledger.get_reservation(bought.json["reservation_id"])).user == "alice"
+    row = await ledger.get_reservation(bought.json["reservation_id"])
+    assert row is not None and row.user == "alice"
 
 
-async def test_another_sales_token_and_an_expired_token_are_refused(client, stock, ledger, sale):
+async def test_another_sales_token_and_an_expired_token_are_refused(
+    client: testing.ASGIConductor, stock: StockEngine, ledger: Ledger, sale: str
+) -> None:
     await open_sale(stock, ledger, sale, total=5)
     await _room(stock, sale, start_in_ms=-1000, rate=1000)
     key = admission.derive_key(SECRET)
@@ -101,7 +106,9 @@ async def test_another_sales_token_and_an_expired_token_are_refused(client, stoc
     assert (await stock.snapshot(sale)).pending == 0
 
 
-async def test_admission_expires_after_its_time(api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, sale):
+async def test_admission_expires_after_its_time(
+    api_settings: ApiSettings, stock: StockEngine, ledger: Ledger, sale: str
+) -> None:
     """An API whose admissions last a second: the token it hands out stops buying after that second, and
     polling again gives no second admission."""
     settings = dataclasses.replace(api_settings, admission_token_ttl_s=1, queue_poll_interval_ms=1)
@@ -120,7 +127,9 @@ async def test_admission_expires_after_its_time(api_settings: ApiSettings, stock
         assert "admission_token" not in again.json
 
 
-async def test_refusals_of_the_room(client, stock, ledger, sale):
+async def test_refusals_of_the_room(
+    client: testing.ASGIConductor, stock: StockEngine, ledger: Ledger, sale: str
+) -> None:
     await open_sale(stock, ledger, sale, total=1)
     no_room = await _join(client, sale, "erin")
     assert no_room.status_code == 404 and no_room.json["error"]["code"] == "no_waiting_room"
@@ -142,7 +151,9 @@ async def test_refusals_of_the_room(client, stock, ledger, sale):
     assert sold.status_code == 409 and sold.json["error"]["code"] == "sold_out"
 
 
-async def test_a_crowd_sells_out_only_to_admitted_buyers(client, stock, ledger, sale):
+async def test_a_crowd_sells_out_only_to_admitted_buyers(
+    client: testing.ASGIConductor, stock: StockEngine, ledger: Ledger, sale: str
+) -> None:
     """120 buyers join before the start and 40 cheaters buy without (or with a forged) token, all at once;
     the room admits 200/s; 50 units sell out to admitted buyers only, nobody is admitted twice, and the
     audit of Redis against the ledger is clean."""

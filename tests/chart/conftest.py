@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
@@ -84,7 +84,18 @@ class Rendered:
         )
 
 
-Render = Callable[..., Rendered]
+class Render(Protocol):
+    """The ``render`` fixture."""
+
+    def __call__(
+        self,
+        *values: str | Path,
+        set: Sequence[str] = ...,
+        namespace: str = ...,
+        release: str = ...,
+        check: bool = ...,
+        extra: Sequence[str] = ...,
+    ) -> Rendered: ...
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +165,10 @@ def monitoring_crds(control_plane: ControlPlane) -> None:
         _wait_served(control_plane, name)
 
 
-NewNamespace = Callable[..., str]
+class NewNamespace(Protocol):
+    """The ``new_namespace`` fixture."""
+
+    def __call__(self, name: str | None = ...) -> str: ...
 
 
 @pytest.fixture

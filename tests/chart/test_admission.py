@@ -101,18 +101,22 @@ def _enforced(rel: Release) -> None:
 
 
 def _pod(d: dict[str, Any]) -> dict[str, Any]:
-    return d["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    pod: dict[str, Any] = d["spec"]["template"]["spec"]
+    return pod
 
 
 def _labels(d: dict[str, Any]) -> dict[str, str]:
-    return d["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
+    labels: dict[str, str] = d["spec"]["template"]["metadata"]["labels"]
+    return labels
 
 
 def _container(d: dict[str, Any]) -> dict[str, Any]:
-    return _pod(d)["containers"][0]  # type: ignore[no-any-return]
+    container: dict[str, Any] = _pod(d)["containers"][0]
+    return container
 
 
-BREAKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+# Each break edits the Deployment in place (what its expression returns is ignored), and the refusal it meets.
+BREAKS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "another image": (lambda d: _container(d).update(image="registry.example.com/miner:1"), "chart's images"),
     "a second container": (
         lambda d: _pod(d)["containers"].append({**copy.deepcopy(_container(d)), "name": "sidecar"}), "one container"

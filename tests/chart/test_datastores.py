@@ -50,7 +50,8 @@ def _free_port() -> int:
 
 
 def _container(render: Render, kind: str, name: str, container: str) -> dict[str, Any]:
-    (c,) = [c for c in render().get(kind, name)["spec"]["template"]["spec"]["containers"] if c["name"] == container]
+    containers: list[dict[str, Any]] = render().get(kind, name)["spec"]["template"]["spec"]["containers"]
+    (c,) = [c for c in containers if c["name"] == container]
     return c
 
 
@@ -145,7 +146,7 @@ def test_redis_refuses_what_stampede_never_sends(chart_redis: tuple[str, str, in
     for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("SET", "other:key", "1"),
                     ("EVAL", "return 1", "0"), ("ACL", "LIST"), ("SHUTDOWN",)):  # fmt: skip
         with pytest.raises(redis.exceptions.NoPermissionError):
-            r.execute_command(*command)
+            r.execute_command(*command)  # type: ignore[no-untyped-call]  # untyped in redis-py
     with pytest.raises(redis.exceptions.NoPermissionError):  # keys outside stampede:, even inside a script
         r.eval("return redis.call('GET', KEYS[1])", 1, "elsewhere")
     with pytest.raises(redis.exceptions.AuthenticationError):  # the default user is off

@@ -7,7 +7,7 @@ and a list of what it must not have (Secrets, pods and exec, deleting, other nam
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 import yaml
@@ -89,8 +89,14 @@ def _can(cp: ControlPlane, namespace: str, verb: str, resource: str, where: str,
     return answer == "yes"
 
 
+class RbacInstaller(Protocol):
+    """The ``install_rbac`` fixture."""
+
+    def __call__(self, *sets: str) -> str: ...
+
+
 @pytest.fixture
-def install_rbac(control_plane: ControlPlane, new_namespace: NewNamespace, render: Render) -> Iterator[object]:
+def install_rbac(control_plane: ControlPlane, new_namespace: NewNamespace, render: Render) -> Iterator[RbacInstaller]:
     """``install_rbac(*sets) -> namespace``: the chart's RBAC objects applied for real in a fresh release
     namespace; cluster-scoped ones are deleted afterwards."""
     cluster_objects: list[str] = []
@@ -109,7 +115,9 @@ def install_rbac(control_plane: ControlPlane, new_namespace: NewNamespace, rende
         control_plane.kubectl("delete", "--ignore-not-found", *cluster_objects)
 
 
-def test_operator_can_do_what_it_needs_in_its_namespace(control_plane: ControlPlane, install_rbac) -> None:
+def test_operator_can_do_what_it_needs_in_its_namespace(
+    control_plane: ControlPlane, install_rbac: RbacInstaller
+) -> None:
     ns = install_rbac()
     missing = [
         f"{verb} {res}{'/' + sub if sub else ''}"
@@ -123,7 +131,9 @@ def test_operator_can_do_what_it_needs_in_its_namespace(control_plane: ControlPl
         assert _can(control_plane, ns, verb, "customresourcedefinitions.apiextensions.k8s.io", "")
 
 
-def test_operator_cannot_do_more(control_plane: ControlPlane, install_rbac, new_namespace: NewNamespace) -> None:
+def test_operator_cannot_do_more(
+    control_plane: ControlPlane, install_rbac: RbacInstaller, new_namespace: NewNamespace
+) -> None:
     ns = install_rbac()
     other = new_namespace()
     granted = [
@@ -146,7 +156,7 @@ def test_operator_cannot_do_more(control_plane: ControlPlane, install_rbac, new_
 
 
 def test_watched_namespaces_each_get_the_same_permissions(
-    control_plane: ControlPlane, install_rbac, new_namespace: NewNamespace
+    control_plane: ControlPlane, install_rbac: RbacInstaller, new_namespace: NewNamespace
 ) -> None:
     a, b = new_namespace(), new_namespace()
     ns = install_rbac(f"operator.watchNamespaces={{{a},{b}}}")
@@ -159,7 +169,7 @@ def test_watched_namespaces_each_get_the_same_permissions(
 
 
 def test_cluster_wide_operator_reaches_every_namespace_but_no_secret(
-    control_plane: ControlPlane, install_rbac, new_namespace: NewNamespace
+    control_plane: ControlPlane, install_rbac: RbacInstaller, new_namespace: NewNamespace
 ) -> None:
     ns = install_rbac("operator.clusterWide=true", "redis.enabled=false", "redis.external.url=redis://r:6379/0")
     other = new_namespace()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,7 +21,8 @@ from stampede_operator.settings import OperatorSettings
 from stampede_worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from tests.chart.conftest import Render
+    from stampede_operator.builders import SaleSpec
+    from tests.chart.conftest import Render, Rendered
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "stampede"
@@ -29,11 +31,14 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 
 def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     kind = doc["kind"]
+    spec: dict[str, Any]
     if kind == "Pod":
-        return doc["spec"]  # type: ignore[no-any-return]
-    if kind == "CronJob":
-        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
-    return doc["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+        spec = doc["spec"]
+    elif kind == "CronJob":
+        spec = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    else:
+        spec = doc["spec"]["template"]["spec"]
+    return spec
 
 
 def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -175,10 +180,11 @@ def test_secret_keys_are_settings_variables() -> None:
 # --- the operator -------------------------------------------------------------------------------------------------
 
 
-def _operator_container(r: Any) -> dict[str, Any]:
+def _operator_container(r: Rendered) -> dict[str, Any]:
     sts = r.get("StatefulSet", "stampede-operator")
-    (container,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"]
-    return container  # type: ignore[no-any-return]
+    containers: list[dict[str, Any]] = sts["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in containers if c["name"] == "operator"]
+    return container
 
 
 def test_operator_env_is_what_operator_settings_reads(render: Render) -> None:
@@ -386,9 +392,10 @@ def test_chart_selects_sale_pods_by_the_labels_the_operator_gives_them(render: R
         assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} <= container_ports
 
 
-def _sale_containers(builders: Any, spec: Any, s: Any, component: str) -> list[dict[str, Any]]:
+def _sale_containers(builders: ModuleType, spec: SaleSpec, s: OperatorSettings, component: str) -> list[dict[str, Any]]:
     build = builders.build_api_deployment if component == "api" else builders.build_worker_deployment
-    return build(spec, "shop", s)["spec"]["template"]["spec"]["containers"]  # type: ignore[no-any-return]
+    containers: list[dict[str, Any]] = build(spec, "shop", s)["spec"]["template"]["spec"]["containers"]
+    return containers
 
 
 def test_data_stores_admit_the_sale_pods(render: Render) -> None:

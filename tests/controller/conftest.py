@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.conftest import ControlPlane
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO_ROOT / "hack" / "cluster.sh"
@@ -30,7 +33,7 @@ CRD_NAME = "flashsales.stampede.dev"
 
 
 @pytest.fixture(scope="session")
-def kopf_peering_crds(control_plane: Any) -> None:
+def kopf_peering_crds(control_plane: ControlPlane) -> None:
     """kopf's peering CRDs (as stampede_operator.peering builds them, the same the chart ships), Established."""
     from stampede_operator.peering import build_peering_crds
 
@@ -66,11 +69,19 @@ class OperatorProcess:
             self.proc.wait(5)
 
 
+class OperatorStarter(Protocol):
+    """The ``start_operator`` fixture: ``start(namespace, name, **env)``."""
+
+    def __call__(
+        self, namespace: str | tuple[str, ...], name: str = ..., wait_for: str = ..., **env: str
+    ) -> OperatorProcess: ...
+
+
 @pytest.fixture(scope="module")
 def start_operator(
-    control_plane: Any, flashsale_crd: str, redis_url: str, migrated_database_url: str,
+    control_plane: ControlPlane, flashsale_crd: str, redis_url: str, migrated_database_url: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., OperatorProcess]]:  # fmt: skip
+) -> Iterator[OperatorStarter]:  # fmt: skip
     """A factory of operator subprocesses watching one namespace, on this test worker's Redis database and
     migrated PostgreSQL database; ``start(namespace, name, **env)`` returns once the operator has started
     (``namespace`` may be a tuple of namespaces to watch).

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,10 @@ from stampede_dev.devstack import free_port
 from tests.stores import ledger_pool, redis_client
 
 if TYPE_CHECKING:
-    from tests.controller.conftest import ControlPlane, OperatorProcess
+    from falcon import testing
+
+    from tests.conftest import ControlPlane
+    from tests.controller.conftest import OperatorProcess, OperatorStarter
 
 pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.mark.xdist_group("k8s")]
 
@@ -59,7 +62,7 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def operator(start_operator: Callable[..., OperatorProcess], op_namespace: str, metrics_port: int) -> OperatorProcess:
+def operator(start_operator: OperatorStarter, op_namespace: str, metrics_port: int) -> OperatorProcess:
     return start_operator(
         op_namespace, "operator", standalone="true", drift_confirmations="1", operator_metrics_port=str(metrics_port),
         autoscale_cooldown_s="3",
@@ -73,8 +76,12 @@ async def ledger(migrated_database_url: str) -> AsyncIterator[Ledger]:
     await led.close()
 
 
+# The ``run_worker`` fixture: ``await run_worker(sale)``.
+WorkerRun = Callable[[str], Awaitable[None]]
+
+
 @pytest.fixture
-def run_worker(redis_url: str, migrated_database_url: str, ledger: Ledger) -> Callable[..., Any]:
+def run_worker(redis_url: str, migrated_database_url: str, ledger: Ledger) -> WorkerRun:
     """Runs the real worker until the sale has nothing pending in the ledger, then stops it."""
 
     async def run(sale: str, within: float = 30) -> None:
@@ -354,7 +361,7 @@ async def test_phases_follow_the_window(
 
 async def test_sold_out_closes_the_sale(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
     sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
@@ -370,7 +377,7 @@ async def test_sold_out_closes_the_sale(
 
 async def test_reconciler_redefers_a_deleted_job(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
     sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
@@ -395,7 +402,7 @@ async def test_reconciler_redefers_a_deleted_job(
 
 async def test_reconciler_compensates_a_lost_enqueue(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
     sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
@@ -442,7 +449,7 @@ async def test_reconciler_compensates_a_failed_job(
 
 async def test_reconciler_rebuilds_a_flushed_redis(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
     sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
@@ -479,7 +486,7 @@ async def test_reconciler_rebuilds_a_flushed_redis(
 
 async def test_sold_out_sale_stays_sold_out_while_redis_is_restored(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     """While Redis lost the sale the phase follows the ledger: a sold-out sale stays SoldOut (no
     SoldOut -> Live -> SoldOut), and comes back closed."""
@@ -513,7 +520,7 @@ async def test_sold_out_sale_stays_sold_out_while_redis_is_restored(
 
 async def test_reconciler_restores_a_sale_after_a_redis_restart_that_kept_its_keys(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     """Redis restarted from an append-only file that lost its last write: the sale's keys are there, its
     last reservation is not, and Redis's run_id changed. The reconciler notices the new run_id and restores
@@ -571,7 +578,7 @@ async def test_spec_change_after_redis_lost_the_sale_rebuilds_instead_of_reseedi
 
 async def test_deletion_removes_redis_keys_and_keeps_the_ledger(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
     sid = sale_id(ns, sale)  # the sale's id in Redis and the ledger
@@ -686,7 +693,7 @@ def two_namespaces(control_plane: ControlPlane) -> Iterator[tuple[str, str]]:
 @asynccontextmanager
 async def namespace_api(
     redis_url: str, database_url: str, namespace: str, stock: StockEngine, ledger: Ledger
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[testing.ASGIConductor]:
     """The buy API as the operator configures a sale's API pods in ``namespace`` (in process)."""
     from falcon import testing
 
@@ -702,8 +709,8 @@ async def namespace_api(
 
 
 async def test_same_name_in_two_namespaces_never_touch_each_other(
-    control_plane: ControlPlane, start_operator: Callable[..., OperatorProcess], two_namespaces: tuple[str, str],
-    sale: str, stock: StockEngine, ledger: Ledger, run_worker: Callable[..., Any], redis_url: str,
+    control_plane: ControlPlane, start_operator: OperatorStarter, two_namespaces: tuple[str, str],
+    sale: str, stock: StockEngine, ledger: Ledger, run_worker: WorkerRun, redis_url: str,
     migrated_database_url: str,
 ) -> None:  # fmt: skip
     """A FlashSale ``x`` in namespace A and another ``x`` in B are two sales: restocking, closing and deleting
@@ -845,7 +852,7 @@ async def test_deleted_and_edited_children_are_put_back(
 
 async def test_an_ended_sale_scales_to_zero_once_settled(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any], metrics_port: int,
+    ledger: Ledger, run_worker: WorkerRun, metrics_port: int,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
     sid = sale_id(ns, sale)
@@ -857,7 +864,7 @@ async def test_an_ended_sale_scales_to_zero_once_settled(
 
     # Ended with a reservation still pending: the workers stay to settle it, the API for its buyer to read it.
     def replicas() -> tuple[int, int]:
-        return tuple(  # type: ignore[return-value]
+        return tuple(
             cp.kubectl_json("get", "deployment", f"{sale}-{c}", "-n", ns)["spec"]["replicas"] for c in ("api", "worker")
         )
 
@@ -890,7 +897,7 @@ async def test_an_ended_sale_scales_to_zero_once_settled(
 
 async def test_workers_follow_the_settle_backlog(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any],
+    ledger: Ledger, run_worker: WorkerRun,
 ) -> None:  # fmt: skip
     cp, ns = control_plane, op_namespace
     sid = sale_id(ns, sale)
@@ -985,7 +992,7 @@ async def test_a_sale_places_and_sizes_its_pods(
 
 async def test_kubectl_stampede_status_and_audit(
     control_plane: ControlPlane, operator: OperatorProcess, op_namespace: str, sale: str, stock: StockEngine,
-    ledger: Ledger, run_worker: Callable[..., Any], redis_url: str, migrated_database_url: str,
+    ledger: Ledger, run_worker: WorkerRun, redis_url: str, migrated_database_url: str,
 ) -> None:  # fmt: skip
     """The installed console script, as kubectl runs a plugin (kubectl strips its own flags; -n is ours)."""
     import subprocess

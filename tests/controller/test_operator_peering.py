@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,7 +19,8 @@ from stampede_operator.settings import OperatorSettings
 from .test_operator import create_sale, eventually, status_where
 
 if TYPE_CHECKING:
-    from tests.controller.conftest import ControlPlane, OperatorProcess
+    from tests.conftest import ControlPlane
+    from tests.controller.conftest import OperatorProcess, OperatorStarter
 
 pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def acted_on(op: OperatorProcess, sale: str) -> bool:
 
 
 async def test_only_the_leader_acts_and_the_standby_takes_over(
-    control_plane: ControlPlane, start_operator: Callable[..., OperatorProcess], peering_namespace: str
+    control_plane: ControlPlane, start_operator: OperatorStarter, peering_namespace: str
 ) -> None:
     cp, ns = control_plane, peering_namespace
     common = {"peering_lifetime_s": str(LIFETIME_S)}

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import pytest
+from kubernetes_asyncio.client import ApiClient
 
 from stampede import errors
+from stampede.ledger import Ledger
 from stampede.settings import SettingsError, load
+from stampede.stock import StockEngine
+from stampede.vocabulary import Dependency
 from stampede_operator import builders, handlers, peering, status
 from stampede_operator.builders import InvalidSpec
 from stampede_operator.settings import OperatorSettings
@@ -210,9 +214,10 @@ def test_operator_settings_are_validated() -> None:
 async def test_a_dependency_down_is_a_temporary_error_an_invalid_spec_is_not() -> None:
     class RedisDown:
         async def snapshot(self, sale: str) -> None:
-            raise errors.DependencyUnavailable("redis", "connection refused")
+            raise errors.DependencyUnavailable(Dependency.REDIS, "connection refused")
 
-    deps = handlers.Deps(SETTINGS, RedisDown(), None, None)  # type: ignore[arg-type]
+    # Only the stock engine is reached before the error; the other collaborators are never used.
+    deps = handlers.Deps(SETTINGS, cast(StockEngine, RedisDown()), cast(Ledger, None), cast(ApiClient, None))
     events: list[tuple[str, str, str]] = []
     with pytest.raises(kopf.TemporaryError) as info:
         await handlers.ensure(

@@ -18,6 +18,7 @@ from stampede.domain import Settlement
 from stampede.ledger import Ledger, PendingReservation
 from stampede.settings import Common, load
 from stampede.stock import ReservationRecord, StockEngine
+from stampede.vocabulary import Reason, RedisState, Status
 from stampede_operator import builders, reconcile
 from tests.stores import ledger_pool
 
@@ -54,7 +55,9 @@ async def test_ledger_outcomes_are_replayed_into_redis(stock: StockEngine, ledge
     await ledger.record_batch(batch)
     # The worker moved the ledger, then died before Redis heard of it.
     a, b, c = (r.reservation_id for r in batch)
-    await ledger.settle([Settlement(a, sale, "confirmed"), Settlement(b, sale, "compensated", "job_failed")], attempt=1)
+    await ledger.settle(
+        [Settlement(a, sale, Status.CONFIRMED), Settlement(b, sale, Status.COMPENSATED, Reason.JOB_FAILED)], attempt=1
+    )
     outcome = await reconcile.reconcile_once(ledger, stock, spec, open_=True)
     assert outcome.healed == {"replay_confirm": 1, "replay_release": 1}
     assert outcome.drift == 0
@@ -63,7 +66,7 @@ async def test_ledger_outcomes_are_replayed_into_redis(stock: StockEngine, ledge
     # A second pass finds nothing to do.
     again = await reconcile.reconcile_once(ledger, stock, spec, open_=True)
     assert (again.healed, again.drift) == ({}, 0)
-    await ledger.settle([Settlement(c, sale, "confirmed")], attempt=1)
+    await ledger.settle([Settlement(c, sale, Status.CONFIRMED)], attempt=1)
     await stock.confirm(sale, [c])
     report = audit.audit(
         sale, stock=10, per_user_limit=1, accepted=[a, b, c], rows=await ledger.rows(sale),
@@ -79,7 +82,7 @@ async def test_an_order_whose_stock_redis_gave_back_is_reported_as_drift(
     await stock.seed(sale, spec.sale_config, open=True)
     (r,) = await reserve(stock, sale, 1)
     await ledger.record_batch([r])
-    await ledger.settle([Settlement(r.reservation_id, sale, "confirmed")], attempt=1)
+    await ledger.settle([Settlement(r.reservation_id, sale, Status.CONFIRMED)], attempt=1)
     await stock.release(sale, [r.reservation_id])  # Redis sold it again: nothing may "fix" this silently
     outcome = await reconcile.reconcile_once(ledger, stock, spec, open_=True)
     assert outcome.healed == {}
@@ -98,9 +101,9 @@ async def sql(ledger: Ledger, query: str, *args: object) -> None:
 async def import_confirmed(ledger: Ledger, stock: StockEngine, sale: str, n: int) -> list[str]:
     """``n`` reservations already confirmed on both sides, through the seeding helpers."""
     rows = [PendingReservation(str(uuid.uuid4()), sale, f"imported-{i}", 1, 1_700_000_000_000 + i) for i in range(n)]
-    assert await ledger.import_settled(sale, rows, "confirmed") == n
+    assert await ledger.import_settled(sale, rows, Status.CONFIRMED) == n
     await stock.import_settled(
-        sale, [ReservationRecord(r.reservation_id, "confirmed", 1, r.reserved_at_ms, r.user) for r in rows]
+        sale, [ReservationRecord(r.reservation_id, RedisState.CONFIRMED, 1, r.reserved_at_ms, r.user) for r in rows]
     )
     return [r.reservation_id for r in rows]
 
@@ -130,7 +133,9 @@ async def make_every_healing_case(
     await ledger.record_batch(settled)
     a, b = (r.reservation_id for r in settled)
     # The worker moved the ledger, then died before Redis heard of it.
-    await ledger.settle([Settlement(a, sale, "confirmed"), Settlement(b, sale, "compensated", "job_failed")], attempt=1)
+    await ledger.settle(
+        [Settlement(a, sale, Status.CONFIRMED), Settlement(b, sale, Status.COMPENSATED, Reason.JOB_FAILED)], attempt=1
+    )
     cases["replay_confirm"], cases["replay_release"] = [a], [b]
     acked = [r.reservation_id for r in failed + vanished + done + settled]
     return cases, acked
@@ -149,7 +154,7 @@ async def reserve_as(stock: StockEngine, sale: str, prefix: str, n: int) -> list
 async def settle_the_rest_and_audit(ledger: Ledger, stock: StockEngine, sale: str, acked: list[str]) -> None:
     """What a worker would do with the re-deferred rows, then the audit of the whole sale."""
     pending = await ledger.pending_ids(sale)
-    await ledger.settle([Settlement(rid, sale, "confirmed") for rid in pending], attempt=1)
+    await ledger.settle([Settlement(rid, sale, Status.CONFIRMED) for rid in pending], attempt=1)
     await stock.confirm(sale, pending)
     report = audit.audit(
         sale, stock=100, per_user_limit=1, accepted=acked, rows=await ledger.rows(sale),
@@ -235,15 +240,15 @@ async def test_settled_totals_follow_concurrent_settling(stock: StockEngine, led
         await ledger.record_batch(batch[i : i + 50])
     ids = [r.reservation_id for r in batch]
 
-    async def settle(chunk: list[str], outcome: str) -> None:
-        reason = None if outcome == "confirmed" else "job_failed"
+    async def settle(chunk: list[str], outcome: Status) -> None:
+        reason = None if outcome == Status.CONFIRMED else Reason.JOB_FAILED
         settled = await ledger.settle([Settlement(rid, sale, outcome, reason) for rid in chunk], attempt=1)
         won = [s.reservation_id for s in settled if s.moved]
-        await (stock.confirm if outcome == "confirmed" else stock.release)(sale, won)
+        await (stock.confirm if outcome == Status.CONFIRMED else stock.release)(sale, won)
 
     chunks = [ids[i : i + 10] for i in range(0, 400, 10)]
     await asyncio.gather(
-        *(settle(c, "confirmed") for c in chunks), *(settle(c, "compensated") for c in reversed(chunks))
+        *(settle(c, Status.CONFIRMED) for c in chunks), *(settle(c, Status.COMPENSATED) for c in reversed(chunks))
     )
     tally, counts = await ledger.tally(sale), await ledger.counts(sale)
     assert tally.pending == 0
@@ -268,7 +273,7 @@ async def test_a_fresh_settlement_of_an_old_reservation_is_in_flight_not_drift(
     (r,) = await reserve(stock, sale, 1)
     await ledger.record_batch([r])
     await asyncio.sleep(1.2)
-    await ledger.settle([Settlement(r.reservation_id, sale, "confirmed")], attempt=1)
+    await ledger.settle([Settlement(r.reservation_id, sale, Status.CONFIRMED)], attempt=1)
     outcome = await reconcile.reconcile_once(ledger, stock, spec, open_=True)
     assert (outcome.healed, outcome.drift, outcome.unexplained) == ({}, 0, [])
     await stock.confirm(sale, [r.reservation_id])  # the worker arrives

@@ -23,7 +23,8 @@ from .test_operator import create_sale, eventually, patch_spec, status_where
 ledger, metrics_port, op_namespace, operator = _op.ledger, _op.metrics_port, _op.op_namespace, _op.operator
 
 if TYPE_CHECKING:
-    from tests.controller.conftest import ControlPlane, OperatorProcess
+    from tests.conftest import ControlPlane
+    from tests.controller.conftest import OperatorProcess
 
 
 def spec(**extra: Any) -> dict[str, Any]:

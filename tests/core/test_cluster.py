@@ -8,6 +8,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -21,9 +22,9 @@ pytestmark = [pytest.mark.redis]
 
 
 @pytest.fixture
-async def cluster(redis_cluster_url: str) -> StockEngine:
+async def cluster(redis_cluster_url: str) -> AsyncIterator[StockEngine]:
     engine = StockEngine.from_url(redis_cluster_url)
-    yield engine  # type: ignore[misc]
+    yield engine
     await engine.close()
 
 
@@ -103,7 +104,7 @@ async def test_many_sales_on_every_master_never_oversell(cluster: StockEngine, r
         snap = await cluster.snapshot(sale)
         assert snap.balanced and snap.remaining == 0
         assert {r.reservation_id for r in records} == accepted
-        held = Counter()
+        held: Counter[str] = Counter()
         for r in records:
             held[r.user] += r.quantity
         assert max(held.values()) <= 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 from stampede import healing
 from stampede.healing import Action, LedgerEntry, Observation
 from stampede.stock import ReservationRecord
+from stampede.vocabulary import Reason, RedisState, Status
 
 NOW = 1_000_000
 GRACE = 30_000
@@ -14,11 +15,11 @@ YOUNG = NOW - 10
 
 
 def rec(rid: str, state: str, ts: int = OLD, qty: int = 1, user: str = "u") -> ReservationRecord:
-    return ReservationRecord(rid, state, qty, ts, user)
+    return ReservationRecord(rid, RedisState(state), qty, ts, user)
 
 
 def row(rid: str, status: str, job: int | None = 1, qty: int = 1, user: str = "u") -> LedgerEntry:
-    return LedgerEntry(rid, user, qty, status, job, OLD)
+    return LedgerEntry(rid, user, qty, Status(status), job, OLD)
 
 
 def obs(redis: list[ReservationRecord], ledger: list[LedgerEntry], jobs: dict[int, str] | None = None,
@@ -51,7 +52,7 @@ def test_agreeing_sale_needs_nothing() -> None:
 def test_old_reservation_without_row_is_compensated_as_lost_young_one_waits() -> None:
     o = obs([rec("old", "pending"), rec("young", "pending", ts=YOUNG), rec("gone", "released")], [])
     plan = healing.decide(o)
-    assert plan.actions == [Action("compensate_lost", ("old",), "lost_before_ack")]
+    assert plan.actions == [Action("compensate_lost", ("old",), Reason.LOST_BEFORE_ACK)]
     # The young one is in flight: while it is, the counters are not compared.
     assert healing.measure_drift(o, plan, redis_pending=2, redis_confirmed=0) == 0
 
@@ -70,7 +71,7 @@ def test_pending_row_of_a_succeeded_job_is_redeferred() -> None:
 def test_pending_row_of_a_failed_job_is_compensated() -> None:
     for status in ("failed", "cancelled", "aborted"):
         o = obs([rec("a", "pending")], [row("a", "pending")], jobs={1: status})
-        assert healing.decide(o).actions == [Action("compensate", ("a",), "job_failed")]
+        assert healing.decide(o).actions == [Action("compensate", ("a",), Reason.JOB_FAILED)]
 
 
 def test_pending_row_of_a_live_job_waits() -> None:
@@ -95,11 +96,11 @@ def test_ledger_outcomes_are_replayed_into_redis() -> None:
 
 def test_a_fresh_settlement_is_left_to_its_writer() -> None:
     fresh = [
-        LedgerEntry("a", "u", 1, "confirmed", 1, OLD, settled_age_ms=GRACE - 1),
-        LedgerEntry("b", "u", 1, "compensated", 1, OLD, "job_failed", settled_age_ms=5),
+        LedgerEntry("a", "u", 1, Status.CONFIRMED, 1, OLD, settled_age_ms=GRACE - 1),
+        LedgerEntry("b", "u", 1, Status.COMPENSATED, 1, OLD, Reason.JOB_FAILED, settled_age_ms=5),
     ]
     assert healing.decide(obs([rec("a", "pending"), rec("b", "pending")], fresh)).empty
-    stale = [LedgerEntry("a", "u", 1, "confirmed", 1, OLD, settled_age_ms=GRACE)]
+    stale = [LedgerEntry("a", "u", 1, Status.CONFIRMED, 1, OLD, settled_age_ms=GRACE)]
     assert kinds(healing.decide(obs([rec("a", "pending")], stale))) == [("replay_confirm", ("a",))]
 
 

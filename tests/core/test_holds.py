@@ -278,7 +278,7 @@ def test_the_reconciler_replays_an_expiry_redis_missed_and_counts_holds_as_order
 
     now, grace = 1_000_000, 30_000
 
-    def entry(rid: str, status: str, age_ms: int) -> LedgerEntry:
+    def entry(rid: str, status: Status, age_ms: int) -> LedgerEntry:
         return LedgerEntry(rid, "u", 1, status, None, now - grace - 5, None, age_ms)
 
     ledger_rows = [

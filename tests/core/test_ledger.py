@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +17,7 @@ from stampede.domain import Settlement
 from stampede.ledger import Ledger, PendingReservation
 from stampede.names import QUEUE_SETTLE, TASK_SETTLE_BATCH
 from stampede.settings import Common, load
-from stampede.vocabulary import Dependency, Status
+from stampede.vocabulary import Dependency, Reason, Status
 from tests.stores import ledger_pool
 
 pytestmark = pytest.mark.postgres
@@ -33,7 +34,7 @@ def _batch(sale: str, n: int, qty: int = 1) -> list[PendingReservation]:
     return [PendingReservation(str(uuid.uuid4()), sale, f"u{i}", qty, 1_700_000_000_000 + i) for i in range(n)]
 
 
-async def _job(ledger: Ledger, job_id: int) -> tuple[str, str, str, dict[str, object]]:
+async def _job(ledger: Ledger, job_id: int) -> tuple[str, str, str, dict[str, Any]]:
     async with ledger_pool(ledger).connection() as conn:
         cur = await conn.execute(
             "SELECT queue_name, task_name, status::text, args FROM procrastinate_jobs WHERE id = %s", (job_id,)
@@ -117,7 +118,7 @@ async def test_status_moves_only_out_of_pending(ledger: Ledger, sale: str) -> No
     moved = await ledger.settle(
         [
             Settlement(a.reservation_id, sale, Status.CONFIRMED),
-            Settlement(b.reservation_id, None, Status.COMPENSATED, "why"),
+            Settlement(b.reservation_id, None, Status.COMPENSATED, Reason.SETTLE_ERROR),
         ],
         attempt=1,
     )
@@ -128,7 +129,7 @@ async def test_status_moves_only_out_of_pending(ledger: Ledger, sale: str) -> No
     # A second writer with the opposite opinion decides nothing.
     again = await ledger.settle(
         [
-            Settlement(a.reservation_id, sale, Status.COMPENSATED, "late"),
+            Settlement(a.reservation_id, sale, Status.COMPENSATED, Reason.JOB_FAILED),
             Settlement(b.reservation_id, sale, Status.CONFIRMED),
         ],
         attempt=2,
@@ -148,7 +149,7 @@ async def test_status_moves_only_out_of_pending(ledger: Ledger, sale: str) -> No
             with pytest.raises(psycopg.errors.CheckViolation):
                 await conn.execute(stmt, (a.reservation_id,))
     row = await ledger.get_reservation(b.reservation_id)
-    assert row is not None and (row.status, row.reason, row.attempts) == (Status.COMPENSATED, "why", 1)
+    assert row is not None and (row.status, row.reason, row.attempts) == (Status.COMPENSATED, Reason.SETTLE_ERROR, 1)
 
 
 async def test_settle_with_a_wrong_sale_moves_nothing(ledger: Ledger, sale: str) -> None:

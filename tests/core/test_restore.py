@@ -20,8 +20,8 @@ from stampede.ledger import Ledger, PendingReservation
 from stampede.names import sale_keys
 from stampede.settings import Common, load
 from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
-from stampede.vocabulary import Status
-from tests.stores import redis_client
+from stampede.vocabulary import Reason, RedisState, Status
+from tests.stores import redis_bytes, redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -59,7 +59,7 @@ async def test_pending_rows_come_back_reserved_and_then_confirm(ledger: Ledger, 
     await ledger.settle(
         [
             Settlement(b.reservation_id, sale, Status.CONFIRMED),
-            Settlement(c.reservation_id, sale, Status.COMPENSATED, "limit"),
+            Settlement(c.reservation_id, sale, Status.COMPENSATED, Reason.RELEASED_IN_REDIS),
         ],
         attempt=1,
     )
@@ -77,7 +77,7 @@ async def test_pending_rows_come_back_reserved_and_then_confirm(ledger: Ledger, 
     assert snap.balanced and snap.per_user_limit == 2
     assert await restore.lost(stock, sale) is None
     raw = await redis_client(stock).hmget(sale_keys(sale).meta, ["buyer_rate", "buyer_burst"])
-    assert [float(v) for v in raw] == [2.0, 3.0]  # the rate limits came back from the ledger too
+    assert [float(redis_bytes(v)) for v in raw] == [2.0, 3.0]  # the rate limits came back from the ledger too
     with pytest.raises(errors.LimitReached):
         await stock.reserve(sale, "x")  # the holds came back: x holds 2 of 2
     assert (await stock.confirm(sale, [a.reservation_id]))[a.reservation_id] == Outcome.CONFIRMED
@@ -154,7 +154,9 @@ async def test_a_redis_that_lost_nothing_is_left_as_it_was(ledger: Ledger, stock
     await ledger.record_batch([PendingReservation(r.reservation_id, sale, r.user, 1, 0) for r in taken[:5]])
     await ledger.settle([Settlement(taken[0].reservation_id, sale, Status.CONFIRMED)], attempt=1)
     await stock.confirm(sale, [taken[0].reservation_id])
-    await ledger.settle([Settlement(taken[1].reservation_id, sale, Status.COMPENSATED, "limit")], attempt=1)
+    await ledger.settle(
+        [Settlement(taken[1].reservation_id, sale, Status.COMPENSATED, Reason.RELEASED_IN_REDIS)], attempt=1
+    )
     await stock.release(sale, [taken[1].reservation_id])
     before = await stock.snapshot(sale)
     records = {r.reservation_id: r.state for r in await stock.reservations(sale)}
@@ -206,7 +208,7 @@ async def test_settled_reservations_are_restored_into_the_compact_store(
     ids = [r.reservation_id for r in t]
     await ledger.settle([Settlement(ids[0], sale, Status.CONFIRMED)], attempt=1)
     await stock.confirm(sale, [ids[0]])  # settled in both: an entry of the store
-    await ledger.settle([Settlement(ids[1], sale, Status.COMPENSATED, "limit")], attempt=1)
+    await ledger.settle([Settlement(ids[1], sale, Status.COMPENSATED, Reason.RELEASED_IN_REDIS)], attempt=1)
     await stock.release(sale, [ids[1]])
     await ledger.settle([Settlement(ids[2], sale, Status.CONFIRMED)], attempt=1)  # Redis lost the confirm: pending
     await ledger.settle([Settlement(ids[3], sale, Status.CONFIRMED)], attempt=1)
@@ -221,8 +223,8 @@ async def test_settled_reservations_are_restored_into_the_compact_store(
 
     assert (await restore.restore_sale(ledger, stock, sale, reason=restore.RESTARTED)).outcome == restore.RESTORED
 
-    assert sorted(v.decode() for v in await redis_client(stock).hkeys(k.reservations)) == sorted(ids[4:6])
-    assert int(await redis_client(stock).hget(k.settled, "count")) == 5
+    assert sorted(redis_bytes(v).decode() for v in await redis_client(stock).hkeys(k.reservations)) == sorted(ids[4:6])
+    assert int(redis_bytes(await redis_client(stock).hget(k.settled, "count"))) == 5
     found = await stock.records(sale, ids)
     states = {rid: (r.state, r.user) for rid, r in found.items()}
     assert states == {
@@ -246,8 +248,8 @@ async def test_settled_reservations_are_restored_into_the_compact_store(
     # Redis lost everything: the ledger's rows alone come back, the settled ones compact.
     await stock.delete(sale)
     assert (await restore.restore_sale(ledger, stock, sale)).outcome == restore.RESTORED
-    assert [v.decode() for v in await redis_client(stock).hkeys(k.reservations)] == [ids[4]]
-    assert int(await redis_client(stock).hget(k.settled, "count")) == 4
+    assert [redis_bytes(v).decode() for v in await redis_client(stock).hkeys(k.reservations)] == [ids[4]]
+    assert int(redis_bytes(await redis_client(stock).hget(k.settled, "count"))) == 4
     snap = await stock.snapshot(sale)
     assert (snap.remaining, snap.pending, snap.confirmed, snap.released) == (6, 1, 3, 1)
     assert await stock.holdings(sale) == {"u0": 2, "u1": 1, "u2": 1}
@@ -259,7 +261,7 @@ async def test_restore_refuses_a_stale_lock_and_more_sold_than_stock(
     ledger: Ledger, stock: StockEngine, sale: str
 ) -> None:
     config = SaleConfig(total=1)
-    recs = [ReservationRecord(str(uuid.uuid4()), "pending", 2, 0, "u")]
+    recs = [ReservationRecord(str(uuid.uuid4()), RedisState.PENDING, 2, 0, "u")]
     assert (await stock.restore(sale, "not-the-holder", "run", config, True, recs)).outcome == "lost_lock"
     assert await stock.lock_restore(sale, "tok", 5_000)
     assert not await stock.lock_restore(sale, "other", 5_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -14,8 +15,17 @@ from tests.stores import redis_client
 pytestmark = pytest.mark.redis
 
 
-async def open_sale(stock: StockEngine, sale: str, total: int = 10, limit: int = 2, **kw: float) -> None:
-    await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, **kw), open=True)  # type: ignore[arg-type]
+class Rates(TypedDict, total=False):
+    """A sale's rate limits, as ``SaleConfig`` names them."""
+
+    buyer_rate: float
+    buyer_burst: int
+    ip_rate: float
+    ip_burst: int
+
+
+async def open_sale(stock: StockEngine, sale: str, total: int = 10, limit: int = 2, **kw: Unpack[Rates]) -> None:
+    await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, **kw), open=True)
 
 
 async def test_seed_creates_then_is_idempotent(stock: StockEngine, sale: str) -> None:
@@ -164,7 +174,7 @@ async def test_reserve_bad_arguments_are_typed(
 ) -> None:
     await open_sale(stock, sale)
     with pytest.raises(errors.InvalidArgument) as exc:
-        await stock.reserve(sale, user, qty)  # type: ignore[arg-type]
+        await stock.reserve(sale, user, qty)  # type: ignore[arg-type]  # deliberately ill-typed: the engine's own check
     assert exc.value.field == field
     assert (await stock.snapshot(sale)).remaining == 10
 

@@ -17,7 +17,7 @@ from stampede import errors
 from stampede.audit import Row, audit, counts_from
 from stampede.names import sale_keys
 from stampede.stock import Outcome, ReservationRecord, SaleConfig, StockEngine
-from tests.stores import redis_client
+from tests.stores import redis_bytes, redis_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -150,7 +150,7 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
     assert snap.balanced and snap.pending == 0 and snap.pending_count == 0
     assert snap.reservations == len(made)
     assert await redis_client(stock).hlen(k.reservations) == 0
-    buckets = int(await redis_client(stock).hget(k.settled, "buckets"))
+    buckets = int(redis_bytes(await redis_client(stock).hget(k.settled, "buckets")))
     assert buckets >= len(made) // 64  # split as it grew
     sizes = [await redis_client(stock).hlen(k.bucket(k.settled, i)) for i in range(buckets)]
     assert sum(sizes) == len(made)
@@ -212,6 +212,6 @@ async def test_racing_settles_compact_and_keep_every_invariant(stock: StockEngin
         0,
         len(made),
     )
-    again = await stock.confirm(sale, sample)
-    assert all(o in (Outcome.ALREADY, Outcome.RELEASED) for o in again.values())
+    repeated = await stock.confirm(sale, sample)
+    assert all(o in (Outcome.ALREADY, Outcome.RELEASED) for o in repeated.values())
     await stock.delete(sale)

@@ -13,6 +13,7 @@ import pytest
 from stampede import errors
 from stampede.audit import Row, audit, counts_from
 from stampede.stock import SaleConfig, StockEngine
+from stampede.vocabulary import RedisState
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -79,7 +80,7 @@ async def test_concurrent_reserves_never_oversell(stock: StockEngine, redis_url:
     assert snap.remaining == 0
     assert sum(r.quantity for r in records) == STOCK  # exactly 100 units reserved
     assert len(records) == len(accepted)
-    held = Counter()
+    held: Counter[str] = Counter()
     for r in records:
         held[r.user] += r.quantity
     assert max(held.values()) <= limit
@@ -108,8 +109,8 @@ async def test_concurrent_confirm_and_release_race(stock: StockEngine, sale: str
     await asyncio.gather(*(op(sale, h) for h in halves for op in (stock.confirm, stock.release)))
     records = await stock.reservations(sale)
     states = Counter(r.state for r in records)
-    assert states["pending"] == 0
-    assert states["confirmed"] + states["released"] == 200
+    assert states[RedisState.PENDING] == 0
+    assert states[RedisState.CONFIRMED] + states[RedisState.RELEASED] == 200
     snap = await stock.snapshot(sale)
     assert snap.balanced
-    assert (snap.confirmed, snap.remaining) == (states["confirmed"], states["released"])
+    assert (snap.confirmed, snap.remaining) == (states[RedisState.CONFIRMED], states[RedisState.RELEASED])

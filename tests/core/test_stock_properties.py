@@ -106,14 +106,16 @@ async def test_sequential_programs_match_the_model(
                 assert isinstance(out, errors.SoldOut)
             else:
                 assert not isinstance(out, Exception)
-                rid = out.reservation_id  # type: ignore[attr-defined]
+                assert isinstance(out, Reservation)
+                rid = out.reservation_id
                 made.append(rid)
                 state[rid] = ("pending", op.user, op.qty)
                 remaining -= op.qty
         elif made:
             rid = made[op.target % len(made)]
             cur, user, qty = state[rid]
-            outcome = out[rid]  # type: ignore[index]
+            assert isinstance(out, dict)
+            outcome = out[rid]
             if op.kind == "confirm":
                 expected = {"pending": Outcome.CONFIRMED, "confirmed": Outcome.ALREADY, "released": Outcome.RELEASED}
                 assert outcome == expected[cur]

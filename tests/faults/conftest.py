@@ -14,10 +14,10 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -31,6 +31,9 @@ from stampede.stock import StockEngine
 from stampede.tokens import mint
 from stampede_dev.devstack import LocalStack
 from stampede_dev.sale_audit import audit_sale
+
+if TYPE_CHECKING:
+    from tests.conftest import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "hack" / "services.sh"
@@ -132,7 +135,10 @@ class SaleRun:
     # --- the sale ---------------------------------------------------------------------------------
     def apply(self) -> None:
         now = time.time()
-        iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+
+        def iso(t: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
         manifest = {
             "apiVersion": "stampede.dev/v1alpha1",
             "kind": "FlashSale",
@@ -190,7 +196,7 @@ class SaleRun:
         concurrency: int = 200,
         rate: float = 250,
         fault_at: float = 0.3,
-        fault: Callable[[], Awaitable[None]] | None = None,
+        fault: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> Outcome:
         """``requests`` buys from ``users`` distinct buyers arriving at ``rate`` per second, at most
         ``concurrency`` in flight, so the sale lasts long enough for ``fault`` to land mid-sale: it runs
@@ -354,7 +360,7 @@ class ChaosProxy:
 
 @pytest.fixture
 def sale_run(
-    fault_services: FaultServices, control_plane: Any, flashsale_crd: str, request: pytest.FixtureRequest
+    fault_services: FaultServices, control_plane: ControlPlane, flashsale_crd: str, request: pytest.FixtureRequest
 ) -> Iterator[SaleRun]:
     ns = f"f-{uuid.uuid4().hex[:8]}"
     assert control_plane.kubectl("create", "namespace", ns).returncode == 0

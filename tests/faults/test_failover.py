@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -16,6 +17,9 @@ from redis.crc import key_slot
 from stampede.stock import StockEngine
 
 from .test_faults import check, start_all
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import SaleRun
 
 pytestmark = [
     pytest.mark.faults,
@@ -47,7 +51,7 @@ def _master_of_slot(ports: list[int], slot: int) -> str | None:
     return None
 
 
-async def test_redis_cluster_master_killed_mid_sale(sale_run) -> None:
+async def test_redis_cluster_master_killed_mid_sale(sale_run: SaleRun) -> None:
     run = sale_run
     svc = run.services
     run.env["STAMPEDE_REDIS_URL"] = svc.cluster_url
@@ -69,7 +73,7 @@ async def test_redis_cluster_master_killed_mid_sale(sale_run) -> None:
             assert time.monotonic() - killed["at"] < 60, "the replica was never promoted"
             await asyncio.sleep(0.05)
         killed["promoted"] = time.monotonic()
-        killed["new"] = float(new.rsplit(":", 1)[1])  # type: ignore[union-attr]
+        killed["new"] = float(new.rsplit(":", 1)[1])
         # The old master comes back as a replica of the new one: the cluster is whole again.
         await asyncio.to_thread(svc.do, "start-redis-node", str(port))
 

@@ -12,9 +12,16 @@ import shutil
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+
+from stampede.audit import AuditReport
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import ChaosProxy, Outcome, SaleRun
 
 pytestmark = [
     pytest.mark.faults,
@@ -25,7 +32,7 @@ pytestmark = [
 ]
 
 
-def start_all(run, api_env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None) -> None:
+def start_all(run: SaleRun, api_env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None) -> None:
     run.start_operator()
     run.apply()
     run.wait_phase("Live")
@@ -33,22 +40,22 @@ def start_all(run, api_env: dict[str, str] | None = None, worker_env: dict[str, 
     run.start_worker(worker_env)
 
 
-def check(run, fault: str, outcome: object, report: object, heal_s: float, extra: str = "") -> None:
-    run.record(fault, outcome, report, heal_s, extra)  # type: ignore[arg-type]
-    assert report.ok  # type: ignore[attr-defined]
-    assert outcome.server_errors == 0, outcome.statuses  # type: ignore[attr-defined]
-    assert outcome.retry_after_missing == 0  # type: ignore[attr-defined]
-    assert outcome.accepted  # type: ignore[attr-defined]
+def check(run: SaleRun, fault: str, outcome: Outcome, report: AuditReport, heal_s: float, extra: str = "") -> None:
+    run.record(fault, outcome, report, heal_s, extra)
+    assert report.ok
+    assert outcome.server_errors == 0, outcome.statuses
+    assert outcome.retry_after_missing == 0
+    assert outcome.accepted
 
 
-async def wait_log(run, name: str, needle: str, within: float = 30) -> None:
+async def wait_log(run: SaleRun, name: str, needle: str, within: float = 30) -> None:
     deadline = time.monotonic() + within
     while needle not in run.stack.procs[name].output():
         assert time.monotonic() < deadline, f"{name} never logged {needle!r}:\n{run.stack.procs[name].tail()}"
         await asyncio.sleep(0.2)
 
 
-async def test_worker_killed_mid_batch(sale_run) -> None:
+async def test_worker_killed_mid_batch(sale_run: SaleRun) -> None:
     # A slow Redis confirm step makes the kill land between the ledger write and Redis.
     start_all(sale_run, worker_env={"STAMPEDE_WORKER_FAULT_SLEEP_MS": "40"})
 
@@ -63,7 +70,7 @@ async def test_worker_killed_mid_batch(sale_run) -> None:
     check(sale_run, "worker SIGKILL mid-batch", outcome, report, heal)
 
 
-async def test_postgres_down_for_ten_seconds(sale_run) -> None:
+async def test_postgres_down_for_ten_seconds(sale_run: SaleRun) -> None:
     start_all(sale_run)
 
     async def fault() -> None:
@@ -78,7 +85,7 @@ async def test_postgres_down_for_ten_seconds(sale_run) -> None:
     assert outcome.statuses.get(503, 0) > 0, outcome.statuses
 
 
-async def test_postgres_killed_mid_sale(sale_run) -> None:
+async def test_postgres_killed_mid_sale(sale_run: SaleRun) -> None:
     """A crash, not a clean stop: the postmaster and its backends SIGKILLed mid-sale, started again 5 s later
     (crash recovery from the WAL). A 202 is sent only after its commit, so recovery keeps every one of them."""
     start_all(sale_run)
@@ -98,7 +105,7 @@ async def test_postgres_killed_mid_sale(sale_run) -> None:
 @pytest.mark.single_redis
 @pytest.mark.timeout(600)  # 2,000 units to settle: on a loaded 2-core machine the load alone can take minutes
 @pytest.mark.parametrize("aof", [False, True], ids=["no-persistence", "aof-everysec"])
-async def test_redis_killed_mid_sale(sale_run, aof: bool) -> None:
+async def test_redis_killed_mid_sale(sale_run: SaleRun, aof: bool) -> None:
     """Redis SIGKILLed mid-sale at full rate and started again on the same address a second later: empty
     (no persistence) or from its append-only file with fsync every second (the chart's setting). No accepted
     order is compensated, the sale takes buys again soon after Redis answers (measured from the first PONG to
@@ -146,7 +153,7 @@ async def test_redis_killed_mid_sale(sale_run, aof: bool) -> None:
     back_s = next((t for t, code in after if code == 202), None)
     refused = sum(1 for _, code in after if code == 503)
     with psycopg.connect(sale_run.services.env["STAMPEDE_DATABASE_URL"]) as conn:
-        reasons = dict(
+        reasons: dict[str, int] = dict(
             conn.execute(
                 "SELECT reason, count(*) FROM stampede_ledger"
                 " WHERE sale = %s AND status = 'compensated' GROUP BY reason",
@@ -177,7 +184,7 @@ async def test_redis_killed_mid_sale(sale_run, aof: bool) -> None:
     assert not {"unknown_sale", "not_in_redis", "retries_exhausted", "settle_error", "job_failed"} & set(reasons)
 
 
-async def test_api_killed_between_reserve_and_record(sale_run) -> None:
+async def test_api_killed_between_reserve_and_record(sale_run: SaleRun) -> None:
     # The hook makes an API worker process exit right after reserving, before the ledger write.
     start_all(sale_run, api_env={"STAMPEDE_FAULT_EXIT_AFTER_RESERVES": "300"})
     outcome = await sale_run.buyers()
@@ -193,7 +200,7 @@ async def test_api_killed_between_reserve_and_record(sale_run) -> None:
     assert lost[0] > 0
 
 
-async def test_operator_leader_killed(sale_run) -> None:
+async def test_operator_leader_killed(sale_run: SaleRun) -> None:
     from stampede.settings import load
     from stampede_operator.peering import build_peering_crds, build_peering_object
     from stampede_operator.settings import OperatorSettings
@@ -247,7 +254,9 @@ async def test_operator_leader_killed(sale_run) -> None:
 
 
 @pytest.mark.single_redis
-async def test_network_delay_and_cuts_between_api_and_redis(sale_run, chaos_proxy) -> None:
+async def test_network_delay_and_cuts_between_api_and_redis(
+    sale_run: SaleRun, chaos_proxy: Callable[[int], ChaosProxy]
+) -> None:
     """20 ms each way and 2 % of chunks cut: a reserve can run in Redis while its answer is lost, so the
     API answers 503 and the reservation is an orphan only the reconciler can find and release."""
     redis_port = int(sale_run.services.env["STAMPEDE_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])

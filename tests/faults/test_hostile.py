@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -17,6 +18,9 @@ import pytest
 
 from .conftest import SECRET
 from .test_faults import check, start_all
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import SaleRun
 
 pytestmark = [
     pytest.mark.faults,
@@ -74,19 +78,19 @@ async def hostile_burst(port: int, sale: str) -> Counter[str]:
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as c:
 
-        async def post(kind: str, **kw: object) -> None:
+        async def post(kind: str, **kw: Any) -> None:
             await get(kind, buy, "POST", **kw)
 
-        async def get(kind: str, path: str, method: str = "GET", **kw: object) -> None:
+        async def get(kind: str, path: str, method: str = "GET", **kw: Any) -> None:  # httpx request options
             try:
-                r = await c.request(method, path, **kw)  # type: ignore[arg-type]
+                r = await c.request(method, path, **kw)
             except httpx.TransportError as exc:
                 seen[f"{kind} {type(exc).__name__}"] += 1
                 return
             seen[f"{kind} {r.status_code}"] += 1
 
-        def raw(kind: str, payload: bytes, **kw: float) -> None:
-            answer = _raw(port, payload, **kw)  # type: ignore[arg-type]
+        def raw(kind: str, payload: bytes, trickle_s: float = 0.0) -> None:
+            answer = _raw(port, payload, trickle_s=trickle_s)
             seen[f"{kind} {answer[:12].decode(errors='replace').strip() or 'closed'}"] += 1
 
         replay = {"Authorization": f"Bearer {_token('hostile-replayer')}", "Idempotency-Key": "replay-me"}
@@ -160,7 +164,7 @@ async def hostile_burst(port: int, sale: str) -> Counter[str]:
     return seen
 
 
-async def test_hostile_burst_during_a_live_sale(sale_run) -> None:
+async def test_hostile_burst_during_a_live_sale(sale_run: SaleRun) -> None:
     # Public reads at 1/s (burst 5) per address and process: 200 reads cannot all pass, however slowly this
     # shared box serves them. The honest buyers never read.
     api_env = {

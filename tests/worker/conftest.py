@@ -19,7 +19,7 @@ import pytest
 
 from stampede import queue
 from stampede.audit import AuditReport, audit, counts_from
-from stampede.ledger import Ledger, PendingReservation
+from stampede.ledger import Ledger, LedgerRow, PendingReservation
 from stampede.migrate import migrate
 from stampede.names import QUEUE_SETTLE
 from stampede.settings import load
@@ -154,6 +154,12 @@ class Harness:
         assert report.ok, report.render()
         assert snap.remaining + snap.confirmed == total, "stock not whole after the sale settled"
         return report
+
+    async def row(self, reservation_id: str) -> LedgerRow:
+        """The ledger row of a reservation the test recorded (it has one)."""
+        row = await self.ledger.get_reservation(reservation_id)
+        assert row is not None, reservation_id
+        return row
 
     async def job_statuses(self, job_ids: Sequence[int]) -> list[str]:
         return [str((await self.app.job_manager.get_job_status_async(j)).value) for j in job_ids]

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import TYPE_CHECKING
 
 import pytest
 
-from stampede.ledger import Ledger
+from stampede.ledger import Ledger, PendingReservation
 from stampede.vocabulary import JobStatus, Status
 from stampede_worker import settle
+
+if TYPE_CHECKING:
+    from tests.worker.conftest import Harness
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 
-async def _sale_jobs(harness, sale: str) -> dict[str, int]:
+async def _sale_jobs(harness: Harness, sale: str) -> dict[str, int]:
     async with harness.pool.connection() as conn:
         cur = await conn.execute(
             "SELECT status::text, count(*) FROM procrastinate_jobs WHERE args->>'sale' = %s GROUP BY 1", (sale,)
@@ -24,13 +28,13 @@ async def _sale_jobs(harness, sale: str) -> dict[str, int]:
         return {str(s): int(n) for s, n in await cur.fetchall()}
 
 
-async def test_concurrent_writers_share_a_bounded_set_of_jobs(harness, sale) -> None:
+async def test_concurrent_writers_share_a_bounded_set_of_jobs(harness: Harness, sale: str) -> None:
     n = 3000
     res = await harness.reservations(sale, n)
     # Two "API processes" (separate pools are not needed: each writer has its own connection per call),
     # eight writers each, micro-batches of 1-20 reservations, all while a worker settles.
     ledgers = [Ledger(harness.pool, settle_shards=4), Ledger(harness.pool, settle_shards=4)]
-    chunks: list[list] = []
+    chunks: list[list[PendingReservation]] = []
     i = 0
     rng = random.Random(7)
     while i < n:
@@ -74,7 +78,7 @@ async def test_concurrent_writers_share_a_bounded_set_of_jobs(harness, sale) -> 
     await harness.audit(sale, total=n, accepted=[r.reservation_id for r in res])
 
 
-async def test_a_claim_takes_at_most_its_limit_and_the_job_drains_the_shard(harness, sale) -> None:
+async def test_a_claim_takes_at_most_its_limit_and_the_job_drains_the_shard(harness: Harness, sale: str) -> None:
     """A backlog larger than one claim is settled by one job in several chunks, oldest first."""
     n = 250
     res = await harness.reservations(sale, n)
@@ -89,12 +93,12 @@ async def test_a_claim_takes_at_most_its_limit_and_the_job_drains_the_shard(harn
     rows = await harness.ledger.rows(sale)
     assert {r.status for r in rows} == {Status.CONFIRMED}
     # The job that decided them stamped its id on them; the job itself then finds nothing left.
-    assert {(await harness.ledger.get_reservation(r.reservation_id)).job_id for r in res[:3]} == {job}
+    assert {(await harness.row(r.reservation_id)).job_id for r in res[:3]} == {job}
     await harness.drain()
     await harness.audit(sale, total=n, accepted=[r.reservation_id for r in res])
 
 
-async def test_racing_jobs_of_one_shard_split_its_rows(harness, sale) -> None:
+async def test_racing_jobs_of_one_shard_split_its_rows(harness: Harness, sale: str) -> None:
     """Jobs of one shard running at once (a recovered job beside the waiting one) never take a row
     twice: each claim skips the rows another holds."""
     n = 600

@@ -137,7 +137,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     assert (report.confirmed_units, snap.confirmed, snap.remaining, snap.released) == (n, n, 0, 0)
     async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
-        jobs = dict(await cur.fetchall())
+        jobs: dict[str, int] = dict(await cur.fetchall())
     # 20 batches written before any worker ran joined one waiting job per shard: settling is coalesced.
     assert jobs == {"succeeded": own_ledger.settle_shards}
 
@@ -166,7 +166,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
             proc.kill()
     async with ledger_pool(own_ledger).connection() as conn:
         cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
-        jobs = dict(await cur.fetchall())
+        jobs: dict[str, int] = dict(await cur.fetchall())
     # The jobs it had started finished (none left 'doing'); the rest wait for the next worker.
     assert "doing" not in jobs and jobs.get("succeeded", 0) >= 1, jobs
     counts = await own_ledger.counts(sale)
@@ -246,7 +246,7 @@ async def test_sigkill_mid_claim_loses_nothing(
             snap = await stock.snapshot(sale)
             async with ledger_pool(own_ledger).connection() as conn:
                 cur = await conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
-                jobs = dict(await cur.fetchall())
+                jobs: dict[str, int] = dict(await cur.fetchall())
             # Settled, and the killed job itself recovered (stalled) and run again to success.
             if counts[Status.PENDING] == 0 and snap.pending == 0 and set(jobs) == {"succeeded"}:
                 break

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,13 +15,16 @@ from stampede.domain import Settled, Settlement
 from stampede.ledger import Ledger, batch_payload
 from stampede.stock import Outcome, StockEngine
 from stampede.vocabulary import Dependency, Reason, Status
-from stampede_worker import settle
+from stampede_worker import metrics, settle
 from tests.stores import ledger_pool, redis_client
+
+if TYPE_CHECKING:
+    from tests.worker.conftest import Harness
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 
-async def test_happy_path_confirms_every_reservation(harness, sale) -> None:
+async def test_happy_path_confirms_every_reservation(harness: Harness, sale: str) -> None:
     other = sale + "-b"
     a = await harness.reservations(sale, 150)
     b = await harness.reservations(other, 60)
@@ -36,7 +39,7 @@ async def test_happy_path_confirms_every_reservation(harness, sale) -> None:
     assert row is not None and row.status == Status.CONFIRMED and row.attempts == 1 and row.settled_at is not None
 
 
-async def test_duplicate_delivery_settles_each_reservation_once(harness, sale) -> None:
+async def test_duplicate_delivery_settles_each_reservation_once(harness: Harness, sale: str) -> None:
     res = await harness.reservations(sale, 80)
     await harness.record(res, batch=80)
     # The same batch delivered again by another job (a producer retry, a replayed message), and a
@@ -63,11 +66,11 @@ class FlakyStock(StockEngine):
         self.calls += 1
         if self.failures > 0:
             self.failures -= 1
-            raise errors.DependencyUnavailable("redis", "injected: connection reset")
+            raise errors.DependencyUnavailable(Dependency.REDIS, "injected: connection reset")
         return await super().confirm(sale, reservation_ids)
 
 
-async def test_transient_failure_is_retried_then_succeeds(harness, sale) -> None:
+async def test_transient_failure_is_retried_then_succeeds(harness: Harness, sale: str) -> None:
     res = await harness.reservations(sale, 50)
     [job] = await harness.record(res, batch=50)
     flaky = FlakyStock(harness.stock, failures=2)
@@ -104,7 +107,9 @@ class BrokenLedger(Ledger):
     ],
     ids=["permanent", "retries-exhausted"],
 )
-async def test_failure_for_good_compensates_and_returns_stock_once(harness, sale, error, reason) -> None:
+async def test_failure_for_good_compensates_and_returns_stock_once(
+    harness: Harness, sale: str, error: Exception, reason: Reason
+) -> None:
     res = await harness.reservations(sale, 40)
     [job] = await harness.record(res, batch=40)
     await harness.drain(ledger=BrokenLedger(harness.ledger, error))
@@ -116,6 +121,7 @@ async def test_failure_for_good_compensates_and_returns_stock_once(harness, sale
     snap = await harness.stock.snapshot(sale)
     assert (snap.remaining, snap.pending, snap.released) == (40, 0, 40)
     # The same job delivered again (and a good worker this time): outcomes stay, stock is not returned twice.
+    # procrastinate annotates retry_at as a datetime; None (retry at once) is what its SQL takes.
     await harness.app.job_manager.retry_job_by_id_async(job, retry_at=None)  # type: ignore[arg-type]
     await harness.drain()
     snap = await harness.stock.snapshot(sale)
@@ -124,7 +130,7 @@ async def test_failure_for_good_compensates_and_returns_stock_once(harness, sale
     await harness.audit(sale, total=40, accepted=[r.reservation_id for r in res])
 
 
-async def test_bad_reservations_are_compensated_alone(harness, sale) -> None:
+async def test_bad_reservations_are_compensated_alone(harness: Harness, sale: str) -> None:
     res = await harness.reservations(sale, 30)
     released = res[0]
     await harness.stock.release(sale, [released.reservation_id])  # Redis gave it back already
@@ -140,7 +146,7 @@ async def test_bad_reservations_are_compensated_alone(harness, sale) -> None:
     assert statuses.pop(ghost.reservation_id) == Status.COMPENSATED
     assert set(statuses.values()) == {Status.CONFIRMED} and len(statuses) == 29
     reasons = {
-        rid: (await harness.ledger.get_reservation(rid)).reason
+        rid: (await harness.row(rid)).reason
         for rid in (released.reservation_id, ghost.reservation_id, unknown_sale.reservation_id)
     }
     assert reasons == {
@@ -151,7 +157,7 @@ async def test_bad_reservations_are_compensated_alone(harness, sale) -> None:
     await harness.audit(sale, total=30, accepted=[r.reservation_id for r in res] + [ghost.reservation_id])
 
 
-async def test_malformed_payloads_fail_alone_and_never_stop_the_worker(harness, sale) -> None:
+async def test_malformed_payloads_fail_alone_and_never_stop_the_worker(harness: Harness, sale: str) -> None:
     res = await harness.reservations(sale, 20)
     await harness.record(res[:10], batch=10)
     # A job whose payload names a bad sale but real ledger ids: compensated by id, stock returned.
@@ -188,7 +194,7 @@ async def test_parse_payload_keeps_the_good_entries() -> None:
     assert len(batch.problems) == 4
 
 
-async def test_racing_runs_of_one_batch_decide_each_reservation_once(harness, sale) -> None:
+async def test_racing_runs_of_one_batch_decide_each_reservation_once(harness: Harness, sale: str) -> None:
     # A job recovered from a worker that was only slow, running twice at once, plus a duplicate: the
     # row locks serialise the ledger moves; the losers see the winner's outcome and only replay it.
     res = await harness.reservations(sale, 300)
@@ -207,7 +213,7 @@ async def test_racing_runs_of_one_batch_decide_each_reservation_once(harness, sa
     await harness.audit(sale, total=300, accepted=[r.reservation_id for r in res])
 
 
-async def test_a_sale_redis_lost_is_restored_and_its_reservations_confirmed(harness, sale) -> None:
+async def test_a_sale_redis_lost_is_restored_and_its_reservations_confirmed(harness: Harness, sale: str) -> None:
     """Redis lost the sale after 60 reservations were recorded: the worker restores it from the ledger
     (every pending row counted as reserved) and confirms them all; nothing is compensated."""
     res = await harness.reservations(sale, 60, total=100)
@@ -222,7 +228,7 @@ async def test_a_sale_redis_lost_is_restored_and_its_reservations_confirmed(harn
     await harness.audit(sale, total=100, accepted=[r.reservation_id for r in res])
 
 
-async def test_while_another_process_restores_the_sale_the_job_waits(harness, sale) -> None:
+async def test_while_another_process_restores_the_sale_the_job_waits(harness: Harness, sale: str) -> None:
     """Another process holds the sale's restore lock: the job is retried later (not compensated) and
     confirms once the sale is back."""
     res = await harness.reservations(sale, 5, total=5)
@@ -253,7 +259,7 @@ def test_each_claim_adds_only_its_own_rows_to_the_metrics() -> None:
         return Settled(str(uuid.uuid4()), "s", 1, status, moved, 0.01 if moved else None)
 
     def count(status: Status) -> float:
-        return settle.metrics.WORKER_RESERVATIONS.labels(status)._value.get()
+        return float(metrics.WORKER_RESERVATIONS.labels(status)._value.get())
 
     before = {s: count(s) for s in (Status.CONFIRMED, Status.COMPENSATED)}
     report = settle.Report()
