@@ -133,6 +133,7 @@ class RestoreSource:
     ip_burst: int
     deleted: bool
     rows: list[tuple[str, str, int, str, int]]
+    buckets: int = 1  # the sale's stock buckets
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +471,7 @@ class Ledger:
         ip_rate: float = 0.0,
         ip_burst: int = 0,
         hold_seconds: int = 0,
+        buckets: int = 1,
     ) -> None:
         """Creates or updates the sale's mirror row (a no-op write when nothing changed). It holds all a
         restore needs to put the sale back in Redis, rate limits included, and the sale's checkout hold
@@ -491,6 +493,7 @@ class Ledger:
                     "ip_rate": ip_rate,
                     "ip_burst": ip_burst,
                     "hold_seconds": hold_seconds,
+                    "buckets": buckets,
                 },
             )
 
@@ -518,7 +521,7 @@ class Ledger:
             found = await cur.fetchall()
         if not found:
             return None
-        stock, limit, start, end, brate, bburst, irate, iburst, deleted = found[0][:9]
+        stock, limit, start, end, brate, bburst, irate, iburst, deleted, buckets = found[0][:10]
         rows = [
             (str(rid), str(user), int(qty), str(status), int(ts))
             for *_, rid, user, qty, status, ts in found
@@ -536,6 +539,7 @@ class Ledger:
             int(iburst),
             bool(deleted),
             rows,
+            int(buckets),
         )
 
     # --- settling (the worker, the reconciler) ----------------------------------------------------
