@@ -75,6 +75,7 @@ class SaleSpec:
     client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
     admission: AdmissionSpec | None = None  # None: no waiting room
     hold_seconds: int = 0  # spec.checkout.holdSeconds: settled reservations are held this long for checkout
+    stock_buckets: int = 1  # spec.stockBuckets: stock buckets (hash tags) the sale's units are split over
     autoscale: Autoscale | None = None  # None: spec.workers.replicas, fixed
     # spec.api.template / spec.workers.template: what the user sets of POD_TEMPLATE_FIELDS (over the chart's).
     api_template: Mapping[str, Any] = field(default_factory=dict)
@@ -94,6 +95,7 @@ class SaleSpec:
             buyer_burst=self.buyer_burst,
             ip_rate=float(self.ip_rate),
             ip_burst=self.ip_burst,
+            buckets=self.stock_buckets,
         )
 
 
@@ -169,6 +171,7 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         client_ip_header=_header(api),
         admission=_admission(spec),
         hold_seconds=_int(checkout, "holdSeconds", 0, "spec.checkout", 0),
+        stock_buckets=_int(spec, "stockBuckets", 1, "spec", 1),
         autoscale=_autoscale(workers),
         api_template=_template(api, "spec.api"),
         worker_template=_template(workers, "spec.workers"),

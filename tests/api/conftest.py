@@ -58,6 +58,7 @@ class SaleOptions(Rates, total=False):
     total: int
     limit: int
     is_open: bool
+    buckets: int
 
 
 class Minter(Protocol):
@@ -211,12 +212,20 @@ async def open_sale(
     total: int = 10,
     limit: int = 1,
     is_open: bool = True,
+    buckets: int = 1,
     **rates: Unpack[Rates],
 ) -> None:
     """Seeds the sale in Redis and mirrors it in the ledger, as the operator does."""
-    await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, **rates), open=is_open)
+    await stock.seed(sale, SaleConfig(total=total, per_user_limit=limit, buckets=buckets, **rates), open=is_open)
     await ledger.ensure_sale(
-        sale, sku=f"SKU-{sale}", stock=total, per_user_limit=limit, window_start=None, window_end=None, **rates
+        sale,
+        sku=f"SKU-{sale}",
+        stock=total,
+        per_user_limit=limit,
+        window_start=None,
+        window_end=None,
+        buckets=buckets,
+        **rates,
     )
 
 
