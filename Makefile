@@ -7,9 +7,10 @@ SERVICES_ENV = eval "$$(hack/services.sh env)"
 PYTEST_WORKERS ?= 2
 # single: one Redis; cluster: also a 6-node Redis Cluster, which STAMPEDE_REDIS_URL then names (services-up)
 REDIS_MODE ?= single
-# What `make test` runs again on the Redis Cluster: the stock engine's core suite and an end-to-end sale.
+# What `make test` runs again on the Redis Cluster: the stock engine's core suite (stock buckets included) and an
+# end-to-end sale (in one bucket and in four).
 CLUSTER_SMOKE := tests/core/test_stock.py tests/core/test_stock_concurrency.py tests/core/test_restore.py \
-  tests/api/test_e2e.py::test_spike_audits_clean
+  tests/core/test_stock_buckets.py tests/api/test_e2e.py::test_spike_audits_clean
 
 ##@ Main
 .PHONY: help

@@ -62,7 +62,10 @@ from stampede.stock import SaleConfig, StockEngine
 async def main(db, redis, sale, stock):
     await migrate(db)
     engine = StockEngine.from_url(redis)
-    await engine.flush_database()
+    if hasattr(engine, "flush_database"):
+        await engine.flush_database()
+    else:  # a checkout from before the engine's client was private
+        await engine.client.flushdb()
     await engine.seed(sale, SaleConfig(total=stock, per_user_limit=stock), open=True)
     await engine.close()
     ledger = await Ledger.open(load(Common, env={}, database_url=db, redis_url=redis))

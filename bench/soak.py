@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import redis
@@ -43,11 +43,12 @@ import api as apibench  # py-spy machinery
 
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
-from stampede.names import CRD_PLURAL, DEFAULT_NAMESPACE, sale_id, sale_keys
+from stampede.names import DEFAULT_NAMESPACE, sale_id, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import StockEngine
-from stampede_dev.demo import flashsale
+from stampede.vocabulary import SalePhase
 from stampede_dev.devstack import LocalStack, Process, free_port
+from stampede_dev.localsale import LocalCluster, flashsale, tool
 from stampede_dev.sale_audit import audit_sale, k6_accepted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,12 +60,6 @@ TARGETS = {
     "redis_bytes_per_reservation": 60.0,
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def tool(name: str) -> str:
-    return subprocess.run(
-        [str(ROOT / "hack" / "tools.sh"), "path", name], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def loadavg() -> str:
@@ -332,10 +327,8 @@ def main() -> int:
     settings = load(Common)
     run_dir = ROOT / ".run" / "bench"
     run_dir.mkdir(parents=True, exist_ok=True)
-    kubeconfig = ROOT / ".run" / "cluster" / "kubeconfig"
-    kube_env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    kubectl = tool("kubectl")
-    k6 = ns.k6 or tool("k6")
+    cluster = LocalCluster.of(ROOT)
+    k6 = ns.k6 or tool(ROOT, "k6")
     sale = f"soak-{time.strftime('%H%M%S')}"
     sid = sale_id(DEFAULT_NAMESPACE, sale)  # how Redis and the ledger name the FlashSale
     secret = secrets.token_urlsafe(36)
@@ -347,46 +340,17 @@ def main() -> int:
     print(f"==> soak {sale}: {ns.rate} req/s for {ns.minutes:g} min, stock {stock}; load average {load_start}")
 
     asyncio.run(migrate(settings.database_url))
-    subprocess.run(
-        [kubectl, "apply", "--server-side", "-f", str(ROOT / "crds" / "flashsale.yaml")],
-        env=kube_env,
-        check=True,
-        capture_output=True,
+    # The FlashSale's default reconcile interval, as a real sale runs.
+    manifest = flashsale(
+        sale, stock, limit, minutes=int(ns.minutes) + 30, workers=ns.worker_processes, reconcile_s=None
     )
-    subprocess.run(
-        [kubectl, "wait", "--for=condition=Established", "crd/flashsales.stampede.dev"],
-        env=kube_env,
-        check=True,
-        capture_output=True,
-    )
-    manifest = flashsale(sale, stock, limit, minutes=int(ns.minutes) + 30)
-    spec = cast(dict[str, Any], manifest["spec"])
-    spec.pop("reconcile")  # the FlashSale's default reconcile interval, as a real sale runs
-    spec["workers"] = {"replicas": ns.worker_processes, "concurrency": 16}
-    subprocess.run(
-        [kubectl, "apply", "-f", "-"],
-        input=json.dumps(manifest),
-        text=True,
-        env=kube_env,
-        check=True,
-        capture_output=True,
-    )
+    cluster.install_sale(manifest)
     r = redis.Redis.from_url(settings.redis_url)
     summary_path = run_dir / f"{sale}-k6.json"
     with LocalStack(run_dir, {"STAMPEDE_JWT_SECRET": secret, "STAMPEDE_LOG_LEVEL": "WARNING"}) as stack:
-        stack.operator(kubeconfig)
-        deadline = time.monotonic() + 60
-        phase = ""
-        while time.monotonic() < deadline and phase != "Live":
-            phase = subprocess.run(
-                [kubectl, "get", CRD_PLURAL, sale, "-o", "jsonpath={.status.phase}"],
-                env=kube_env,
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            time.sleep(0.5)
-        if phase != "Live":
+        stack.operator(cluster.kubeconfig)
+        phase = cluster.wait_phase(sale, SalePhase.LIVE)
+        if phase != SalePhase.LIVE:
             print(f"bench-soak: the sale never went Live ({phase!r}):\n{stack.procs['operator'].tail()}")
             return 1
         port = free_port()

@@ -7,7 +7,8 @@ Three figures on the same Redis, back to back:
 Then the Redis Cluster (STAMPEDE_REDIS_CLUSTER_URL, which ``make bench-stock`` starts), in the same run: the
 API's path (``StockEngine.reserve_batch``, pipelines of 32 as the reserve coalescer sends them under load) on
 one sale and on many sales, on the single Redis and on the 3-master cluster, with and without the replica
-acknowledgement (``WAIT 1``) that makes a failover safe; each as a ratio to the single Redis in the same shape.
+acknowledgement (``WAIT 1``) that makes a failover safe; each as a ratio to the single Redis in the same shape;
+and one sale split over 6 stock buckets (``spec.stockBuckets``) against the same sale in one bucket.
 Not a test: nothing is asserted; the figures go to stdout and bench/results/stock-<date>.md.
 """
 
@@ -119,12 +120,13 @@ def _batch_proc(url: str, sales: list[str], n: int, batch: int, inflight: int, a
     return asyncio.run(_batch_loop(url, sales, n, batch, inflight, ack, tag))
 
 
-async def batch_reserve(url: str, sales: list[str], requests: int, processes: int, ack: int) -> float:
-    """reserve ops/s through ``reserve_batch`` (4 pipelines of 32 in flight per process) over ``sales``."""
+async def batch_reserve(url: str, sales: list[str], requests: int, processes: int, ack: int, buckets: int = 1) -> float:
+    """reserve ops/s through ``reserve_batch`` (4 pipelines of 32 in flight per process) over ``sales``, each
+    split over ``buckets`` stock buckets."""
     engine = StockEngine.from_url(url)
     for sale in sales:
         await engine.delete(sale)
-        await engine.seed(sale, SaleConfig(total=100_000_000), open=True)
+        await engine.seed(sale, SaleConfig(total=100_000_000, buckets=buckets), open=True)
     loop = asyncio.get_running_loop()
     per = requests // processes
     started = time.perf_counter()
@@ -139,26 +141,45 @@ async def batch_reserve(url: str, sales: list[str], requests: int, processes: in
     return sum(done) / seconds
 
 
+BUCKETS = 6  # stock buckets of the one hot sale: two per master of the local cluster
+
+
 async def cluster_rows(single: str, cluster: str, requests: int, processes: int) -> list[str]:
     one = ["bench-stock/one"]
     many = [f"bench-stock/s{i}" for i in range(30)]
     masters = {await _master(cluster, s) for s in many}
-    runs = [
-        ("one sale, single Redis", single, one, 0, None),
-        ("one sale, cluster, no WAIT", cluster, one, 0, "one sale, single Redis"),
-        ("one sale, cluster, WAIT 1", cluster, one, 1, "one sale, single Redis"),
-        ("30 sales, single Redis", single, many, 0, None),
-        (f"30 sales over {len(masters)} masters, no WAIT", cluster, many, 0, "30 sales, single Redis"),
-        (f"30 sales over {len(masters)} masters, WAIT 1", cluster, many, 1, "30 sales, single Redis"),
+    spread = len(set(await _bucket_masters(cluster, one[0], BUCKETS)))
+    hot = f"one sale, {BUCKETS} buckets over {spread} masters"
+    runs: list[tuple[str, str, list[str], int, str | None, int]] = [
+        ("one sale, single Redis", single, one, 0, None, 1),
+        ("one sale, cluster, no WAIT", cluster, one, 0, "one sale, single Redis", 1),
+        ("one sale, cluster, WAIT 1", cluster, one, 1, "one sale, single Redis", 1),
+        (f"one sale, {BUCKETS} buckets, single Redis", single, one, 0, "one sale, single Redis", BUCKETS),
+        (f"{hot}, no WAIT", cluster, one, 0, "one sale, cluster, no WAIT", BUCKETS),
+        (f"{hot}, WAIT 1", cluster, one, 1, "one sale, cluster, WAIT 1", BUCKETS),
+        ("30 sales, single Redis", single, many, 0, None, 1),
+        (f"30 sales over {len(masters)} masters, no WAIT", cluster, many, 0, "30 sales, single Redis", 1),
+        (f"30 sales over {len(masters)} masters, WAIT 1", cluster, many, 1, "30 sales, single Redis", 1),
     ]
     got: dict[str, float] = {}
-    rows = ["| reserve_batch (pipelines of 32) | ops/s | vs single Redis, same sales |", "| --- | ---: | ---: |"]
-    for name, url, sales, ack, base in runs:
+    rows = ["| reserve_batch (pipelines of 32) | ops/s | ratio | baseline (same run) |", "| --- | ---: | ---: | --- |"]
+    for name, url, sales, ack, base, buckets in runs:
         print(f"==> {name}", flush=True)
-        got[name] = await batch_reserve(url, sales, requests, processes, ack)
+        got[name] = await batch_reserve(url, sales, requests, processes, ack, buckets)
         ratio = 1.0 if base is None else got[name] / got[base]
-        rows.append(f"| {name} | {got[name]:,.0f} | {ratio:.2f} |")
+        rows.append(f"| {name} | {got[name]:,.0f} | {ratio:.2f} | {base or '-'} |")
     return rows
+
+
+async def _bucket_masters(url: str, sale: str, buckets: int) -> list[str | None]:
+    engine = StockEngine.from_url(url)
+    try:
+        await engine.delete(sale)
+        await engine.seed(sale, SaleConfig(total=buckets, buckets=buckets))
+        return await engine.masters_of(sale)
+    finally:
+        await engine.delete(sale)
+        await engine.close()
 
 
 async def _master(url: str, sale: str) -> str | None:

@@ -23,15 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from stampede.ledger import Ledger
 from stampede.migrate import migrate
 from stampede.settings import Common, load
-from stampede.stock import SaleConfig, StockEngine
+from stampede.stock import StockEngine
+from stampede_api.strategies import open_pool, setup_product
 from stampede_api.strategies.schema import migration_files as strategy_migrations
-from stampede_api.strategies.schema import queries as strategy_queries
 from stampede_dev.devstack import LocalStack, free_port
+from stampede_dev.localsale import tool
 from stampede_dev.sale_audit import lag, wait_settled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,34 +44,19 @@ TITLES = {
 }
 
 
-def tool(name: str) -> str:
-    return subprocess.run(
-        [str(ROOT / "hack" / "tools.sh"), "path", name], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
 async def prepare(settings: Common, strategy: str, product: str, stock: int, limit: int = 1) -> None:
-    """A fresh product with ``stock`` units (``limit`` per buyer where the strategy has limits)."""
-    if strategy in ("v1", "v2"):
-        q = strategy_queries()
-        async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-            await conn.execute(q["upsert_product"], {"product_id": product, "stock": stock})
-            await conn.execute(q["delete_orders"], {"product_id": product})
-        return
+    """A fresh product with ``stock`` units (``limit`` per buyer where the strategy has limits), set up as the
+    tests set it up (``setup_product``); the production path's product is v4's."""
+    pool = await open_pool(settings.database_url, min_size=1, max_size=1)
     engine = StockEngine.from_url(settings.redis_url)
+    ledger = await Ledger.open(settings)
     try:
-        await engine.delete(product)
-        await engine.seed(product, SaleConfig(total=stock, per_user_limit=limit), open=True)
+        version = "v4" if strategy == "prod" else strategy
+        await setup_product(version, product, stock, pool=pool, stock=engine, ledger=ledger, per_user_limit=limit)
     finally:
+        await ledger.close()
         await engine.close()
-    if strategy in ("v4", "prod"):
-        ledger = await Ledger.open(settings)
-        try:
-            await ledger.ensure_sale(
-                product, sku=product.upper(), stock=stock, per_user_limit=limit, window_start=None, window_end=None
-            )
-        finally:
-            await ledger.close()
+        await pool.close()
 
 
 async def settle_lag(settings: Common, product: str) -> tuple[float, dict[str, float]]:
@@ -279,7 +263,7 @@ def main() -> None:
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     secret = "bench-secret-" + "x" * 40
-    k6 = tool("k6")
+    k6 = tool(ROOT, "k6")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     stamp = time.strftime("%H%M%S")

@@ -28,34 +28,8 @@ PORTS_FILE="$RUN_DIR/ports.env"
 TIMEOUT="${STAMPEDE_CLUSTER_TIMEOUT:-90}"
 COMPONENTS=(etcd kube-apiserver) # start order; stopped in reverse
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'cluster.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-    exit "${1:-2}"
-}
-
-now_ms() { date +%s%3N; }
-
-pid_file() { printf '%s/%s.pid\n' "$RUN_DIR" "$1"; }
-
-# Print the PID of component $1 when it runs (its pid file names a live process started from that binary).
-running_pid() {
-    local name="$1" file pid argv0
-    file="$(pid_file "$name")"
-    [[ -f "$file" ]] || return 1
-    pid="$(<"$file")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # Guard against a recycled PID: the process must be the component's binary.
-    argv0="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1)" || return 1
-    [[ "$(basename "$argv0")" == "$name"* ]] || return 1
-    printf '%s\n' "$pid"
-}
+# shellcheck source=hack/lib.sh
+source "$ROOT/hack/lib.sh"
 
 load_ports() {
     [[ -f "$PORTS_FILE" ]] || return 1
@@ -72,91 +46,6 @@ free_ports() { # N: print N distinct free loopback TCP ports (below the ephemera
     python3 "$(dirname "${BASH_SOURCE[0]}")/free_ports.py" "$1" | tr '\n' ' '
 }
 
-# A local CA, the serving certificate for 127.0.0.1/localhost, the admin client certificate (group
-# system:masters) and the service-account signing key. Made once and kept across `up`s.
-make_pki() {
-    if [[ -f "$PKI/ca.crt" && -f "$PKI/apiserver.crt" && -f "$PKI/admin.crt" && -f "$PKI/sa.key" ]]; then
-        return
-    fi
-    command -v openssl >/dev/null || die "openssl is needed to make the control plane's certificates"
-    log "generating certificates in ${PKI#"$ROOT"/}"
-    rm -rf "$PKI"
-    mkdir -p "$PKI"
-    chmod 700 "$PKI"
-    local cnf="$PKI/openssl.cnf"
-    cat >"$cnf" <<'EOF'
-[req]
-distinguished_name = dn
-[dn]
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign, digitalSignature
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost, IP:10.0.0.1, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
-authorityKeyIdentifier = keyid
-[client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-authorityKeyIdentifier = keyid
-EOF
-    (
-        cd "$PKI"
-        local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-        openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
-            -subj "/CN=stampede-local-ca" -config "$cnf" -extensions ca 2>/dev/null
-        sign() { # NAME SUBJECT EXTENSIONS
-            openssl req -new "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" -config "$cnf" 2>/dev/null
-            openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
-                -days 3650 -extfile "$cnf" -extensions "$3" -out "$1.crt" 2>/dev/null
-            rm -f "$1.csr"
-        }
-        sign apiserver "/CN=kube-apiserver" server
-        sign admin "/O=system:masters/CN=stampede-admin" client
-        openssl genrsa -out sa.key 2048 2>/dev/null
-        openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-        chmod 600 ./*.key
-    ) || die "generating certificates failed"
-}
-
-write_kubeconfig() {
-    local tmp="$KUBECONFIG_PATH.tmp"
-    cat >"$tmp" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-  - name: stampede-local
-    cluster:
-      server: https://127.0.0.1:${APISERVER_PORT}
-      certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
-users:
-  - name: stampede-admin
-    user:
-      client-certificate-data: $(base64 -w0 <"$PKI/admin.crt")
-      client-key-data: $(base64 -w0 <"$PKI/admin.key")
-contexts:
-  - name: stampede-local
-    context: {cluster: stampede-local, user: stampede-admin, namespace: default}
-current-context: stampede-local
-EOF
-    chmod 600 "$tmp"
-    mv -f "$tmp" "$KUBECONFIG_PATH"
-}
-
-# Start "$@" as component $1's daemon in its own session, with its output in logs/NAME.log.
-start_daemon() {
-    local name="$1"
-    shift
-    # Close fd 9 (the `up` lock) so the daemon does not hold it.
-    setsid "$@" </dev/null >"$LOGS/$name.log" 2>&1 9>&- &
-    local pid=$!
-    printf '%s\n' "$pid" >"$(pid_file "$name")"
-}
-
 # For a kube-apiserver that is not ready: the failing checks of /readyz, as lines to append to an error.
 pending_checks() {
     [[ "$1" == kube-apiserver ]] || return 0
@@ -164,28 +53,6 @@ pending_checks() {
     failing="$(curl -sS --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
         "https://127.0.0.1:${APISERVER_PORT}/readyz?verbose" 2>&1 | grep -v '^\[+\]' | head -n 20)" || true
     [[ -z "$failing" ]] || printf '; /readyz says:\n%s' "$failing"
-}
-
-fail_start() { # NAME MESSAGE
-    local name="$1" msg="$2"
-    printf 'cluster.sh: error: %s\n' "$msg" >&2
-    if [[ -f "$LOGS/$name.log" ]]; then
-        printf -- '--- last lines of %s ---\n' "${LOGS#"$ROOT"/}/$name.log" >&2
-        tail -n 30 "$LOGS/$name.log" >&2
-        printf -- '---\n' >&2
-    fi
-    stop_all
-    exit 1
-}
-
-wait_until() { # NAME DEADLINE_MS CHECK...: poll CHECK until it succeeds; fail if NAME dies or time runs out
-    local name="$1" deadline="$2"
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        running_pid "$name" >/dev/null || fail_start "$name" "$name exited during start-up"
-        (($(now_ms) < deadline)) || fail_start "$name" "$name not ready after ${TIMEOUT}s$(pending_checks "$name")"
-        sleep 0.2
-    done
 }
 
 # shellcheck disable=SC2317 # invoked through wait_until
@@ -238,7 +105,7 @@ cmd_up() {
     etcd_bin="${ETCD:-$("$ROOT/hack/tools.sh" path etcd 9>&-)}"
     apiserver_bin="${KUBE_APISERVER:-$("$ROOT/hack/tools.sh" path kube-apiserver 9>&-)}"
     command -v curl >/dev/null || die "curl is needed to check the control plane's health"
-    make_pki
+    make_pki "$PKI" stampede-local-ca "IP:10.0.0.1"
 
     local start deadline
     start="$(now_ms)"
@@ -285,7 +152,7 @@ cmd_up() {
         --profiling=false
     wait_until kube-apiserver "$deadline" apiserver_ready
 
-    write_kubeconfig
+    write_kubeconfig "$KUBECONFIG_PATH" "https://127.0.0.1:${APISERVER_PORT}" stampede-local "$PKI"
     local ms=$(($(now_ms) - start))
     log "control plane ready in $((ms / 1000)).$((ms % 1000 / 100))s; use: eval \"\$(hack/cluster.sh env)\""
     printf '%s\n' "$KUBECONFIG_PATH"

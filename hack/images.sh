@@ -40,29 +40,10 @@ PYTHON_BUILD=stampede-python-build:3.11-$SUITE
 COMPONENTS=(api worker operator)
 THIRD_PARTY=(redis postgresql k6)
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'images.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-    exit "${1:-2}"
-}
+# shellcheck source=hack/lib.sh
+source "$ROOT/hack/lib.sh"
 
 docker_cmd() { DOCKER_HOST="unix://$SOCK" DOCKER_BUILDKIT=0 "${DOCKER:-docker}" "$@"; }
-
-# The cgroup hierarchies: each v1 controller's, or the one unified (v2) tree.
-cgroup_roots() {
-    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
-        printf '%s\n' /sys/fs/cgroup/
-        return
-    fi
-    local hier
-    for hier in /sys/fs/cgroup/*/; do
-        [[ -f "$hier/cgroup.procs" ]] && printf '%s\n' "$hier"
-    done
-}
 
 dockerd_pid() {
     local pid
@@ -73,30 +54,12 @@ dockerd_pid() {
     printf '%s\n' "$pid"
 }
 
-install_packages() {
-    local missing=() p
-    for p in debootstrap docker.io; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    ((${#missing[@]} == 0)) && return
-    log "installing Debian packages: ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
-}
-
 dockerd_up() {
     dockerd_pid >/dev/null && return
     [[ "$(id -u)" == 0 ]] || die "building images needs root (a private dockerd)"
-    install_packages
+    install_packages debootstrap docker.io
     mkdir -p "$RUN_DIR" "$CACHE/docker"
-    local hier
-    while read -r hier; do
-        mkdir -p "$hier$CGROUP"
-        if [[ -f "$hier/cpuset.cpus" && ! -f "$hier/cgroup.controllers" ]]; then
-            cat "$hier/cpuset.cpus" >"$hier$CGROUP/cpuset.cpus"
-            cat "$hier/cpuset.mems" >"$hier$CGROUP/cpuset.mems"
-        fi
-    done < <(cgroup_roots)
+    make_cgroup "$CGROUP"
     # /etc/docker and /run get a tmpfs in the daemon's mount namespace: its key, plugin folder and shim sockets
     # go there, not on the host.
     setsid unshare --mount --propagation private -- bash -c '
@@ -117,7 +80,7 @@ dockerd_up() {
 }
 
 cmd_down() {
-    local pid i hier
+    local pid i
     if pid="$(dockerd_pid)"; then
         kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < 150; i++)); do
@@ -127,9 +90,7 @@ cmd_down() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$RUN_DIR/dockerd.pid"
-    while read -r hier; do
-        [[ -d "$hier$CGROUP" ]] && find "$hier$CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null || true
-    done < <(cgroup_roots)
+    remove_cgroup "$CGROUP"
 }
 
 # The Debian root file system, made once per suite, mirror and package list, imported as $BASE.

@@ -54,16 +54,9 @@ CONTAINERD_SOCK="$RUN_DIR/containerd/containerd.sock"
 DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
 PACKAGES=(containerd runc containernetworking-plugins iptables conntrack)
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'k8s.sh: error: %s\n' "$*" >&2
-    exit 1
-}
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-    exit "${1:-2}"
-}
-now_ms() { date +%s%3N; }
+# shellcheck source=hack/lib.sh
+source "$ROOT/hack/lib.sh"
+
 tool() { "$ROOT/hack/tools.sh" path "$1" 9>&-; }
 
 # The holder's PID when it runs (its pid file names a live process whose argv[0] is this cluster's name).
@@ -84,14 +77,12 @@ in_net() { nsenter --target "$HOLDER" --net -- "$@"; }
 # Every process of the cluster: those in its mount namespace (the components and containerd's shims) and those in
 # its cgroups (the containers).
 cluster_pids() {
-    local mnt pid dir
+    local mnt dir
     [[ -f "$RUN_DIR/mntns" ]] && mnt="$(<"$RUN_DIR/mntns")" || mnt=""
     {
-        if [[ -n "$mnt" ]]; then
-            for dir in /proc/[0-9]*; do
-                pid="${dir#/proc/}"
-                if [[ "$(readlink "$dir/ns/mnt" 2>/dev/null)" == "$mnt" ]]; then printf '%s\n' "$pid"; fi
-            done
+        if [[ -n "$mnt" ]]; then # one find, not a readlink per process (a busy host has hundreds)
+            mnt="${mnt//[/\\[}"
+            find /proc/[0-9]*/ns/mnt -maxdepth 0 -lname "${mnt//]/\\]}" 2>/dev/null | cut -d/ -f3 || true
         fi
         while read -r dir; do
             if [[ -d "$dir$CGROUP" ]]; then find "$dir$CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null || true; fi
@@ -99,86 +90,9 @@ cluster_pids() {
     } | sort -un
 }
 
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    ((${#missing[@]} == 0)) && return
-    command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (Debian's; install them)"
-    log "installing Debian packages: ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
-}
-
-# A CA, the API server's serving certificate (loopback, the node address, the kubernetes Service), the admin
-# client certificate and the service-account key. Made once, kept across `up`s.
-make_pki() {
-    [[ -f "$PKI/ca.crt" && -f "$PKI/apiserver.crt" && -f "$PKI/admin.crt" && -f "$PKI/sa.key" ]] && return
-    log "generating certificates in ${PKI#"$ROOT"/}"
-    rm -rf "$PKI"
-    mkdir -p "$PKI"
-    chmod 700 "$PKI"
-    cat >"$PKI/openssl.cnf" <<EOF
-[req]
-distinguished_name = dn
-[dn]
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign, digitalSignature
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, IP:$NODE_IP, IP:$KUBERNETES_SERVICE_IP, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
-authorityKeyIdentifier = keyid
-[client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-authorityKeyIdentifier = keyid
-EOF
-    (
-        cd "$PKI"
-        ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-        openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 -subj "/CN=stampede-k8s-ca" \
-            -config openssl.cnf -extensions ca 2>/dev/null
-        sign() { # NAME SUBJECT EXTENSIONS
-            openssl req -new "${ec[@]}" -keyout "$1.key" -out "$1.csr" -subj "$2" -config openssl.cnf 2>/dev/null
-            openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
-                -days 3650 -extfile openssl.cnf -extensions "$3" -out "$1.crt" 2>/dev/null
-            rm -f "$1.csr"
-        }
-        sign apiserver "/CN=kube-apiserver" server
-        sign admin "/O=system:masters/CN=stampede-admin" client
-        openssl genrsa -out sa.key 2048 2>/dev/null
-        openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-        chmod 600 ./*.key
-    ) || die "generating certificates failed"
-}
-
 write_configs() {
     mkdir -p "$RUN_DIR/cni" "$RUN_DIR/sysctl" "$RUN_DIR/pod-logs"
-    cat >"$KUBECONFIG_PATH" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-  - name: stampede-k8s
-    cluster:
-      server: https://127.0.0.1:$APISERVER_PORT
-      certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
-users:
-  - name: stampede-admin
-    user:
-      client-certificate-data: $(base64 -w0 <"$PKI/admin.crt")
-      client-key-data: $(base64 -w0 <"$PKI/admin.key")
-contexts:
-  - name: stampede-k8s
-    context: {cluster: stampede-k8s, user: stampede-admin, namespace: default}
-current-context: stampede-k8s
-EOF
-    chmod 600 "$KUBECONFIG_PATH"
+    write_kubeconfig "$KUBECONFIG_PATH" "https://127.0.0.1:$APISERVER_PORT" stampede-k8s "$PKI"
 
     cat >"$RUN_DIR/containerd.toml" <<EOF
 version = 2
@@ -327,78 +241,11 @@ start_holder() {
     "
 }
 
-# The cgroup hierarchies to make the cluster's cgroup in: each v1 controller's, or the one unified (v2) tree.
-cgroup_roots() {
-    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
-        printf '%s\n' /sys/fs/cgroup/
-        return
-    fi
-    local hier
-    for hier in /sys/fs/cgroup/*/; do
-        [[ -f "$hier/cgroup.procs" ]] && printf '%s\n' "$hier"
-    done
-}
-
-make_cgroups() {
-    local hier dir c
-    while read -r hier; do
-        dir="$hier$CGROUP"
-        mkdir -p "$dir"
-        if [[ -f "$hier/cpuset.cpus" && ! -f "$hier/cgroup.controllers" ]]; then
-            cat "$hier/cpuset.cpus" >"$dir/cpuset.cpus"
-            cat "$hier/cpuset.mems" >"$dir/cpuset.mems"
-        fi
-        if [[ -f "$dir/cgroup.subtree_control" ]]; then # v2: hand the controllers down to the pods
-            for c in $(<"$dir/cgroup.controllers"); do echo "+$c" >"$dir/cgroup.subtree_control" 2>/dev/null || true; done
-        fi
-    done < <(cgroup_roots)
-}
-
-remove_cgroups() {
-    local hier
-    while read -r hier; do
-        [[ -d "$hier$CGROUP" ]] || continue
-        find "$hier$CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null || true
-    done < <(cgroup_roots)
-}
-
-pid_file() { printf '%s/%s.pid\n' "$RUN_DIR" "$1"; }
-
-daemon_pid() {
-    local file pid
-    file="$(pid_file "$1")"
-    [[ -f "$file" ]] || return 1
-    pid="$(<"$file")"
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-    printf '%s\n' "$pid"
-}
-
-# Start "$@" as daemon $1 in the cluster's namespaces, its output in logs/NAME.log.
-start_daemon() {
+# start_in_ns NAME CMD...: start_daemon in the cluster's network and mount namespaces.
+start_in_ns() {
     local name="$1"
     shift
-    setsid nsenter --target "$HOLDER" --net --mount -- "$@" </dev/null >"$LOGS/$name.log" 2>&1 9>&- &
-    printf '%s\n' "$!" >"$(pid_file "$name")"
-}
-
-fail_start() {
-    printf 'k8s.sh: error: %s\n' "$2" >&2
-    if [[ -f "$LOGS/$1.log" ]]; then
-        printf -- '--- last lines of %s ---\n' "${LOGS#"$ROOT"/}/$1.log" >&2
-        tail -n 30 "$LOGS/$1.log" >&2
-    fi
-    cmd_down
-    exit 1
-}
-
-wait_until() { # NAME DEADLINE_MS CHECK...
-    local name="$1" deadline="$2"
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        daemon_pid "$name" >/dev/null || fail_start "$name" "$name exited during start-up"
-        (($(now_ms) < deadline)) || fail_start "$name" "$name not ready after ${TIMEOUT}s"
-        sleep 0.3
-    done
+    start_daemon "$name" nsenter --target "$HOLDER" --net --mount -- "$@"
 }
 
 kubectl_ns() { in_net env KUBECONFIG="$KUBECONFIG_PATH" "$KUBECTL" "$@"; }
@@ -440,7 +287,7 @@ cmd_up() {
         return
     fi
     [[ -f "$RUN_DIR/holder.pid" ]] && stop_all
-    install_packages
+    install_packages "${PACKAGES[@]}"
     local etcd apiserver cm scheduler kubelet proxy coredns pause
     etcd="$(tool etcd)"
     apiserver="$(tool kube-apiserver)"
@@ -450,7 +297,7 @@ cmd_up() {
     proxy="$(tool kube-proxy)"
     coredns="$(tool coredns)"
     pause="$(pause_archive)"
-    make_pki
+    make_pki "$PKI" stampede-k8s-ca "IP:$NODE_IP, IP:$KUBERNETES_SERVICE_IP"
 
     local start deadline
     start="$(now_ms)"
@@ -460,17 +307,17 @@ cmd_up() {
     mkdir -m 700 "$RUN_DIR/etcd"
     write_configs
     start_holder
-    make_cgroups
+    make_cgroup "$CGROUP"
 
     log "starting etcd and kube-apiserver (https://$NODE_IP:$APISERVER_PORT in the cluster's network namespace)"
-    start_daemon etcd "$etcd" --name=stampede --data-dir="$RUN_DIR/etcd" \
+    start_in_ns etcd "$etcd" --name=stampede --data-dir="$RUN_DIR/etcd" \
         --listen-client-urls=http://127.0.0.1:2379 --advertise-client-urls=http://127.0.0.1:2379 \
         --listen-peer-urls=http://127.0.0.1:2380 --initial-advertise-peer-urls=http://127.0.0.1:2380 \
         --initial-cluster=stampede=http://127.0.0.1:2380 --initial-cluster-state=new \
         --unsafe-no-fsync --log-level=warn
-    start_daemon containerd containerd --config "$RUN_DIR/containerd.toml"
+    start_in_ns containerd containerd --config "$RUN_DIR/containerd.toml"
     wait_until etcd "$deadline" etcd_healthy
-    start_daemon kube-apiserver "$apiserver" \
+    start_in_ns kube-apiserver "$apiserver" \
         --etcd-servers=http://127.0.0.1:2379 \
         --bind-address=0.0.0.0 --advertise-address="$NODE_IP" --secure-port="$APISERVER_PORT" \
         --cert-dir="$PKI" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -487,19 +334,19 @@ cmd_up() {
     wait_until kube-apiserver "$deadline" apiserver_ready
 
     log "starting kube-controller-manager, kube-scheduler, kubelet, kube-proxy, coredns"
-    start_daemon kube-controller-manager "$cm" --kubeconfig="$KUBECONFIG_PATH" \
+    start_in_ns kube-controller-manager "$cm" --kubeconfig="$KUBECONFIG_PATH" \
         --authentication-kubeconfig="$KUBECONFIG_PATH" --authorization-kubeconfig="$KUBECONFIG_PATH" \
         --bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
         --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
         --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
         --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false
-    start_daemon kube-scheduler "$scheduler" --kubeconfig="$KUBECONFIG_PATH" \
+    start_in_ns kube-scheduler "$scheduler" --kubeconfig="$KUBECONFIG_PATH" \
         --authentication-kubeconfig="$KUBECONFIG_PATH" --authorization-kubeconfig="$KUBECONFIG_PATH" \
         --bind-address=127.0.0.1 --leader-elect=false --profiling=false
-    start_daemon kubelet "$kubelet" --config="$RUN_DIR/kubelet.yaml" --kubeconfig="$KUBECONFIG_PATH" \
+    start_in_ns kubelet "$kubelet" --config="$RUN_DIR/kubelet.yaml" --kubeconfig="$KUBECONFIG_PATH" \
         --root-dir="$RUN_DIR/kubelet" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
-    start_daemon kube-proxy "$proxy" --config="$RUN_DIR/kube-proxy.yaml"
-    start_daemon coredns "$coredns" -conf "$RUN_DIR/Corefile"
+    start_in_ns kube-proxy "$proxy" --config="$RUN_DIR/kube-proxy.yaml"
+    start_in_ns coredns "$coredns" -conf "$RUN_DIR/Corefile"
     wait_until kubelet "$deadline" node_ready
     wait_until coredns "$deadline" coredns_ready
     local ms=$(($(now_ms) - start))
@@ -509,16 +356,17 @@ cmd_up() {
 
 # Stop every process of the cluster (components in reverse order, then whatever is left), then remove cgroups.
 stop_all() {
-    local i pid pids
+    local i pid pids daemon_pids=()
     HOLDER="$(holder_pid || true)"
     for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
-        if pid="$(daemon_pid "${DAEMONS[$i]}")"; then
+        if pid="$(running_pid "${DAEMONS[$i]}")"; then
+            daemon_pids+=("$pid")
             kill -TERM "$pid" 2>/dev/null || true
         fi
     done
-    for ((i = 0; i < 50; i++)); do # 5 s for a graceful stop
+    for ((i = 0; i < 50; i++)); do # 5 s for a graceful stop (kill -0 is a builtin: no process per check)
         pids=""
-        for name in "${DAEMONS[@]}"; do pid="$(daemon_pid "$name")" && pids+=" $pid"; done
+        for pid in "${daemon_pids[@]}"; do kill -0 "$pid" 2>/dev/null && pids+=" $pid"; done
         [[ -z "$pids" ]] && break
         sleep 0.1
     done
@@ -539,7 +387,7 @@ stop_all() {
     fi
     for name in "${DAEMONS[@]}"; do rm -f "$(pid_file "$name")"; done
     rm -f "$RUN_DIR/holder.pid"
-    remove_cgroups
+    remove_cgroup "$CGROUP"
 }
 
 cmd_down() {
@@ -582,7 +430,7 @@ cmd_status() {
     KUBECTL="$(tool kubectl)"
     local name pid
     for name in "${DAEMONS[@]}"; do
-        if pid="$(daemon_pid "$name")"; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; fi
+        if pid="$(running_pid "$name")"; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; fi
     done
     node_ready && echo "node $NODE_NAME: Ready" || {
         echo "node $NODE_NAME: not ready"

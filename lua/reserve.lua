@@ -8,7 +8,8 @@
 -- ARGV: reservation_id, user, quantity, idempotency_key ('' = none), admission_expires_ms ('' = none:
 --       the expiry of the buyer's admission token, which the API verified; required while the sale's
 --       waiting room is on, and checked against Redis's clock here), fresh ('1': the id is a UUID 4 the
---       engine just made, which no reservation can have had, so the settled store is not searched for it)
+--       engine just made, which no reservation can have had, so the settled store is not searched for it),
+--       buckets (the sale's stock buckets as the caller routed the buyer with; '' = not checked)
 -- Returns {code, reservation_id, state, number[, reserved_at_ms]}:
 --   ok            {id, 'pending', remaining, reserved_at_ms}  (Redis time, as in the record and the
 --                 pending set's score: the ledger row is stamped with the same clock)
@@ -18,6 +19,7 @@
 --   closed / unknown_sale / not_admitted / admission_expired {'', '', 0}; sold_out {'', '', remaining};
 --   limit {'', '', units held}
 --   bad_args      {'', field, 0}
+--   bad_buckets   {'', '', buckets}: the sale has another number of stock buckets than the caller routed by
 --#include smallhash
 local meta, res, pending, holds, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, user, qty_s, ikey = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -28,8 +30,9 @@ if user == nil or user == '' then return {'bad_args', '', 'user', 0} end
 if qty == nil or qty ~= math.floor(qty) or qty < 1 then return {'bad_args', '', 'quantity', 0} end
 
 local m = redis.call('HMGET', meta, 'remaining', 'open', 'limit',
-  'buyer_rate', 'buyer_burst', 'ip_rate', 'ip_burst')
+  'buyer_rate', 'buyer_burst', 'ip_rate', 'ip_burst', 'buckets')
 if m[1] == false then return {'unknown_sale', '', '', 0} end
+if (ARGV[7] or '') ~= '' and ARGV[7] ~= (m[8] or '1') then return {'bad_buckets', '', '', tonumber(m[8]) or 1} end
 local remaining = tonumber(m[1])
 
 local t = redis.call('TIME')

@@ -18,7 +18,8 @@
 -- ledger's row names it (a confirmed entry the ledger does not hold cannot exist: confirming follows it).
 -- KEYS: meta, res, pending, holds, lock, settled
 -- ARGV: token, run_id ('' = unknown), total, per_user_limit, open ('1'|'0'), buyer_rate, buyer_burst,
---       ip_rate, ip_burst, then five values per ledger row: reservation_id, state (pending|confirmed|
+--       ip_rate, ip_burst, buckets (the sale's stock buckets, written with the config), then five values per
+--       ledger row: reservation_id, state (pending|confirmed|
 --       released), quantity, reserved_at_ms, user
 -- Returns {code, total, remaining, pending, confirmed}:
 --   restored | current (already restored on this Redis run) | lost_lock | below_sold | bad_args
@@ -28,7 +29,7 @@ local meta, res, pending, holds, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS
 local run = ARGV[2]
 if redis.call('GET', lock) ~= ARGV[1] then return {'lost_lock', 0, 0, 0, 0} end
 local total, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-if total == nil or total < 0 or limit == nil or limit < 1 or (#ARGV - 9) % 5 ~= 0 then
+if total == nil or total < 0 or limit == nil or limit < 1 or (#ARGV - 10) % 5 ~= 0 then
   return {'bad_args', 0, 0, 0, 0}
 end
 local m = redis.call('HMGET', meta, 'total', 'run')
@@ -57,7 +58,7 @@ for i = 1, #cur, 2 do
   end
 end
 local users = {} -- id -> buyer, for the settled entries the ledger names
-for i = 10, #ARGV, 5 do
+for i = 11, #ARGV, 5 do
   local id, state, qty = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   if (state ~= 'pending' and state ~= 'confirmed' and state ~= 'released') or qty == nil or qty < 1 then
     return {'bad_args', 0, 0, 0, 0}
@@ -112,6 +113,7 @@ else
   redis.call('HSET', meta, 'total', total, 'remaining', remaining, 'pending', np, 'confirmed', nc,
     'released', nr, 'open', ARGV[5] == '1' and '1' or '0', 'limit', limit, 'buyer_rate', ARGV[6],
     'buyer_burst', ARGV[7], 'ip_rate', ARGV[8], 'ip_burst', ARGV[9], 'run', run)
+  if (tonumber(ARGV[10]) or 1) > 1 then redis.call('HSET', meta, 'buckets', ARGV[10]) end
 end
 redis.call('DEL', lock)
 return {'restored', total, remaining, np, nc}

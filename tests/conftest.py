@@ -187,6 +187,21 @@ class ControlPlane:
             pytest.fail(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def established(self, *crds: str, timeout: float = 30) -> None:
+        """Waits until each CRD is Established and then served: Established comes first, and discovery (how
+        kubectl maps a kind to the resource) may lag it a moment, so objects of the kind can be applied next."""
+        for crd in crds:
+            waited = self.kubectl(
+                "wait", "--for=condition=Established", f"crd/{crd}", f"--timeout={timeout:.0f}s", timeout=timeout + 15
+            )
+            if waited.returncode != 0:
+                pytest.fail(f"CRD {crd} not Established: {waited.stderr.strip()}")
+            deadline = time.monotonic() + timeout
+            while self.kubectl("get", crd, "-A").returncode != 0:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"CRD {crd} Established but not served after {timeout:.0f} s")
+                time.sleep(0.2)
+
     def kubectl_json(self, *args: str) -> dict[str, Any]:
         """Run ``kubectl ... -o json`` and parse the output, failing the test on an error."""
         result = self.kubectl(*args, "-o", "json")
@@ -232,18 +247,20 @@ def flashsale_crd(control_plane: ControlPlane) -> str:
     applied = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
     if applied.returncode != 0:
         pytest.fail(f"applying {CRD_PATH.name} failed: {applied.stderr.strip()}")
-    waited = control_plane.kubectl(
-        "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s", timeout=45
-    )
-    if waited.returncode != 0:
-        pytest.fail(f"CRD {CRD_NAME} not Established: {waited.stderr.strip()}")
-    # Established means served, but discovery (how kubectl maps `fs` to the resource) may lag a moment.
-    deadline = time.monotonic() + 30
-    while control_plane.kubectl("get", "flashsales.stampede.dev", "-A").returncode != 0:
-        if time.monotonic() > deadline:
-            pytest.fail(f"CRD {CRD_NAME} Established but not served after 30 s")
-        time.sleep(0.2)
+    control_plane.established(CRD_NAME)
     return CRD_NAME
+
+
+@pytest.fixture(scope="session")
+def kopf_peering_crds(control_plane: ControlPlane) -> None:
+    """kopf's peering CRDs (as stampede_operator.peering builds them, the same the chart ships), Established."""
+    from stampede_operator.peering import build_peering_crds
+
+    docs = "\n".join(json.dumps(d) for d in build_peering_crds())
+    applied = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=docs)
+    if applied.returncode != 0:
+        pytest.fail(f"applying kopf's peering CRDs failed: {applied.stderr.strip()}")
+    control_plane.established("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,16 @@ stayed within the run-to-run noise of plain httptools. So the fast parser stays,
   ``idle_timeout_s`` is just closed. A request being answered is never cut.
 
 The answers use the API's error shape (``{"error": {"code", "message"}}``) and ``Connection: close``.
+
+Two changes to how a keep-alive connection ends, because a client cannot retry a POST the server closed under it
+(k6 and Go's client report ``EOF``; a buyer sees a failed purchase):
+
+* **graceful stop** — uvicorn closes every idle connection at once on SIGTERM, racing the client's next request
+  on it (a deleted API pod cost buyers requests mid-spike). Here an idle connection stays open until its
+  keep-alive timeout: a request arriving meanwhile is answered with ``Connection: close``, and the client opens
+  its next connection elsewhere (the pod has left the Service by then: the API pod's preStop pause).
+* **keep-alive timeout after a stall** — a timer that came due while the loop was starved is checked again one
+  turn later, after the poll, as the head deadline is: a request that already arrived is served, not cut.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = False  # a request's first byte was parsed, its head not yet complete
         self._head_began = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._draining = False  # the server is stopping: the next answer closes the connection
 
     # --- connection ----------------------------------------------------------------------------------
 
@@ -102,6 +113,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         if not self._too_large:
@@ -113,6 +126,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
+
+    # --- the end of a keep-alive connection ----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The server stops: a request in progress is answered, then the connection closed; an idle one is left
+        to its keep-alive timer, and a request arriving before it fires is answered with ``Connection: close``."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        elif self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            # No request yet on this connection: it gets the same keep-alive period as an idle one.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def timeout_keep_alive_handler(self) -> None:
+        # Bytes that arrived during a stall of the loop are read by the next poll, which cancels this timer
+        # (data_received); look again one turn after it.
+        self.timeout_keep_alive_task = self.loop.call_later(0.05, self._keep_alive_expired)
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
     # --- the bounds --------------------------------------------------------------------------------
 

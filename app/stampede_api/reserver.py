@@ -89,13 +89,13 @@ class ReserveCoalescer(SingleFlusher[_Call]):
             raise
 
     async def _flush(self, batch: list[_Call]) -> None:
-        # Each call is encoded on its own: one that cannot be (a bug let a bad string through) is answered
-        # alone, and its neighbours still go to Redis.
+        # Each call is checked on its own: one that cannot be encoded (a bug let a bad string through) is
+        # answered alone, and its neighbours still go to Redis. ASCII always encodes, so only the rest is tried.
         good: list[_Call] = []
         for call in batch:
             try:
                 for part in (*call.call.keys, *call.call.args):
-                    if isinstance(part, str):
+                    if isinstance(part, str) and not part.isascii():
                         part.encode()
                 good.append(call)
             except (UnicodeError, TypeError, ValueError):

@@ -99,6 +99,14 @@ class LedgerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldWork:
+    """What the expiry sweep has to do (``Ledger.hold_work``)."""
+
+    due: bool  # a held reservation whose hold has passed
+    unreturned: bool  # an expired reservation whose units Redis has not taken back in time
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     """A reservation whose hold the ledger expired: its units go back on sale in Redis, and its buyer's
     allowance (Redis may keep the reservation only as a compact settled entry, which has no buyer)."""
@@ -125,6 +133,7 @@ class RestoreSource:
     ip_burst: int
     deleted: bool
     rows: list[tuple[str, str, int, str, int]]
+    buckets: int = 1  # the sale's stock buckets
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +349,16 @@ class Ledger:
             cur = await conn.execute(self._q["expire_due"], {"limit": limit})
             return [Expired(rid, sale, int(qty), user) for rid, sale, qty, user in await cur.fetchall()]
 
+    async def hold_work(self, *, older_s: float) -> HoldWork:
+        """Whether any held reservation is due and whether any expired one has waited ``older_s`` seconds for
+        Redis to take its units back, in one statement over the partial indexes of such rows: what the expiry
+        sweep asks first, so a ledger without holds costs it one cheap read."""
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q["hold_work"], {"older_s": older_s})
+            row = await cur.fetchone()
+        assert row is not None
+        return HoldWork(due=bool(row[0]), unreturned=bool(row[1]))
+
     async def expired_unreturned(self, *, older_s: float, limit: int, sale: str | None = None) -> list[Expired]:
         """Expired reservations whose units Redis has not taken back ``older_s`` seconds after their expiry
         (the sweeper died in between), oldest first; of one sale, or of every sale."""
@@ -452,6 +471,7 @@ class Ledger:
         ip_rate: float = 0.0,
         ip_burst: int = 0,
         hold_seconds: int = 0,
+        buckets: int = 1,
     ) -> None:
         """Creates or updates the sale's mirror row (a no-op write when nothing changed). It holds all a
         restore needs to put the sale back in Redis, rate limits included, and the sale's checkout hold
@@ -473,6 +493,7 @@ class Ledger:
                     "ip_rate": ip_rate,
                     "ip_burst": ip_burst,
                     "hold_seconds": hold_seconds,
+                    "buckets": buckets,
                 },
             )
 
@@ -500,7 +521,7 @@ class Ledger:
             found = await cur.fetchall()
         if not found:
             return None
-        stock, limit, start, end, brate, bburst, irate, iburst, deleted = found[0][:9]
+        stock, limit, start, end, brate, bburst, irate, iburst, deleted, buckets = found[0][:10]
         rows = [
             (str(rid), str(user), int(qty), str(status), int(ts))
             for *_, rid, user, qty, status, ts in found
@@ -518,6 +539,7 @@ class Ledger:
             int(iburst),
             bool(deleted),
             rows,
+            int(buckets),
         )
 
     # --- settling (the worker, the reconciler) ----------------------------------------------------
@@ -734,6 +756,7 @@ __all__ = [
     "Claim",
     "Claimed",
     "Expired",
+    "HoldWork",
     "Ledger",
     "LedgerRow",
     "LiveLedger",

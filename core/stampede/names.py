@@ -5,7 +5,11 @@ dependency names are ``stampede.vocabulary``'s."""
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # Kubernetes names (DNS-1123 labels) are what sales are called; they can never hold '{' or '}', so
 # the hash tag below is always well formed. ``\Z``, not ``$``: ``$`` also matches before a final newline.
@@ -19,6 +23,9 @@ SALE_ID_SEPARATOR = "/"
 DEFAULT_NAMESPACE = "default"
 
 KEY_PREFIX = "stampede"
+# Stock buckets of one sale (``spec.stock.buckets``; "Stock buckets" in docs/architecture.md).
+BUCKETS_MAX = 64
+BUCKET_SEPARATOR = "@"  # never in a sale id, so ``<sale>@<n>`` never names another sale's tag
 
 # --- CRD -----------------------------------------------------------------------------------------
 CRD_GROUP = "stampede.dev"
@@ -91,13 +98,16 @@ def check_sale(sale: str) -> str:
 @dataclass(frozen=True, slots=True)
 class SaleKeys:
     """The Redis keys of one sale. All carry the hash tag ``{sale}`` (the sale id, namespace included) so
-    a whole sale lives in one Redis Cluster slot and every script touching it is single-slot."""
+    a whole sale lives in one Redis Cluster slot and every script touching it is single-slot. A sale of
+    several stock buckets has one such set per bucket, each under its own tag (``bucket_keys``); ``tag``
+    '' is the sale id itself, bucket 0."""
 
     sale: str
+    tag: str = ""
 
     @property
     def base(self) -> str:
-        return f"{KEY_PREFIX}:{{{self.sale}}}"
+        return f"{KEY_PREFIX}:{{{self.tag or self.sale}}}"
 
     @property
     def meta(self) -> str:
@@ -132,6 +142,18 @@ class SaleKeys:
         """Bucket ``index`` of a store kept as many small hashes (``lua/smallhash.lua``): 'buckets' and
         'count' in the directory hash, the fields in its buckets."""
         return f"{directory}:{index}"
+
+    @property
+    def moves_out(self) -> str:
+        """Hash move id -> 'to|units': stock this bucket gave to another bucket and the receiver has not
+        acknowledged yet (``lua/give.lua``)."""
+        return f"{self.base}:mv:out"
+
+    @property
+    def moves_in(self) -> str:
+        """Hash move id -> units: moves this bucket received, so a move is never counted twice
+        (``lua/take.lua``)."""
+        return f"{self.base}:mv:in"
 
     @property
     def idempotency(self) -> str:
@@ -211,9 +233,40 @@ class SaleKeys:
             self.idempotency,
             self.settled,
             self.restore_lock,
+            self.moves_out,
+            self.moves_in,
             *self.room_all()[:-1],
         )
 
 
 def sale_keys(sale: str) -> SaleKeys:
     return SaleKeys(check_sale(sale))
+
+
+@cache
+def bucket_keys(sale: str, buckets: int) -> tuple[SaleKeys, ...]:
+    """The keys of each of the sale's ``buckets`` stock buckets. Bucket 0 is the sale's own tag (so a sale of
+    one bucket is laid out exactly as before buckets existed); bucket ``b`` > 0 is tagged ``<sale>@<b>.<k>``
+    with the smallest ``k`` whose slot lies in its own N-th of the slot ring: the N buckets take one slot
+    range each (bucket 0's range included), so on masters that own equal contiguous ranges, as
+    ``redis-cli --cluster create`` makes them, N buckets spread over min(N, masters) masters evenly when N
+    is a multiple of the masters."""
+    check_sale(sale)
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= BUCKETS_MAX:
+        raise ValueError(f"buckets must be an integer from 1 to {BUCKETS_MAX}")
+    width = REDIS_CLUSTER_HASH_SLOTS / buckets
+    first = int(key_slot(sale.encode()) // width)
+    out = [SaleKeys(sale)]
+    for b in range(1, buckets):
+        want = (first + b) % buckets
+        k = 0
+        while int(key_slot(f"{sale}{BUCKET_SEPARATOR}{b}.{k}".encode()) // width) != want:
+            k += 1
+        out.append(SaleKeys(sale, f"{sale}{BUCKET_SEPARATOR}{b}.{k}"))
+    return tuple(out)
+
+
+def home_bucket(user: str, buckets: int) -> int:
+    """The bucket a buyer's reservations, holdings and idempotency keys live in: a stable hash of the buyer
+    (CRC-32, the same in every process), so the per-user limit is one counter in one script."""
+    return zlib.crc32(user.encode()) % buckets if buckets > 1 else 0

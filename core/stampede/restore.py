@@ -99,6 +99,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
             buyer_burst=source.buyer_burst,
             ip_rate=source.ip_rate,
             ip_burst=source.ip_burst,
+            buckets=source.buckets,
         )
         remaining = source.stock - pending - confirmed
         open_ = gate_open(datetime.now(UTC), source, remaining=remaining, pending=pending)
@@ -113,7 +114,7 @@ async def _restore(ledger: Ledger, stock: StockEngine, sale: str, reason: str) -
                 "the ledger holds more than the sale's stock; restoring at what is sold, closed",
                 extra={"sale": sale, "stock": source.stock, "sold": refused.sold},
             )
-            config = SaleConfig(total=refused.sold, per_user_limit=config.per_user_limit)
+            config = SaleConfig(total=refused.sold, per_user_limit=config.per_user_limit, buckets=config.buckets)
             result = await stock.restore(sale, token, run_id, config, False, records)
         done = result.outcome in (RESTORED, CURRENT)
         seconds = time.monotonic() - started
@@ -185,11 +186,11 @@ async def sale_lost(ledger: Ledger, stock: StockEngine, sale: str) -> NoReturn:
 
 async def lost(stock: StockEngine, sale: str) -> str | None:
     """Why the sale must be restored (``MISSING`` / ``RESTARTED``), or None if Redis holds it under its
-    current run."""
-    have = await stock.restored_run(sale)
-    if have is None:
+    current run: every stock bucket of the sale, each on the server that holds it now."""
+    runs = await stock.runs(sale)
+    if any(have is None for have, _ in runs):
         return MISSING
-    return RESTARTED if have != await stock.run_id(sale) else None
+    return RESTARTED if any(have != now for have, now in runs) else None
 
 
 __all__ = [

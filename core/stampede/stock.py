@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -36,7 +36,7 @@ from redis.exceptions import (
 from . import errors
 from .domain import Outcome, ReservationRecord
 from .identifiers import BUYER_ID_RULE, IDEMPOTENCY_KEY_RULE, is_buyer_id, is_idempotency_key
-from .names import SaleKeys, sale_keys
+from .names import BUCKETS_MAX, SaleKeys, bucket_keys, home_bucket, sale_keys
 from .redis_errors import UNAVAILABLE
 from .redis_url import client_url, is_cluster
 from .vocabulary import Dependency, RedisState
@@ -59,7 +59,12 @@ SCRIPTS = (
     "records",
     "suspects",
     "import",
+    "give",
+    "take",
+    "freeze",
 )
+FREEZE_MS = 15_000  # how long a restock or a restore stops moves between buckets at most (if it dies)
+MOVE_ROUNDS = 64  # moves one reserve may make before it is answered "retry" instead of waiting on others
 _INCLUDE = "--#include "
 IMPORT_CHUNK = 2000  # reservations per import.lua call: Redis stays responsive between calls
 
@@ -85,6 +90,7 @@ class SaleConfig:
     buyer_burst: int = 0
     ip_rate: float = 0.0
     ip_burst: int = 0
+    buckets: int = 1  # stock buckets (``spec.stock.buckets``): fixed when the sale is created
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +153,34 @@ def _snapshot(sale: str, flat: Sequence[Any]) -> Snapshot:
     )
 
 
+def _summed(sale: str, flats: Sequence[Sequence[Any]]) -> tuple[Snapshot, dict[str, int]]:
+    """snapshot.lua's answers of every stock bucket of a sale as one snapshot (counters summed; gate and
+    limit are bucket 0's) and its counters by name."""
+    snaps = [_snapshot(sale, flat) for flat in flats]
+    counts: dict[str, int] = {}
+    for flat in flats:
+        for name, value in counter_fields(flat).items():
+            counts[name] = counts.get(name, 0) + value
+    first = snaps[0]
+    snap = Snapshot(
+        sale=sale,
+        total=sum(x.total for x in snaps),
+        remaining=sum(x.remaining for x in snaps),
+        pending=sum(x.pending for x in snaps),
+        confirmed=sum(x.confirmed for x in snaps),
+        released=sum(x.released for x in snaps),
+        open=first.open,
+        per_user_limit=first.per_user_limit,
+        pending_count=sum(x.pending_count for x in snaps),
+        reservations=sum(x.reservations for x in snaps),
+    )
+    return snap, counts
+
+
 # Fields of a sale's meta hash that configure it rather than count anything.
-CONFIG_FIELDS = frozenset({"open", "limit", "buyer_rate", "buyer_burst", "ip_rate", "ip_burst", "run"})
+CONFIG_FIELDS = frozenset(
+    {"open", "limit", "buyer_rate", "buyer_burst", "ip_rate", "ip_burst", "run", "buckets", "frozen"}
+)
 
 
 def counter_fields(flat: Sequence[Any]) -> dict[str, int]:
@@ -221,6 +253,22 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _merged(fan: Sequence[Sequence[Any]]) -> list[str]:
+    """Per id, the code of the one stock bucket that holds the reservation ('unknown' where none does): an
+    id-only call (confirm, release, expire) goes to every bucket of a sale, and only its bucket knows it."""
+    out = [_s(c) for c in fan[0]]
+    for codes in fan[1:]:
+        for i, c in enumerate(codes):
+            if out[i] == "unknown":
+                out[i] = _s(c)
+    return out
+
+
+def _code(raw: Any) -> str:
+    """A reserve script's answer code ('' for an exception in its place)."""
+    return _s(raw[0]) if isinstance(raw, list) and raw else ""
+
+
 def parse_record(reservation_id: str, raw: str) -> ReservationRecord:
     state, qty, ts, user = raw.split("|", 3)
     return ReservationRecord(reservation_id, RedisState(state), int(qty), int(ts), user)
@@ -270,6 +318,17 @@ class ReserveCall:
     keys: list[str]
     args: list[Any]
 
+    def routed(self, buckets: int) -> ReserveCall:
+        """This call sent to the buyer's home bucket of a sale of ``buckets`` stock buckets, telling the
+        script the bucket count it was routed by (a sale whose count differs answers ``bad_buckets``)."""
+        if buckets == 1:
+            keys = self.keys
+        else:
+            home = bucket_keys(self.sale, buckets)[home_bucket(self.user, buckets)]
+            cut = len(SaleKeys(self.sale).base)  # reserve_call checked the sale
+            keys = [home.base + key[cut:] for key in self.keys]
+        return ReserveCall(self.sale, self.user, self.quantity, self.reservation_id, keys, [*self.args[:6], buckets])
+
     def answer(self, raw: Sequence[Any]) -> Reservation:
         """The script's answer as a Reservation, or the domain error that says why not."""
         code, rid_out, state, number = _s(raw[0]), raw[1], raw[2], int(raw[3])
@@ -298,6 +357,8 @@ class ReserveCall:
             raise errors.IdempotencyConflict(_s(rid_out))
         if code == "bad_args":
             raise errors.InvalidArgument(_s(state), "refused by the stock engine")
+        if code == "bad_buckets":
+            raise errors.DependencyUnavailable(Dependency.REDIS, "the sale's stock buckets changed; retry")
         raise errors.ScriptError(f"reserve.lua answered {code!r}")
 
 
@@ -364,12 +425,20 @@ class StockEngine:
         self._room: WaitingRoom | None = None
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = 0.0
+        # The reserve pipe's own connection on a single Redis, kept between batches: taking one from the
+        # blocking pool per batch (its condition, timeout and readability probe) cost more client CPU than the
+        # batch's own encoding. None while a batch holds it (a concurrent batch then takes one from the pool).
+        self._reserve_conn: Any = None
+        # Stock buckets per sale as bucket 0's meta says (fixed while the sale exists; reserve.lua answers
+        # ``bad_buckets`` to a call routed by a stale count, which drops the entry).
+        self._nbuckets: dict[str, int] = {}
+        self._nbuckets_reads: dict[str, asyncio.Future[int]] = {}
 
     @property
     def room(self) -> WaitingRoom:
         """The sale waiting rooms' adapter over this engine's client (``stampede.waitroom``)."""
         if self._room is None:
-            self._room = WaitingRoom(self._client, script_source("room"))
+            self._room = WaitingRoom(self._client, script_source("room"), self._turn)
         return self._room
 
     @classmethod
@@ -405,7 +474,19 @@ class StockEngine:
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
         """One of the engine's in-flight slots on a cluster (waiting up to the pool timeout, as the single
-        client's blocking pool does); nothing on a single Redis, whose pool already waits."""
+        client's blocking pool does), once the client knows the slot map; nothing on a single Redis, whose
+        pool already waits.
+
+        The slot map first: redis-py's cluster client picks a command's node before it reads a slot map it
+        does not have yet, so commands started together on a new client (or right after a failover) go to
+        the startup node's connections, which the map's arrival then recycles under them (``Connection
+        closed by server``, ``'NoneType' object has no attribute 'writelines'``). ``initialize`` is a no-op
+        once the map is read and lets one caller read it while the others wait."""
+        if self.cluster:
+            try:
+                await cast(RedisCluster, self._client).initialize()
+            except UNAVAILABLE as exc:
+                raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
         if self._gate is None:
             yield
             return
@@ -419,6 +500,9 @@ class StockEngine:
             self._gate.release()
 
     async def close(self) -> None:
+        conn, self._reserve_conn = self._reserve_conn, None
+        if conn is not None:
+            await cast(aioredis.Redis, self._client).connection_pool.release(conn)
         await self._client.aclose()
 
     async def ping(self) -> None:
@@ -458,6 +542,14 @@ class StockEngine:
         node = await self._node(_keys(sale).meta)
         return None if node is None else node.name
 
+    async def masters_of(self, sale: str) -> list[str | None]:
+        """``host:port`` of the master of each of the sale's stock buckets (None each on a single Redis)."""
+        out: list[str | None] = []
+        for k in await self._all(sale):
+            node = await self._node(k.meta)
+            out.append(None if node is None else node.name)
+        return out
+
     async def refresh_topology(self) -> None:
         """Reads the cluster's slot map again (after a failover or a moved slot), at most every 100 ms."""
         if not self.cluster:
@@ -471,23 +563,164 @@ class StockEngine:
                 await client.nodes_manager.initialize()
             self._refreshed_at = time.monotonic()
 
+    # --- stock buckets (docs/architecture.md, "Stock buckets") -------------------------------------
+
+    async def buckets(self, sale: str) -> int:
+        """The sale's number of stock buckets (1 for a sale Redis does not know: its bucket 0 answers)."""
+        n = self._nbuckets.get(sale)
+        if n is not None:
+            return n
+        # One read per sale however many callers miss at once (a burst on a sale this process has not seen).
+        task = self._nbuckets_reads.get(sale)
+        if task is None:
+            task = asyncio.ensure_future(self._read_buckets(sale))
+            self._nbuckets_reads[sale] = task
+            task.add_done_callback(lambda _: self._nbuckets_reads.pop(sale, None))
+        return await asyncio.shield(task)
+
+    async def _read_buckets(self, sale: str) -> int:
+        total, raw = await self._read(self._client.hmget(_keys(sale).meta, ["total", "buckets"]))
+        n = int(raw or 1)
+        if total is not None:
+            self._nbuckets[sale] = n
+        return n
+
+    async def _all(self, sale: str) -> tuple[SaleKeys, ...]:
+        """The keys of each of the sale's buckets (one set for a sale of one bucket)."""
+        _keys(sale)
+        return bucket_keys(sale, await self.buckets(sale))
+
+    async def _fan(self, name: str, sale: str, keys: Callable[[SaleKeys], list[str]], args: Sequence[Any]) -> list[Any]:
+        """``lua/<name>.lua`` on every bucket of the sale, concurrently; the answers in bucket order."""
+        return list(await asyncio.gather(*(self._run(name, keys(k), args) for k in await self._all(sale))))
+
+    async def _acked(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, bool]:
+        """One script, then (with ``ack_replicas``) ``WAIT`` on the same connection: its answer, and whether
+        the replicas hold its writes (a failover cannot lose them)."""
+        if self.ack_replicas <= 0:
+            return await self._run(name, keys, args), True
+        node = await self._node(keys[0])
+        sha = self._scripts[name].sha
+        packed = [
+            resp_command(("EVALSHA", sha, len(keys), *keys, *args)),
+            resp_command(("WAIT", self.ack_replicas, self.ack_timeout_ms)),
+        ]
+        try:
+            async with self._turn():
+                answer, acked = await self._send(node, packed)
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc) or type(exc).__name__) from exc
+        if isinstance(answer, NoScriptError):
+            await self._read(self._client.script_load(self._scripts[name].script))
+            return await self._acked(name, keys, args)
+        if isinstance(answer, ResponseError):
+            raise errors.ScriptError(f"{name}.lua: {answer}")
+        return answer, not isinstance(acked, BaseException) and int(acked) >= self.ack_replicas
+
+    async def _move(self, sale: str, keys: tuple[SaleKeys, ...], home: int, quantity: int) -> bool:
+        """Moves stock into bucket ``home`` from the bucket that has most (half of it, at least
+        ``quantity``): give.lua there, then take.lua here, then both forget the move. False when no other
+        bucket has any unit left. A move whose give the replicas did not acknowledge is not taken (a
+        failover could undo the give after the take counted it) and stays in the giver's outbox, as does
+        one whose take was not acknowledged: a restore of the sale finishes both."""
+        reads = await asyncio.gather(*(self._read(self._client.hget(k.meta, "remaining")) for k in keys))
+        donors = [(int(r or 0), b) for b, r in enumerate(reads) if b != home and int(r or 0) > 0]
+        if not donors:
+            return False
+        units, donor = max(donors)
+        move = uuid.uuid4().hex
+        given, acked = await self._acked(
+            "give", [keys[donor].meta, keys[donor].moves_out], [move, max(quantity, (units + 1) // 2), home]
+        )
+        if int(given) < 0:
+            await asyncio.sleep(0.05)  # a restock or restore holds the buckets still for a moment
+            return True
+        if int(given) == 0:
+            return True  # another buyer emptied it first: read again
+        if not acked:
+            raise errors.DependencyUnavailable(Dependency.REDIS, "a stock move was not acknowledged by a replica")
+        taken, acked = await self._acked("take", [keys[home].meta, keys[home].moves_in], [move, int(given)])
+        if _s(taken) != "lost" and acked:
+            await self._read(self._client.hdel(keys[donor].moves_out, move))
+            await self._read(self._client.hdel(keys[home].moves_in, move))
+        return True
+
+    async def _settle_moves(self, keys: tuple[SaleKeys, ...]) -> None:
+        """Finishes every move still in an outbox (the buckets frozen: none starts meanwhile): taken by a
+        receiver that exists, dropped for one whose meta is gone (its units are in the remainder a restore
+        gives the buckets it rebuilds); then the inboxes are emptied, as no outbox names a move any more."""
+        for giver in keys:
+            moves = await self._read(self._client.hgetall(giver.moves_out))
+            for move, value in moves.items():
+                to, units = _s(value).split("|")
+                receiver = keys[int(to)]
+                await self._run("take", [receiver.meta, receiver.moves_in], [_s(move), int(units)])
+                await self._read(self._client.hdel(giver.moves_out, move))
+        for k in keys:
+            await self._read(self._client.delete(k.moves_in))
+
+    async def _moves_seen(self, keys: tuple[SaleKeys, ...]) -> tuple[int, ...]:
+        """Moves in the buckets' outboxes, then each bucket's count of units ever given."""
+        waiting = sum([int(await self._read(self._client.hlen(k.moves_out))) for k in keys])
+        given = [int(await self._read(self._client.hget(k.meta, "moved_out")) or 0) for k in keys]
+        return (waiting, *given)
+
+    async def _freeze(self, keys: tuple[SaleKeys, ...], ms: int | None) -> list[bool]:
+        """Freezes (for ``ms``) or thaws (None) every bucket's giving; which buckets exist."""
+        until = "" if ms is None else str(await self.now_ms() + ms)
+        return [bool(await self._run("freeze", [k.meta], [until])) for k in keys]
+
     # --- sale lifecycle ---------------------------------------------------------------------------
 
     async def seed(self, sale: str, config: SaleConfig, open: bool | None = None) -> SeedResult:
         """Creates the sale, or moves its total to ``config.total`` by delta without touching pending
-        or confirmed units. Raises RestockBelowSold if the new total is below what is sold."""
+        or confirmed units. Raises RestockBelowSold if the new total is below what is sold. A new sale of
+        ``config.buckets`` > 1 gets its stock split evenly over its buckets; an existing sale keeps the
+        bucket count it was created with."""
         k = _keys(sale)
         if isinstance(config.total, bool) or not isinstance(config.total, int) or config.total < 0:
             raise errors.InvalidArgument("stock", "must be an integer >= 0")
         if not isinstance(config.per_user_limit, int) or config.per_user_limit < 1:
             raise errors.InvalidArgument("perUserLimit", "must be an integer >= 1")
+        n = config.buckets
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= BUCKETS_MAX:
+            raise errors.InvalidArgument("stock.buckets", f"must be an integer from 1 to {BUCKETS_MAX}")
         gate = "" if open is None else ("1" if open else "0")
-        run_id = await self.run_id(sale)
-        code, total, remaining, sold = await self._run(
+        total, have = await self._read(self._client.hmget(k.meta, ["total", "buckets"]))
+        if total is not None:
+            n = int(have or 1)
+        if n == 1:
+            code, total_, remaining, sold = await self._seed_bucket(k, config.total, config, gate, 1)
+            return self._seeded(sale, config, code, total_, remaining, sold)
+        keys = bucket_keys(sale, n)
+        if total is None:
+            shares = [config.total // n + (1 if b < config.total % n else 0) for b in range(n)]
+            # Bucket 0 last: the sale exists for readers (``buckets``) only once every bucket does.
+            room = await self._read(self._client.hget(k.room_config, "on"))
+            for b in reversed(range(n)):
+                if room is not None and b > 0:  # a waiting room set before the sale: every bucket obeys it
+                    await self._read(self._client.hset(keys[b].room_config, "on", _s(room)))
+                await self._seed_bucket(keys[b], shares[b], config, gate, n)
+            self._nbuckets[sale] = n
+            return SeedResult("created", config.total, config.total, 0)
+        return await self._restock(sale, keys, config, gate)
+
+    def _seeded(self, sale: str, config: SaleConfig, code: str, total: int, remaining: int, sold: int) -> SeedResult:
+        if code == "below_sold":
+            raise errors.RestockBelowSold(sale, config.total, sold)
+        if code == "bad_args":
+            raise errors.ScriptError("seed.lua refused arguments that passed validation")
+        return SeedResult(code, total, remaining, sold)
+
+    async def _seed_bucket(
+        self, k: SaleKeys, total: int | str, config: SaleConfig, gate: str, buckets: int
+    ) -> tuple[str, int, int, int]:
+        run_id = await self._run_id(k.meta)
+        code, total_, remaining, sold = await self._run(
             "seed",
             [k.meta],
             [
-                config.total,
+                total,
                 config.per_user_limit,
                 gate,
                 config.buyer_rate,
@@ -495,19 +728,65 @@ class StockEngine:
                 config.ip_rate,
                 config.ip_burst,
                 run_id,
+                buckets if buckets > 1 else "",
             ],
         )
-        code = _s(code)
-        if code == "below_sold":
-            raise errors.RestockBelowSold(sale, config.total, int(sold))
-        if code == "bad_args":
-            raise errors.ScriptError("seed.lua refused arguments that passed validation")
-        return SeedResult(code, int(total), int(remaining), int(sold))
+        return _s(code), int(total_), int(remaining), int(sold)
+
+    async def _restock(self, sale: str, keys: tuple[SaleKeys, ...], config: SaleConfig, gate: str) -> SeedResult:
+        """Seeds an existing sale of several buckets: its configuration and gate on every bucket, and the
+        change of total (added to bucket 0; a cut taken from the buckets' unsold units), read and written
+        with the buckets frozen and their moves finished, so no unit is in flight between buckets. When the
+        total does not change (every operator pass) nothing is frozen: the buckets' totals, read between two
+        reads of their give counters that agree with no move in an outbox, sum to the total, and the
+        configuration is written without touching any total."""
+        before = await self._moves_seen(keys)
+        totals_now = [int(await self._read(self._client.hget(k.meta, "total")) or 0) for k in keys]
+        if before[0] == 0 and before == await self._moves_seen(keys) and sum(totals_now) == config.total:
+            answers = [await self._seed_bucket(k, "", config, gate, len(keys)) for k in keys]
+            if all(code == "unchanged" for code, *_ in answers):
+                return SeedResult("unchanged", config.total, sum(a[2] for a in answers), sum(a[3] for a in answers))
+        await self._freeze(keys, FREEZE_MS)
+        try:
+            await self._settle_moves(keys)
+            metas = [
+                await self._read(self._client.hmget(k.meta, ["total", "remaining", "pending", "confirmed"]))
+                for k in keys
+            ]
+            if any(m[0] is None for m in metas):
+                raise errors.SaleRestoring(sale)  # a bucket lost: the restore rebuilds it first
+            totals = [int(m[0]) for m in metas]
+            remaining = [int(m[1]) for m in metas]
+            sold = sum(int(m[2]) + int(m[3]) for m in metas)
+            delta = config.total - sum(totals)
+            new = list(totals)
+            if delta > 0:
+                new[0] += delta
+            need = -delta
+            for b in range(len(keys)):
+                cut = min(remaining[b], max(need, 0))
+                new[b] -= cut
+                need -= cut
+            if need > 0:
+                raise errors.RestockBelowSold(sale, config.total, sold)
+            answers = [await self._seed_bucket(k, new[b], config, gate, len(keys)) for b, k in enumerate(keys)]
+        finally:
+            await self._freeze(keys, None)
+        if any(code == "below_sold" for code, *_ in answers):
+            # A reserve took a bucket's units between the read and the write: the next seed finishes the cut.
+            raise errors.RestockBelowSold(sale, config.total, sold)
+        return SeedResult(
+            "unchanged" if delta == 0 else "restocked",
+            config.total,
+            sum(a[2] for a in answers),
+            sum(a[3] for a in answers),
+        )
 
     async def set_open(self, sale: str, open: bool) -> bool:
         """Opens or closes the sale; returns whether it was open before."""
-        prev = _s(await self._run("gate", [_keys(sale).meta], ["1" if open else "0"]))
-        if prev == "unknown_sale":
+        answers = await self._fan("gate", sale, lambda k: [k.meta], ["1" if open else "0"])
+        prev = _s(answers[0])
+        if any(_s(a) == "unknown_sale" for a in answers):
             raise errors.SaleNotFound(sale)
         return prev == "1"
 
@@ -515,7 +794,10 @@ class StockEngine:
         """The ``run_id`` of the Redis server holding the sale (on a cluster: the master of its slot). It
         changes with every restart and differs on a failover (the promoted replica is another server), so a
         sale restored under another run_id may have lost what that run held."""
-        node = await self._node(_keys(sale).meta)
+        return await self._run_id(_keys(sale).meta)
+
+    async def _run_id(self, key: str) -> str:
+        node = await self._node(key)
         try:
             if node is None:
                 info = await self._client.info("server")
@@ -538,6 +820,15 @@ class StockEngine:
         if meta_total is None:
             return None
         return "" if run is None else _s(run)
+
+    async def runs(self, sale: str) -> list[tuple[str | None, str]]:
+        """Per stock bucket: the run_id it was last restored (or seeded) under (None: Redis lost the
+        bucket), and the run_id of the server holding it now."""
+        out: list[tuple[str | None, str]] = []
+        for k in await self._all(sale):
+            total, run = await self._read(self._client.hmget(k.meta, ["total", "run"]))
+            out.append((None if total is None else _s(run or ""), await self._run_id(k.meta)))
+        return out
 
     async def lock_restore(self, sale: str, token: str, ttl_ms: int) -> bool:
         """Takes the sale's restore lock for ``ttl_ms`` unless another holds it: one restore at a time."""
@@ -563,51 +854,114 @@ class StockEngine:
         as ``released``) merged with what Redis still holds, atomically, under the restore lock ``token``
         (see ``lua/restore.lua``): pending reservations as full records, settled ones into the compact
         settled store. ``config`` and ``open`` apply only if the sale's meta is gone. Raises
-        RestockBelowSold if the merged reservations hold more than the total."""
-        k = _keys(sale)
+        RestockBelowSold if the merged reservations hold more than the total.
+
+        A sale of several stock buckets (``config.buckets``) is restored bucket by bucket, each reservation
+        in its buyer's home bucket, with the buckets frozen and their moves finished: a bucket Redis still
+        holds keeps its total, the buckets it lost share what the sale's total leaves (each at least what
+        the ledger says its buyers hold); bucket 0, which holds the restore lock, last."""
+        rows = list(records)
+        for r in rows:
+            if r.state not in (RedisState.PENDING, RedisState.CONFIRMED, RedisState.RELEASED):
+                raise errors.InvalidArgument("state", f"cannot restore a reservation in state {r.state!r}")
+            _check_quantity(r.quantity)
+            _check_user(r.user)
+        n = config.buckets
+        if n <= 1:
+            return await self._restore_bucket(sale, _keys(sale), token, run_id, config, config.total, open, rows, 1)
+        keys = bucket_keys(sale, n)
+        self._nbuckets.pop(sale, None)
+        for k in keys[1:]:
+            await self._read(self._client.set(k.restore_lock, token, px=FREEZE_MS))
+        try:
+            alive = await self._freeze(keys, FREEZE_MS)
+            await self._settle_moves(keys)
+            mine: list[list[ReservationRecord]] = [[] for _ in keys]
+            for r in rows:
+                mine[home_bucket(r.user, n)].append(r)
+            kept = 0
+            for k, here in zip(keys, alive, strict=True):
+                if here:
+                    kept += int(await self._read(self._client.hget(k.meta, "total")) or 0)
+            lost = [b for b, here in enumerate(alive) if not here]
+            sold = {b: sum(r.quantity for r in mine[b] if r.state != RedisState.RELEASED) for b in lost}
+            spare = max(0, config.total - kept - sum(sold.values()))
+            totals = {b: sold[b] + spare // len(lost) + (1 if i < spare % len(lost) else 0) for i, b in enumerate(lost)}
+            results: list[RestoreResult] = []
+            for b in reversed(range(n)):
+                run = await self._run_id(keys[b].meta)
+                got = await self._restore_bucket(sale, keys[b], token, run, config, totals.get(b, 0), open, mine[b], n)
+                if got.outcome == "lost_lock":
+                    return got
+                results.append(got)
+        finally:
+            with contextlib.suppress(errors.StampedeError):
+                await self._freeze(keys, None)
+        outcome = "restored" if any(r.outcome == "restored" for r in results) else "current"
+        return RestoreResult(
+            outcome,
+            sum(r.total for r in results),
+            sum(r.remaining for r in results),
+            sum(r.pending for r in results),
+            sum(r.confirmed for r in results),
+        )
+
+    async def _restore_bucket(
+        self,
+        sale: str,
+        k: SaleKeys,
+        token: str,
+        run_id: str,
+        config: SaleConfig,
+        total: int,
+        open: bool,
+        records: list[ReservationRecord],
+        buckets: int,
+    ) -> RestoreResult:
         args: list[Any] = [
             token,
             run_id,
-            config.total,
+            total,
             config.per_user_limit,
             "1" if open else "0",
             config.buyer_rate,
             config.buyer_burst,
             config.ip_rate,
             config.ip_burst,
+            buckets,
         ]
         for r in records:
-            if r.state not in (RedisState.PENDING, RedisState.CONFIRMED, RedisState.RELEASED):
-                raise errors.InvalidArgument("state", f"cannot restore a reservation in state {r.state!r}")
-            args += [r.reservation_id, r.state, _check_quantity(r.quantity), r.reserved_at_ms, _check_user(r.user)]
-        code, total, remaining, pending, confirmed = await self._run(
+            args += [r.reservation_id, r.state, r.quantity, r.reserved_at_ms, r.user]
+        code, total_, remaining, pending, confirmed = await self._run(
             "restore", [k.meta, k.reservations, k.pending, k.holds, k.restore_lock, k.settled], args
         )
         code = _s(code)
         if code == "below_sold":
-            raise errors.RestockBelowSold(sale, int(total), int(pending) + int(confirmed))
+            raise errors.RestockBelowSold(sale, int(total_), int(pending) + int(confirmed))
         if code == "bad_args":
             raise errors.ScriptError("restore.lua refused arguments that passed validation")
-        return RestoreResult(code, int(total), int(remaining), int(pending), int(confirmed))
+        return RestoreResult(code, int(total_), int(remaining), int(pending), int(confirmed))
 
     async def delete(self, sale: str) -> int:
-        """Removes every key of the sale (the ledger keeps the orders). Returns keys deleted."""
-        k = _keys(sale)
+        """Removes every key of the sale, every stock bucket's (the ledger keeps the orders). Returns keys
+        deleted."""
         deleted = 0
-        buckets = int(await self._client.hget(k.settled, "buckets") or 0)
-        for start in range(0, buckets, 1000):
-            chunk = [k.bucket(k.settled, i) for i in range(start, min(buckets, start + 1000))]
-            deleted += int(await self._client.delete(*chunk))
-        deleted += int(await self._client.delete(*k.all_static()))
-        # The rate-limit buckets share the sale's slot: on a cluster only its master is scanned.
-        node = await self._node(k.meta)
-        scan = (
-            self._client.scan_iter(match=f"{k.base}:rl:*", count=1000)
-            if node is None
-            else self._client.scan_iter(match=f"{k.base}:rl:*", count=1000, target_nodes=node)
-        )
-        async for key in scan:
-            deleted += int(await self._client.delete(key))
+        for k in reversed(await self._all(sale)):  # bucket 0 last: the sale is known until all are gone
+            buckets = int(await self._client.hget(k.settled, "buckets") or 0)
+            for start in range(0, buckets, 1000):
+                chunk = [k.bucket(k.settled, i) for i in range(start, min(buckets, start + 1000))]
+                deleted += int(await self._client.delete(*chunk))
+            deleted += int(await self._client.delete(*k.all_static()))
+            # The rate-limit buckets share the bucket's slot: on a cluster only its master is scanned.
+            node = await self._node(k.meta)
+            scan = (
+                self._client.scan_iter(match=f"{k.base}:rl:*", count=1000)
+                if node is None
+                else self._client.scan_iter(match=f"{k.base}:rl:*", count=1000, target_nodes=node)
+            )
+            async for key in scan:
+                deleted += int(await self._client.delete(key))
+        self._nbuckets.pop(sale, None)
         return deleted
 
     # --- the hot path -----------------------------------------------------------------------------
@@ -636,14 +990,57 @@ class StockEngine:
             client_ip=client_ip,
             admission_expires_ms=admission_expires_ms,
         )
-        if self.ack_replicas > 0:
-            (raw,) = await self.reserve_batch([call])
-            if isinstance(raw, BaseException):
-                raise raw
-            return call.answer(raw)
-        return call.answer(await self._run("reserve", call.keys, call.args))
+        n = await self.buckets(call.sale)
+        if self.ack_replicas == 0 and n == 1:
+            raw = await self._run("reserve", call.keys, call.routed(1).args)
+            if _s(raw[0]) != "bad_buckets":
+                return call.answer(raw)
+        (raw,) = await self.reserve_batch([call])
+        if isinstance(raw, BaseException):
+            raise raw
+        return call.answer(raw)
 
     async def reserve_batch(self, calls: Sequence[ReserveCall]) -> list[Any]:
+        """Runs many reserves at once (``_reserve_routed``), each in its buyer's home stock bucket. A sale of
+        several buckets whose home bucket answers sold out gets stock moved there from the bucket that has
+        most (``_move``) and the reserve sent again, until it is taken or every bucket is empty: "sold out"
+        is answered only when a read of every bucket found none left (units in the middle of a move between
+        two other buckets excepted, for the two round trips a move takes)."""
+        routed = [c.routed(await self.buckets(c.sale)) for c in calls]
+        out = await self._reserve_routed(routed)
+        stale = [i for i, raw in enumerate(out) if _code(raw) == "bad_buckets"]
+        if stale:
+            for i in stale:
+                self._nbuckets.pop(calls[i].sale, None)
+            for i in stale:
+                routed[i] = calls[i].routed(await self.buckets(calls[i].sale))
+            for i, raw in zip(stale, await self._reserve_routed([routed[i] for i in stale]), strict=True):
+                out[i] = raw
+        short = [i for i, raw in enumerate(out) if _code(raw) == "sold_out" and int(routed[i].args[6]) > 1]
+        if short:
+            answers = await asyncio.gather(*(self._reserve_moving(routed[i], out[i]) for i in short))
+            for i, raw in zip(short, answers, strict=True):
+                out[i] = raw
+        return out
+
+    async def _reserve_moving(self, call: ReserveCall, raw: Any) -> Any:
+        """A reserve its home bucket answered sold out, with stock moved home until it is taken or no other
+        bucket has any: the last answer (or the error it is answered with)."""
+        n = int(call.args[6])
+        keys = bucket_keys(call.sale, n)
+        home = home_bucket(call.user, n)
+        try:
+            for _ in range(MOVE_ROUNDS):
+                if not await self._move(call.sale, keys, home, call.quantity):
+                    return raw
+                (raw,) = await self._reserve_routed([call])
+                if _code(raw) != "sold_out":
+                    return raw
+        except errors.StampedeError as exc:
+            return exc
+        return errors.DependencyUnavailable(Dependency.REDIS, "stock is moving between buckets; retry")
+
+    async def _reserve_routed(self, calls: Sequence[ReserveCall]) -> list[Any]:
         """Runs many reserves at once: one pipeline per Redis master (calls grouped by their sale's slot),
         written as one buffer and read back in order, each script atomic on its own. With ``ack_replicas``
         each pipeline ends with ``WAIT``: a reserve is answered only when the replicas hold it; when they do
@@ -656,7 +1053,9 @@ class StockEngine:
         for _ in range(3):
             groups: dict[str, tuple[ClusterNode | None, list[int]]] = {}
             lost_slot = False
-            for i in todo:
+            if not self.cluster:
+                groups[""] = (None, todo)  # one server: no slot to look up
+            for i in todo if self.cluster else ():
                 try:
                     node = await self._node(calls[i].keys[0])
                 except errors.DependencyUnavailable as exc:
@@ -665,9 +1064,19 @@ class StockEngine:
                     continue
                 groups.setdefault("" if node is None else node.name, (node, []))[1].append(i)
             sent = list(groups.values())
-            answers = await asyncio.gather(
-                *(self._reserve_on(node, [calls[i] for i in idx]) for node, idx in sent), return_exceptions=True
-            )
+            answers: list[Any]
+            if len(sent) == 1:  # one pipeline (a single Redis, or one master): no task to gather
+                node, idx = sent[0]
+                try:
+                    answers = [await self._reserve_on(node, [calls[i] for i in idx])]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    answers = [exc]
+            else:
+                answers = await asyncio.gather(
+                    *(self._reserve_on(node, [calls[i] for i in idx]) for node, idx in sent), return_exceptions=True
+                )
             again: list[int] = []
             lost_node, noscript = lost_slot, False
             for (_, idx), got in zip(sent, answers, strict=True):
@@ -717,12 +1126,22 @@ class StockEngine:
         buffer = [resp_command(("EVALSHA", sha, len(c.keys), *c.keys, *c.args)) for c in calls]
         if self.ack_replicas > 0:
             buffer.append(resp_command(("WAIT", self.ack_replicas, self.ack_timeout_ms)))
+        return await self._send(node, buffer)
+
+    async def _send(self, node: ClusterNode | None, buffer: list[bytes]) -> list[Any]:
+        """Packed commands written as one buffer on one connection of ``node`` (the single Redis: None),
+        their answers read back in order; error replies returned in place."""
         if node is None:
             pool = cast(aioredis.Redis, self._client).connection_pool
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            conn, self._reserve_conn = self._reserve_conn, None
+            if conn is None:
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         else:
             conn = node.acquire_connection()
+        whole = False
         try:
+            if not _open(conn):
+                await conn.disconnect()  # the server closed it while idle: the write below connects afresh
             await conn.send_packed_command(b"".join(buffer), check_health=False)
             out: list[Any] = []
             for _ in buffer:
@@ -730,15 +1149,18 @@ class StockEngine:
                     out.append(await conn.read_response())
                 except ResponseError as exc:
                     out.append(exc)
+            whole = True
         except BaseException:
             # Half a pipeline may be unread: this connection can never be trusted again.
             await conn.disconnect()
             raise
         finally:
-            if node is None:
-                await pool.release(conn)
-            else:
+            if node is not None:
                 node.release(conn)
+            elif whole and self._reserve_conn is None:
+                self._reserve_conn = conn  # every reply read: the next batch writes on it at once
+            else:
+                await pool.release(conn)
         return out
 
     async def _unacknowledged(self, calls: list[ReserveCall], out: list[Any], acked: Any) -> None:
@@ -766,9 +1188,8 @@ class StockEngine:
         ids = list(reservation_ids)
         if not ids:
             return {}
-        k = _keys(sale)
-        codes = await self._run("confirm", [k.meta, k.reservations, k.pending, k.settled], ids)
-        return {rid: _CONFIRM[_s(c)] for rid, c in zip(ids, codes, strict=True)}
+        fan = await self._fan("confirm", sale, lambda k: [k.meta, k.reservations, k.pending, k.settled], ids)
+        return {rid: _CONFIRM[c] for rid, c in zip(ids, _merged(fan), strict=True)}
 
     async def release(
         self, sale: str, reservation_ids: Iterable[str], *, forget: Mapping[str, tuple[str, str]] | None = None
@@ -780,14 +1201,16 @@ class StockEngine:
         ids = list(reservation_ids)
         if not ids:
             return {}
-        k = _keys(sale)
-        keys = [k.meta, k.reservations, k.pending, k.holds, k.settled]
         args = ids
         if forget is not None:
-            keys.append(k.idempotency)
             args = ids + [idempotency_field(*forget[rid]) if rid in forget else "" for rid in ids]
-        codes = await self._run("release", keys, args)
-        return {rid: _RELEASE[_s(c)] for rid, c in zip(ids, codes, strict=True)}
+
+        def keys(k: SaleKeys) -> list[str]:
+            listed = [k.meta, k.reservations, k.pending, k.holds, k.settled]
+            return [*listed, k.idempotency] if forget is not None else listed
+
+        fan = await self._fan("release", sale, keys, args)
+        return {rid: _RELEASE[c] for rid, c in zip(ids, _merged(fan), strict=True)}
 
     async def expire(self, sale: str, buyers: Mapping[str, str]) -> dict[str, Outcome]:
         """Gives back the units of holds the ledger expired (confirmed, or not yet confirmed, -> released)
@@ -800,28 +1223,27 @@ class StockEngine:
         for user in buyers.values():
             if not is_buyer_id(user):
                 raise errors.InvalidArgument("user", f"must be {BUYER_ID_RULE}")
-        k = _keys(sale)
         args = [part for rid, user in buyers.items() for part in (rid, user)]
-        codes = await self._run("expire", [k.meta, k.reservations, k.pending, k.holds, k.settled], args)
-        return {rid: _EXPIRE[_s(c)] for rid, c in zip(buyers, codes, strict=True)}
+        fan = await self._fan("expire", sale, lambda k: [k.meta, k.reservations, k.pending, k.holds, k.settled], args)
+        return {rid: _EXPIRE[c] for rid, c in zip(buyers, _merged(fan), strict=True)}
 
     # --- reading ----------------------------------------------------------------------------------
 
     async def snapshot(self, sale: str) -> Snapshot:
-        k = _keys(sale)
-        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations, k.settled], [])
-        if not flat:
-            raise errors.SaleNotFound(sale)
-        return _snapshot(sale, flat)
+        """The sale's counters (``snapshot.lua``). A sale of several stock buckets sums its buckets' (each read
+        atomically, the buckets one after another; total and remaining may be short by the units of a move
+        in flight for its two round trips); a bucket Redis lost makes the sale unknown (SaleNotFound), so the
+        caller restores it."""
+        return (await self.counters(sale))[0]
 
     async def counters(self, sale: str) -> tuple[Snapshot, dict[str, int]]:
         """The sale's snapshot and, read in the same atomic step, every counter Redis keeps of it by name
-        (``counter_fields``): what the live page lists, so counters of features it does not know still show."""
-        k = _keys(sale)
-        flat = await self._run("snapshot", [k.meta, k.pending, k.reservations, k.settled], [])
-        if not flat:
+        (``counter_fields``): what the live page lists, so counters of features it does not know still show.
+        Summed over the stock buckets of a sale of several."""
+        flats = await self._fan("snapshot", sale, lambda k: [k.meta, k.pending, k.reservations, k.settled], [])
+        if not all(flats):
             raise errors.SaleNotFound(sale)
-        return _snapshot(sale, flat), counter_fields(flat)
+        return _summed(sale, flats)
 
     async def reservation(self, sale: str, reservation_id: str) -> ReservationRecord | None:
         return (await self.records(sale, [reservation_id])).get(reservation_id)
@@ -833,26 +1255,31 @@ class StockEngine:
         ids = list(reservation_ids)
         if not ids:
             return {}
-        k = _keys(sale)
-        raws = await self._run("records", [k.meta, k.reservations, k.settled], ids)
-        return {rid: parse_record(rid, _s(raw)) for rid, raw in zip(ids, raws, strict=False) if _s(raw)}
+        fan = await self._fan("records", sale, lambda k: [k.meta, k.reservations, k.settled], ids)
+        out: dict[str, ReservationRecord] = {}
+        for raws in fan:
+            out |= {rid: parse_record(rid, _s(raw)) for rid, raw in zip(ids, raws, strict=False) if _s(raw)}
+        return out
 
     async def reservations(self, sale: str) -> list[ReservationRecord]:
         """Every reservation Redis holds for the sale, without blocking Redis on a large sale: the pending
         records (HSCAN), then the settled store (compact records: ``reserved_at_ms`` 0, ``user`` ''). Records
         only ever move from pending to settled, so reading in that order misses none that exists throughout."""
-        k = _keys(sale)
         found: dict[str, ReservationRecord] = {}
-        async for rid, raw in self._client.hscan_iter(k.reservations, count=1000):
-            found[_s(rid)] = parse_record(_s(rid), _s(raw))
-        async for field, value in self._small_hash_items(k.settled):
-            found[_s(field)] = _settled_record(_s(field), int(value))
+        for k in await self._all(sale):
+            async for rid, raw in self._client.hscan_iter(k.reservations, count=1000):
+                found[_s(rid)] = parse_record(_s(rid), _s(raw))
+            async for field, value in self._small_hash_items(k.settled):
+                found[_s(field)] = _settled_record(_s(field), int(value))
         return list(found.values())
 
     async def holdings(self, sale: str) -> dict[str, int]:
         """Units each buyer holds (pending + confirmed) as the per-user limit counts them."""
-        holds = self._client.hscan_iter(_keys(sale).holds, count=1000)
-        return {_s(user): int(units) async for user, units in holds}
+        out: dict[str, int] = {}
+        for k in await self._all(sale):
+            async for user, units in self._client.hscan_iter(k.holds, count=1000):
+                out[_s(user)] = out.get(_s(user), 0) + int(units)
+        return out
 
     async def _small_hash_items(self, directory: str) -> AsyncIterator[tuple[bytes, bytes]]:
         """Every field of a store kept as small hashes (``lua/smallhash.lua``), bucket by bucket, without
@@ -874,21 +1301,21 @@ class StockEngine:
         settled store (compact records, as ``reservations``). Redis is never blocked, and the caller holds
         one chunk at a time. Records only move from pending to settled, so none present throughout is
         missed (one settled meanwhile may be seen twice)."""
-        k = _keys(sale)
-        cursor = 0
-        while True:
-            cursor, chunk = await self._read(self._client.hscan(k.reservations, cursor, count=count))
-            yield [parse_record(_s(rid), _s(raw)) for rid, raw in chunk.items()]
-            if cursor == 0:
-                break
-        settled: list[ReservationRecord] = []
-        async for field, value in self._small_hash_items(k.settled):
-            settled.append(_settled_record(_s(field), int(value)))
-            if len(settled) >= count:
+        for k in await self._all(sale):
+            cursor = 0
+            while True:
+                cursor, chunk = await self._read(self._client.hscan(k.reservations, cursor, count=count))
+                yield [parse_record(_s(rid), _s(raw)) for rid, raw in chunk.items()]
+                if cursor == 0:
+                    break
+            settled: list[ReservationRecord] = []
+            async for field, value in self._small_hash_items(k.settled):
+                settled.append(_settled_record(_s(field), int(value)))
+                if len(settled) >= count:
+                    yield settled
+                    settled = []
+            if settled:
                 yield settled
-                settled = []
-        if settled:
-            yield settled
 
     async def states(self, by_sale: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str | None] | None]:
         """{sale: ids} -> {sale: {id: Redis state, None if Redis does not hold it}}, or {sale: None} for a sale
@@ -897,23 +1324,22 @@ class StockEngine:
         concurrently (each sale's keys are on its slot's master, which the cluster client routes to)."""
         sales = [sale for sale in by_sale if by_sale[sale]]
         answers: list[Any]
-        if self.cluster:
+        if self.cluster or any([await self.buckets(sale) > 1 for sale in sales]):
             answers = list(
                 await asyncio.gather(
                     *(
-                        self._run("records", [k.meta, k.reservations, k.settled], list(by_sale[sale]))
+                        self._fan("records", sale, lambda k: [k.meta, k.reservations, k.settled], list(by_sale[sale]))
                         for sale in sales
-                        for k in (_keys(sale),)
                     )
                 )
             )
+            # Per sale, each id's record from the bucket that holds it; a bucket Redis lost: the sale is unknown.
+            answers = [
+                [next((r for r in col if _s(r)), b"") for col in zip(*fan, strict=True)] if all(fan) else []
+                for fan in answers
+            ]
         else:
-            pipe = cast(aioredis.Redis, self._client).pipeline(transaction=False)
-            script = self._scripts["records"]
-            for sale in sales:
-                k = _keys(sale)
-                await script(keys=[k.meta, k.reservations, k.settled], args=list(by_sale[sale]), client=pipe)
-            answers = await self._read(pipe.execute())
+            answers = await self._records_pipelined(sales, by_sale)
         out: dict[str, dict[str, str | None] | None] = {sale: {} for sale in by_sale}
         for sale, raws in zip(sales, answers, strict=True):
             ids = by_sale[sale]
@@ -924,18 +1350,47 @@ class StockEngine:
             )
         return out
 
+    async def _records_pipelined(self, sales: Sequence[str], by_sale: Mapping[str, Sequence[str]]) -> list[Any]:
+        """``records.lua`` for each sale in one pipelined round trip on a single Redis. EVALSHA goes in the
+        pipeline as it is (redis-py's script objects would first ask SCRIPT EXISTS, one more round trip per
+        call); NOSCRIPT (Redis lost its script cache) loads the script and sends the pipeline once more."""
+        script = self._scripts["records"]
+
+        async def send() -> list[Any]:
+            pipe = cast(aioredis.Redis, self._client).pipeline(transaction=False)
+            for sale in sales:
+                k = _keys(sale)
+                pipe.evalsha(script.sha, 3, k.meta, k.reservations, k.settled, *by_sale[sale])
+            answers: list[Any] = await self._read(pipe.execute(raise_on_error=False))
+            return answers
+
+        answers = await send()
+        if any(isinstance(a, NoScriptError) for a in answers):
+            await self._read(self._client.script_load(script.script))
+            answers = await send()
+        for a in answers:
+            if isinstance(a, ResponseError):
+                raise errors.ScriptError(f"records.lua: {a}")
+        return answers
+
     async def suspects(self, sale: str, grace_ms: int, after: tuple[int, str] | None, limit: int) -> SuspectView:
         """What a reconcile pass reads of the sale, in one atomic step (``suspects.lua``): the clock, the
         counters (None: Redis does not know the sale), the pending reservations younger than ``grace_ms``
         (counted) and up to ``limit`` older ones (id, reserved_at_ms), in the set's order (time, then id),
         after the entry ``after`` = (reserved_at_ms, id) (None: from the oldest)."""
-        k = _keys(sale)
         score, member = ("", "") if after is None else (str(after[0]), after[1])
-        now, young, window, flat = await self._run(
-            "suspects", [k.meta, k.pending, k.reservations, k.settled], [grace_ms, score, member, limit]
+        fan = await self._fan(
+            "suspects", sale, lambda k: [k.meta, k.pending, k.reservations, k.settled], [grace_ms, score, member, limit]
         )
-        pairs = [(_s(window[i]), int(float(_s(window[i + 1])))) for i in range(0, len(window), 2)]
-        return SuspectView(int(now), _snapshot(sale, flat) if flat else None, int(young), pairs)
+        # Several stock buckets: each gives its oldest ``limit`` after the cursor, so the oldest ``limit`` of
+        # their merge, in the same (time, id) order, are the sale's.
+        pairs = sorted(
+            ((_s(w[i]), int(float(_s(w[i + 1])))) for _, _, w, _ in fan for i in range(0, len(w), 2)),
+            key=lambda p: (p[1], p[0]),
+        )[:limit]
+        flats = [flat for *_, flat in fan]
+        snap = _summed(sale, flats)[0] if all(flats) else None
+        return SuspectView(max(int(now) for now, *_ in fan), snap, sum(int(young) for _, young, *_ in fan), pairs)
 
     async def _read(self, call: Awaitable[Any]) -> Any:
         try:
@@ -950,25 +1405,43 @@ class StockEngine:
         confirmed, released, the buyers' holdings), a few thousand per script call (``lua/import.lua``), so a
         sale of a million settled reservations is made in seconds. Not for a sale that is taking
         reservations."""
-        k = _keys(sale)
-        args: list[Any] = []
+        keys = await self._all(sale)
+        by_bucket: list[list[Any]] = [[] for _ in keys]
         for r in records:
             if r.state not in (RedisState.CONFIRMED, RedisState.RELEASED):
                 raise errors.InvalidArgument("state", f"only settled reservations are imported, not {r.state!r}")
             qty = _check_quantity(r.quantity)
-            args += [r.reservation_id, qty if r.state == RedisState.CONFIRMED else -qty, _check_user(r.user)]
-        for start in range(0, len(args), 3 * IMPORT_CHUNK):
-            await self._run("import", [k.meta, k.holds, k.settled], args[start : start + 3 * IMPORT_CHUNK])
+            by_bucket[home_bucket(_check_user(r.user), len(keys))] += [
+                r.reservation_id,
+                qty if r.state == RedisState.CONFIRMED else -qty,
+                r.user,
+            ]
+        for k, args in zip(keys, by_bucket, strict=True):
+            for start in range(0, len(args), 3 * IMPORT_CHUNK):
+                await self._run("import", [k.meta, k.holds, k.settled], args[start : start + 3 * IMPORT_CHUNK])
 
     async def pending_older_than(self, sale: str, cutoff_ms: int, limit: int = 10_000) -> list[str]:
         """Pending reservation ids reserved before ``cutoff_ms`` (Redis time), oldest first."""
-        ids = await self._read(self._client.zrangebyscore(_keys(sale).pending, "-inf", cutoff_ms, start=0, num=limit))
-        return [_s(i) for i in ids]
+        found: list[tuple[float, str]] = []
+        for k in await self._all(sale):
+            got = await self._read(
+                self._client.zrangebyscore(k.pending, "-inf", cutoff_ms, start=0, num=limit, withscores=True)
+            )
+            found += [(float(score), _s(i)) for i, score in got]
+        return [i for _, i in sorted(found)[:limit]]
 
     async def now_ms(self) -> int:
         """Redis's clock, the one reserve.lua stamps reservations with."""
         sec, usec = await self._read(self._client.time())
         return int(sec) * 1000 + int(usec) // 1000
+
+
+def _open(conn: Any) -> bool:
+    """Whether a kept ``redis.asyncio`` connection is still open as far as this process has heard: connected,
+    and no end of stream from the server (a restart or an idle kill) seen by its reader. A check without a
+    round trip or a wait, unlike the pool's own probe."""
+    reader = getattr(conn, "_reader", None)
+    return bool(conn.is_connected) and reader is not None and not reader.at_eof()
 
 
 def resp_command(args: Sequence[Any]) -> bytes:

@@ -16,9 +16,11 @@ Only this adapter and ``StockEngine`` touch Redis keys; it shares the engine's c
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -29,7 +31,7 @@ from redis.exceptions import ResponseError
 
 from . import errors
 from .identifiers import BUYER_ID_RULE, is_buyer_id
-from .names import check_sale, sale_keys
+from .names import bucket_keys, check_sale, sale_keys
 from .redis_errors import UNAVAILABLE
 from .vocabulary import Dependency
 
@@ -132,13 +134,22 @@ def _check(sale: str, buyer: str) -> list[str]:
 class WaitingRoom:
     """The room operations over a ``redis.asyncio`` client, one script call each."""
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, script: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        script: str,
+        turn: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    ) -> None:
         self._client = client
         self._script = client.register_script(script)
+        # The stock engine's slot for one call (``StockEngine._turn``): on a cluster it bounds the calls in
+        # flight by the pool and reads the slot map before the first of them.
+        self._turn = turn or contextlib.nullcontext
 
     async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return await self._script(keys=list(keys), args=list(args))
+            async with self._turn():
+                return await self._script(keys=list(keys), args=list(args))
         except UNAVAILABLE as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         except ResponseError as exc:
@@ -162,15 +173,29 @@ class WaitingRoom:
         )
         if code != "configured":
             raise errors.ScriptError("room.lua refused a configuration that passed validation")
+        await self._mirror(sale, on)
+
+    async def _mirror(self, sale: str, on: bool) -> None:
+        """The room's on/off flag copied to the sale's other stock buckets, whose reserve reads the flag in
+        its own slot (``names.bucket_keys``)."""
+        try:
+            async with self._turn():
+                buckets = int(await self._client.hget(sale_keys(sale).meta, "buckets") or 1)
+                for k in bucket_keys(sale, buckets)[1:]:
+                    await self._client.hset(k.room_config, "on", "1" if on else "0")
+        except UNAVAILABLE as exc:
+            raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
 
     async def disable(self, sale: str) -> None:
         """Turns the room off if the sale has one (a spec that dropped ``admission``)."""
         key = sale_keys(sale).room_config
         try:
-            if await self._client.exists(key):
-                await self._client.hset(key, "on", "0")
+            async with self._turn():
+                if await self._client.exists(key):
+                    await self._client.hset(key, "on", "0")
         except UNAVAILABLE as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
+        await self._mirror(sale, False)
 
     async def join(
         self, sale: str, buyer: str, *, token_ttl_ms: int, min_interval_ms: int = 0, ticket: str | None = None
@@ -227,9 +252,10 @@ class WaitingRoom:
         """Every admitted ticket in queue order, for audits and tests (several reads: not one instant)."""
         k = sale_keys(sale)
         try:
-            admitted = {_s(t): int(ms) async for t, ms in self._client.hscan_iter(k.room_admitted, count=1000)}
-            owners = {_s(t): _s(b) async for t, b in self._client.hscan_iter(k.room_tickets, count=1000)}
-            order = [_s(t) for t in await self._client.zrange(k.room_queue, 0, -1)]
+            async with self._turn():
+                admitted = {_s(t): int(ms) async for t, ms in self._client.hscan_iter(k.room_admitted, count=1000)}
+                owners = {_s(t): _s(b) async for t, b in self._client.hscan_iter(k.room_tickets, count=1000)}
+                order = [_s(t) for t in await self._client.zrange(k.room_queue, 0, -1)]
         except UNAVAILABLE as exc:
             raise errors.DependencyUnavailable(Dependency.REDIS, str(exc)) from exc
         return [AdmittedTicket(t, owners[t], pos, admitted[t]) for pos, t in enumerate(order) if t in admitted]

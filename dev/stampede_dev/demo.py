@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import os
 import secrets
 import subprocess
@@ -33,6 +31,7 @@ from stampede.vocabulary import SalePhase
 
 from . import pictures
 from .devstack import LocalStack, free_port
+from .localsale import LocalCluster, flashsale, tool
 from .sale_audit import audit_sale, k6_accepted
 
 STEPS = 10
@@ -42,36 +41,7 @@ def step(n: int, text: str) -> None:
     print(f"==> [{n}/{STEPS}] {text}", flush=True)
 
 
-def tool(root: Path, name: str) -> str:
-    return subprocess.run(
-        [str(root / "hack" / "tools.sh"), "path", name], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
 K6_THRESHOLDS_FAILED = 99  # k6's exit code when a threshold of the script failed
-
-
-def flashsale(name: str, stock: int, limit: int, minutes: int) -> dict[str, object]:
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    return {
-        "apiVersion": "stampede.dev/v1alpha1",
-        "kind": "FlashSale",
-        "metadata": {"name": name},
-        "spec": {
-            "product": {"sku": "DEMO-1", "name": "Demo Sneaker", "price": "99.00", "currency": "USD"},
-            "stock": stock,
-            "perUserLimit": limit,
-            "window": {
-                "start": (now - dt.timedelta(seconds=5)).isoformat().replace("+00:00", "Z"),
-                "end": (now + dt.timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z"),
-            },
-            "api": {"replicas": 1},
-            "workers": {"replicas": 2, "concurrency": 16},
-            "reconcile": {"intervalSeconds": 5},
-            # k6 runs on this machine: every buyer shares 127.0.0.1, so the per-IP bucket is opened wide.
-            "rateLimit": {"perIp": {"rate": 1_000_000, "burst": 1_000_000}},
-        },
-    }
 
 
 def save_pictures(
@@ -121,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load(Common)
     run_dir = root / ".run" / "demo"
     run_dir.mkdir(parents=True, exist_ok=True)
-    kubeconfig = root / ".run" / "cluster" / "kubeconfig"
-    kube_env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    kubectl = tool(root, "kubectl")
+    cluster = LocalCluster.of(root)
     sale = f"demo-{time.strftime('%H%M%S')}"
     secret = secrets.token_urlsafe(36)
 
@@ -131,22 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(migrate(settings.database_url))
 
     step(2, f"applying the FlashSale CRD and sale {sale!r} (stock {ns.stock}, limit {ns.limit})")
-    subprocess.run(
-        [kubectl, "apply", "--server-side", "-f", str(root / "crds" / "flashsale.yaml")],
-        env=kube_env,
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [kubectl, "wait", "--for=condition=Established", "crd/flashsales.stampede.dev"],
-        env=kube_env,
-        check=True,
-        capture_output=True,
-    )
-    manifest = json.dumps(flashsale(sale, ns.stock, ns.limit, minutes=30))
-    subprocess.run(
-        [kubectl, "apply", "-f", "-"], input=manifest, text=True, env=kube_env, check=True, capture_output=True
-    )
+    cluster.install_sale(flashsale(sale, ns.stock, ns.limit, minutes=30))
 
     stack_env = {
         "STAMPEDE_JWT_SECRET": secret,
@@ -159,18 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     with LocalStack(run_dir, stack_env) as stack:
         try:
             step(3, "starting the operator; waiting for it to seed the stock and open the sale")
-            stack.operator(kubeconfig)
-            deadline = time.monotonic() + 60
-            phase = ""
-            while time.monotonic() < deadline and phase != SalePhase.LIVE:
-                phase = subprocess.run(
-                    [kubectl, "get", CRD_PLURAL, sale, "-o", "jsonpath={.status.phase}"],
-                    env=kube_env,
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                ).stdout.strip()
-                time.sleep(0.5)
+            stack.operator(cluster.kubeconfig)
+            phase = cluster.wait_phase(sale, SalePhase.LIVE)
             if phase != SalePhase.LIVE:
                 print(
                     f"stampede demo: the sale never went Live (phase {phase!r}); operator log:\n"
@@ -242,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             step(7, "letting the reconciler publish the final status")
             time.sleep(6)
             step(8, "kubectl get flashsales")
-            subprocess.run([kubectl, "get", CRD_PLURAL, sale], env=kube_env, check=False)
+            subprocess.run([cluster.kubectl, "get", CRD_PLURAL, sale], env=cluster.env, check=False)
             step(9, "saving pictures of the sale: the live page's screenshot and the timeline chart")
             save_pictures(recorder, watcher, run_dir, sale, screenshot)
             print(f"    k6 report: {run_dir / (sale + '-k6.html')}; logs: {run_dir}/*.log")

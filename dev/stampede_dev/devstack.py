@@ -153,9 +153,15 @@ class LocalStack:
         return p
 
     def api(
-        self, name: str = "api", port: int | None = None, workers: int = 2, env: Mapping[str, str] | None = None
+        self,
+        name: str = "api",
+        port: int | None = None,
+        workers: int = 2,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60,
     ) -> Process:
-        """The buy API as a Pod runs it: gunicorn with uvicorn workers serving the Falcon ASGI app."""
+        """The buy API as a Pod runs it: gunicorn with uvicorn workers serving the Falcon ASGI app; returns
+        once it answers /readyz (within ``timeout`` seconds)."""
         port = port or free_port()
         return self.start(
             name,
@@ -170,12 +176,19 @@ class LocalStack:
                 **(env or {}),
             },
             ready_url=f"http://127.0.0.1:{port}/readyz",
+            timeout=timeout,
         )
 
     def worker(
-        self, name: str = "worker", concurrency: int = 8, port: int | None = None, env: Mapping[str, str] | None = None
+        self,
+        name: str = "worker",
+        concurrency: int = 8,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60,
     ) -> Process:
-        """A settle worker (``python -m stampede_worker``)."""
+        """A settle worker (``python -m stampede_worker``); returns once it answers /healthz (within
+        ``timeout`` seconds)."""
         port = port or free_port()
         return self.start(
             name,
@@ -187,6 +200,7 @@ class LocalStack:
                 **(env or {}),
             },
             ready_url=f"http://127.0.0.1:{port}/healthz",
+            timeout=timeout,
         )
 
     def operator(

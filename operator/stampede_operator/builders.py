@@ -86,6 +86,7 @@ class SaleSpec:
     client_ip_header: str | None = None  # None: the operator's STAMPEDE_API_CLIENT_IP_HEADER
     admission: AdmissionSpec | None = None  # None: no waiting room
     hold_seconds: int = 0  # spec.checkout.holdSeconds: settled reservations are held this long for checkout
+    stock_buckets: int = 1  # spec.stockBuckets: stock buckets (hash tags) the sale's units are split over
     autoscale: Autoscale | None = None  # None: spec.workers.replicas, fixed
     api_autoscale: ApiAutoscale | None = None  # None: the operator's default (STAMPEDE_API_AUTOSCALE), if any
     # spec.api.template / spec.workers.template: what the user sets of POD_TEMPLATE_FIELDS (over the chart's).
@@ -106,6 +107,7 @@ class SaleSpec:
             buyer_burst=self.buyer_burst,
             ip_rate=float(self.ip_rate),
             ip_burst=self.ip_burst,
+            buckets=self.stock_buckets,
         )
 
 
@@ -181,6 +183,7 @@ def parse_spec(name: str, spec: Mapping[str, Any], namespace: str = "") -> SaleS
         client_ip_header=_header(api),
         admission=_admission(spec),
         hold_seconds=_int(checkout, "holdSeconds", 0, "spec.checkout", 0),
+        stock_buckets=_int(spec, "stockBuckets", 1, "spec", 1),
         autoscale=_autoscale(workers),
         api_autoscale=api_autoscale_of(api.get("autoscale"), "spec.api.autoscale"),
         api_template=_template(api, "spec.api"),

@@ -415,6 +415,7 @@ async def ensure(
                 ip_rate=float(sale.ip_rate),
                 ip_burst=sale.ip_burst,
                 hold_seconds=sale.hold_seconds,
+                buckets=sale.stock_buckets,
             )
             await waitroom.apply(deps.stock, sale)
             if sale.autoscale is not None and memo.autoscaled is None:  # a restart resumes the last decision

@@ -4,11 +4,15 @@ flushed script cache, and turns a dead Redis into DependencyUnavailable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from stampede import errors
-from stampede.stock import Reservation, SaleConfig, StockEngine
+from stampede.stock import Reservation, ReserveCall, SaleConfig, StockEngine, reserve_call
 from stampede_api.reserver import ReserveCoalescer
 from tests.stores import redis_client
 
@@ -93,3 +97,56 @@ async def test_sold_out_is_remembered_briefly_but_never_for_keyed_requests(stock
     await asyncio.sleep(0.25)
     got = await co.reserve(sale, "c", 1)  # memory expired: Redis has the unit again
     assert got.remaining == 0
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_before_a_batch_is_written(
+    redis_url: str, services: dict[str, str], sale: str
+) -> None:
+    """The reserve pipe keeps its connection between batches (no pool checkout per batch); when Redis closes
+    it while idle (a restart, an idle timeout, CLIENT KILL), the next batch goes on a fresh connection and
+    every buyer in it is answered, none refused for a connection nobody was using."""
+    single = redis_url if redis_url.startswith("redis://") else f"redis://127.0.0.1:{services['STAMPEDE_REDIS_PORT']}/1"
+    name = f"kept-{uuid.uuid4().hex[:12]}"
+    stock = StockEngine.from_url(f"{single}?client_name={name}")
+    admin = aioredis.Redis.from_url(single)
+    try:
+        await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
+        co = ReserveCoalescer(stock)
+        assert (await co.reserve(sale, "a", 1)).remaining == 9
+        mine = [c["id"] for c in await admin.client_list() if c.get("name") == name]
+        assert mine  # at least the kept reserve connection
+        for client_id in mine:
+            await admin.client_kill_filter(_id=client_id)
+        await asyncio.sleep(0.2)  # the kept connection's reader takes in the end of the stream
+        got = await asyncio.gather(*(co.reserve(sale, f"b{i}", 1) for i in range(3)))
+        assert {r.remaining for r in got} == {6, 7, 8}
+        snap = await stock.snapshot(sale)
+        assert (snap.remaining, snap.pending) == (6, 4) and snap.balanced
+    finally:
+        await admin.aclose()
+        await stock.close()
+
+
+async def test_a_call_that_cannot_be_encoded_is_answered_alone(
+    stock: StockEngine, sale: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only non-ASCII strings are test-encoded before a batch is sent; one that cannot be (a lone surrogate
+    a bug let through) is refused on its own and its neighbours in the same pipeline are reserved."""
+    await stock.seed(sale, SaleConfig(total=10, per_user_limit=10), open=True)
+
+    def with_a_bad_one(sale_: str, user: str, quantity: int, **kw: Any) -> ReserveCall:
+        call = reserve_call(sale_, user, quantity, **kw)
+        if user == "bad":
+            call = dataclasses.replace(call, args=[call.args[0], "bad\ud800", *call.args[2:]])
+        return call
+
+    monkeypatch.setattr("stampede_api.reserver.reserve_call", with_a_bad_one)
+    co = ReserveCoalescer(stock)
+    first, bad, last = await asyncio.gather(
+        co.reserve(sale, "good-1", 1), co.reserve(sale, "bad", 1), co.reserve(sale, "good-2", 1), return_exceptions=True
+    )
+    assert isinstance(bad, errors.InvalidArgument)
+    assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
+    assert {first.remaining, last.remaining} == {8, 9}
+    snap = await stock.snapshot(sale)
+    assert (snap.remaining, snap.pending) == (8, 2) and snap.balanced

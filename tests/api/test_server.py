@@ -6,6 +6,7 @@ gunicorn's control socket live."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,13 +23,24 @@ import pytest
 from stampede_api.settings import ApiSettings
 from stampede_dev.devstack import free_port
 
-from .test_e2e import ROOT, SECRET, _stop
+from .conftest import SECRET
+from .test_e2e import ROOT
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 HEADER_TIMEOUT_S = 2.0
 MAX_HEADER_BYTES = 16384
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 @dataclass(frozen=True)
@@ -214,3 +226,66 @@ def test_metrics_are_served_on_their_own_port_only(served: Served) -> None:
 def test_gunicorn_creates_no_control_socket(served: Served) -> None:
     found = [p for p in served.home.rglob("*") if p.name.endswith(".ctl") or p.is_socket()]
     assert found == []
+
+
+def test_a_stopping_server_answers_a_request_on_an_idle_keep_alive_connection(api_settings: ApiSettings) -> None:
+    """SIGTERM (a deleted API pod) must not close a kept-alive connection under a client that is about to use
+    it: a request sent on it after the stop began is answered, with ``Connection: close``, and only then closed.
+    (uvicorn closed every idle connection at once: such a request got no answer, EOF for Go's client.)"""
+    port = free_port()
+    home = Path(tempfile.mkdtemp(prefix="stampede-home-"))
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"},
+        "HOME": str(home),
+        "STAMPEDE_REDIS_URL": api_settings.redis_url,
+        "STAMPEDE_DATABASE_URL": api_settings.database_url,
+        "STAMPEDE_JWT_SECRET": SECRET,
+        "STAMPEDE_BIND": f"127.0.0.1:{port}",
+        "STAMPEDE_METRICS_PORT": "0",
+        "STAMPEDE_WORKERS": "1",
+        "STAMPEDE_KEEPALIVE_S": "30",  # the idle connection outlives the test's pauses, however slow the box
+        "STAMPEDE_LOG_LEVEL": "INFO",
+        "PROMETHEUS_MULTIPROC_DIR": str(home / "metrics"),
+    }
+    (home / "metrics").mkdir()
+    log_path = home / "api.log"
+    with open(log_path, "wb") as log:
+        api = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "python:stampede_api.gunicorn_conf", "stampede_api.asgi:app"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        try:
+            request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    s = _connect(port)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or api.poll() is not None:
+                        pytest.fail("server did not start:\n" + log_path.read_text()[-3000:])
+                    time.sleep(0.2)
+            s.sendall(request)
+            s.settimeout(10)
+            first = s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+            assert b"connection: close" not in first.lower()
+
+            api.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while "Shutting down" not in log_path.read_text():  # the worker began its graceful stop
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.1)
+            time.sleep(0.5)  # past uvicorn's own pause after asking connections to shut down
+
+            s.sendall(request)
+            answer = _read_all(s, 10)
+            s.close()
+            assert answer.startswith(b"HTTP/1.1 200 "), (answer[:200], log_path.read_text()[-2000:])
+            assert b"connection: close" in answer.lower()
+            assert api.wait(30) == 0
+        finally:
+            _stop(api)

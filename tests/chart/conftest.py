@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -135,14 +134,6 @@ def render(helm_bin: Path) -> Render:
 # --- on the local control plane (the `control_plane` fixture of tests/conftest.py) ------------------------------
 
 
-def _wait_served(cp: ControlPlane, resource: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while cp.kubectl("get", resource, "-A").returncode != 0:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{resource} not served after {timeout} s")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="session")
 def chart_crds(control_plane: ControlPlane) -> list[str]:
     """The chart's CRDs (files/crds/: FlashSale and kopf's peerings), applied for real and Established, so
@@ -155,9 +146,7 @@ def chart_crds(control_plane: ControlPlane) -> list[str]:
         for doc in path.read_text().split("\n---\n")
         if doc.strip() and yaml.safe_load(doc)
     ]
-    for name in names:
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True)
-        _wait_served(control_plane, name)
+    control_plane.established(*names)
     return names
 
 
@@ -168,9 +157,7 @@ def monitoring_crds(control_plane: ControlPlane) -> None:
     control_plane.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", str(FIXTURES / "monitoring-crds.yaml"), check=True
     )
-    for name in ("servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com"):
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True)
-        _wait_served(control_plane, name)
+    control_plane.established("servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com")
 
 
 class NewNamespace(Protocol):

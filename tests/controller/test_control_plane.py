@@ -283,6 +283,25 @@ def test_what_was_sold_is_immutable_once_the_sale_opened(
     cp.kubectl("delete", "fs", name, "-n", namespace, "--wait=false", check=True)
 
 
+def test_stock_buckets_are_fixed_once_the_sale_exists(
+    control_plane: ControlPlane, flashsale_crd: str, namespace: str
+) -> None:
+    cp, name = control_plane, "fixed-buckets"
+    sale = minimal_sale(name)
+    sale["spec"]["stockBuckets"] = 4
+    cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sale), check=True)
+    for buckets in (2, None):
+        body = json.dumps({"spec": {"stockBuckets": buckets}})
+        refused = cp.kubectl("patch", "fs", name, "-n", namespace, "--type=merge", "-p", body)
+        assert refused.returncode != 0, f"stockBuckets {buckets} was accepted"
+        assert "stockBuckets cannot change" in refused.stderr, refused.stderr
+    too_many = minimal_sale("too-many-buckets")
+    too_many["spec"]["stockBuckets"] = 65
+    refused = cp.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(too_many))
+    assert refused.returncode != 0 and "stockBuckets" in refused.stderr, refused.stderr
+    cp.kubectl("delete", "fs", name, "-n", namespace, "--wait=false", check=True)
+
+
 def test_every_field_is_explained(control_plane: ControlPlane, flashsale_crd: str) -> None:
     crd = control_plane.kubectl_json("get", "crd", flashsale_crd)
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

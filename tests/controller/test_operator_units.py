@@ -41,6 +41,8 @@ def test_parse_spec_applies_defaults() -> None:
     assert (s.interval_s, s.grace_s) == (10, 30)
     assert s.sale_config.total == 5000
     assert (s.sale_config.buyer_rate, s.sale_config.buyer_burst, s.sale_config.ip_burst) == (5.0, 10, 100)
+    assert s.sale_config.buckets == 1
+    assert builders.parse_spec("hot", spec(stockBuckets=6)).sale_config.buckets == 6
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,7 @@ def test_parse_spec_applies_defaults() -> None:
         ("ok", spec(stock="many"), "InvalidSpec"),
         ("ok", spec(product={}), "InvalidSpec"),
         ("ok", spec(api={"replicas": -2}), "InvalidSpec"),
+        ("ok", spec(stockBuckets=0), "InvalidSpec"),
     ],
 )
 def test_parse_spec_refuses_what_cannot_run(name: str, body: dict[str, Any], reason: str) -> None:

@@ -145,3 +145,35 @@ async def test_a_reserve_is_answered_after_its_replica_holds_it(cluster: StockEn
     again = await cluster.reserve(sale, "bob", 2, idempotency_key="k1")
     assert not again.replay
     await cluster.delete(sale)
+
+
+async def test_a_new_client_serves_a_burst_at_once(cluster: StockEngine, redis_cluster_url: str) -> None:
+    """Commands started together on a client that has not read the slot map yet all succeed: redis-py picks a
+    command's node before it reads the map and then recycles those connections under it (``Connection closed by
+    server``, ``'NoneType' object has no attribute 'writelines'``) unless the engine reads the map first."""
+    sale = f"burst-{uuid.uuid4().hex[:6]}"
+    await cluster.seed(sale, SaleConfig(total=1000, per_user_limit=1), open=True)
+    for round_no in range(5):
+        fresh = StockEngine.from_url(redis_cluster_url)
+        try:
+            got = await asyncio.gather(
+                *(fresh.snapshot(sale) for _ in range(30)),
+                *(fresh.reserve(sale, f"r{round_no}-{i}") for i in range(30)),
+                *(fresh.room.status(sale) for _ in range(30)),
+                return_exceptions=True,
+            )
+        finally:
+            await fresh.close()
+        failed = [repr(g) for g in got if isinstance(g, BaseException)]
+        assert not failed, failed[:3]
+    assert (await cluster.snapshot(sale)).pending == 150
+
+
+async def test_one_sale_in_six_buckets_spreads_over_every_master(cluster: StockEngine) -> None:
+    sale = f"hot-{uuid.uuid4().hex[:6]}"
+    await cluster.seed(sale, SaleConfig(total=600, per_user_limit=1, buckets=6), open=True)
+    masters = await cluster.masters_of(sale)
+    assert sorted(Counter(masters).values()) == [2, 2, 2]  # two buckets on each of the 3 masters
+    await asyncio.gather(*(cluster.reserve(sale, f"b{i}") for i in range(120)))
+    snap = await cluster.snapshot(sale)
+    assert (snap.total, snap.pending, snap.remaining) == (600, 120, 480) and snap.balanced

@@ -105,3 +105,28 @@ async def test_imported_settled_reservations_land_in_the_compact_store(stock: St
     }
     with pytest.raises(errors.InvalidArgument):
         await stock.import_settled(sale, [ReservationRecord(str(uuid.uuid4()), RedisState.PENDING, 1, 1, "b")])
+
+
+async def test_states_of_several_sales_in_one_pipeline_survive_a_flushed_script_cache(
+    stock: StockEngine, sale: str
+) -> None:
+    """The worker's read of its claim (``StockEngine.states``): records.lua per sale sent as plain EVALSHA in
+    one pipeline; after Redis lost its scripts (restart, SCRIPT FLUSH) the read loads it and still answers
+    every id of every sale, an unknown sale as None."""
+    other = f"{sale}-b"
+    for s in (sale, other):
+        await stock.seed(s, SaleConfig(total=10, per_user_limit=10), open=True)
+    a = [(await stock.reserve(sale, f"u{i}", 1)).reservation_id for i in range(3)]
+    b = [(await stock.reserve(other, f"u{i}", 1)).reservation_id for i in range(2)]
+    await stock.confirm(sale, a[:1])
+    await stock.release(other, b[:1])
+    await redis_client(stock).script_flush()
+    got = await stock.states({sale: [*a, "unknown-id"], other: b, f"{sale}-never": ["x"]})
+    assert got[sale] == {
+        a[0]: RedisState.CONFIRMED,
+        a[1]: RedisState.PENDING,
+        a[2]: RedisState.PENDING,
+        "unknown-id": None,
+    }
+    assert got[other] == {b[0]: RedisState.RELEASED, b[1]: RedisState.PENDING}
+    assert got[f"{sale}-never"] is None

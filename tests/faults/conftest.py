@@ -162,7 +162,9 @@ class SaleRun:
         res = self.kubectl("get", "flashsales", self.name, "-n", self.namespace, "-o", "json")
         return json.loads(res.stdout).get("status", {}) if res.returncode == 0 else {}
 
-    def wait_phase(self, phase: str, timeout: float = 60) -> None:
+    def wait_phase(self, phase: str, timeout: float = 120) -> None:
+        """Waits for the sale's ``phase``; the first wait includes the operator's start-up, which a loaded
+        2-core machine stretches to tens of seconds (a start-up limit, not a test of speed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.status().get("phase") == phase:

@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.k8s,
     pytest.mark.slow,
     pytest.mark.xdist_group("faults"),
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(600),  # a guard against a hang, as for every fault scenario (test_faults.py says why)
 ]
 
 # The default. A few seconds less and, on this shared 2-core box at a load of 20, the buyers' own client

@@ -1,15 +1,20 @@
 """Fixtures for the settle worker against the project's real Redis and PostgreSQL: one pool, Ledger and
-procrastinate App per test session, a way to run an in-process worker until the queue is drained, and
-helpers to make reservations and judge a sale with the audit of the invariants (docs/architecture.md)."""
+procrastinate App per test session, a way to run an in-process worker until the queue is drained, the real
+worker process on a database of a test's own, and helpers to make reservations and judge a sale with the
+audit of the invariants (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import procrastinate
@@ -22,7 +27,7 @@ from stampede.audit import AuditReport, audit, counts_from
 from stampede.ledger import Ledger, LedgerRow, PendingReservation
 from stampede.migrate import migrate
 from stampede.names import QUEUE_SETTLE
-from stampede.settings import load
+from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
 from stampede.vocabulary import JobStatus
 from stampede_worker import tasks
@@ -41,6 +46,39 @@ def worker_database_url(database_url: str) -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def own_ledger(fresh_database_url: str) -> AsyncIterator[Ledger]:
+    """A Ledger on a migrated database of this test's own."""
+    await migrate(fresh_database_url)
+    lg = await Ledger.open(load(Common, env={}, database_url=fresh_database_url))
+    yield lg
+    await lg.close()
+
+
+def start_worker(redis_url: str, database_url: str, port: int, log: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """The real worker process (``python -m stampede_worker``, health on ``port``), appending to ``log``, with a
+    short heartbeat, stall threshold and poll so a kill and a restart play out within seconds; ``extra``
+    overrides any variable."""
+    env = {
+        **os.environ,
+        "STAMPEDE_REDIS_URL": redis_url,
+        "STAMPEDE_DATABASE_URL": database_url,
+        "STAMPEDE_WORKER_CONCURRENCY": "4",
+        "STAMPEDE_WORKER_METRICS_HOST": "127.0.0.1",
+        "STAMPEDE_WORKER_METRICS_PORT": str(port),
+        "STAMPEDE_WORKER_HEARTBEAT_S": "0.5",
+        "STAMPEDE_WORKER_STALLED_S": "2",
+        "STAMPEDE_WORKER_POLL_S": "0.2",
+        **extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "stampede_worker"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
 
 
 @pytest.fixture(scope="session")

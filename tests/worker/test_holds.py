@@ -5,12 +5,10 @@ reconciler gives the units back (once), and the audit of the invariants holds at
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,43 +16,15 @@ import pytest
 
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger, PendingReservation
-from stampede.migrate import migrate
-from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
 from stampede.vocabulary import Status
 from stampede_dev.devstack import free_port
 from stampede_operator.builders import SaleSpec
 from stampede_operator.reconcile import reconcile_once
 
+from .conftest import start_worker
+
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.faults, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def own_ledger(fresh_database_url: str) -> AsyncIterator[Ledger]:
-    await migrate(fresh_database_url)
-    lg = await Ledger.open(load(Common, env={}, database_url=fresh_database_url))
-    yield lg
-    await lg.close()
-
-
-def _start(redis_url: str, db: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "STAMPEDE_REDIS_URL": redis_url,
-        "STAMPEDE_DATABASE_URL": db,
-        "STAMPEDE_WORKER_CONCURRENCY": "4",
-        "STAMPEDE_WORKER_METRICS_HOST": "127.0.0.1",
-        "STAMPEDE_WORKER_METRICS_PORT": str(free_port()),
-        "STAMPEDE_WORKER_HEARTBEAT_S": "0.5",
-        "STAMPEDE_WORKER_STALLED_S": "2",
-        "STAMPEDE_WORKER_POLL_S": "0.2",
-        "STAMPEDE_WORKER_HOLD_SWEEP_S": "0.2",
-        **extra,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "stampede_worker"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
 
 
 def _tail(log: Path) -> str:
@@ -100,10 +70,12 @@ async def test_worker_killed_mid_expiry_is_healed_by_the_reconciler(
     # The first worker expires 100 holds per statement and sleeps between the ledger's expiry and Redis: the
     # kill lands with holds expired in the ledger whose units Redis still counts sold. It never gives back
     # what another sweeper left (return-after: an hour), so only the reconciler can heal that.
-    first = _start(
+    first = start_worker(
         redis_url,
         fresh_database_url,
+        free_port(),
         log,
+        STAMPEDE_WORKER_HOLD_SWEEP_S="0.2",
         STAMPEDE_WORKER_HOLD_SWEEP_MAX="100",
         STAMPEDE_WORKER_FAULT_EXPIRE_SLEEP_MS="20000",
         STAMPEDE_WORKER_HOLD_RETURN_AFTER_S="3600",
@@ -146,7 +118,7 @@ async def test_worker_killed_mid_expiry_is_healed_by_the_reconciler(
     assert "replay_expire" not in again.healed and again.drift == 0, again
 
     # A healthy worker expires the rest; every unpaid hold's units are back on sale exactly once.
-    second = _start(redis_url, fresh_database_url, log)
+    second = start_worker(redis_url, fresh_database_url, free_port(), log, STAMPEDE_WORKER_HOLD_SWEEP_S="0.2")
     try:
 
         async def all_ended() -> bool:

@@ -5,54 +5,23 @@ reservation still ends with exactly one outcome and Redis agrees with the ledger
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from stampede.audit import audit, counts_from
 from stampede.ledger import Ledger, PendingReservation
-from stampede.migrate import migrate
-from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
 from stampede.vocabulary import Status
 from stampede_dev.devstack import free_port
 from tests.stores import ledger_pool
 
+from .conftest import start_worker
+
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.faults, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def own_ledger(fresh_database_url: str) -> AsyncIterator[Ledger]:
-    await migrate(fresh_database_url)
-    lg = await Ledger.open(load(Common, env={}, database_url=fresh_database_url))
-    yield lg
-    await lg.close()
-
-
-def _start(redis_url: str, db: str, port: int, log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "STAMPEDE_REDIS_URL": redis_url,
-        "STAMPEDE_DATABASE_URL": db,
-        "STAMPEDE_WORKER_CONCURRENCY": "4",
-        "STAMPEDE_WORKER_METRICS_HOST": "127.0.0.1",
-        "STAMPEDE_WORKER_METRICS_PORT": str(port),
-        "STAMPEDE_WORKER_HEARTBEAT_S": "0.5",
-        "STAMPEDE_WORKER_STALLED_S": "2",
-        "STAMPEDE_WORKER_POLL_S": "0.2",
-        **extra,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "stampede_worker"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -82,7 +51,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
     # The first worker sleeps between its ledger write and its Redis write, so the kill lands in the
     # worst place: outcomes decided in the ledger that Redis has not heard of. Small claims keep part of
     # the sale unsettled when the kill lands (4 concurrent jobs × 50 rows, not the whole sale at once).
-    first = _start(
+    first = start_worker(
         redis_url,
         fresh_database_url,
         port,
@@ -109,7 +78,7 @@ async def test_sigkill_mid_settle_then_restart_ends_with_one_outcome_each(
         doing = (await cur.fetchone() or [0])[0]
     assert doing > 0, "the kill left no job running: it did not hit mid-settle"
 
-    second = _start(redis_url, fresh_database_url, port, log)
+    second = start_worker(redis_url, fresh_database_url, port, log)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -153,7 +122,7 @@ async def test_sigterm_lets_in_flight_jobs_finish(
     for i in range(0, n, 20):
         await own_ledger.record_batch(batch[i : i + 20])
     log = tmp_path / "worker.log"
-    proc = _start(redis_url, fresh_database_url, free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
+    proc = start_worker(redis_url, fresh_database_url, free_port(), log, STAMPEDE_WORKER_FAULT_SLEEP_MS="500")
     try:
         deadline = time.monotonic() + 30
         while (counts := await own_ledger.counts(sale))[Status.CONFIRMED] == 0:
@@ -213,7 +182,7 @@ async def test_sigkill_mid_claim_loses_nothing(
 
     log = tmp_path / "worker.log"
     port = free_port()
-    first = _start(
+    first = start_worker(
         redis_url, fresh_database_url, port, log, STAMPEDE_WORKER_FAULT_CLAIM_SLEEP_MS="5000",
         STAMPEDE_WORKER_CLAIM_MAX="100",
     )  # fmt: skip
@@ -238,7 +207,7 @@ async def test_sigkill_mid_claim_loses_nothing(
         assert time.monotonic() < deadline, "the killed claim still holds its rows"
         await asyncio.sleep(0.05)
 
-    second = _start(redis_url, fresh_database_url, port, log)
+    second = start_worker(redis_url, fresh_database_url, port, log)
     try:
         deadline = time.monotonic() + 60
         while True:

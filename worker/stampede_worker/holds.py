@@ -78,10 +78,13 @@ async def sweep(
     fault_sleep_ms: int = 0,
 ) -> SweepReport:
     """One tick: gives back what a dead sweeper left, then expires the holds that are due, ``limit`` per
-    statement, repeating while a statement comes back full (at most ``MAX_ROUNDS``)."""
+    statement, repeating while a statement comes back full (at most ``MAX_ROUNDS``). It asks the ledger first
+    whether either has anything to do (``Ledger.hold_work``, one read): sales without holds cost every worker
+    that one statement a tick, not the sweep's."""
     started = time.perf_counter()
     report = SweepReport()
-    stale = await ledger.expired_unreturned(older_s=return_after_s, limit=limit)
+    work = await ledger.hold_work(older_s=return_after_s)
+    stale = await ledger.expired_unreturned(older_s=return_after_s, limit=limit) if work.unreturned else []
     if stale:
         report.healed = await give_back(stock, ledger, stale)
         report.returned += report.healed
@@ -89,7 +92,7 @@ async def sweep(
             "gave back the units of expired holds a sweeper left unreturned",
             extra={"reservations": len(stale), "returned": report.healed},
         )
-    for _ in range(MAX_ROUNDS):
+    for _ in range(MAX_ROUNDS if work.due else 0):
         due = await ledger.expire_due(limit)
         report.expired += len(due)
         metrics.WORKER_HOLDS.labels(Status.EXPIRED).inc(len(due))

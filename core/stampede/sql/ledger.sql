@@ -40,23 +40,23 @@ SELECT reservation_id::text, sale, user_id, quantity, status, reason, job_id, at
 -- name: ensure_sale
 -- A sale created again under a deleted one's name is a live sale again (deleted_at cleared).
 INSERT INTO stampede_sales (sale, sku, stock, per_user_limit, window_start, window_end,
-                            buyer_rate, buyer_burst, ip_rate, ip_burst, hold_seconds)
+                            buyer_rate, buyer_burst, ip_rate, ip_burst, hold_seconds, buckets)
 VALUES (%(sale)s, %(sku)s, %(stock)s, %(per_user_limit)s, %(window_start)s, %(window_end)s,
-        %(buyer_rate)s, %(buyer_burst)s, %(ip_rate)s, %(ip_burst)s, %(hold_seconds)s)
+        %(buyer_rate)s, %(buyer_burst)s, %(ip_rate)s, %(ip_burst)s, %(hold_seconds)s, %(buckets)s)
 ON CONFLICT (sale) DO UPDATE
    SET sku = EXCLUDED.sku, stock = EXCLUDED.stock, per_user_limit = EXCLUDED.per_user_limit,
        window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
        buyer_rate = EXCLUDED.buyer_rate, buyer_burst = EXCLUDED.buyer_burst,
        ip_rate = EXCLUDED.ip_rate, ip_burst = EXCLUDED.ip_burst, hold_seconds = EXCLUDED.hold_seconds,
-       deleted_at = NULL, updated_at = now()
+       buckets = EXCLUDED.buckets, deleted_at = NULL, updated_at = now()
  WHERE (stampede_sales.sku, stampede_sales.stock, stampede_sales.per_user_limit,
         stampede_sales.window_start, stampede_sales.window_end, stampede_sales.buyer_rate,
         stampede_sales.buyer_burst, stampede_sales.ip_rate, stampede_sales.ip_burst, stampede_sales.hold_seconds,
-        stampede_sales.deleted_at)
+        stampede_sales.buckets, stampede_sales.deleted_at)
        IS DISTINCT FROM
        (EXCLUDED.sku, EXCLUDED.stock, EXCLUDED.per_user_limit, EXCLUDED.window_start, EXCLUDED.window_end,
         EXCLUDED.buyer_rate, EXCLUDED.buyer_burst, EXCLUDED.ip_rate, EXCLUDED.ip_burst, EXCLUDED.hold_seconds,
-        NULL::timestamptz);
+        EXCLUDED.buckets, NULL::timestamptz);
 
 -- name: mark_sale_deleted
 -- The FlashSale is being deleted: from now on nobody restores it in Redis.
@@ -74,7 +74,7 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint >= %(horizon)s;
 -- What restoring the sale in Redis needs, in one statement (one snapshot): the sale's row, then one row per
 -- reservation (NULL reservation columns when it has none). No row at all: the ledger does not know the sale.
 SELECT s.stock, s.per_user_limit, s.window_start, s.window_end, s.buyer_rate, s.buyer_burst, s.ip_rate,
-       s.ip_burst, s.deleted_at IS NOT NULL AS deleted,
+       s.ip_burst, s.deleted_at IS NOT NULL AS deleted, s.buckets,
        l.reservation_id::text, l.user_id, l.quantity, l.status, l.reserved_at_ms
   FROM stampede_sales s
   LEFT JOIN stampede_ledger l ON l.sale = s.sale
@@ -278,6 +278,15 @@ SELECT reservation_id::text, sale, quantity, user_id FROM moved;
 SELECT reservation_id::text, sale, quantity, user_id
   FROM stampede_ledger
  WHERE reservation_id = ANY(%(ids)s::uuid[]) AND status = 'expired';
+
+-- name: hold_work
+-- What the expiry sweep has to do, in one read through the two partial indexes below it: a held row that is
+-- due, and an expired row Redis has not taken back `older_s` seconds after its expiry. A ledger without holds
+-- answers from two empty index ranges, so a sweep of it costs this one statement.
+SELECT EXISTS (SELECT 1 FROM stampede_ledger WHERE status = 'held' AND hold_expires_at <= now()),
+       EXISTS (SELECT 1 FROM stampede_ledger
+                WHERE status = 'expired' AND returned_at IS NULL
+                  AND closed_at <= now() - make_interval(secs => %(older_s)s));
 
 -- name: expired_unreturned
 -- Expired rows whose units Redis has not taken back, expired at least `older_s` seconds ago (their sweeper
