@@ -36,13 +36,13 @@ demo-down: ## stop the demo's services and control plane (PostgreSQL's data is d
 test: setup tools browser ## set everything up on a fresh machine and run the whole suite
 	@hack/services.sh up
 	@hack/cluster.sh up >/dev/null
-	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not promtool" $(PYTEST_ARGS) || rc=$$?; \
+	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || rc=$$?; \
 	  if [ $$rc = 0 ]; then echo "==> again on the Redis Cluster: $(CLUSTER_SMOKE)"; \
 	    $(PY) -m pytest -n $(PYTEST_WORKERS) --redis-cluster $(CLUSTER_SMOKE) || rc=$$?; fi; \
 	  hack/cluster.sh down; hack/services.sh down; exit $$rc
 
 .PHONY: test-alerts
-test-alerts: setup ## the chart's alerts through promtool check rules / test rules (builds promtool on first use)
+test-alerts: setup ## the chart's alerts alone through promtool check rules / test rules (also in make test)
 	@hack/tools.sh promtool
 	@$(PY) -m pytest -m promtool tests/chart/test_alerts.py $(PYTEST_ARGS)
 

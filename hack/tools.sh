@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the project's pinned Go-only tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs, promtool)
-# from the Go module proxy.
+# Build the project's pinned tools (kube-apiserver, etcd, kubectl, k6, helm, actionlint, helm-docs) from the Go
+# module proxy, and take promtool from Debian's prometheus package (see build_promtool).
 #
 # Binaries are cached by version in the git-ignored folder .tools/ at the repository root:
 #   .tools/bin/kube-apiserver-v1.33.13   the build of that version
@@ -8,8 +8,7 @@
 # A tool whose versioned binary exists is not built again, so a second run returns in seconds.
 #
 # Usage:
-#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|all   build what is missing
-#   hack/tools.sh promtool                  build promtool (not in `all`: make test-alerts)
+#   hack/tools.sh kube-apiserver|etcd|kubectl|k6|helm|actionlint|helm-docs|promtool|all   build what is missing
 #   hack/tools.sh node                      build the node's tools too (kubelet, kube-controller-manager,
 #                                           kube-scheduler, kube-proxy, coredns), for hack/k8s.sh
 #   hack/tools.sh path NAME                 print the binary's path (building it first if missing)
@@ -32,9 +31,7 @@ source "$TOOLS_MOD_DIR/versions.env"
 
 TOOLS_DIR="${STAMPEDE_TOOLS_DIR:-$ROOT/.tools}"
 BIN_DIR="$TOOLS_DIR/bin"
-TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs)
-# Built only on request (make test-alerts): its first build is long.
-EXTRA_TOOLS=(promtool)
+TOOLS=(kube-apiserver etcd kubectl k6 helm actionlint helm-docs promtool)
 # The rest of a real cluster (hack/k8s.sh): built only on request, from the same k8s.io/kubernetes version.
 NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns)
 HEARTBEAT_PID=""
@@ -89,8 +86,8 @@ version_of() {
     helm) printf '%s\n' "$HELM_VERSION" ;;
     actionlint) printf '%s\n' "$ACTIONLINT_VERSION" ;;
     helm-docs) printf '%s\n' "$HELM_DOCS_VERSION" ;;
-    promtool) printf '%s\n' "$PROMETHEUS_VERSION" ;;
-    *) die "unknown tool '$1' (expected one of: ${TOOLS[*]} ${EXTRA_TOOLS[*]} ${NODE_TOOLS[*]})" ;;
+    promtool) printf '%s\n' "$PROMTOOL_DEBIAN_VERSION" ;; # the slot of the Go fallback too: --version tells
+    *) die "unknown tool '$1' (expected one of: ${TOOLS[*]} ${NODE_TOOLS[*]})" ;;
     esac
 }
 
@@ -261,8 +258,34 @@ build_helm_docs() { # OUT
 }
 
 build_promtool() { # OUT
-    # Prometheus's rule checker and rule unit-test runner. The module's Go versions are v0.X.Y for Prometheus
-    # 3.X.Y; the version is stamped the way Prometheus's own build does.
+    # Prometheus's rule checker and rule unit-test runner, from Debian's prometheus package: building it from the
+    # module proxy compiles all of Prometheus's service discovery (not finished after 88 minutes on 2 busy
+    # cores), while the package is one 19 MB download. Where apt cannot give the pinned version (another
+    # distribution), it is built from the module proxy.
+    promtool_from_debian "$1" && return
+    log "Debian's prometheus $PROMTOOL_DEBIAN_VERSION is not available here: building promtool from the module proxy (long)"
+    build_promtool_go "$1"
+}
+
+promtool_from_debian() { # OUT: true when Debian's package gave its promtool
+    command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || return 1
+    local dir
+    mktemp_tracked -d
+    dir="$REPLY"
+    chmod 0755 "$dir" # apt's download user writes there when it can
+    if ! (cd "$dir" && apt-get download -q "prometheus=$PROMTOOL_DEBIAN_VERSION" >/dev/null 2>&1); then
+        # A fresh machine has no package lists yet: read them once (root only), then try again.
+        [[ "$(id -u)" == 0 ]] || return 1
+        apt-get update -qq -o DPkg::Lock::Timeout=600 >/dev/null 2>&1 || return 1
+        (cd "$dir" && apt-get download -q "prometheus=$PROMTOOL_DEBIAN_VERSION" >/dev/null 2>&1) || return 1
+    fi
+    dpkg-deb -x "$dir"/prometheus_*.deb "$dir/root" || return 1
+    install -m 0755 "$dir/root/usr/bin/promtool" "$1"
+}
+
+build_promtool_go() { # OUT
+    # The module's Go versions are v0.X.Y for Prometheus 3.X.Y; the version is stamped the way Prometheus's own
+    # build does.
     local gobin release common=github.com/prometheus/common/version minor
     mktemp_tracked -d
     gobin="$REPLY"

@@ -1,4 +1,4 @@
-"""The chart's alerts checked by Prometheus's own rule checker, the pinned promtool (hack/tools.sh): the rendered
+"""The chart's alerts checked by Prometheus's own rule checker, the pinned promtool (hack/tools.sh, from Debian's prometheus package): the rendered
 PrometheusRule's groups must pass `promtool check rules`, and every alert must fire as
 fixtures/alerts-tests.yaml says, and only then (`promtool test rules`: series in, alerts with their labels and
 text out, quiet under the threshold and during `for`)."""
@@ -15,7 +15,7 @@ import yaml
 
 from .conftest import FIXTURES, Render
 
-# promtool's first build is long (all of Prometheus's service discovery): `make test-alerts` runs these.
+# In make test; `make test-alerts` runs them alone.
 pytestmark = pytest.mark.promtool
 
 TESTS = FIXTURES / "alerts-tests.yaml"
