@@ -49,7 +49,10 @@ class Fleet:
         self._clients = [
             httpx.AsyncClient(
                 base_url=base,
-                limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
+                # Idle connections expire before the server's keep-alive (STAMPEDE_KEEPALIVE_S, 5 s) does: at
+                # httpx's default of the same 5 s, a request could leave on a connection the server was closing
+                # that instant ("Server disconnected without sending a response"), which httpx does not resend.
+                limits=httpx.Limits(max_connections=per, max_keepalive_connections=per, keepalive_expiry=2),
                 timeout=httpx.Timeout(60, pool=None),
             )
             for _ in range(clients)

@@ -71,27 +71,38 @@ def _rss_kib(pid: int) -> int:
     return total
 
 
-@pytest.fixture(scope="module")
-def served(api_settings: ApiSettings) -> Iterator[Served]:
-    port, metrics_port = free_port(), free_port()
-    home = Path(tempfile.mkdtemp(prefix="stampede-home-"))
-    env = {
+def _server_env(api_settings: ApiSettings, home: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of one gunicorn API worker on ``port`` with its own HOME and metrics folder (created),
+    plus ``settings``."""
+    (home / "metrics").mkdir()
+    return {
         **{k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"},
         "HOME": str(home),
         "STAMPEDE_REDIS_URL": api_settings.redis_url,
         "STAMPEDE_DATABASE_URL": api_settings.database_url,
         "STAMPEDE_JWT_SECRET": SECRET,
         "STAMPEDE_BIND": f"127.0.0.1:{port}",
-        "STAMPEDE_METRICS_HOST": "127.0.0.1",
-        "STAMPEDE_METRICS_PORT": str(metrics_port),
         "STAMPEDE_WORKERS": "1",
-        "STAMPEDE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "STAMPEDE_IDLE_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "STAMPEDE_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
-        "STAMPEDE_LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(home / "metrics"),
+        **settings,
     }
-    (home / "metrics").mkdir()
+
+
+@pytest.fixture(scope="module")
+def served(api_settings: ApiSettings) -> Iterator[Served]:
+    port, metrics_port = free_port(), free_port()
+    home = Path(tempfile.mkdtemp(prefix="stampede-home-"))
+    env = _server_env(
+        api_settings,
+        home,
+        port,
+        STAMPEDE_METRICS_HOST="127.0.0.1",
+        STAMPEDE_METRICS_PORT=str(metrics_port),
+        STAMPEDE_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        STAMPEDE_IDLE_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        STAMPEDE_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+        STAMPEDE_LOG_LEVEL="WARNING",
+    )
     log = open(home / "api.log", "wb")  # noqa: SIM115
     api = subprocess.Popen(
         [str(BIN / "gunicorn"), "-c", "python:stampede_api.gunicorn_conf", "stampede_api.asgi:app"],
@@ -255,20 +266,14 @@ def test_a_stopping_server_answers_a_request_on_an_idle_keep_alive_connection(ap
     (uvicorn closed every idle connection at once: such a request got no answer, EOF for Go's client.)"""
     port = free_port()
     home = Path(tempfile.mkdtemp(prefix="stampede-home-"))
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"},
-        "HOME": str(home),
-        "STAMPEDE_REDIS_URL": api_settings.redis_url,
-        "STAMPEDE_DATABASE_URL": api_settings.database_url,
-        "STAMPEDE_JWT_SECRET": SECRET,
-        "STAMPEDE_BIND": f"127.0.0.1:{port}",
-        "STAMPEDE_METRICS_PORT": "0",
-        "STAMPEDE_WORKERS": "1",
-        "STAMPEDE_KEEPALIVE_S": "30",  # the idle connection outlives the test's pauses, however slow the box
-        "STAMPEDE_LOG_LEVEL": "INFO",
-        "PROMETHEUS_MULTIPROC_DIR": str(home / "metrics"),
-    }
-    (home / "metrics").mkdir()
+    env = _server_env(
+        api_settings,
+        home,
+        port,
+        STAMPEDE_METRICS_PORT="0",
+        STAMPEDE_KEEPALIVE_S="30",  # the idle connection outlives the test's pauses, however slow the box
+        STAMPEDE_LOG_LEVEL="INFO",
+    )
     log_path = home / "api.log"
     with open(log_path, "wb") as log:
         api = subprocess.Popen(

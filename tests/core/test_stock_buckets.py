@@ -23,6 +23,7 @@ from stampede.names import BUCKETS_MAX, bucket_keys, home_bucket, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import Outcome, SaleConfig, StockEngine
 from stampede.vocabulary import Status
+from tests.core.crowd import fire_in_process
 from tests.stores import redis_client
 
 pytestmark = [pytest.mark.redis]
@@ -128,25 +129,6 @@ async def test_restock_and_gate_reach_every_bucket(stock: StockEngine, sale: str
         assert await redis_client(stock).exists(k.meta) == 0
 
 
-async def _fire(url: str, sale: str, plan: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
-    engine = StockEngine.from_url(url, max_connections=64, pool_timeout=120)
-
-    async def one(user: str, key: str, qty: int) -> tuple[str, str, str]:
-        try:
-            return user, key, (await engine.reserve(sale, user, qty, idempotency_key=key)).reservation_id
-        except errors.StampedeError as exc:
-            return user, key, f"!{exc.code}"
-
-    try:
-        return list(await asyncio.gather(*(one(*p) for p in plan)))
-    finally:
-        await engine.close()
-
-
-def _fire_in_process(url: str, sale: str, plan: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
-    return asyncio.run(_fire(url, sale, plan))
-
-
 @pytest.mark.slow
 async def test_concurrent_buyers_over_buckets_audit_clean(stock: StockEngine, redis_url: str, sale: str) -> None:
     """Buyers in 4 processes race for 100 units in 4 buckets with limit 2 (retries reuse keys); buyers are
@@ -164,9 +146,7 @@ async def test_concurrent_buyers_over_buckets_audit_clean(stock: StockEngine, re
     chunks = [plan[i::PROCESSES] for i in range(PROCESSES)]
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(PROCESSES) as pool:
-        parts = await asyncio.gather(
-            *(loop.run_in_executor(pool, _fire_in_process, redis_url, sale, c) for c in chunks)
-        )
+        parts = await asyncio.gather(*(loop.run_in_executor(pool, fire_in_process, redis_url, sale, c) for c in chunks))
     results = [r for part in parts for r in part]
     ids_by_key: dict[tuple[str, str], set[str]] = {}
     for user, key, out in results:

@@ -10,38 +10,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from stampede import errors
 from stampede.audit import Row, audit, counts_from
 from stampede.stock import SaleConfig, StockEngine
 from stampede.vocabulary import RedisState
+from tests.core.crowd import fire_in_process
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 PROCESSES = 4
 ATTEMPTS = 800  # reserve attempts in all, well past 500
 STOCK = 100
-
-
-async def _fire(url: str, sale: str, plan: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
-    """Sends every (user, idempotency key, quantity) of ``plan`` at once; returns (user, key, id or code)."""
-    # A correctness race, not a latency test: on a busy machine 200 requests may wait longer than the
-    # production pool's 5 s for one of 64 connections, so callers here wait as long as the test may run.
-    engine = StockEngine.from_url(url, max_connections=64, pool_timeout=120)
-
-    async def one(user: str, key: str, qty: int) -> tuple[str, str, str]:
-        try:
-            return user, key, (await engine.reserve(sale, user, qty, idempotency_key=key)).reservation_id
-        except errors.StampedeError as exc:
-            return user, key, f"!{exc.code}"
-
-    try:
-        return list(await asyncio.gather(*(one(*p) for p in plan)))
-    finally:
-        await engine.close()
-
-
-def _fire_in_process(url: str, sale: str, plan: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
-    return asyncio.run(_fire(url, sale, plan))
 
 
 @pytest.mark.parametrize("limit", [1, 2])
@@ -62,9 +40,7 @@ async def test_concurrent_reserves_never_oversell(stock: StockEngine, redis_url:
     chunks = [plan[i::PROCESSES] for i in range(PROCESSES)]
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(PROCESSES) as pool:
-        parts = await asyncio.gather(
-            *(loop.run_in_executor(pool, _fire_in_process, redis_url, sale, c) for c in chunks)
-        )
+        parts = await asyncio.gather(*(loop.run_in_executor(pool, fire_in_process, redis_url, sale, c) for c in chunks))
     results = [r for part in parts for r in part]
 
     # Every key maps to exactly one reservation id, however many times it was sent concurrently.

@@ -6,7 +6,7 @@ invariants holds after each."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,22 +14,11 @@ import pytest
 from stampede.audit import audit, counts_from
 from stampede.domain import Settlement
 from stampede.ledger import Ledger, PendingReservation
-from stampede.migrate import migrate
-from stampede.settings import Common, load
 from stampede.stock import SaleConfig, StockEngine
 from stampede.vocabulary import Status
 from stampede_worker import holds
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
-
-
-@pytest.fixture
-async def own_ledger(fresh_database_url: str) -> AsyncIterator[Ledger]:
-    """A ledger of this test's own: no other test's held rows to find."""
-    await migrate(fresh_database_url)
-    lg = await Ledger.open(load(Common, env={}, database_url=fresh_database_url))
-    yield lg
-    await lg.close()
 
 
 class Spy:
