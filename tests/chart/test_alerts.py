@@ -1,7 +1,7 @@
-"""The chart's alerts checked by Prometheus's own rule checker, the pinned promtool (hack/tools.sh, from Debian's prometheus package): the rendered
-PrometheusRule's groups must pass `promtool check rules`, and every alert must fire as
-fixtures/alerts-tests.yaml says, and only then (`promtool test rules`: series in, alerts with their labels and
-text out, quiet under the threshold and during `for`)."""
+"""The chart's alerts checked by Prometheus's own rule checker, the pinned promtool (hack/tools.sh, from Debian's
+prometheus package): the rendered PrometheusRule's groups must pass `promtool check rules`, and every alert must
+fire as fixtures/alerts-tests.yaml says, and only then (`promtool test rules`: series in, alerts with their labels
+and text out, quiet under the threshold and during `for`)."""
 
 from __future__ import annotations
 
