@@ -183,8 +183,20 @@ async def test_concurrent_buyers_over_buckets_audit_clean(stock: StockEngine, re
     assert set(confirmed.values()) == {Outcome.CONFIRMED} and set(released.values()) == {Outcome.RELEASED}
     back = sum(r.quantity for r in records if r.reservation_id in released)
     again = await asyncio.gather(*(stock.reserve(sale, f"late{i}") for i in range(back + 5)), return_exceptions=True)
-    assert sum(1 for a in again if not isinstance(a, BaseException)) == back
+    sold = sum(1 for a in again if not isinstance(a, BaseException))
     assert {type(a) for a in again if isinstance(a, BaseException)} == {errors.SoldOut}
+    # Racing buyers may be told "sold out" while a unit is between two other buckets (a move's two round trips:
+    # the documented window, docs/architecture.md "Stock buckets"); once the moves have landed such a unit is for
+    # sale again. One buyer after another (no move in flight) then gets exactly the rest: every released unit
+    # sells again, and not one more.
+    after = 0
+    for i in range(back):
+        try:
+            await stock.reserve(sale, f"after{i}")
+        except errors.SoldOut:
+            break
+        after += 1
+    assert sold + after == back, (sold, after, back)
     snap = await stock.snapshot(sale)
     assert snap.remaining == 0 and snap.balanced and snap.total == STOCK
 
