@@ -10,7 +10,6 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -23,7 +22,7 @@ from stampede.names import BUCKETS_MAX, bucket_keys, home_bucket, sale_keys
 from stampede.settings import Common, load
 from stampede.stock import Outcome, SaleConfig, StockEngine
 from stampede.vocabulary import Status
-from tests.core.crowd import fire_in_process
+from tests.core.crowd import accepted_ids, race
 from tests.stores import redis_client
 
 pytestmark = [pytest.mark.redis]
@@ -143,17 +142,8 @@ async def test_concurrent_buyers_over_buckets_audit_clean(stock: StockEngine, re
         user = rng.choice(users)
         mine = [p for p in plan[-200:] if p[0] == user]
         plan.append(rng.choice(mine) if mine and rng.random() < 0.25 else (user, f"k{n}", rng.choice((1, 1, 2))))
-    chunks = [plan[i::PROCESSES] for i in range(PROCESSES)]
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(PROCESSES) as pool:
-        parts = await asyncio.gather(*(loop.run_in_executor(pool, fire_in_process, redis_url, sale, c) for c in chunks))
-    results = [r for part in parts for r in part]
-    ids_by_key: dict[tuple[str, str], set[str]] = {}
-    for user, key, out in results:
-        if not out.startswith("!"):
-            ids_by_key.setdefault((user, key), set()).add(out)
-    assert all(len(ids) == 1 for ids in ids_by_key.values())
-    accepted = sorted({next(iter(ids)) for ids in ids_by_key.values()})
+    results = await race(redis_url, sale, plan, PROCESSES)
+    accepted = accepted_ids(results)
     codes = Counter(out for *_, out in results if out.startswith("!"))
     assert set(codes) <= {"!sold_out", "!limit_reached", "!idempotency_conflict"}
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
 from stampede.audit import Row, audit, counts_from
 from stampede.stock import SaleConfig, StockEngine
 from stampede.vocabulary import RedisState
-from tests.core.crowd import fire_in_process
+from tests.core.crowd import accepted_ids, race
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -37,19 +36,9 @@ async def test_concurrent_reserves_never_oversell(stock: StockEngine, redis_url:
         else:
             plan.append((user, f"k{n}", rng.choice((1, 1, 2)) if limit == 2 else 1))
     rng.shuffle(plan)
-    chunks = [plan[i::PROCESSES] for i in range(PROCESSES)]
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(PROCESSES) as pool:
-        parts = await asyncio.gather(*(loop.run_in_executor(pool, fire_in_process, redis_url, sale, c) for c in chunks))
-    results = [r for part in parts for r in part]
-
+    results = await race(redis_url, sale, plan, PROCESSES)
     # Every key maps to exactly one reservation id, however many times it was sent concurrently.
-    ids_by_key: dict[tuple[str, str], set[str]] = {}
-    for user, key, out in results:
-        if not out.startswith("!"):
-            ids_by_key.setdefault((user, key), set()).add(out)
-    assert all(len(ids) == 1 for ids in ids_by_key.values())
-    accepted = sorted({next(iter(ids)) for ids in ids_by_key.values()})
+    accepted = accepted_ids(results)
 
     records = await stock.reservations(sale)
     snap = await stock.snapshot(sale)
