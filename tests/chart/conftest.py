@@ -25,7 +25,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "stampede"
-CHART_CRDS = CHART / "files" / "crds"  # the CRDs templates/crds.yaml installs
+TEMPLATED_CRDS = CHART / "files" / "crds"  # the CRDs templates/crds.yaml installs and upgrades (FlashSale)
+HELM_CRDS = CHART / "crds"  # the CRDs Helm installs before the release (kopf's peerings)
+CHART_CRDS = (TEMPLATED_CRDS, HELM_CRDS)
 CLUSTER_SH = REPO_ROOT / "hack" / "cluster.sh"
 TOOLS_SH = REPO_ROOT / "hack" / "tools.sh"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -136,15 +138,17 @@ def render(helm_bin: Path) -> Render:
 
 @pytest.fixture(scope="session")
 def chart_crds(control_plane: ControlPlane) -> list[str]:
-    """The chart's CRDs (files/crds/: FlashSale and kopf's peerings), applied for real and Established, so
+    """The chart's CRDs (files/crds/: FlashSale; crds/: kopf's peerings), applied for real and Established, so
     FlashSale and KopfPeering objects validate against them. Releases installed by the tests leave them to this
     fixture (``crds.install=false``): the cluster's CRDs are shared by every test."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART_CRDS), check=True)
+    for folder in CHART_CRDS:
+        control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(folder), check=True)
     names = [
-        yaml.safe_load(doc)["metadata"]["name"]
-        for path in sorted(CHART_CRDS.glob("*.yaml"))
-        for doc in path.read_text().split("\n---\n")
-        if doc.strip() and yaml.safe_load(doc)
+        doc["metadata"]["name"]
+        for folder in CHART_CRDS
+        for path in sorted(folder.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
     ]
     control_plane.established(*names)
     return names

@@ -46,7 +46,7 @@ def test_chart_k6_scripts_are_the_source() -> None:
 def test_peering_crds_are_the_ones_the_operator_builds() -> None:
     from stampede_operator import peering
 
-    shipped = [d for d in yaml.safe_load_all((CHART / "files" / "crds" / "kopf-peerings.yaml").read_text()) if d]
+    shipped = [d for d in yaml.safe_load_all((CHART / "crds" / "kopf-peerings.yaml").read_text()) if d]
     assert shipped == peering.build_peering_crds()
 
 

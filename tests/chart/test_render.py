@@ -552,12 +552,23 @@ def test_alerts_are_opt_in_and_each_has_a_runbook(render: Render) -> None:
     assert all("runbook_url" not in a["annotations"] for g in bare[0]["spec"]["groups"] for a in g["rules"])
 
 
-def test_crds_are_the_sources_kept_on_uninstall(render: Render) -> None:
-    """The release's CRDs are crds/flashsale.yaml and kopf's peering CRDs as the operator builds them, unchanged but
-    for the release's labels and `helm.sh/resource-policy: keep`; crds.install=false renders none."""
-    from stampede_operator import peering
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.name if v else "default")
+def test_no_object_of_the_release_is_of_a_kind_the_release_defines(render: Render, values: Path | None) -> None:
+    """Helm maps every object of a release to its kind before it applies any, so an object whose CRD is only a
+    template of the same release fails a first install on an empty cluster ("no matches for kind"). The peering
+    object's CRD is in crds/, which Helm installs first; the release creates no FlashSale."""
+    rendered = render(*([values] if values else []))
+    defined = {(d["spec"]["group"], d["spec"]["names"]["kind"]) for d in rendered.kinds("CustomResourceDefinition")}
+    assert defined, "the FlashSale CRD is a template of the release"
+    used = {(d["apiVersion"].split("/")[0], d["kind"]) for d in rendered.docs}
+    assert not used & defined
 
-    sources = [*yaml.safe_load_all((REPO_ROOT / "crds" / "flashsale.yaml").read_text()), *peering.build_peering_crds()]
+
+def test_crds_are_the_sources_kept_on_uninstall(render: Render) -> None:
+    """The release's templated CRD is crds/flashsale.yaml, unchanged but for the release's labels and
+    `helm.sh/resource-policy: keep`; crds.install=false renders none. kopf's peering CRDs are not templates (they are
+    in the chart's crds/ folder, which Helm installs before it builds the release)."""
+    sources = list(yaml.safe_load_all((REPO_ROOT / "crds" / "flashsale.yaml").read_text()))
     rendered = {d["metadata"]["name"]: d for d in render().kinds("CustomResourceDefinition")}
     assert sorted(rendered) == sorted(d["metadata"]["name"] for d in sources if d)
     for source in (d for d in sources if d):
