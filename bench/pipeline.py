@@ -39,6 +39,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import api as apibench
+import cpu
 
 from stampede import tokens
 from stampede.audit import Row, audit, counts_from
@@ -214,6 +215,22 @@ def markdown_line(r: dict[str, Any]) -> str:
     )
 
 
+CPU_PARTS = ("api", "worker", "redis", "postgresql", "other", "machine")
+CPU_HEADER = (
+    "| UTC | run | code | 202/s | " + " | ".join(f"{p} µs" for p in CPU_PARTS) + " | load 1m before / after |\n"
+    "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in CPU_PARTS) + " | --- |\n"
+)
+
+
+def cpu_line(r: dict[str, Any]) -> str:
+    per = r["cpu_us_per_202"]
+    cells = " | ".join("" if per.get(p) is None else f"{per[p]:,}" for p in CPU_PARTS)
+    return (
+        f"| {r['when']} | {r['label']} | {r['code']} | {r['rps']:,.0f} | {cells} | "
+        f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
+    )
+
+
 HEADER = (
     "| UTC | run | code | 202/s | p50 ms | p99 ms | lag p50 ms | lag p99 ms | drain s | hello req/s | of hello | "
     "oversold | lost | rows/job | load 1m before / after |\n"
@@ -293,8 +310,11 @@ def main() -> int:
             for name, pid in (("api", (api.workers() or [0])[0]), ("worker", workers.procs[0].pid)):
                 out = workdir / f"profile-{name}.txt"
                 spies[name] = (apibench.profile(pid, int(ns.duration) - 1, out) if pid else None, out)
+        meter = cpu.CpuMeter({"api": [api.proc.pid], "worker": [w.pid for w in workers.procs], **cpu.services_pids()})
         start = db_now(prep["db"])
+        meter.start()
         r = apibench.wrk(api.base, path, prep["tokens"], ns, ns.duration)
+        spent = meter.stop()
         end = db_now(prep["db"])
         t_end = time.monotonic()
         while pending(prep["db"]):
@@ -317,6 +337,8 @@ def main() -> int:
     # wrk's rate counts every answer; the figure is durable 202s, so anything else comes off it (on stock 10M
     # every buy should be a 202: a refusal here means the run measured something other than the buy path).
     result["rps"] = round(r["ok"] / r["duration_s"], 1) if r["duration_s"] else 0.0
+    result["cpu_s"] = {k: round(v, 3) for k, v in spent.items()}
+    result["cpu_us_per_202"] = {k: round(v * 1e6 / r["ok"]) if r["ok"] else None for k, v in spent.items()}
     result["socket_errors"] = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
     result["statuses"] = statuses
     result.update(lag_and_jobs(prep["db"], start, end))
@@ -344,6 +366,8 @@ def main() -> int:
         f"lost {result['lost']}  jobs {result['jobs']:,} for {result['rows']:,} rows ({result['rows_per_job']:,} "
         f"per job)  load {result['load_before'][0]:.2f} -> {result['load_after'][0]:.2f}"
     )
+    per = result["cpu_us_per_202"]
+    print("    CPU per 202 (µs): " + "  ".join(f"{k} {per[k]:,}" for k in CPU_PARTS if per.get(k) is not None))
     missed = [k for k, ok in result["targets"].items() if not ok]
     print(f"    targets {TARGETS}: {'all met' if not missed else 'NOT met: ' + ', '.join(missed)}")
     for name in ("api", "worker"):
@@ -367,7 +391,19 @@ def main() -> int:
                 "the measured load; drain is end of load to no pending row.\n\n" + HEADER
             )
         f.write(markdown_line(result) + "\n")
-    print(f"==> saved {ns.json}, appended to {ns.markdown}; logs in {workdir}")
+    cpu_md = ns.markdown.with_name(ns.markdown.name.replace("pipeline-", "pipeline-cpu-", 1))
+    new = not cpu_md.exists()
+    with cpu_md.open("a") as f:
+        if new:
+            f.write(
+                f"# bench-pipeline {time.strftime('%Y-%m-%d', time.gmtime())}: CPU per durable 202\n\n"
+                "CPU time (bench/cpu.py, from /proc) each part spent during the measured load, divided by the 202s "
+                "of that load: the API's gunicorn processes, the settle workers, the project's Redis and "
+                "PostgreSQL, the rest of the machine (wrk and anything else), and the machine's whole busy time. "
+                f"The runs' other figures are the lines of the same label in {ns.markdown.name}.\n\n" + CPU_HEADER
+            )
+        f.write(cpu_line(result) + "\n")
+    print(f"==> saved {ns.json}, appended to {ns.markdown} and {cpu_md.name}; logs in {workdir}")
     return 0
 
 
