@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import kopf
 import prometheus_client
+from kubernetes_asyncio import client as k8s
 
 from stampede import logs, names
 from stampede.settings import load
@@ -90,7 +91,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.standalone = settings.peering.standalone or ours.standalone
     settings.peering.mandatory = not settings.peering.standalone
     settings.watching.server_timeout = 300
-    memo["deps"] = await handlers.open_deps(ours)
+    memo["deps"] = deps = await handlers.open_deps(ours)
+    if not settings.peering.clusterwide and not await _may_follow_namespaces(deps):
+        # kopf lists and watches the cluster's namespaces to follow --namespace patterns; refused, it retries for
+        # about a minute before it serves the exact names it was given, and serves no sale meanwhile. A namespaced
+        # operator (the chart's default: a Role per watched namespace, no cluster-wide namespace access) would be
+        # blind that long after every start, a failover included. Without the permission, serve the exact names.
+        settings.scanning.disabled = True
     if ours.operator_metrics_port:
         try:
             prometheus_client.start_http_server(ours.operator_metrics_port)
@@ -102,8 +109,30 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             "peering": settings.peering.name,
             "priority": settings.peering.priority,
             "standalone": settings.peering.standalone,
+            "namespace_scanning": not settings.scanning.disabled,
         },
     )
+
+
+async def _may_follow_namespaces(deps: Deps) -> bool:
+    """Whether this operator may list and watch namespaces cluster-wide, asked of the API server (a
+    SelfSubjectAccessReview, which every authenticated identity may create). Unanswered: assume it may, which is
+    kopf's own default."""
+    api = k8s.AuthorizationV1Api(deps.api)
+    try:
+        for verb in ("list", "watch"):
+            review = await api.create_self_subject_access_review(
+                k8s.V1SelfSubjectAccessReview(
+                    spec=k8s.V1SelfSubjectAccessReviewSpec(
+                        resource_attributes=k8s.V1ResourceAttributes(verb=verb, resource="namespaces")
+                    )
+                )
+            )
+            if not review.status.allowed:
+                return False
+    except Exception as exc:  # a question that cannot be answered must not stop the operator: kopf asks again
+        log.warning("could not ask whether namespaces may be listed; kopf will try", extra={"detail": str(exc)})
+    return True
 
 
 @kopf.on.cleanup()

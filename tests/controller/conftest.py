@@ -55,7 +55,12 @@ class OperatorStarter(Protocol):
     """The ``start_operator`` fixture: ``start(namespace, name, **env)``."""
 
     def __call__(
-        self, namespace: str | tuple[str, ...], name: str = ..., wait_for: str = ..., **env: str
+        self,
+        namespace: str | tuple[str, ...],
+        name: str = ...,
+        wait_for: str = ...,
+        kubeconfig: Path | None = ...,
+        **env: str,
     ) -> OperatorProcess: ...
 
 
@@ -66,17 +71,22 @@ def start_operator(
 ) -> Iterator[OperatorStarter]:  # fmt: skip
     """A factory of operator subprocesses watching one namespace, on this test worker's Redis database and
     migrated PostgreSQL database; ``start(namespace, name, **env)`` returns once the operator has started
-    (``namespace`` may be a tuple of namespaces to watch).
+    (``namespace`` may be a tuple of namespaces to watch; ``kubeconfig`` another identity than the admin's).
     Every operator started is stopped (SIGTERM) at the end of the module."""
     started: list[OperatorProcess] = []
     folder = tmp_path_factory.mktemp("operators")
 
     def start(
-        namespace: str | tuple[str, ...], name: str = "operator", wait_for: str = "operator started", **env: str
+        namespace: str | tuple[str, ...],
+        name: str = "operator",
+        wait_for: str = "operator started",
+        kubeconfig: Path | None = None,
+        **env: str,
     ) -> OperatorProcess:
         log_path = folder / f"{name}.log"
         environ = {
             **control_plane.env,
+            **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {}),
             "STAMPEDE_REDIS_URL": redis_url,
             "STAMPEDE_DATABASE_URL": migrated_database_url,
             "STAMPEDE_DB_POOL_MAX": "4",

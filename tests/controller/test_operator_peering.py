@@ -54,9 +54,9 @@ async def test_only_the_leader_acts_and_the_standby_takes_over(
     control_plane: ControlPlane, start_operator: OperatorStarter, peering_namespace: str
 ) -> None:
     cp, ns = control_plane, peering_namespace
-    common = {"peering_lifetime_s": str(LIFETIME_S)}
-    leader = start_operator(ns, "leader", peering_priority="200", **common)
-    standby = start_operator(ns, "standby", peering_priority="100", **common)
+    lifetime = str(LIFETIME_S)
+    leader = start_operator(ns, "leader", peering_priority="200", peering_lifetime_s=lifetime)
+    standby = start_operator(ns, "standby", peering_priority="100", peering_lifetime_s=lifetime)
 
     # Both keep their record alive in the peering object; only the leader resumes from the initial pause.
     def both_peered() -> None:
