@@ -125,8 +125,8 @@ remove_pg_home() {
 sweep_orphans() {
   local d owner
   for d in "$PG_STATE_BASE"/pg-*; do
-    [ -f "$d/services-dir" ] || continue
-    owner=$(cat "$d/services-dir")
+    # Another checkout's `down` may delete its directory between these lines: a marker gone is nothing to sweep.
+    owner=$(cat "$d/services-dir" 2>/dev/null) || continue
     [ -d "$owner" ] && continue
     alive "$d/data/postmaster.pid" postgres && continue
     log "removing $d (its checkout $owner is gone)"
