@@ -133,7 +133,12 @@ async def _run_until_stopped(
                 queues=[QUEUE_SETTLE],
                 name=name,
                 concurrency=settings.worker_concurrency,
-                fetch_job_polling_interval=settings.worker_poll_s,
+                # Paced (the default): no LISTEN/NOTIFY, a fetch every pace. Every notification would make each
+                # idle worker fetch at once, so a job would be taken the moment it is deferred and hold only the
+                # batch that deferred it; paced, the batches written in between join the waiting job of their
+                # shard, and one job settles them all (docs/architecture.md, "Settling").
+                fetch_job_polling_interval=settings.worker_fetch_pace_s or settings.worker_poll_s,
+                listen_notify=not settings.worker_fetch_pace_s,
                 shutdown_graceful_timeout=settings.worker_shutdown_timeout_s,
                 delete_jobs=settings.worker_delete_jobs,
                 additional_context={

@@ -21,7 +21,13 @@ class WorkerSettings(Common):
     worker_stalled_s: float = setting(30.0, "a worker silent this long is dead: its running jobs are retried")
     worker_shutdown_timeout_s: float = setting(20.0, "on SIGTERM, seconds in-flight jobs get to finish")
     worker_delete_jobs: str = setting("never", "delete finished jobs: never | successful | always")
-    worker_poll_s: float = setting(2.0, "job polling interval besides LISTEN/NOTIFY wake-ups")
+    worker_fetch_pace_s: float = setting(
+        0.1,
+        "a worker asks for settle jobs this often and no oftener, so batches written meanwhile join the job that "
+        "waits (fewer, larger jobs under load; adds up to this much to the 202->settled lag); 0: fetch at every "
+        "LISTEN/NOTIFY wake-up",
+    )
+    worker_poll_s: float = setting(2.0, "with STAMPEDE_WORKER_FETCH_PACE_S=0: polling besides LISTEN/NOTIFY wake-ups")
     worker_depth_interval_s: float = setting(5.0, "how often the queue depth gauge is refreshed")
     worker_claim_max: int = setting(1000, "most pending rows a settle job claims and settles in one transaction")
     worker_hold_sweep_s: float = setting(1.0, "how often a worker expires the checkout holds that are due")
@@ -48,6 +54,8 @@ class WorkerSettings(Common):
             "worker_hold_return_after_s",
         ):
             positive(name, getattr(self, name))
+        if not 0 <= self.worker_fetch_pace_s <= 5:
+            raise SettingsError("STAMPEDE_WORKER_FETCH_PACE_S must be between 0 and 5 seconds")
         if self.worker_max_retries < 0:
             raise SettingsError("STAMPEDE_WORKER_MAX_RETRIES must be >= 0")
         if self.worker_stalled_s <= self.worker_heartbeat_s:
