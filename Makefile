@@ -33,13 +33,21 @@ demo-down: ## stop the demo's services and control plane (PostgreSQL's data is d
 	-@hack/services.sh down
 
 .PHONY: test
-test: setup tools browser ## set everything up on a fresh machine and run the whole suite
+# The whole suite, then the stock engine's suites again on a 6-node Redis Cluster, then (as root) `make test-k8s`
+# on the real one-node cluster, which is torn down afterwards whatever the outcome. Not root: that last part is
+# skipped with the reason, as it needs network and mount namespaces, cgroups and iptables.
+test: setup tools browser ## set everything up on a fresh machine and run the whole suite, then test-k8s as root
 	@hack/services.sh up
 	@hack/cluster.sh up >/dev/null
 	@set -o pipefail; rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || rc=$$?; \
 	  if [ $$rc = 0 ]; then echo "==> again on the Redis Cluster: $(CLUSTER_SMOKE)"; \
 	    $(PY) -m pytest -n $(PYTEST_WORKERS) --redis-cluster $(CLUSTER_SMOKE) || rc=$$?; fi; \
-	  hack/cluster.sh down; hack/services.sh down; exit $$rc
+	  hack/cluster.sh down; hack/services.sh down; \
+	  if [ $$rc = 0 ] && [ "$$(id -u)" = 0 ]; then echo "==> make test-k8s: the chart on a real cluster"; \
+	    $(MAKE) --no-print-directory test-k8s || rc=$$?; $(MAKE) --no-print-directory k8s-down || rc=$$?; \
+	  elif [ $$rc = 0 ]; then echo "==> make test-k8s SKIPPED: it needs root (network and mount namespaces," \
+	    "cgroups, iptables); run it as root"; fi; \
+	  exit $$rc
 
 .PHONY: test-alerts
 test-alerts: setup ## the chart's alerts alone through promtool check rules / test rules (also in make test)
