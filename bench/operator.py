@@ -155,7 +155,13 @@ async def cleanup(namespace: str) -> None:
         for dep in (await apps.list_namespaced_deployment(namespace)).items:
             await apps.delete_namespaced_deployment(dep.metadata.name, namespace)
         coords = ("stampede.dev", "v1alpha1", namespace, "flashsales")
-        for fs in (await custom.list_namespaced_custom_object(*coords))["items"]:
+        try:
+            sales = (await custom.list_namespaced_custom_object(*coords))["items"]
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            sales = []  # a new control plane: no FlashSale CRD yet, so nothing of a run to remove
+        for fs in sales:
             name = fs["metadata"]["name"]
             await custom.patch_namespaced_custom_object(
                 *coords,
